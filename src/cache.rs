@@ -1,0 +1,193 @@
+//! An in-memory, time-limited cache in front of a [`SecretSource`].
+//!
+//! N readers of one key cost one source request per TTL: concurrent misses on the same key wait for the one request
+//! in flight instead of sending their own. Errors are not cached, so a key added in Vault shows up on the next
+//! lookup; each error is logged once per key until the key's state changes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Mutex as AsyncMutex;
+
+use crate::names::VaultPath;
+use crate::secret::{Secret, SecretSource, SourceError};
+
+#[derive(Default)]
+struct Slot {
+    fresh: Option<(Secret, Instant)>,
+    last_error: Option<SourceError>,
+}
+
+/// The shared cache of one driver process.
+pub struct SecretCache {
+    source: Arc<dyn SecretSource>,
+    ttl: Duration,
+    timeout: Duration,
+    slots: Mutex<HashMap<VaultPath, Arc<AsyncMutex<Slot>>>>,
+}
+
+impl SecretCache {
+    /// `ttl` is how long a read value is served before asking the source again; `timeout` bounds every request.
+    pub fn new(source: Arc<dyn SecretSource>, ttl: Duration, timeout: Duration) -> Self {
+        SecretCache {
+            source,
+            ttl,
+            timeout,
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn slot(&self, path: &VaultPath) -> Arc<AsyncMutex<Slot>> {
+        let mut slots = self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        slots.entry(path.clone()).or_default().clone()
+    }
+
+    /// The secret at `path`, from memory when fresh.
+    pub async fn read(&self, path: &VaultPath) -> Result<Secret, SourceError> {
+        let slot = self.slot(path);
+        let mut slot = slot.lock().await;
+        if let Some((secret, fetched)) = &slot.fresh {
+            if fetched.elapsed() < self.ttl {
+                return Ok(secret.clone());
+            }
+        }
+        let result = match tokio::time::timeout(self.timeout, self.source.read(path)).await {
+            Ok(result) => result,
+            Err(_) => Err(SourceError::Unavailable(format!(
+                "no answer within {}s",
+                self.timeout.as_secs_f32()
+            ))),
+        };
+        match &result {
+            Ok(secret) => {
+                if slot.last_error.take().is_some() {
+                    tracing::info!(vault_path = %path, "secret readable again");
+                }
+                slot.fresh = Some((secret.clone(), Instant::now()));
+            }
+            Err(error) => {
+                slot.fresh = None;
+                if slot.last_error.as_ref() != Some(error) {
+                    log_source_error(path, error);
+                    slot.last_error = Some(error.clone());
+                }
+            }
+        }
+        result
+    }
+
+    /// Whether `path` is a folder, with the same timeout as reads. Not cached: it is asked only for nested names.
+    pub async fn is_folder(&self, path: &VaultPath) -> Result<bool, SourceError> {
+        match tokio::time::timeout(self.timeout, self.source.is_folder(path)).await {
+            Ok(result) => result,
+            Err(_) => Err(SourceError::Unavailable(format!(
+                "no answer within {}s",
+                self.timeout.as_secs_f32()
+            ))),
+        }
+    }
+}
+
+fn log_source_error(path: &VaultPath, error: &SourceError) {
+    match error {
+        SourceError::NotFound => {
+            tracing::info!(vault_path = %path, status = "not found", "secret read failed")
+        }
+        SourceError::Denied(reason) => {
+            tracing::warn!(vault_path = %path, status = "denied", reason = %reason, "secret read failed")
+        }
+        SourceError::Unavailable(reason) => {
+            tracing::warn!(vault_path = %path, status = "unavailable", reason = %reason, "secret read failed")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::MemorySource;
+    use serde_json::json;
+
+    fn path(p: &str) -> VaultPath {
+        VaultPath::from_volume_name(p).unwrap()
+    }
+
+    #[tokio::test]
+    async fn one_request_per_ttl_for_many_readers() {
+        let source = Arc::new(MemorySource::default());
+        source.put("secret/a", json!({"value": "1"}));
+        let cache = Arc::new(SecretCache::new(
+            source.clone(),
+            Duration::from_secs(60),
+            Duration::from_secs(5),
+        ));
+        let mut readers = Vec::new();
+        for _ in 0..50 {
+            let cache = cache.clone();
+            readers.push(tokio::spawn(async move { cache.read(&path("secret/a")).await }));
+        }
+        for reader in readers {
+            assert!(reader.await.unwrap().is_ok());
+        }
+        assert_eq!(source.reads(), 1);
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_are_coalesced_while_the_source_is_slow() {
+        let source = Arc::new(MemorySource::default());
+        source.put("secret/a", json!({"value": "1"}));
+        source.set_delay(Duration::from_millis(200));
+        let cache = Arc::new(SecretCache::new(
+            source.clone(),
+            Duration::from_secs(60),
+            Duration::from_secs(5),
+        ));
+        let a = tokio::spawn({
+            let cache = cache.clone();
+            async move { cache.read(&path("secret/a")).await }
+        });
+        let b = tokio::spawn({
+            let cache = cache.clone();
+            async move { cache.read(&path("secret/a")).await }
+        });
+        assert!(a.await.unwrap().is_ok() && b.await.unwrap().is_ok());
+        assert_eq!(source.reads(), 1);
+    }
+
+    #[tokio::test]
+    async fn expired_entries_are_read_again_and_errors_are_not_cached() {
+        let source = Arc::new(MemorySource::default());
+        let cache = SecretCache::new(
+            source.clone(),
+            Duration::from_millis(50),
+            Duration::from_secs(5),
+        );
+        assert_eq!(
+            cache.read(&path("secret/a")).await,
+            Err(SourceError::NotFound)
+        );
+        source.put("secret/a", json!({"value": "1"}));
+        assert!(cache.read(&path("secret/a")).await.is_ok());
+        source.put("secret/a", json!({"value": "2"}));
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        let secret = cache.read(&path("secret/a")).await.unwrap();
+        assert_eq!(
+            secret.render(&crate::names::View::Default).unwrap().as_slice(),
+            b"2"
+        );
+        assert_eq!(source.reads(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_hanging_source_gives_unavailable_within_the_timeout() {
+        let source = Arc::new(MemorySource::default());
+        source.put("secret/a", json!({"value": "1"}));
+        source.set_delay(Duration::from_secs(30));
+        let cache = SecretCache::new(source, Duration::from_secs(60), Duration::from_millis(100));
+        let started = Instant::now();
+        let result = cache.read(&path("secret/a")).await;
+        assert!(matches!(result, Err(SourceError::Unavailable(_))), "{result:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+}

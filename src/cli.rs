@@ -1,0 +1,191 @@
+//! Command-line flags. The original tool's flags (`--addr`, `--backend`, `--store-opt key=value`, `-r/--root`) keep
+//! their meaning; as with Go's flag package, `-addr` works like `--addr`.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::config::{BackendKind, FlagOverrides, DEFAULT_CONFIG_PATH};
+
+/// Serves HashiCorp Vault secrets to Docker containers as read-only files.
+#[derive(Debug, Parser)]
+#[command(name = "docker-volume-libsecret", version, about, long_about = None)]
+pub struct Cli {
+    /// Config file (TOML). Absent is fine unless given explicitly.
+    #[arg(long, env = "LIBSECRET_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Vault address, such as https://vault.example.com:8200 (sets vault.addr).
+    #[arg(long, value_name = "URL")]
+    pub addr: Option<String>,
+
+    /// Secret backend.
+    #[arg(long, value_enum)]
+    pub backend: Option<Backend>,
+
+    /// Backend option KEY=VALUE, repeatable: token, token_file, timeout, ca_cert, namespace.
+    /// A token here is visible in `ps`: prefer token_file.
+    #[arg(long = "store-opt", value_name = "KEY=VALUE", value_parser = parse_store_opt)]
+    pub store_opt: Vec<(String, String)>,
+
+    /// A root-only file holding the Vault token (sets vault.token_file).
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+
+    /// Directory holding the volumes' mountpoints (sets mount_root).
+    #[arg(short = 'r', long = "root", value_name = "DIR")]
+    pub root: Option<PathBuf>,
+
+    /// Plugin socket to bind when not socket-activated (sets socket).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
+    /// Directory for volume records (sets state_dir).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Secrets file or directory for the file backend (sets file.path).
+    #[arg(long, value_name = "PATH")]
+    pub secrets_file: Option<PathBuf>,
+
+    /// Log filter, such as info or debug (sets log_level).
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Backend {
+    Vault,
+    File,
+}
+
+fn parse_store_opt(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        // Never echo the text: it may be a token.
+        _ => Err("expected KEY=VALUE".to_owned()),
+    }
+}
+
+/// Long flags the original (Go) tool accepted with one dash.
+const GO_STYLE_FLAGS: &[&str] = &["addr", "backend", "store-opt", "root", "config"];
+
+/// Rewrites `-addr` to `--addr` (and `-addr=x` to `--addr=x`) for the original tool's flags.
+pub fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    args.into_iter()
+        .map(|arg| {
+            let Some(text) = arg.to_str() else { return arg };
+            let Some(rest) = text.strip_prefix('-').filter(|r| !r.starts_with('-')) else {
+                return arg;
+            };
+            let name = rest.split('=').next().unwrap_or(rest);
+            if GO_STYLE_FLAGS.contains(&name) {
+                OsString::from(format!("-{text}"))
+            } else {
+                arg
+            }
+        })
+        .collect()
+}
+
+impl Cli {
+    /// Parses argv. A rejected value is not echoed back, because it may be a token.
+    pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(normalize_args(args)).map_err(|error| {
+            if error.kind() != clap::error::ErrorKind::ValueValidation {
+                return error;
+            }
+            let flag = match error.get(clap::error::ContextKind::InvalidArg) {
+                Some(clap::error::ContextValue::String(flag)) => flag.clone(),
+                _ => "a flag".to_owned(),
+            };
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("invalid value for {flag} (value not shown; it may be a credential)\n"),
+            )
+        })
+    }
+
+    /// The config file and whether it was named explicitly.
+    pub fn config_path(&self) -> (PathBuf, bool) {
+        match &self.config {
+            Some(path) => (path.clone(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+        }
+    }
+
+    pub fn overrides(&self) -> FlagOverrides {
+        FlagOverrides {
+            backend: self.backend.map(|b| match b {
+                Backend::Vault => BackendKind::Vault,
+                Backend::File => BackendKind::File,
+            }),
+            addr: self.addr.clone(),
+            mount_root: self.root.clone(),
+            socket: self.socket.clone(),
+            state_dir: self.state_dir.clone(),
+            token_file: self.token_file.clone(),
+            secrets_file: self.secrets_file.clone(),
+            log_level: self.log_level.clone(),
+            store_opts: self.store_opt.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        let args = normalize_args(args.iter().map(OsString::from));
+        Cli::try_parse_from(args).unwrap()
+    }
+
+    #[test]
+    fn the_original_invocation_parses() {
+        let cli = parse(&[
+            "docker-volume-libsecret",
+            "--addr",
+            "http://127.0.0.1:8200",
+            "--backend",
+            "vault",
+            "--store-opt",
+            "token=abc",
+            "-r",
+            "/mnt/secrets",
+        ]);
+        let flags = cli.overrides();
+        assert_eq!(flags.addr.as_deref(), Some("http://127.0.0.1:8200"));
+        assert_eq!(flags.backend, Some(BackendKind::Vault));
+        assert_eq!(flags.store_opts, vec![("token".to_owned(), "abc".to_owned())]);
+        assert_eq!(flags.mount_root, Some(PathBuf::from("/mnt/secrets")));
+        assert!(flags.has_argv_token());
+    }
+
+    #[test]
+    fn go_style_single_dash_flags_work() {
+        let cli = parse(&[
+            "docker-volume-libsecret",
+            "-addr=http://v:8200",
+            "-backend",
+            "vault",
+            "-store-opt",
+            "token_file=/etc/t",
+            "-root",
+            "/x",
+        ]);
+        assert_eq!(cli.addr.as_deref(), Some("http://v:8200"));
+        assert_eq!(cli.store_opt, vec![("token_file".to_owned(), "/etc/t".to_owned())]);
+        assert_eq!(cli.root, Some(PathBuf::from("/x")));
+    }
+
+    #[test]
+    fn a_malformed_store_opt_is_refused_without_echoing_it() {
+        let error = Cli::parse_args(["x", "--store-opt", "hvs.SECRETTOKEN"].map(OsString::from))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--store-opt"), "{error}");
+        assert!(!error.contains("SECRETTOKEN"), "{error}");
+    }
+}

@@ -1,0 +1,24 @@
+//! docker-volume-libsecret: HashiCorp Vault secrets as read-only files in Docker containers.
+//!
+//! Cores (kernel-free, tested with fakes): [`names`], [`secret`], [`cache`], [`filesystem`], [`volumes`],
+//! [`plugin`], [`config`]. Thin edges: [`server`] (HTTP over the plugin socket), [`fuse`], [`vault`],
+//! [`file_source`], [`mounter`], [`state`].
+#![forbid(unsafe_code)]
+
+pub mod cache;
+pub mod cli;
+pub mod config;
+pub mod file_source;
+pub mod filesystem;
+pub mod fuse;
+pub mod logging;
+pub mod mounter;
+pub mod names;
+pub mod plugin;
+pub mod secret;
+pub mod server;
+pub mod state;
+#[doc(hidden)]
+pub mod testing;
+pub mod vault;
+pub mod volumes;

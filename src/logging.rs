@@ -1,0 +1,27 @@
+//! Logging: journald when systemd runs us (it sets `JOURNAL_STREAM`), stderr otherwise. Log lines carry paths,
+//! volume names and mount IDs, never secret values or tokens.
+
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::EnvFilter;
+
+/// The journald identifier of the driver and its mount units.
+pub const SYSLOG_IDENTIFIER: &str = "docker-volume-libsecret";
+
+/// Installs the global subscriber with `filter` (tracing's `EnvFilter` syntax; `RUST_LOG` wins when set).
+pub fn init(filter: &str) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(filter))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let registry = tracing_subscriber::registry().with(filter);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        if let Ok(journald) = tracing_journald::layer() {
+            let journald = journald.with_syslog_identifier(SYSLOG_IDENTIFIER.to_owned());
+            registry.with(journald).init();
+            return;
+        }
+    }
+    registry
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .init();
+}

@@ -1,0 +1,119 @@
+//! Serves each mounted volume with FUSE inside this process, and cleans mountpoints left by a driver that died.
+
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::cache::SecretCache;
+use crate::filesystem::{FsOptions, SecretFs};
+use crate::fuse::{self, FuseMount};
+use crate::names::{escape_component, VaultPath};
+use crate::volumes::{ActiveMount, Mounter, VolumeRecord};
+
+/// Mounts volumes in-process (foreground mode, and hosts without systemd).
+pub struct InProcessMounter {
+    cache: Arc<SecretCache>,
+    fs_options: FsOptions,
+    runtime: tokio::runtime::Handle,
+}
+
+impl InProcessMounter {
+    pub fn new(cache: Arc<SecretCache>, fs_options: FsOptions, runtime: tokio::runtime::Handle) -> Self {
+        InProcessMounter {
+            cache,
+            fs_options,
+            runtime,
+        }
+    }
+}
+
+struct InProcessMount {
+    mount: FuseMount,
+}
+
+impl ActiveMount for InProcessMount {
+    fn unmount(self: Box<Self>) -> Result<(), String> {
+        let mountpoint = self.mount.mountpoint().to_owned();
+        self.mount
+            .unmount()
+            .map_err(|e| format!("unmounting {}: {e}", mountpoint.display()))?;
+        remove_mountpoint(&mountpoint);
+        Ok(())
+    }
+}
+
+fn remove_mountpoint(mountpoint: &Path) {
+    if let Err(error) = std::fs::remove_dir(mountpoint) {
+        if error.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(mountpoint = %mountpoint.display(), %error, "could not remove the mountpoint");
+        }
+    }
+}
+
+impl Mounter for InProcessMounter {
+    fn mount(&self, record: &VolumeRecord, path: &VaultPath, mountpoint: &Path) -> Result<Box<dyn ActiveMount>, String> {
+        prepare_mountpoint(mountpoint)?;
+        let fs = Arc::new(SecretFs::new(path.clone(), self.cache.clone(), self.fs_options.clone()));
+        let fs_name = format!("libsecret:{}", escape_component(&record.name));
+        let mount = fuse::mount(fs, mountpoint, &fs_name, self.runtime.clone()).map_err(|e| {
+            remove_mountpoint(mountpoint);
+            format!("FUSE mount at {} failed: {e} (is /dev/fuse available and fuse3 installed?)", mountpoint.display())
+        })?;
+        Ok(Box::new(InProcessMount { mount }))
+    }
+}
+
+/// Whether `path` is a FUSE mount whose server is gone.
+pub fn is_stale_mount(path: &Path) -> bool {
+    matches!(std::fs::metadata(path), Err(e) if e.raw_os_error() == Some(nix::libc::ENOTCONN))
+}
+
+/// Detaches a dead mount at `path`.
+fn detach(path: &Path) -> Result<(), String> {
+    nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH)
+        .map_err(|e| format!("detaching the stale mount at {}: {e}", path.display()))
+}
+
+/// Makes `mountpoint` an empty directory, detaching a dead mount left there (never handed to Docker).
+pub fn prepare_mountpoint(mountpoint: &Path) -> Result<(), String> {
+    if let Some(root) = mountpoint.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(root)
+            .map_err(|e| format!("creating {}: {e}", root.display()))?;
+    }
+    if is_stale_mount(mountpoint) {
+        tracing::warn!(mountpoint = %mountpoint.display(), "detaching a stale mount (transport endpoint is not connected)");
+        detach(mountpoint)?;
+    }
+    match std::fs::DirBuilder::new().mode(0o755).create(mountpoint) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => Err(format!("creating {}: {error}", mountpoint.display())),
+    }
+}
+
+/// Detaches and removes every dead mount under `mount_root`; returns the paths cleaned.
+pub fn clean_stale_mounts(mount_root: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(mount_root) else {
+        return Vec::new();
+    };
+    let mut cleaned = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if is_stale_mount(&path) {
+            match detach(&path) {
+                Ok(()) => {
+                    remove_mountpoint(&path);
+                    cleaned.push(path);
+                }
+                Err(reason) => tracing::warn!(%reason, "stale mount left in place"),
+            }
+        } else if std::fs::remove_dir(&path).is_ok() {
+            // An empty leftover directory: nothing was mounted there.
+            cleaned.push(path);
+        }
+    }
+    cleaned
+}

@@ -1,0 +1,245 @@
+//! Path mapping: volume names, Vault paths and the file names a container uses.
+//!
+//! A volume name is a Vault path (`secret/app-1`, a trailing `/` allowed). A file name under the mount names a secret
+//! relative to that path, optionally with a view suffix:
+//!
+//! | file name        | content                                                            |
+//! |------------------|--------------------------------------------------------------------|
+//! | `KEY`            | the `value` field, else the only field, else all fields as JSON    |
+//! | `KEY#FIELD`      | that one field                                                      |
+//! | `KEY#`           | all fields as one JSON object                                       |
+//!
+//! Every name resolves by itself, so nothing ever needs a directory listing.
+
+use std::fmt;
+
+/// The longest volume name (a Vault path) accepted at Create.
+pub const MAX_VOLUME_NAME_BYTES: usize = 1024;
+
+/// Separates a key from a view selector in a file name.
+pub const VIEW_SEPARATOR: char = '#';
+
+/// Why a volume name or file name is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("the volume name is empty; name it after a Vault path such as secret/app-1")]
+    Empty,
+    #[error("the volume name is {0} bytes long; the limit is {MAX_VOLUME_NAME_BYTES}")]
+    TooLong(usize),
+    #[error("the name contains a NUL or control character; Vault paths are printable text")]
+    ControlCharacter,
+    #[error("the name has an empty path segment (a leading '/' or '//'); write it as mount/path")]
+    EmptySegment,
+    #[error("the name has a '.' or '..' segment; paths may not climb out of their mount")]
+    DotSegment,
+    #[error("the name contains '{VIEW_SEPARATOR}', which is reserved for field selection in file names")]
+    ReservedCharacter,
+}
+
+/// A validated Vault path without leading or trailing `/`, such as `secret/app-1`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VaultPath(String);
+
+impl VaultPath {
+    /// Parses a volume name. A single trailing `/` is accepted and means the same path.
+    pub fn from_volume_name(name: &str) -> Result<Self, NameError> {
+        if name.len() > MAX_VOLUME_NAME_BYTES {
+            return Err(NameError::TooLong(name.len()));
+        }
+        let trimmed = name.strip_suffix('/').unwrap_or(name);
+        if trimmed.is_empty() {
+            return Err(NameError::Empty);
+        }
+        for segment in trimmed.split('/') {
+            check_segment(segment)?;
+        }
+        Ok(VaultPath(trimmed.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The path of a child segment that was already checked by [`check_segment`].
+    fn join(&self, segment: &str) -> VaultPath {
+        VaultPath(format!("{}/{}", self.0, segment))
+    }
+
+    /// The path segments, first to last.
+    pub fn segments(&self) -> impl Iterator<Item = &str> {
+        self.0.split('/')
+    }
+}
+
+impl fmt::Display for VaultPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for VaultPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "VaultPath({:?})", self.0)
+    }
+}
+
+/// Checks one path segment: non-empty, not `.`/`..`, printable, and without the view separator.
+pub fn check_segment(segment: &str) -> Result<(), NameError> {
+    if segment.is_empty() {
+        return Err(NameError::EmptySegment);
+    }
+    if segment == "." || segment == ".." {
+        return Err(NameError::DotSegment);
+    }
+    if segment.chars().any(char::is_control) {
+        return Err(NameError::ControlCharacter);
+    }
+    if segment.contains(VIEW_SEPARATOR) {
+        return Err(NameError::ReservedCharacter);
+    }
+    Ok(())
+}
+
+/// Which part of a secret a file shows.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum View {
+    /// `value`, else the only field, else the JSON object.
+    Default,
+    /// One named field.
+    Field(String),
+    /// Every field as one JSON object.
+    Json,
+}
+
+/// What a file name inside a directory of the mount refers to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FileName {
+    /// The secret (or folder) name within the directory.
+    pub key: String,
+    /// The view; a name with a view can only be a file, never a folder.
+    pub view: View,
+}
+
+impl FileName {
+    /// Parses a name the kernel looked up. `KEY`, `KEY#FIELD` or `KEY#`.
+    pub fn parse(name: &str) -> Result<Self, NameError> {
+        let (key, view) = match name.split_once(VIEW_SEPARATOR) {
+            None => (name, View::Default),
+            Some((key, "")) => (key, View::Json),
+            Some((key, field)) => {
+                if field.chars().any(char::is_control) {
+                    return Err(NameError::ControlCharacter);
+                }
+                (key, View::Field(field.to_owned()))
+            }
+        };
+        check_segment(key)?;
+        Ok(FileName {
+            key: key.to_owned(),
+            view,
+        })
+    }
+
+    /// The secret this name refers to under `dir`.
+    pub fn secret_path(&self, dir: &VaultPath) -> VaultPath {
+        dir.join(&self.key)
+    }
+}
+
+/// A collision-free, single-component file name for a volume name, for mountpoints and state files.
+///
+/// Bytes other than ASCII letters, digits, `-` and `_` become `%XX`, so the mapping is injective and never yields
+/// `.`, `..` or a `/`.
+pub fn escape_component(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for byte in name.bytes() {
+        if byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_' {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trailing_slash_means_the_same_path() {
+        let a = VaultPath::from_volume_name("secret/app-1/").unwrap();
+        let b = VaultPath::from_volume_name("secret/app-1").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.as_str(), "secret/app-1");
+    }
+
+    #[test]
+    fn bad_volume_names_are_refused_with_reasons() {
+        let long = "a".repeat(MAX_VOLUME_NAME_BYTES + 1);
+        let cases: &[(&str, NameError)] = &[
+            ("", NameError::Empty),
+            ("/", NameError::Empty),
+            ("secret/../sys", NameError::DotSegment),
+            ("secret/./x", NameError::DotSegment),
+            ("..", NameError::DotSegment),
+            ("/secret/x", NameError::EmptySegment),
+            ("secret//x", NameError::EmptySegment),
+            ("secret/x//", NameError::EmptySegment),
+            ("secret/a\0b", NameError::ControlCharacter),
+            ("secret/a\nb", NameError::ControlCharacter),
+            ("secret/a\u{7f}", NameError::ControlCharacter),
+            ("secret/a#b", NameError::ReservedCharacter),
+            (&long, NameError::TooLong(MAX_VOLUME_NAME_BYTES + 1)),
+        ];
+        for (name, expected) in cases {
+            assert_eq!(
+                VaultPath::from_volume_name(name).as_ref(),
+                Err(expected),
+                "{name:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_name_of_exactly_the_limit_is_accepted() {
+        let name = "a".repeat(MAX_VOLUME_NAME_BYTES);
+        assert!(VaultPath::from_volume_name(&name).is_ok());
+    }
+
+    #[test]
+    fn file_names_select_views() {
+        let dir = VaultPath::from_volume_name("secret/app-1").unwrap();
+        let plain = FileName::parse("db-password").unwrap();
+        assert_eq!(plain.view, View::Default);
+        assert_eq!(plain.secret_path(&dir).as_str(), "secret/app-1/db-password");
+
+        let field = FileName::parse("db#user").unwrap();
+        assert_eq!(field.view, View::Field("user".into()));
+        assert_eq!(field.secret_path(&dir).as_str(), "secret/app-1/db");
+
+        let json = FileName::parse("db#").unwrap();
+        assert_eq!(json.view, View::Json);
+        assert_eq!(json.key, "db");
+    }
+
+    #[test]
+    fn file_names_never_climb_out() {
+        for name in ["..", ".", "", "#x", "..#x", "a\u{1}b"] {
+            assert!(FileName::parse(name).is_err(), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn escaping_is_injective_and_safe() {
+        let names = ["secret/app-1/", "secret/app-1", "secret%2Fapp-1", "..", "a.b", "a_b"];
+        let escaped: Vec<String> = names.iter().map(|n| escape_component(n)).collect();
+        for (i, a) in escaped.iter().enumerate() {
+            assert!(!a.contains('/') && a != "." && a != "..", "{a}");
+            for b in &escaped[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        assert_eq!(escape_component("secret/app-1"), "secret%2Fapp-1");
+    }
+}

@@ -1,0 +1,208 @@
+//! Docker's volume plugin protocol (v1): decodes a method and JSON body, calls [`Volumes`], encodes the reply.
+//! Transport-free: `server.rs` feeds it HTTP requests, tests feed it bytes.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::volumes::{VolumeError, VolumeInfo, Volumes};
+
+/// The protocol's error edge: everything becomes `{"Err": "..."}` with a status.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("unknown endpoint {0:?}; this plugin implements VolumeDriver (protocol v1)")]
+    UnknownEndpoint(String),
+    #[error("malformed JSON body for {method}: {reason}")]
+    MalformedBody { method: String, reason: String },
+    #[error("{method}: {source}")]
+    Volume {
+        method: String,
+        #[source]
+        source: VolumeError,
+    },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl PluginError {
+    pub fn status(&self) -> u16 {
+        match self {
+            PluginError::UnknownEndpoint(_) => 404,
+            PluginError::MalformedBody { .. } => 400,
+            PluginError::Volume { .. } | PluginError::Internal(_) => 500,
+        }
+    }
+}
+
+/// A reply: HTTP status and JSON body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl From<PluginError> for Reply {
+    fn from(error: PluginError) -> Self {
+        Reply {
+            status: error.status(),
+            body: json!({ "Err": error.to_string() }),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct CreateRequest {
+    #[serde(rename = "Name")]
+    name: String,
+    #[serde(rename = "Opts", default)]
+    opts: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+struct NameRequest {
+    #[serde(rename = "Name")]
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct MountRequest {
+    #[serde(rename = "Name")]
+    name: String,
+    #[serde(rename = "ID", default)]
+    id: String,
+}
+
+fn parse<T: DeserializeOwned>(method: &str, body: &[u8]) -> Result<T, PluginError> {
+    serde_json::from_slice(body).map_err(|error| PluginError::MalformedBody {
+        method: method.to_owned(),
+        reason: error.to_string(),
+    })
+}
+
+/// The protocol handler shared by every connection.
+#[derive(Clone)]
+pub struct Plugin {
+    volumes: Arc<Mutex<Volumes>>,
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
+}
+
+fn volume_json(info: &VolumeInfo) -> Value {
+    json!({
+        "Name": info.name,
+        "Mountpoint": info.mountpoint.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+        "CreatedAt": info.created_at,
+        "Status": { "Mounts": info.mount_ids },
+    })
+}
+
+impl Plugin {
+    pub fn new(volumes: Arc<Mutex<Volumes>>) -> Self {
+        Plugin { volumes }
+    }
+
+    /// Runs `f` on the volumes off the async threads: mounting waits for the kernel.
+    async fn with_volumes<T: Send + 'static>(
+        &self,
+        method: &str,
+        f: impl FnOnce(&mut Volumes) -> Result<T, VolumeError> + Send + 'static,
+    ) -> Result<T, PluginError> {
+        let volumes = self.volumes.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut volumes = volumes.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut volumes)
+        })
+        .await
+        .map_err(|error| PluginError::Internal(error.to_string()))?;
+        result.map_err(|source| PluginError::Volume {
+            method: method.to_owned(),
+            source,
+        })
+    }
+
+    /// Handles `POST /<method>` with `body`.
+    pub async fn handle(&self, path: &str, body: &[u8]) -> Reply {
+        match self.dispatch(path, body).await {
+            Ok(body) => Reply { status: 200, body },
+            Err(error) => {
+                tracing::warn!(endpoint = %path, error = %error, "plugin call failed");
+                error.into()
+            }
+        }
+    }
+
+    async fn dispatch(&self, path: &str, body: &[u8]) -> Result<Value, PluginError> {
+        let method = path.trim_start_matches('/');
+        // Docker sends no body (or `{}`) for the calls that take no arguments.
+        let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { body };
+        match method {
+            "Plugin.Activate" => {
+                parse::<Value>(method, body)?;
+                Ok(json!({ "Implements": ["VolumeDriver"] }))
+            }
+            "VolumeDriver.Capabilities" => {
+                parse::<Value>(method, body)?;
+                Ok(json!({ "Capabilities": { "Scope": "local" } }))
+            }
+            "VolumeDriver.Create" => {
+                let request: CreateRequest = parse(method, body)?;
+                let name = request.name.clone();
+                let options = request.opts.unwrap_or_default();
+                self.with_volumes(method, move |v| v.create(&request.name, options, now_rfc3339()))
+                    .await?;
+                tracing::info!(volume = %name, "volume created");
+                Ok(json!({ "Err": "" }))
+            }
+            "VolumeDriver.Remove" => {
+                let request: NameRequest = parse(method, body)?;
+                let name = request.name.clone();
+                self.with_volumes(method, move |v| v.remove(&request.name)).await?;
+                tracing::info!(volume = %name, "volume removed");
+                Ok(json!({ "Err": "" }))
+            }
+            "VolumeDriver.Mount" => {
+                let request: MountRequest = parse(method, body)?;
+                let (name, id) = (request.name.clone(), request.id.clone());
+                let mountpoint = self
+                    .with_volumes(method, move |v| v.mount(&request.name, &request.id))
+                    .await?;
+                tracing::info!(volume = %name, mount_id = %id, mountpoint = %mountpoint.display(), "volume mounted");
+                Ok(json!({ "Mountpoint": mountpoint.display().to_string(), "Err": "" }))
+            }
+            "VolumeDriver.Unmount" => {
+                let request: MountRequest = parse(method, body)?;
+                let (name, id) = (request.name.clone(), request.id.clone());
+                let unmounted = self
+                    .with_volumes(method, move |v| v.unmount(&request.name, &request.id))
+                    .await?;
+                tracing::info!(volume = %name, mount_id = %id, filesystem_unmounted = unmounted, "volume unmounted");
+                Ok(json!({ "Err": "" }))
+            }
+            "VolumeDriver.Path" => {
+                let request: NameRequest = parse(method, body)?;
+                let info = self.with_volumes(method, move |v| v.get(&request.name)).await?;
+                let mountpoint = info.mountpoint.map(|p| p.display().to_string());
+                Ok(json!({ "Mountpoint": mountpoint.unwrap_or_default(), "Err": "" }))
+            }
+            "VolumeDriver.Get" => {
+                let request: NameRequest = parse(method, body)?;
+                let info = self.with_volumes(method, move |v| v.get(&request.name)).await?;
+                Ok(json!({ "Volume": volume_json(&info), "Err": "" }))
+            }
+            "VolumeDriver.List" => {
+                parse::<Value>(method, body)?;
+                let volumes = self.with_volumes(method, |v| Ok(v.list())).await?;
+                let volumes: Vec<Value> = volumes.iter().map(volume_json).collect();
+                Ok(json!({ "Volumes": volumes, "Err": "" }))
+            }
+            _ => Err(PluginError::UnknownEndpoint(path.to_owned())),
+        }
+    }
+}

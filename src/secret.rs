@@ -1,0 +1,139 @@
+//! The boundary between the filesystem and wherever secrets live (Vault, a file, a test fake).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use async_trait::async_trait;
+use zeroize::Zeroizing;
+
+use crate::names::{VaultPath, View};
+
+/// Why a source could not answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SourceError {
+    /// No secret at that path (Vault 404, a deleted KV v2 version, a missing file entry).
+    #[error("not found")]
+    NotFound,
+    /// The source refused (Vault 403). The reason is the server's text, which never holds a secret.
+    #[error("permission denied: {0}")]
+    Denied(String),
+    /// The source could not be asked: unreachable, sealed, 5xx, timed out, malformed answer.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Fields of one secret. Values stay in memory only and are never printed by `Debug`.
+#[derive(Clone, PartialEq)]
+pub struct Secret {
+    fields: BTreeMap<String, serde_json::Value>,
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Secret")
+            .field("fields", &self.fields.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Bytes of a rendered secret; wiped from memory when dropped.
+pub type SecretBytes = Zeroizing<Vec<u8>>;
+
+impl Secret {
+    pub fn new(fields: BTreeMap<String, serde_json::Value>) -> Self {
+        Secret { fields }
+    }
+
+    /// The file content for a view, or `None` when the view names a field the secret lacks.
+    ///
+    /// Strings render as their bytes, with no added newline. Other JSON values (numbers, booleans, objects, arrays,
+    /// null) render as compact JSON text.
+    pub fn render(&self, view: &View) -> Option<SecretBytes> {
+        match view {
+            View::Field(name) => self.fields.get(name).map(render_value),
+            View::Json => Some(self.render_json()),
+            View::Default => match self.fields.get("value") {
+                Some(value) => Some(render_value(value)),
+                None if self.fields.len() == 1 => self.fields.values().next().map(render_value),
+                None => Some(self.render_json()),
+            },
+        }
+    }
+
+    fn render_json(&self) -> SecretBytes {
+        // Serialising a map of JSON values cannot fail: every key is a string.
+        Zeroizing::new(serde_json::to_vec(&self.fields).unwrap_or_default())
+    }
+}
+
+fn render_value(value: &serde_json::Value) -> SecretBytes {
+    match value {
+        serde_json::Value::String(text) => Zeroizing::new(text.as_bytes().to_vec()),
+        other => Zeroizing::new(serde_json::to_vec(other).unwrap_or_default()),
+    }
+}
+
+/// Where secrets come from. The filesystem only ever talks to this trait.
+#[async_trait]
+pub trait SecretSource: Send + Sync + 'static {
+    /// Reads the secret at `path`.
+    async fn read(&self, path: &VaultPath) -> Result<Secret, SourceError>;
+
+    /// Whether `path` is a folder holding at least one secret (used only to resolve a nested name such as
+    /// `team/db`; the answer is never shown as a listing).
+    async fn is_folder(&self, path: &VaultPath) -> Result<bool, SourceError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn secret(value: serde_json::Value) -> Secret {
+        Secret::new(serde_json::from_value(value).unwrap())
+    }
+
+    fn text(bytes: Option<SecretBytes>) -> Option<String> {
+        bytes.map(|b| String::from_utf8(b.to_vec()).unwrap())
+    }
+
+    #[test]
+    fn default_view_prefers_value_then_single_field_then_json() {
+        let with_value = secret(json!({"value": "v", "other": "o"}));
+        assert_eq!(text(with_value.render(&View::Default)).unwrap(), "v");
+
+        let single = secret(json!({"password": "p"}));
+        assert_eq!(text(single.render(&View::Default)).unwrap(), "p");
+
+        let many = secret(json!({"user": "u", "password": "p"}));
+        assert_eq!(
+            text(many.render(&View::Default)).unwrap(),
+            r#"{"password":"p","user":"u"}"#
+        );
+    }
+
+    #[test]
+    fn field_and_json_views() {
+        let s = secret(json!({"user": "u", "port": 5432, "tls": true, "nested": {"a": 1}}));
+        assert_eq!(text(s.render(&View::Field("user".into()))).unwrap(), "u");
+        assert_eq!(text(s.render(&View::Field("port".into()))).unwrap(), "5432");
+        assert_eq!(text(s.render(&View::Field("tls".into()))).unwrap(), "true");
+        assert_eq!(
+            text(s.render(&View::Field("nested".into()))).unwrap(),
+            r#"{"a":1}"#
+        );
+        assert_eq!(s.render(&View::Field("missing".into())), None);
+        assert_eq!(
+            text(s.render(&View::Json)).unwrap(),
+            r#"{"nested":{"a":1},"port":5432,"tls":true,"user":"u"}"#
+        );
+    }
+
+    #[test]
+    fn debug_never_shows_values() {
+        let s = secret(json!({"value": "hunter2"}));
+        let printed = format!("{s:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(printed.contains("value"));
+    }
+}

@@ -1,0 +1,111 @@
+//! The plugin's HTTP edge: serves [`Plugin`] over a unix socket with hyper. The listener comes from the caller, so
+//! systemd socket activation, a socket bound by the driver itself, and tests all take this one path.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::Path;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use serde_json::json;
+use tokio::net::UnixListener;
+
+use crate::plugin::{Plugin, Reply};
+
+/// The largest request body accepted; Docker's requests are a few hundred bytes.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1+json";
+
+fn respond(reply: Reply) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec(&reply.body).unwrap_or_else(|_| b"{}".to_vec());
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if let Ok(value) = CONTENT_TYPE.parse() {
+        response.headers_mut().insert(hyper::header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+fn error_reply(status: u16, message: String) -> Reply {
+    Reply {
+        status,
+        body: json!({ "Err": message }),
+    }
+}
+
+async fn handle(plugin: Plugin, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = request.uri().path().to_owned();
+    if request.method() != Method::POST {
+        return Ok(respond(error_reply(405, format!("{path}: the plugin protocol uses POST"))));
+    }
+    let body = match Limited::new(request.into_body(), MAX_BODY_BYTES).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) => {
+            let message = if error.is::<http_body_util::LengthLimitError>() {
+                format!("{path}: request body is larger than {MAX_BODY_BYTES} bytes")
+            } else {
+                format!("{path}: could not read the request body: {error}")
+            };
+            return Ok(respond(error_reply(413, message)));
+        }
+    };
+    Ok(respond(plugin.handle(&path, &body).await))
+}
+
+/// Serves plugin requests on `listener` until `shutdown` completes, then lets open requests finish.
+pub async fn run(listener: UnixListener, plugin: Plugin, shutdown: impl Future<Output = ()>) {
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    tracing::warn!(%error, "accepting a plugin connection failed");
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let plugin = plugin.clone();
+        let service = hyper::service::service_fn(move |request| handle(plugin.clone(), request));
+        let connection = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "plugin connection ended with an error");
+            }
+        });
+    }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), graceful.shutdown()).await;
+}
+
+/// The listener: the one systemd passed (socket activation), else a socket bound at `path` with mode 0600.
+pub fn listener(path: &Path) -> std::io::Result<(UnixListener, bool)> {
+    let mut fds = listenfd::ListenFd::from_env();
+    if let Some(listener) = fds.take_unix_listener(0)? {
+        listener.set_nonblocking(true)?;
+        return Ok((UnixListener::from_std(listener)?, true));
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o755).create(parent)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error),
+    }
+    // The socket is born 0600: no window in which another user could connect.
+    let previous = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(path);
+    nix::sys::stat::umask(previous);
+    let listener = bound?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok((listener, false))
+}

@@ -1,0 +1,80 @@
+//! In-memory fakes for tests of the cores (also used by the integration tests under `tests/`).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::names::VaultPath;
+use crate::secret::{Secret, SecretSource, SourceError};
+
+/// A [`SecretSource`] backed by a map, counting its reads, with an optional delay and forced error.
+#[derive(Default)]
+pub struct MemorySource {
+    secrets: Mutex<BTreeMap<String, serde_json::Value>>,
+    delay: Mutex<Duration>,
+    failure: Mutex<Option<SourceError>>,
+    reads: AtomicUsize,
+}
+
+impl MemorySource {
+    /// Stores `fields` (a JSON object) at `path`.
+    pub fn put(&self, path: &str, fields: serde_json::Value) {
+        lock(&self.secrets).insert(path.to_owned(), fields);
+    }
+
+    pub fn remove(&self, path: &str) {
+        lock(&self.secrets).remove(path);
+    }
+
+    pub fn set_delay(&self, delay: Duration) {
+        *lock(&self.delay) = delay;
+    }
+
+    /// Makes every call fail with `error` until cleared with `None`.
+    pub fn set_failure(&self, error: Option<SourceError>) {
+        *lock(&self.failure) = error;
+    }
+
+    /// How many `read` calls reached the source.
+    pub fn reads(&self) -> usize {
+        self.reads.load(Ordering::SeqCst)
+    }
+
+    async fn pause(&self) -> Result<(), SourceError> {
+        let delay = *lock(&self.delay);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        match lock(&self.failure).clone() {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[async_trait]
+impl SecretSource for MemorySource {
+    async fn read(&self, path: &VaultPath) -> Result<Secret, SourceError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        self.pause().await?;
+        let value = lock(&self.secrets).get(path.as_str()).cloned();
+        match value {
+            Some(serde_json::Value::Object(map)) => Ok(Secret::new(map.into_iter().collect())),
+            Some(_) => Err(SourceError::Unavailable("not a JSON object".into())),
+            None => Err(SourceError::NotFound),
+        }
+    }
+
+    async fn is_folder(&self, path: &VaultPath) -> Result<bool, SourceError> {
+        self.pause().await?;
+        let prefix = format!("{}/", path.as_str());
+        Ok(lock(&self.secrets).keys().any(|k| k.starts_with(&prefix)))
+    }
+}
