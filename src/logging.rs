@@ -1,6 +1,8 @@
 //! Logging: journald when systemd runs us (it sets `JOURNAL_STREAM`), stderr otherwise. Log lines carry paths,
 //! volume names and mount IDs, never secret values or tokens.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
@@ -21,7 +23,8 @@ pub fn init(filter: &str) {
             return;
         }
     }
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     registry
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi))
         .init();
 }

@@ -132,7 +132,12 @@ impl Plugin {
         match self.dispatch(path, body).await {
             Ok(body) => Reply { status: 200, body },
             Err(error) => {
-                tracing::warn!(endpoint = %path, error = %error, "plugin call failed");
+                if let PluginError::Volume { source: VolumeError::NotFound(_), .. } = &error {
+                    // Docker asks Get before every implicit Create: an unknown name is routine.
+                    tracing::info!(endpoint = %path, error = %error, "plugin call failed");
+                } else {
+                    tracing::warn!(endpoint = %path, error = %error, "plugin call failed");
+                }
                 error.into()
             }
         }

@@ -1,0 +1,19 @@
+//! Shared helpers of the integration tests. Each test binary uses a different subset.
+#![allow(dead_code)]
+
+pub mod docker;
+pub mod driver;
+pub mod plugin_client;
+pub mod rvault;
+
+/// Fails the test loudly unless FUSE can be used here: the FUSE layers never skip.
+pub fn require_fuse() {
+    assert!(
+        std::path::Path::new("/dev/fuse").exists(),
+        "/dev/fuse is missing: FUSE tests need it (run scripts/setup-test-host.sh as root)"
+    );
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "FUSE mount tests must run as root (they mount with allow_other)"
+    );
+}

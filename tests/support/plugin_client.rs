@@ -1,0 +1,45 @@
+//! A minimal HTTP/1.1 client for the plugin socket, speaking exactly what Docker sends.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+/// POSTs `body` to `endpoint` (such as `/VolumeDriver.Mount`); returns the status and the JSON reply.
+pub fn call_raw(socket: &Path, endpoint: &str, body: &[u8]) -> (u16, serde_json::Value) {
+    let mut stream = UnixStream::connect(socket)
+        .unwrap_or_else(|e| panic!("connecting to the plugin socket {}: {e}", socket.display()));
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let head = format!(
+        "POST {endpoint} HTTP/1.1\r\nHost: plugin.moby.localhost\r\n\
+         Accept: application/vnd.docker.plugins.v1.2+json\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    // A server may answer (413) before reading an oversized body; a broken pipe then is fine.
+    let _ = stream.write_all(body);
+    let mut reply = Vec::new();
+    let _ = stream.read_to_end(&mut reply);
+    let text = String::from_utf8_lossy(&reply);
+    let status: u16 = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in reply to {endpoint}: {text:?}"));
+    let json = text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body)
+        .unwrap_or_default();
+    let value = serde_json::from_str(json).unwrap_or_else(|e| panic!("reply to {endpoint} is not JSON ({e}): {json:?}"));
+    (status, value)
+}
+
+pub fn call(socket: &Path, endpoint: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    call_raw(socket, endpoint, body.to_string().as_bytes())
+}
+
+/// The reply's `Err` field, empty on success.
+pub fn err_of(reply: &serde_json::Value) -> &str {
+    reply.get("Err").and_then(|e| e.as_str()).unwrap_or_default()
+}
