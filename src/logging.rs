@@ -12,9 +12,15 @@ pub const SYSLOG_IDENTIFIER: &str = "docker-volume-libsecret";
 
 /// Installs the global subscriber with `filter` (tracing's `EnvFilter` syntax; `RUST_LOG` wins when set).
 pub fn init(filter: &str) {
+    // vaultrs and rustify log every failed request at ERROR (a missing key is routine here) and requests at
+    // DEBUG, headers included; the driver logs each outcome itself, once, so they stay off.
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = ["vaultrs=off", "rustify=off"]
+        .iter()
+        .filter_map(|directive| directive.parse().ok())
+        .fold(filter, EnvFilter::add_directive);
     let registry = tracing_subscriber::registry().with(filter);
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         if let Ok(journald) = tracing_journald::layer() {

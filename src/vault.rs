@@ -16,14 +16,36 @@ use crate::config::VaultConfig;
 use crate::names::VaultPath;
 use crate::secret::{Secret, SecretSource, SourceError};
 
-/// `GET sys/internal/ui/mounts/<path>`: which mount owns a path and its options.
+/// A Vault reply envelope, read leniently: Vault-API servers differ in which envelope keys they send (RustyVault
+/// omits `request_id`, which vaultrs' own response types require), and only `data` matters here.
+#[derive(Debug, Deserialize)]
+struct Envelope<T> {
+    data: Option<T>,
+}
+
+/// `GET <path>`: a KV read, mount detection or token lookup.
 #[derive(Debug, Endpoint)]
-#[endpoint(path = "sys/internal/ui/mounts/{self.path}", response = "UiMount")]
-struct UiMountRequest {
+#[endpoint(path = "{self.path}", response = "Envelope<serde_json::Value>")]
+struct ReadRequest {
     #[endpoint(skip)]
     path: String,
 }
 
+/// `LIST <path>/`: the keys of a folder.
+#[derive(Debug, Endpoint)]
+#[endpoint(path = "{self.path}", method = "LIST", response = "Envelope<KeyList>")]
+struct ListRequest {
+    #[endpoint(skip)]
+    path: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct KeyList {
+    #[serde(default)]
+    keys: Vec<String>,
+}
+
+/// `sys/internal/ui/mounts/<path>`'s `data`: which mount owns a path, and its options.
 #[derive(Debug, Deserialize)]
 struct UiMount {
     path: String,
@@ -31,11 +53,7 @@ struct UiMount {
     options: Option<HashMap<String, String>>,
 }
 
-/// `GET auth/token/lookup-self`, read leniently: only the fields logged at start.
-#[derive(Debug, Endpoint)]
-#[endpoint(path = "auth/token/lookup-self", response = "TokenInfo")]
-struct LookupSelfRequest {}
-
+/// `auth/token/lookup-self`'s `data`, only the fields logged at start.
 #[derive(Debug, Deserialize)]
 struct TokenInfo {
     #[serde(default)]
@@ -166,7 +184,7 @@ impl VaultSource {
         })?;
         let lookup = tokio::time::timeout(
             config.timeout,
-            vaultrs::api::exec_with_result(&client, LookupSelfRequest {}),
+            get_data::<TokenInfo>(&client, "auth/token/lookup-self".to_owned()),
         )
         .await;
         match lookup {
@@ -229,10 +247,7 @@ impl VaultSource {
         {
             return Ok(known.clone());
         }
-        let request = UiMountRequest {
-            path: text.to_owned(),
-        };
-        let mount = match vaultrs::api::exec_with_result(&self.client, request).await {
+        let mount = match get_data::<UiMount>(&self.client, format!("sys/internal/ui/mounts/{text}")).await {
             Ok(info) => KvMount {
                 mount: info.path.trim_matches('/').to_owned(),
                 version: match info.options.as_ref().and_then(|o| o.get("version")).map(String::as_str) {
@@ -263,6 +278,16 @@ impl VaultSource {
     }
 }
 
+/// Reads `path` and decodes its `data` as `T`; a reply without `data` counts as not found.
+async fn get_data<T: serde::de::DeserializeOwned>(client: &VaultClient, path: String) -> Result<T, ClientError> {
+    let envelope = vaultrs::api::exec_with_no_result(client, ReadRequest { path: path.clone() }).await?;
+    let data = envelope.data.ok_or(ClientError::APIError {
+        code: 404,
+        errors: vec![format!("{path}: reply has no data")],
+    })?;
+    serde_json::from_value(data).map_err(|source| ClientError::JsonParseError { source })
+}
+
 #[async_trait]
 impl SecretSource for VaultSource {
     async fn read(&self, path: &VaultPath) -> Result<Secret, SourceError> {
@@ -272,31 +297,30 @@ impl SecretSource for VaultSource {
             return Err(SourceError::NotFound);
         }
         let fields: BTreeMap<String, serde_json::Value> = if mount.version == 2 {
-            vaultrs::kv2::read(&self.client, &mount.mount, relative)
-                .await
-                .map_err(source_error)?
+            #[derive(Deserialize)]
+            struct VersionedData {
+                data: Option<BTreeMap<String, serde_json::Value>>,
+            }
+            let versioned: VersionedData =
+                get_data(&self.client, format!("{}/data/{relative}", mount.mount)).await.map_err(source_error)?;
+            // A deleted or destroyed version has `data: null`.
+            versioned.data.ok_or(SourceError::NotFound)?
         } else {
-            let response = vaultrs::kv1::get_raw(&self.client, &mount.mount, relative)
-                .await
-                .map_err(source_error)?;
-            serde_json::from_value(response.data)
-                .map_err(|_| SourceError::Unavailable("the secret's data is not a JSON object".to_owned()))?
+            get_data(&self.client, format!("{}/{relative}", mount.mount)).await.map_err(source_error)?
         };
         Ok(Secret::new(fields))
     }
 
     async fn is_folder(&self, path: &VaultPath) -> Result<bool, SourceError> {
         let mount = self.mount_of(path).await?;
-        let relative = format!("{}/", Self::relative(&mount, path));
-        let keys = if mount.version == 2 {
-            vaultrs::kv2::list(&self.client, &mount.mount, &relative).await
+        let relative = Self::relative(&mount, path);
+        let list_path = if mount.version == 2 {
+            format!("{}/metadata/{relative}/", mount.mount)
         } else {
-            vaultrs::kv1::list(&self.client, &mount.mount, &relative)
-                .await
-                .map(|response| response.data.keys)
+            format!("{}/{relative}/", mount.mount)
         };
-        match keys {
-            Ok(keys) => Ok(!keys.is_empty()),
+        match vaultrs::api::exec_with_no_result(&self.client, ListRequest { path: list_path }).await {
+            Ok(envelope) => Ok(envelope.data.is_some_and(|list| !list.keys.is_empty())),
             Err(error) => match source_error(error) {
                 SourceError::NotFound => Ok(false),
                 other => Err(other),

@@ -1,0 +1,276 @@
+//! The real Docker engine running real containers through the plugin socket, with the driver binary started the
+//! way the original tool was (`--addr $VAULT_ADDR --backend vault --store-opt token=$VAULT_TOKEN`) against the
+//! Vault-API test server. Needs dockerd and the test image (scripts/setup-test-host.sh); fails, never skips.
+//!
+//! Docker knows the plugin by its socket name, so these tests share `/run/docker/plugins/libsecret.sock` and must
+//! run one at a time (scripts/test.sh runs the suite with one test thread).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::docker::{docker, docker_ok, require_docker, TEST_IMAGE};
+use support::driver::Driver;
+use vault_api_server::{ServerConfig, TestVault};
+
+const SOCKET: &str = "/run/docker/plugins/libsecret.sock";
+
+/// The plugin socket is one per host: tests in this binary take turns.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// One test's world: a Vault-API server, the driver binary, and cleanup of every volume it made.
+struct Host {
+    _turn: std::sync::MutexGuard<'static, ()>,
+    vault: TestVault,
+    driver: Option<Driver>,
+    dir: tempfile::TempDir,
+    volumes: Vec<String>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Host {
+    fn start() -> Host {
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        require_docker();
+        support::require_fuse();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        // A token that cannot appear in a log by accident, so the leak check below means something.
+        let config = ServerConfig {
+            root_token: format!("hvs.e2e-root-{}", std::process::id()),
+            ..ServerConfig::default()
+        };
+        let vault = runtime.block_on(TestVault::start(config)).unwrap();
+        vault.put("secret/app-1/db-password", json!({"value": "s3cr3t-db-password"}));
+        vault.put("secret/app-1/api", json!({"user": "svc", "key": "k3y"}));
+        vault.put("secret/app-2/other", json!({"value": "app-2-only"}));
+        let dir = tempfile::tempdir().unwrap();
+        let mut host = Host {
+            _turn: turn,
+            vault,
+            driver: None,
+            dir,
+            volumes: Vec::new(),
+            _runtime: runtime,
+        };
+        host.start_driver();
+        host
+    }
+
+    fn mount_root(&self) -> PathBuf {
+        self.dir.path().join("mounts")
+    }
+
+    fn start_driver(&mut self) {
+        let addr = self.vault.addr();
+        let token = format!("token={}", self.vault.root_token());
+        let state = self.dir.path().join("state");
+        let root = self.mount_root();
+        let log = self.dir.path().join(format!("driver-{}.log", Instant::now().elapsed().as_nanos()));
+        let args = [
+            "--addr",
+            addr.as_str(),
+            "--backend",
+            "vault",
+            "--store-opt",
+            token.as_str(),
+            "-r",
+            root.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ];
+        self.driver = Some(Driver::start(&args, Path::new(SOCKET), &log));
+    }
+
+    fn stop_driver(&mut self) {
+        if let Some(mut driver) = self.driver.take() {
+            assert!(driver.stop(), "the driver did not stop cleanly:\n{}", driver.log());
+        }
+    }
+
+    fn log(&self) -> String {
+        self.driver.as_ref().map(Driver::log).unwrap_or_default()
+    }
+
+    fn volume(&mut self, name: &str) -> String {
+        self.volumes.push(name.to_owned());
+        name.to_owned()
+    }
+
+    /// `docker run --rm --volume-driver libsecret -v VOLUME:/secrets IMAGE sh -c SCRIPT`.
+    fn run(&self, volume: &str, script: &str) -> (i32, String, String) {
+        docker(&[
+            "run",
+            "--rm",
+            "--volume-driver",
+            "libsecret",
+            "-v",
+            &format!("{volume}:/secrets"),
+            TEST_IMAGE,
+            "sh",
+            "-c",
+            script,
+        ])
+    }
+
+    /// Host mounts (from mountinfo) at this driver's mount root.
+    fn live_mounts(&self) -> Vec<String> {
+        let root = self.mount_root().display().to_string();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+            .filter(|mountpoint| mountpoint.starts_with(&root))
+            .collect()
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        for volume in &self.volumes {
+            let _ = docker(&["volume", "rm", "-f", volume]);
+        }
+        // No assertion here: a panic while unwinding would abort the whole test binary.
+        if let Some(mut driver) = self.driver.take() {
+            driver.stop();
+        }
+    }
+}
+
+#[test]
+fn the_walkthrough_ls_is_empty_cat_prints_the_value_and_writes_fail() {
+    let mut host = Host::start();
+    let volume = host.volume("secret/app-1/");
+    let (code, out, err) = host.run(
+        &volume,
+        "ls -la /secrets; echo ---; cat /secrets/db-password; echo; echo ---; \
+         echo x > /secrets/db-password; echo write_rc=$?; echo ---; cat /secrets/db-password; echo; \
+         cat /secrets/api#user; echo; cat /secrets/api#",
+    );
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}\ndriver:\n{}", host.log());
+    let sections: Vec<&str> = out.split("---\n").collect();
+    assert_eq!(sections.len(), 4, "{out}");
+    let listing: Vec<&str> = sections[0].lines().filter(|l| !l.starts_with("total")).collect();
+    assert_eq!(listing.len(), 2, "only . and .. are listed:\n{}", sections[0]);
+    assert!(listing[0].ends_with(" .") && listing[1].ends_with(" .."), "{listing:?}");
+    assert_eq!(sections[1].trim_end(), "s3cr3t-db-password");
+    assert!(err.contains("Read-only file system"), "{err}");
+    assert!(sections[2].contains("write_rc=1"), "{out}");
+    let rest: Vec<&str> = sections[3].lines().collect();
+    assert_eq!(rest, vec!["s3cr3t-db-password", "svc", r#"{"key":"k3y","user":"svc"}"#]);
+    // Vault is unchanged: nothing but reads and lookups ever reached it.
+    let writes: Vec<_> = host
+        .vault
+        .requests()
+        .into_iter()
+        .filter(|r| r.method != "GET" && r.method != "LIST")
+        .collect();
+    assert!(writes.is_empty(), "{writes:?}");
+    let log = host.log();
+    assert!(log.contains("volume mounted") && log.contains("secret/app-1/"), "{log}");
+    assert!(!log.contains("s3cr3t-db-password") && !log.contains(host.vault.root_token()), "{log}");
+}
+
+#[test]
+fn a_key_from_another_collection_is_not_reachable() {
+    let mut host = Host::start();
+    let volume = host.volume("secret/app-1");
+    let (code, out, err) = host.run(
+        &volume,
+        "cat /secrets/../app-2/other; echo rc1=$?; cat /secrets/app-2/other; echo rc2=$?; \
+         cat '/secrets/..#' ; echo rc3=$?; cat /secrets/missing; echo rc4=$?",
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    for rc in ["rc1=1", "rc2=1", "rc3=1", "rc4=1"] {
+        assert!(out.contains(rc), "{rc} in {out}");
+    }
+    assert!(!out.contains("app-2-only"), "{out}");
+    assert!(err.contains("No such file or directory"), "{err}");
+    // The same key is there for a volume of its own collection.
+    let other = host.volume("secret/app-2");
+    let (_, out, _) = host.run(&other, "cat /secrets/other");
+    assert_eq!(out, "app-2-only");
+}
+
+#[test]
+fn two_containers_share_one_mount_that_goes_away_after_both_exit() {
+    let mut host = Host::start();
+    let volume = host.volume("secret/app-1/");
+    let mut containers = Vec::new();
+    for _ in 0..2 {
+        let id = docker_ok(&[
+            "run",
+            "-d",
+            "--volume-driver",
+            "libsecret",
+            "-v",
+            &format!("{volume}:/secrets"),
+            TEST_IMAGE,
+            "sleep",
+            "300",
+        ]);
+        containers.push(id.trim().to_owned());
+    }
+    for id in &containers {
+        let value = docker_ok(&["exec", id, "cat", "/secrets/db-password"]);
+        assert_eq!(value, "s3cr3t-db-password");
+    }
+    assert_eq!(host.live_mounts().len(), 1, "{:?}", host.live_mounts());
+    let (_, get) = support::plugin_client::call(Path::new(SOCKET), "/VolumeDriver.Get", json!({"Name": volume}));
+    assert_eq!(get["Volume"]["Status"]["Mounts"], 2, "{get}");
+
+    docker_ok(&["rm", "-f", &containers[0]]);
+    assert_eq!(host.live_mounts().len(), 1, "still used by the second container");
+    assert_eq!(docker_ok(&["exec", &containers[1], "cat", "/secrets/db-password"]), "s3cr3t-db-password");
+    docker_ok(&["rm", "-f", &containers[1]]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !host.live_mounts().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(host.live_mounts().is_empty(), "{:?}\n{}", host.live_mounts(), host.log());
+    let leftover: Vec<_> = std::fs::read_dir(host.mount_root()).unwrap().collect();
+    assert!(leftover.is_empty(), "mountpoints left behind: {leftover:?}");
+}
+
+#[test]
+fn docker_volume_create_ls_inspect_rm() {
+    let mut host = Host::start();
+    let volume = host.volume("secret/app-3");
+    docker_ok(&["volume", "create", "-d", "libsecret", &volume]);
+    let ls = docker_ok(&["volume", "ls", "--format", "{{.Driver}} {{.Name}}"]);
+    assert!(ls.lines().any(|l| l == "libsecret secret/app-3"), "{ls}");
+    let inspect: serde_json::Value = serde_json::from_str(&docker_ok(&["volume", "inspect", &volume])).unwrap();
+    assert_eq!(inspect[0]["Driver"], "libsecret");
+    assert_eq!(inspect[0]["Name"], "secret/app-3");
+    assert!(inspect[0]["CreatedAt"].as_str().is_some_and(|t| t.starts_with("20")), "{inspect}");
+    assert!(!inspect.to_string().contains(host.vault.root_token()));
+
+    let (code, _, err) = docker(&["volume", "create", "-d", "libsecret", "-o", "token=hvs.nope", "secret/app-4"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("unknown volume option \"token\""), "{err}");
+    let (code, _, err) = docker(&["volume", "create", "-d", "libsecret", "secret/../sys"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("invalid volume name"), "{err}");
+
+    docker_ok(&["volume", "rm", &volume]);
+    let ls = docker_ok(&["volume", "ls", "--format", "{{.Name}}"]);
+    assert!(!ls.lines().any(|l| l == "secret/app-3"), "{ls}");
+}
+
+#[test]
+fn volumes_are_still_listed_and_mount_after_the_driver_restarts() {
+    let mut host = Host::start();
+    let first = host.volume("secret/app-1/");
+    let second = host.volume("secret/app-2");
+    docker_ok(&["volume", "create", "-d", "libsecret", &first]);
+    docker_ok(&["volume", "create", "-d", "libsecret", &second]);
+    host.stop_driver();
+    host.start_driver();
+    let ls = docker_ok(&["volume", "ls", "--format", "{{.Driver}} {{.Name}}"]);
+    for name in [&first, &second] {
+        assert!(ls.lines().any(|l| l == format!("libsecret {name}")), "{name} in {ls}");
+    }
+    let (code, out, err) = host.run(&first, "cat /secrets/db-password");
+    assert_eq!((code, out.as_str()), (0, "s3cr3t-db-password"), "{err}\n{}", host.log());
+}
