@@ -39,7 +39,10 @@ impl SecretCache {
     }
 
     fn slot(&self, path: &VaultPath) -> Arc<AsyncMutex<Slot>> {
-        let mut slots = self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut slots = self
+            .slots
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         slots.entry(path.clone()).or_default().clone()
     }
 
@@ -125,7 +128,9 @@ mod tests {
         let mut readers = Vec::new();
         for _ in 0..50 {
             let cache = cache.clone();
-            readers.push(tokio::spawn(async move { cache.read(&path("secret/a")).await }));
+            readers.push(tokio::spawn(
+                async move { cache.read(&path("secret/a")).await },
+            ));
         }
         for reader in readers {
             assert!(reader.await.unwrap().is_ok());
@@ -173,7 +178,10 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(80)).await;
         let secret = cache.read(&path("secret/a")).await.unwrap();
         assert_eq!(
-            secret.render(&crate::names::View::Default).unwrap().as_slice(),
+            secret
+                .render(&crate::names::View::Default)
+                .unwrap()
+                .as_slice(),
             b"2"
         );
         assert_eq!(source.reads(), 3);
@@ -187,7 +195,10 @@ mod tests {
         let cache = SecretCache::new(source, Duration::from_secs(60), Duration::from_millis(100));
         let started = Instant::now();
         let result = cache.read(&path("secret/a")).await;
-        assert!(matches!(result, Err(SourceError::Unavailable(_))), "{result:?}");
+        assert!(
+            matches!(result, Err(SourceError::Unavailable(_))),
+            "{result:?}"
+        );
         assert!(started.elapsed() < Duration::from_secs(5));
     }
 }

@@ -158,7 +158,10 @@ mod tests {
         let flags = cli.overrides();
         assert_eq!(flags.addr.as_deref(), Some("http://127.0.0.1:8200"));
         assert_eq!(flags.backend, Some(BackendKind::Vault));
-        assert_eq!(flags.store_opts, vec![("token".to_owned(), "abc".to_owned())]);
+        assert_eq!(
+            flags.store_opts,
+            vec![("token".to_owned(), "abc".to_owned())]
+        );
         assert_eq!(flags.mount_root, Some(PathBuf::from("/mnt/secrets")));
         assert!(flags.has_argv_token());
     }
@@ -176,7 +179,10 @@ mod tests {
             "/x",
         ]);
         assert_eq!(cli.addr.as_deref(), Some("http://v:8200"));
-        assert_eq!(cli.store_opt, vec![("token_file".to_owned(), "/etc/t".to_owned())]);
+        assert_eq!(
+            cli.store_opt,
+            vec![("token_file".to_owned(), "/etc/t".to_owned())]
+        );
         assert_eq!(cli.root, Some(PathBuf::from("/x")));
     }
 

@@ -235,7 +235,11 @@ fn describe(error: figment::Error) -> String {
 
 impl Config {
     /// Loads from `file` (which may be absent unless `file_required`), the environment and the flags.
-    pub fn load(file: &Path, file_required: bool, flags: &FlagOverrides) -> Result<Config, ConfigError> {
+    pub fn load(
+        file: &Path,
+        file_required: bool,
+        flags: &FlagOverrides,
+    ) -> Result<Config, ConfigError> {
         if file_required && !file.exists() {
             return Err(ConfigError::File {
                 file: file.to_owned(),
@@ -254,7 +258,9 @@ impl Config {
             )
             .merge(Env::prefixed("LIBSECRET_").ignore(&["CONFIG"]).split("__"));
         let figment = flags.apply(figment)?;
-        let config: Config = figment.extract().map_err(|e| ConfigError::Invalid(describe(e)))?;
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Invalid(describe(e)))?;
         config.validate()?;
         Ok(config)
     }
@@ -291,6 +297,7 @@ impl Config {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closures must return figment's (large) error type
 mod tests {
     use super::*;
 
@@ -302,11 +309,15 @@ mod tests {
     #[test]
     fn defaults_apply_without_a_file() {
         jail(|_| {
-            let config = Config::load(Path::new("absent.toml"), false, &FlagOverrides::default()).unwrap();
+            let config =
+                Config::load(Path::new("absent.toml"), false, &FlagOverrides::default()).unwrap();
             assert_eq!(config.backend(), BackendKind::File);
             assert_eq!(config.cache_ttl, Duration::from_secs(30));
             assert_eq!(config.vault.timeout, Duration::from_secs(10));
-            assert_eq!(config.socket, PathBuf::from("/run/docker/plugins/libsecret.sock"));
+            assert_eq!(
+                config.socket,
+                PathBuf::from("/run/docker/plugins/libsecret.sock")
+            );
             Ok(())
         });
     }
@@ -337,13 +348,19 @@ mod tests {
             let config = Config::load(path, true, &FlagOverrides::default()).unwrap();
             assert_eq!(config.vault.addr.as_deref(), Some("http://vault-env:8200"));
             assert_eq!(config.vault.namespace.as_deref(), Some("env-ns"));
-            assert_eq!(config.vault.token.as_ref().map(Credential::expose), Some("env-token"));
+            assert_eq!(
+                config.vault.token.as_ref().map(Credential::expose),
+                Some("env-token")
+            );
             assert_eq!(config.vault.timeout, Duration::from_secs(3));
 
             jail.set_env("LIBSECRET_VAULT__ADDR", "http://libsecret-env:8200");
             jail.set_env("LIBSECRET_MOUNT_ROOT", "/from/env");
             let config = Config::load(path, true, &FlagOverrides::default()).unwrap();
-            assert_eq!(config.vault.addr.as_deref(), Some("http://libsecret-env:8200"));
+            assert_eq!(
+                config.vault.addr.as_deref(),
+                Some("http://libsecret-env:8200")
+            );
             assert_eq!(config.mount_root, PathBuf::from("/from/env"));
 
             let flags = FlagOverrides {
@@ -355,7 +372,10 @@ mod tests {
             let config = Config::load(path, true, &flags).unwrap();
             assert_eq!(config.vault.addr.as_deref(), Some("http://flag:8200"));
             assert_eq!(config.mount_root, PathBuf::from("/from/flag"));
-            assert_eq!(config.vault.token.as_ref().map(Credential::expose), Some("flag-token"));
+            assert_eq!(
+                config.vault.token.as_ref().map(Credential::expose),
+                Some("flag-token")
+            );
             assert!(flags.has_argv_token());
             Ok(())
         });
@@ -364,7 +384,10 @@ mod tests {
     #[test]
     fn unknown_keys_name_the_file_and_the_key() {
         jail(|jail| {
-            jail.create_file("config.toml", "[vault]\naddr = \"http://x\"\ntokn = \"typo\"\n")?;
+            jail.create_file(
+                "config.toml",
+                "[vault]\naddr = \"http://x\"\ntokn = \"typo\"\n",
+            )?;
             let error = Config::load(Path::new("config.toml"), true, &FlagOverrides::default())
                 .unwrap_err()
                 .to_string();
@@ -389,7 +412,9 @@ mod tests {
                 store_opts: vec![("tokne".into(), "x".into())],
                 ..FlagOverrides::default()
             };
-            let error = Config::load(Path::new("absent.toml"), false, &flags).unwrap_err().to_string();
+            let error = Config::load(Path::new("absent.toml"), false, &flags)
+                .unwrap_err()
+                .to_string();
             assert!(error.contains("tokne"), "{error}");
             assert!(!error.contains("x\""), "{error}");
             Ok(())
@@ -399,7 +424,10 @@ mod tests {
     #[test]
     fn bad_values_are_refused_with_their_key() {
         jail(|jail| {
-            jail.create_file("config.toml", "[vault]\naddr = \"http://x\"\nkv_version = { \"secret/\" = 3 }\n")?;
+            jail.create_file(
+                "config.toml",
+                "[vault]\naddr = \"http://x\"\nkv_version = { \"secret/\" = 3 }\n",
+            )?;
             let error = Config::load(Path::new("config.toml"), true, &FlagOverrides::default())
                 .unwrap_err()
                 .to_string();
@@ -408,16 +436,23 @@ mod tests {
             let error = Config::load(Path::new("config.toml"), true, &FlagOverrides::default())
                 .unwrap_err()
                 .to_string();
-            assert!(error.contains("cache_ttl") && error.contains("config.toml"), "{error}");
+            assert!(
+                error.contains("cache_ttl") && error.contains("config.toml"),
+                "{error}"
+            );
             Ok(())
         });
     }
 
     #[test]
     fn a_required_file_that_is_missing_is_an_error_and_tokens_never_print() {
-        let error = Config::load(Path::new("/nonexistent/c.toml"), true, &FlagOverrides::default())
-            .unwrap_err()
-            .to_string();
+        let error = Config::load(
+            Path::new("/nonexistent/c.toml"),
+            true,
+            &FlagOverrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(error.contains("/nonexistent/c.toml"), "{error}");
         let credential = Credential::new("hvs.secret".into());
         assert!(!format!("{credential:?}").contains("hvs"));

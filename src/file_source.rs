@@ -33,9 +33,8 @@ impl FileSource {
     }
 
     fn files(&self) -> Result<Vec<PathBuf>, SourceError> {
-        let unreadable = |e: std::io::Error| {
-            SourceError::Unavailable(format!("{}: {e}", self.path.display()))
-        };
+        let unreadable =
+            |e: std::io::Error| SourceError::Unavailable(format!("{}: {e}", self.path.display()));
         if !self.path.is_dir() {
             return Ok(vec![self.path.clone()]);
         }
@@ -51,17 +50,22 @@ impl FileSource {
     fn load(&self) -> Result<Secrets, SourceError> {
         let mut secrets = Secrets::new();
         for file in self.files()? {
-            let unavailable = |reason: String| SourceError::Unavailable(format!("{}: {reason}", file.display()));
+            let unavailable =
+                |reason: String| SourceError::Unavailable(format!("{}: {reason}", file.display()));
             let metadata = std::fs::metadata(&file).map_err(|e| unavailable(e.to_string()))?;
             // Someone other than root who can write this file could hand containers any "secret".
             if metadata.uid() != 0 && metadata.uid() != nix::unistd::geteuid().as_raw() {
                 return Err(unavailable("not owned by root".to_owned()));
             }
             if metadata.mode() & 0o022 != 0 {
-                return Err(unavailable("writable by group or others; chmod 600 it".to_owned()));
+                return Err(unavailable(
+                    "writable by group or others; chmod 600 it".to_owned(),
+                ));
             }
             let text = std::fs::read_to_string(&file).map_err(|e| unavailable(e.to_string()))?;
-            let table: toml::Table = text.parse().map_err(|e: toml::de::Error| unavailable(e.message().to_owned()))?;
+            let table: toml::Table = text
+                .parse()
+                .map_err(|e: toml::de::Error| unavailable(e.message().to_owned()))?;
             for (path, value) in table {
                 let fields = match value {
                     toml::Value::String(text) => {
@@ -136,12 +140,24 @@ mod tests {
             "#,
         );
         let source = FileSource::open(&file).unwrap();
-        let secret = source.read(&vault_path("secret/app-1/db-password")).await.unwrap();
+        let secret = source
+            .read(&vault_path("secret/app-1/db-password"))
+            .await
+            .unwrap();
         assert_eq!(secret.render(&View::Default).unwrap().as_slice(), b"s3cr3t");
         let db = source.read(&vault_path("secret/app-1/db")).await.unwrap();
-        assert_eq!(db.render(&View::Field("port".into())).unwrap().as_slice(), b"5432");
-        assert!(source.is_folder(&vault_path("secret/app-1/team")).await.unwrap());
-        assert!(!source.is_folder(&vault_path("secret/app-1/db")).await.unwrap());
+        assert_eq!(
+            db.render(&View::Field("port".into())).unwrap().as_slice(),
+            b"5432"
+        );
+        assert!(source
+            .is_folder(&vault_path("secret/app-1/team"))
+            .await
+            .unwrap());
+        assert!(!source
+            .is_folder(&vault_path("secret/app-1/db"))
+            .await
+            .unwrap());
         assert_eq!(
             source.read(&vault_path("secret/app-1/missing")).await,
             Err(SourceError::NotFound)
@@ -157,7 +173,10 @@ mod tests {
         assert!(source.read(&vault_path("secret/b")).await.is_ok());
         write(&dir.path().join("a.toml"), "\"secret/a\" = \"changed\"\n");
         let secret = source.read(&vault_path("secret/a")).await.unwrap();
-        assert_eq!(secret.render(&View::Default).unwrap().as_slice(), b"changed");
+        assert_eq!(
+            secret.render(&View::Default).unwrap().as_slice(),
+            b"changed"
+        );
         write(&dir.path().join("c.toml"), "\"secret/a\" = \"twice\"\n");
         assert!(matches!(
             source.read(&vault_path("secret/a")).await,

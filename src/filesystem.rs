@@ -208,7 +208,9 @@ impl SecretFs {
     }
 
     fn inodes(&self) -> MutexGuard<'_, InodeTable> {
-        self.inodes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inodes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn open_files(&self) -> MutexGuard<'_, HashMap<u64, SecretBytes>> {
@@ -386,7 +388,14 @@ mod tests {
     #[tokio::test]
     async fn missing_keys_fields_and_escapes_are_not_found() {
         let fs = fs_with(source());
-        for name in ["missing", "db#nofield", "..", ".", "../app-2/other", "a\u{1}"] {
+        for name in [
+            "missing",
+            "db#nofield",
+            "..",
+            ".",
+            "../app-2/other",
+            "a\u{1}",
+        ] {
             assert_eq!(
                 fs.lookup(ROOT_INODE, OsStr::new(name)).await,
                 Err(FsError::NotFound),
@@ -410,7 +419,10 @@ mod tests {
     #[tokio::test]
     async fn writes_are_read_only_and_files_are_not_directories() {
         let fs = fs_with(source());
-        let file = fs.lookup(ROOT_INODE, OsStr::new("db-password")).await.unwrap();
+        let file = fs
+            .lookup(ROOT_INODE, OsStr::new("db-password"))
+            .await
+            .unwrap();
         assert_eq!(file.perm, 0o444);
         assert_eq!(fs.open(file.ino, true).await, Err(FsError::ReadOnly));
         assert_eq!(
@@ -424,9 +436,15 @@ mod tests {
     async fn an_open_file_keeps_its_snapshot_while_the_value_rotates() {
         let source = source();
         let fs = fs_with(source.clone());
-        let attr = fs.lookup(ROOT_INODE, OsStr::new("db-password")).await.unwrap();
+        let attr = fs
+            .lookup(ROOT_INODE, OsStr::new("db-password"))
+            .await
+            .unwrap();
         let (handle, _) = fs.open(attr.ino, false).await.unwrap();
-        source.put("secret/app-1/db-password", json!({"value": "rotated-and-longer"}));
+        source.put(
+            "secret/app-1/db-password",
+            json!({"value": "rotated-and-longer"}),
+        );
         assert_eq!(fs.read(handle, 0, 3).unwrap().as_slice(), b"s3c");
         assert_eq!(fs.read(handle, 3, 100).unwrap().as_slice(), b"r3t");
         assert_eq!(fs.read(handle, 100, 100).unwrap().as_slice(), b"");
@@ -435,8 +453,14 @@ mod tests {
     #[tokio::test]
     async fn forgotten_inodes_are_dropped_but_root_stays() {
         let fs = fs_with(source());
-        let attr = fs.lookup(ROOT_INODE, OsStr::new("db-password")).await.unwrap();
-        let again = fs.lookup(ROOT_INODE, OsStr::new("db-password")).await.unwrap();
+        let attr = fs
+            .lookup(ROOT_INODE, OsStr::new("db-password"))
+            .await
+            .unwrap();
+        let again = fs
+            .lookup(ROOT_INODE, OsStr::new("db-password"))
+            .await
+            .unwrap();
         assert_eq!(attr.ino, again.ino);
         fs.forget(attr.ino, 1);
         assert!(fs.getattr(attr.ino).is_ok());

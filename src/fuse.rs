@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     BackgroundSession, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, LockOwner, MountOption, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite,
-    Request, SessionACL, TimeOrNow, WriteFlags,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request,
+    SessionACL, TimeOrNow, WriteFlags,
 };
 
 use crate::filesystem::{FsError, NodeAttr, NodeKind, SecretFs, ROOT_INODE};
@@ -79,13 +79,14 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let write =
-            flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & nix::libc::O_TRUNC != 0;
+        let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & nix::libc::O_TRUNC != 0;
         let fs = self.fs.clone();
         self.runtime.spawn(async move {
             match fs.open(ino.0, write).await {
                 // Direct I/O: every read comes from this open's snapshot, whatever size the kernel cached.
-                Ok((handle, _size)) => reply.opened(FileHandle(handle), FopenFlags::FOPEN_DIRECT_IO),
+                Ok((handle, _size)) => {
+                    reply.opened(FileHandle(handle), FopenFlags::FOPEN_DIRECT_IO)
+                }
                 Err(error) => reply.error(errno(&error)),
             }
         });

@@ -31,6 +31,10 @@ pub fn init(filter: &str) {
     }
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     registry
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(ansi),
+        )
         .init();
 }

@@ -77,8 +77,10 @@ async fn open_source(config: &Config) -> anyhow::Result<Arc<dyn SecretSource>> {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut terminate), Ok(mut interrupt)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let (Ok(mut terminate), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::warn!("cannot watch SIGTERM/SIGINT; stop with SIGKILL");
         return std::future::pending().await;
     };
@@ -90,14 +92,26 @@ async fn shutdown_signal() {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let source = open_source(&config).await?;
-    let cache = Arc::new(SecretCache::new(source, config.cache_ttl, config.vault.timeout));
+    let cache = Arc::new(SecretCache::new(
+        source,
+        config.cache_ttl,
+        config.vault.timeout,
+    ));
     for path in clean_stale_mounts(&config.mount_root) {
         tracing::info!(mountpoint = %path.display(), "removed a leftover mountpoint");
     }
     let store = DirRecordStore::open(&config.state_dir).context("state directory")?;
-    let mounter = InProcessMounter::new(cache, FsOptions::default(), tokio::runtime::Handle::current());
-    let volumes = Volumes::open(Box::new(store), Box::new(mounter), config.mount_root.clone())
-        .context("loading volume records")?;
+    let mounter = InProcessMounter::new(
+        cache,
+        FsOptions::default(),
+        tokio::runtime::Handle::current(),
+    );
+    let volumes = Volumes::open(
+        Box::new(store),
+        Box::new(mounter),
+        config.mount_root.clone(),
+    )
+    .context("loading volume records")?;
     let (volume_count, _) = volumes.counts();
     let volumes = Arc::new(Mutex::new(volumes));
     let (listener, activated) = server::listener(&config.socket)
@@ -116,7 +130,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
     let _ = tokio::task::spawn_blocking(move || {
-        volumes.lock().unwrap_or_else(|p| p.into_inner()).unmount_all();
+        volumes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .unmount_all();
     })
     .await;
     if !activated {

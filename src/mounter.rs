@@ -18,7 +18,11 @@ pub struct InProcessMounter {
 }
 
 impl InProcessMounter {
-    pub fn new(cache: Arc<SecretCache>, fs_options: FsOptions, runtime: tokio::runtime::Handle) -> Self {
+    pub fn new(
+        cache: Arc<SecretCache>,
+        fs_options: FsOptions,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
         InProcessMounter {
             cache,
             fs_options,
@@ -51,13 +55,25 @@ fn remove_mountpoint(mountpoint: &Path) {
 }
 
 impl Mounter for InProcessMounter {
-    fn mount(&self, record: &VolumeRecord, path: &VaultPath, mountpoint: &Path) -> Result<Box<dyn ActiveMount>, String> {
+    fn mount(
+        &self,
+        record: &VolumeRecord,
+        path: &VaultPath,
+        mountpoint: &Path,
+    ) -> Result<Box<dyn ActiveMount>, String> {
         prepare_mountpoint(mountpoint)?;
-        let fs = Arc::new(SecretFs::new(path.clone(), self.cache.clone(), self.fs_options.clone()));
+        let fs = Arc::new(SecretFs::new(
+            path.clone(),
+            self.cache.clone(),
+            self.fs_options.clone(),
+        ));
         let fs_name = format!("libsecret:{}", escape_component(&record.name));
         let mount = fuse::mount(fs, mountpoint, &fs_name, self.runtime.clone()).map_err(|e| {
             remove_mountpoint(mountpoint);
-            format!("FUSE mount at {} failed: {e} (is /dev/fuse available and fuse3 installed?)", mountpoint.display())
+            format!(
+                "FUSE mount at {} failed: {e} (is /dev/fuse available and fuse3 installed?)",
+                mountpoint.display()
+            )
         })?;
         Ok(Box::new(InProcessMount { mount }))
     }

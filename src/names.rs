@@ -32,7 +32,9 @@ pub enum NameError {
     EmptySegment,
     #[error("the name has a '.' or '..' segment; paths may not climb out of their mount")]
     DotSegment,
-    #[error("the name contains '{VIEW_SEPARATOR}', which is reserved for field selection in file names")]
+    #[error(
+        "the name contains '{VIEW_SEPARATOR}', which is reserved for field selection in file names"
+    )]
     ReservedCharacter,
 }
 
@@ -232,7 +234,14 @@ mod tests {
 
     #[test]
     fn escaping_is_injective_and_safe() {
-        let names = ["secret/app-1/", "secret/app-1", "secret%2Fapp-1", "..", "a.b", "a_b"];
+        let names = [
+            "secret/app-1/",
+            "secret/app-1",
+            "secret%2Fapp-1",
+            "..",
+            "a.b",
+            "a_b",
+        ];
         let escaped: Vec<String> = names.iter().map(|n| escape_component(n)).collect();
         for (i, a) in escaped.iter().enumerate() {
             assert!(!a.contains('/') && a != "." && a != "..", "{a}");

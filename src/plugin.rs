@@ -132,7 +132,11 @@ impl Plugin {
         match self.dispatch(path, body).await {
             Ok(body) => Reply { status: 200, body },
             Err(error) => {
-                if let PluginError::Volume { source: VolumeError::NotFound(_), .. } = &error {
+                if let PluginError::Volume {
+                    source: VolumeError::NotFound(_),
+                    ..
+                } = &error
+                {
                     // Docker asks Get before every implicit Create: an unknown name is routine.
                     tracing::info!(endpoint = %path, error = %error, "plugin call failed");
                 } else {
@@ -146,7 +150,11 @@ impl Plugin {
     async fn dispatch(&self, path: &str, body: &[u8]) -> Result<Value, PluginError> {
         let method = path.trim_start_matches('/');
         // Docker sends no body (or `{}`) for the calls that take no arguments.
-        let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { body };
+        let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            body
+        };
         match method {
             "Plugin.Activate" => {
                 parse::<Value>(method, body)?;
@@ -160,15 +168,18 @@ impl Plugin {
                 let request: CreateRequest = parse(method, body)?;
                 let name = request.name.clone();
                 let options = request.opts.unwrap_or_default();
-                self.with_volumes(method, move |v| v.create(&request.name, options, now_rfc3339()))
-                    .await?;
+                self.with_volumes(method, move |v| {
+                    v.create(&request.name, options, now_rfc3339())
+                })
+                .await?;
                 tracing::info!(volume = %name, "volume created");
                 Ok(json!({ "Err": "" }))
             }
             "VolumeDriver.Remove" => {
                 let request: NameRequest = parse(method, body)?;
                 let name = request.name.clone();
-                self.with_volumes(method, move |v| v.remove(&request.name)).await?;
+                self.with_volumes(method, move |v| v.remove(&request.name))
+                    .await?;
                 tracing::info!(volume = %name, "volume removed");
                 Ok(json!({ "Err": "" }))
             }
@@ -192,13 +203,17 @@ impl Plugin {
             }
             "VolumeDriver.Path" => {
                 let request: NameRequest = parse(method, body)?;
-                let info = self.with_volumes(method, move |v| v.get(&request.name)).await?;
+                let info = self
+                    .with_volumes(method, move |v| v.get(&request.name))
+                    .await?;
                 let mountpoint = info.mountpoint.map(|p| p.display().to_string());
                 Ok(json!({ "Mountpoint": mountpoint.unwrap_or_default(), "Err": "" }))
             }
             "VolumeDriver.Get" => {
                 let request: NameRequest = parse(method, body)?;
-                let info = self.with_volumes(method, move |v| v.get(&request.name)).await?;
+                let info = self
+                    .with_volumes(method, move |v| v.get(&request.name))
+                    .await?;
                 Ok(json!({ "Volume": volume_json(&info), "Err": "" }))
             }
             "VolumeDriver.List" => {

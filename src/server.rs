@@ -24,9 +24,12 @@ const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1+json";
 fn respond(reply: Reply) -> Response<Full<Bytes>> {
     let body = serde_json::to_vec(&reply.body).unwrap_or_else(|_| b"{}".to_vec());
     let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    *response.status_mut() =
+        StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     if let Ok(value) = CONTENT_TYPE.parse() {
-        response.headers_mut().insert(hyper::header::CONTENT_TYPE, value);
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, value);
     }
     response
 }
@@ -38,12 +41,21 @@ fn error_reply(status: u16, message: String) -> Reply {
     }
 }
 
-async fn handle(plugin: Plugin, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    plugin: Plugin,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = request.uri().path().to_owned();
     if request.method() != Method::POST {
-        return Ok(respond(error_reply(405, format!("{path}: the plugin protocol uses POST"))));
+        return Ok(respond(error_reply(
+            405,
+            format!("{path}: the plugin protocol uses POST"),
+        )));
     }
-    let body = match Limited::new(request.into_body(), MAX_BODY_BYTES).collect().await {
+    let body = match Limited::new(request.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
         Ok(collected) => collected.to_bytes(),
         Err(error) => {
             let message = if error.is::<http_body_util::LengthLimitError>() {
@@ -94,7 +106,10 @@ pub fn listener(path: &Path) -> std::io::Result<(UnixListener, bool)> {
         return Ok((UnixListener::from_std(listener)?, true));
     }
     if let Some(parent) = path.parent() {
-        std::fs::DirBuilder::new().recursive(true).mode(0o755).create(parent)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent)?;
     }
     match std::fs::remove_file(path) {
         Ok(()) => {}

@@ -96,7 +96,9 @@ fn describe_client_error(error: &ClientError) -> String {
     match error {
         ClientError::APIError { code, errors } => format!("status {code}: {}", errors.join("; ")),
         ClientError::RestClientError { source } => match source {
-            rustify::errors::ClientError::ServerResponseError { code, .. } => format!("status {code}"),
+            rustify::errors::ClientError::ServerResponseError { code, .. } => {
+                format!("status {code}")
+            }
             rustify::errors::ClientError::RequestError { source, .. } => {
                 format!("request failed: {}", error_chain(source.as_ref()))
             }
@@ -150,10 +152,11 @@ impl VaultSource {
         let addr = config.addr.clone().unwrap_or_default();
         let token = match (&config.token_file, &config.token) {
             (Some(path), _) => {
-                let text = std::fs::read_to_string(path).map_err(|e| VaultSetupError::TokenFile {
-                    path: path.display().to_string(),
-                    reason: e.to_string(),
-                })?;
+                let text =
+                    std::fs::read_to_string(path).map_err(|e| VaultSetupError::TokenFile {
+                        path: path.display().to_string(),
+                        reason: e.to_string(),
+                    })?;
                 zeroize::Zeroizing::new(text.trim().to_owned())
             }
             (None, Some(token)) => zeroize::Zeroizing::new(token.expose().to_owned()),
@@ -247,21 +250,28 @@ impl VaultSource {
         {
             return Ok(known.clone());
         }
-        let mount = match get_data::<UiMount>(&self.client, format!("sys/internal/ui/mounts/{text}")).await {
-            Ok(info) => KvMount {
-                mount: info.path.trim_matches('/').to_owned(),
-                version: match info.options.as_ref().and_then(|o| o.get("version")).map(String::as_str) {
-                    Some("2") => 2,
-                    _ => 1,
+        let mount =
+            match get_data::<UiMount>(&self.client, format!("sys/internal/ui/mounts/{text}")).await
+            {
+                Ok(info) => KvMount {
+                    mount: info.path.trim_matches('/').to_owned(),
+                    version: match info
+                        .options
+                        .as_ref()
+                        .and_then(|o| o.get("version"))
+                        .map(String::as_str)
+                    {
+                        Some("2") => 2,
+                        _ => 1,
+                    },
                 },
-            },
-            // Old servers (and some Vault-API servers) lack the endpoint: the CLI's rule is KV v1, first segment.
-            Err(error) if status_of(&error) == Some(404) => KvMount {
-                mount: first,
-                version: 1,
-            },
-            Err(error) => return Err(source_error(error)),
-        };
+                // Old servers (and some Vault-API servers) lack the endpoint: the CLI's rule is KV v1, first segment.
+                Err(error) if status_of(&error) == Some(404) => KvMount {
+                    mount: first,
+                    version: 1,
+                },
+                Err(error) => return Err(source_error(error)),
+            };
         tracing::info!(vault_addr = %self.addr, mount = %mount.mount, kv_version = mount.version, "KV mount detected");
         self.mounts
             .lock()
@@ -279,8 +289,12 @@ impl VaultSource {
 }
 
 /// Reads `path` and decodes its `data` as `T`; a reply without `data` counts as not found.
-async fn get_data<T: serde::de::DeserializeOwned>(client: &VaultClient, path: String) -> Result<T, ClientError> {
-    let envelope = vaultrs::api::exec_with_no_result(client, ReadRequest { path: path.clone() }).await?;
+async fn get_data<T: serde::de::DeserializeOwned>(
+    client: &VaultClient,
+    path: String,
+) -> Result<T, ClientError> {
+    let envelope =
+        vaultrs::api::exec_with_no_result(client, ReadRequest { path: path.clone() }).await?;
     let data = envelope.data.ok_or(ClientError::APIError {
         code: 404,
         errors: vec![format!("{path}: reply has no data")],
@@ -302,11 +316,15 @@ impl SecretSource for VaultSource {
                 data: Option<BTreeMap<String, serde_json::Value>>,
             }
             let versioned: VersionedData =
-                get_data(&self.client, format!("{}/data/{relative}", mount.mount)).await.map_err(source_error)?;
+                get_data(&self.client, format!("{}/data/{relative}", mount.mount))
+                    .await
+                    .map_err(source_error)?;
             // A deleted or destroyed version has `data: null`.
             versioned.data.ok_or(SourceError::NotFound)?
         } else {
-            get_data(&self.client, format!("{}/{relative}", mount.mount)).await.map_err(source_error)?
+            get_data(&self.client, format!("{}/{relative}", mount.mount))
+                .await
+                .map_err(source_error)?
         };
         Ok(Secret::new(fields))
     }
@@ -319,7 +337,8 @@ impl SecretSource for VaultSource {
         } else {
             format!("{}/{relative}/", mount.mount)
         };
-        match vaultrs::api::exec_with_no_result(&self.client, ListRequest { path: list_path }).await {
+        match vaultrs::api::exec_with_no_result(&self.client, ListRequest { path: list_path }).await
+        {
             Ok(envelope) => Ok(envelope.data.is_some_and(|list| !list.keys.is_empty())),
             Err(error) => match source_error(error) {
                 SourceError::NotFound => Ok(false),

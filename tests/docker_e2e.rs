@@ -32,7 +32,9 @@ struct Host {
 
 impl Host {
     fn start() -> Host {
-        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let turn = ONE_AT_A_TIME
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         require_docker();
         support::require_fuse();
         let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -42,7 +44,10 @@ impl Host {
             ..ServerConfig::default()
         };
         let vault = runtime.block_on(TestVault::start(config)).unwrap();
-        vault.put("secret/app-1/db-password", json!({"value": "s3cr3t-db-password"}));
+        vault.put(
+            "secret/app-1/db-password",
+            json!({"value": "s3cr3t-db-password"}),
+        );
         vault.put("secret/app-1/api", json!({"user": "svc", "key": "k3y"}));
         vault.put("secret/app-2/other", json!({"value": "app-2-only"}));
         let dir = tempfile::tempdir().unwrap();
@@ -67,7 +72,10 @@ impl Host {
         let token = format!("token={}", self.vault.root_token());
         let state = self.dir.path().join("state");
         let root = self.mount_root();
-        let log = self.dir.path().join(format!("driver-{}.log", Instant::now().elapsed().as_nanos()));
+        let log = self.dir.path().join(format!(
+            "driver-{}.log",
+            Instant::now().elapsed().as_nanos()
+        ));
         let args = [
             "--addr",
             addr.as_str(),
@@ -85,7 +93,11 @@ impl Host {
 
     fn stop_driver(&mut self) {
         if let Some(mut driver) = self.driver.take() {
-            assert!(driver.stop(), "the driver did not stop cleanly:\n{}", driver.log());
+            assert!(
+                driver.stop(),
+                "the driver did not stop cleanly:\n{}",
+                driver.log()
+            );
         }
     }
 
@@ -148,17 +160,36 @@ fn the_walkthrough_ls_is_empty_cat_prints_the_value_and_writes_fail() {
          echo x > /secrets/db-password; echo write_rc=$?; echo ---; cat /secrets/db-password; echo; \
          cat /secrets/api#user; echo; cat /secrets/api#",
     );
-    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}\ndriver:\n{}", host.log());
+    assert_eq!(
+        code,
+        0,
+        "stdout:\n{out}\nstderr:\n{err}\ndriver:\n{}",
+        host.log()
+    );
     let sections: Vec<&str> = out.split("---\n").collect();
     assert_eq!(sections.len(), 4, "{out}");
-    let listing: Vec<&str> = sections[0].lines().filter(|l| !l.starts_with("total")).collect();
-    assert_eq!(listing.len(), 2, "only . and .. are listed:\n{}", sections[0]);
-    assert!(listing[0].ends_with(" .") && listing[1].ends_with(" .."), "{listing:?}");
+    let listing: Vec<&str> = sections[0]
+        .lines()
+        .filter(|l| !l.starts_with("total"))
+        .collect();
+    assert_eq!(
+        listing.len(),
+        2,
+        "only . and .. are listed:\n{}",
+        sections[0]
+    );
+    assert!(
+        listing[0].ends_with(" .") && listing[1].ends_with(" .."),
+        "{listing:?}"
+    );
     assert_eq!(sections[1].trim_end(), "s3cr3t-db-password");
     assert!(err.contains("Read-only file system"), "{err}");
     assert!(sections[2].contains("write_rc=1"), "{out}");
     let rest: Vec<&str> = sections[3].lines().collect();
-    assert_eq!(rest, vec!["s3cr3t-db-password", "svc", r#"{"key":"k3y","user":"svc"}"#]);
+    assert_eq!(
+        rest,
+        vec!["s3cr3t-db-password", "svc", r#"{"key":"k3y","user":"svc"}"#]
+    );
     // Vault is unchanged: nothing but reads and lookups ever reached it.
     let writes: Vec<_> = host
         .vault
@@ -168,8 +199,14 @@ fn the_walkthrough_ls_is_empty_cat_prints_the_value_and_writes_fail() {
         .collect();
     assert!(writes.is_empty(), "{writes:?}");
     let log = host.log();
-    assert!(log.contains("volume mounted") && log.contains("secret/app-1/"), "{log}");
-    assert!(!log.contains("s3cr3t-db-password") && !log.contains(host.vault.root_token()), "{log}");
+    assert!(
+        log.contains("volume mounted") && log.contains("secret/app-1/"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("s3cr3t-db-password") && !log.contains(host.vault.root_token()),
+        "{log}"
+    );
 }
 
 #[test]
@@ -217,18 +254,34 @@ fn two_containers_share_one_mount_that_goes_away_after_both_exit() {
         assert_eq!(value, "s3cr3t-db-password");
     }
     assert_eq!(host.live_mounts().len(), 1, "{:?}", host.live_mounts());
-    let (_, get) = support::plugin_client::call(Path::new(SOCKET), "/VolumeDriver.Get", json!({"Name": volume}));
+    let (_, get) = support::plugin_client::call(
+        Path::new(SOCKET),
+        "/VolumeDriver.Get",
+        json!({"Name": volume}),
+    );
     assert_eq!(get["Volume"]["Status"]["Mounts"], 2, "{get}");
 
     docker_ok(&["rm", "-f", &containers[0]]);
-    assert_eq!(host.live_mounts().len(), 1, "still used by the second container");
-    assert_eq!(docker_ok(&["exec", &containers[1], "cat", "/secrets/db-password"]), "s3cr3t-db-password");
+    assert_eq!(
+        host.live_mounts().len(),
+        1,
+        "still used by the second container"
+    );
+    assert_eq!(
+        docker_ok(&["exec", &containers[1], "cat", "/secrets/db-password"]),
+        "s3cr3t-db-password"
+    );
     docker_ok(&["rm", "-f", &containers[1]]);
     let deadline = Instant::now() + Duration::from_secs(15);
     while !host.live_mounts().is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(host.live_mounts().is_empty(), "{:?}\n{}", host.live_mounts(), host.log());
+    assert!(
+        host.live_mounts().is_empty(),
+        "{:?}\n{}",
+        host.live_mounts(),
+        host.log()
+    );
     let leftover: Vec<_> = std::fs::read_dir(host.mount_root()).unwrap().collect();
     assert!(leftover.is_empty(), "mountpoints left behind: {leftover:?}");
 }
@@ -240,13 +293,27 @@ fn docker_volume_create_ls_inspect_rm() {
     docker_ok(&["volume", "create", "-d", "libsecret", &volume]);
     let ls = docker_ok(&["volume", "ls", "--format", "{{.Driver}} {{.Name}}"]);
     assert!(ls.lines().any(|l| l == "libsecret secret/app-3"), "{ls}");
-    let inspect: serde_json::Value = serde_json::from_str(&docker_ok(&["volume", "inspect", &volume])).unwrap();
+    let inspect: serde_json::Value =
+        serde_json::from_str(&docker_ok(&["volume", "inspect", &volume])).unwrap();
     assert_eq!(inspect[0]["Driver"], "libsecret");
     assert_eq!(inspect[0]["Name"], "secret/app-3");
-    assert!(inspect[0]["CreatedAt"].as_str().is_some_and(|t| t.starts_with("20")), "{inspect}");
+    assert!(
+        inspect[0]["CreatedAt"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("20")),
+        "{inspect}"
+    );
     assert!(!inspect.to_string().contains(host.vault.root_token()));
 
-    let (code, _, err) = docker(&["volume", "create", "-d", "libsecret", "-o", "token=hvs.nope", "secret/app-4"]);
+    let (code, _, err) = docker(&[
+        "volume",
+        "create",
+        "-d",
+        "libsecret",
+        "-o",
+        "token=hvs.nope",
+        "secret/app-4",
+    ]);
     assert_ne!(code, 0);
     assert!(err.contains("unknown volume option \"token\""), "{err}");
     let (code, _, err) = docker(&["volume", "create", "-d", "libsecret", "secret/../sys"]);
@@ -269,8 +336,16 @@ fn volumes_are_still_listed_and_mount_after_the_driver_restarts() {
     host.start_driver();
     let ls = docker_ok(&["volume", "ls", "--format", "{{.Driver}} {{.Name}}"]);
     for name in [&first, &second] {
-        assert!(ls.lines().any(|l| l == format!("libsecret {name}")), "{name} in {ls}");
+        assert!(
+            ls.lines().any(|l| l == format!("libsecret {name}")),
+            "{name} in {ls}"
+        );
     }
     let (code, out, err) = host.run(&first, "cat /secrets/db-password");
-    assert_eq!((code, out.as_str()), (0, "s3cr3t-db-password"), "{err}\n{}", host.log());
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "s3cr3t-db-password"),
+        "{err}\n{}",
+        host.log()
+    );
 }

@@ -29,8 +29,18 @@ impl ActiveMount for FakeMount {
 }
 
 impl Mounter for FakeMounter {
-    fn mount(&self, _: &VolumeRecord, _: &VaultPath, mountpoint: &Path) -> Result<Box<dyn ActiveMount>, String> {
-        *self.0.lock().unwrap().entry(mountpoint.to_owned()).or_default() += 1;
+    fn mount(
+        &self,
+        _: &VolumeRecord,
+        _: &VaultPath,
+        mountpoint: &Path,
+    ) -> Result<Box<dyn ActiveMount>, String> {
+        *self
+            .0
+            .lock()
+            .unwrap()
+            .entry(mountpoint.to_owned())
+            .or_default() += 1;
         Ok(Box::new(FakeMount(self.0.clone(), mountpoint.to_owned())))
     }
 }
@@ -48,7 +58,12 @@ impl TestServer {
         let socket = state.path().join("plugin.sock");
         let mounter = FakeMounter::default();
         let store = DirRecordStore::open(state.path()).unwrap();
-        let volumes = Volumes::open(Box::new(store), Box::new(mounter.clone()), PathBuf::from("/run/test-mounts")).unwrap();
+        let volumes = Volumes::open(
+            Box::new(store),
+            Box::new(mounter.clone()),
+            PathBuf::from("/run/test-mounts"),
+        )
+        .unwrap();
         let plugin = Plugin::new(Arc::new(Mutex::new(volumes)));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -110,7 +125,10 @@ impl Drop for TestServer {
 fn the_socket_is_root_only() {
     use std::os::unix::fs::PermissionsExt;
     let server = TestServer::start();
-    let mode = std::fs::metadata(&server.socket).unwrap().permissions().mode();
+    let mode = std::fs::metadata(&server.socket)
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
 }
 
@@ -133,13 +151,21 @@ fn docker_lifecycle_get_create_mount_unmount_remove() {
     assert_eq!(status, 500);
     assert!(err_of(&reply).contains("no volume named"), "{reply}");
 
-    let (status, reply) = call(s, "/VolumeDriver.Create", json!({"Name": name, "Opts": null}));
+    let (status, reply) = call(
+        s,
+        "/VolumeDriver.Create",
+        json!({"Name": name, "Opts": null}),
+    );
     assert_eq!((status, err_of(&reply)), (200, ""), "{reply}");
     let (_, reply) = call(s, "/VolumeDriver.Get", json!({"Name": name}));
     assert_eq!(reply["Volume"]["Name"], name);
     assert_eq!(reply["Volume"]["Mountpoint"], "");
     let created = reply["Volume"]["CreatedAt"].as_str().unwrap();
-    assert!(time::OffsetDateTime::parse(created, &time::format_description::well_known::Rfc3339).is_ok(), "{created}");
+    assert!(
+        time::OffsetDateTime::parse(created, &time::format_description::well_known::Rfc3339)
+            .is_ok(),
+        "{created}"
+    );
 
     let id_a = "a".repeat(64);
     let id_b = "b".repeat(64);
@@ -155,9 +181,17 @@ fn docker_lifecycle_get_create_mount_unmount_remove() {
     let (_, reply) = call(s, "/VolumeDriver.Remove", json!({"Name": name}));
     assert!(err_of(&reply).contains("mounted"), "{reply}");
 
-    call(s, "/VolumeDriver.Unmount", json!({"Name": name, "ID": id_a}));
+    call(
+        s,
+        "/VolumeDriver.Unmount",
+        json!({"Name": name, "ID": id_a}),
+    );
     assert_eq!(server.live_mounts(), 1);
-    call(s, "/VolumeDriver.Unmount", json!({"Name": name, "ID": id_b}));
+    call(
+        s,
+        "/VolumeDriver.Unmount",
+        json!({"Name": name, "ID": id_b}),
+    );
     assert_eq!(server.live_mounts(), 0);
 
     let (_, list) = call(s, "/VolumeDriver.List", json!({}));
@@ -171,13 +205,30 @@ fn docker_lifecycle_get_create_mount_unmount_remove() {
 #[test]
 fn volumes_survive_a_restart_and_mount_again() {
     let server = TestServer::start();
-    call(&server.socket, "/VolumeDriver.Create", json!({"Name": "secret/a"}));
-    call(&server.socket, "/VolumeDriver.Create", json!({"Name": "kv/b/"}));
+    call(
+        &server.socket,
+        "/VolumeDriver.Create",
+        json!({"Name": "secret/a"}),
+    );
+    call(
+        &server.socket,
+        "/VolumeDriver.Create",
+        json!({"Name": "kv/b/"}),
+    );
     let server = server.restart();
     let (_, list) = call(&server.socket, "/VolumeDriver.List", json!({}));
-    let names: Vec<&str> = list["Volumes"].as_array().unwrap().iter().map(|v| v["Name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = list["Volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["Name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, vec!["kv/b/", "secret/a"]);
-    let (_, reply) = call(&server.socket, "/VolumeDriver.Mount", json!({"Name": "secret/a", "ID": "x"}));
+    let (_, reply) = call(
+        &server.socket,
+        "/VolumeDriver.Mount",
+        json!({"Name": "secret/a", "ID": "x"}),
+    );
     assert_eq!(err_of(&reply), "");
     assert_eq!(server.live_mounts(), 1);
 }
@@ -189,11 +240,36 @@ fn bad_input_gets_a_clear_err_and_the_server_keeps_serving() {
     let oversized = vec![b' '; server::MAX_BODY_BYTES + 1];
     let long_name = format!("secret/{}", "a".repeat(1100));
     let raw_cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
-        ("/VolumeDriver.Create", b"{not json".to_vec(), 400, "malformed JSON"),
-        ("/VolumeDriver.Create", b"[1,2]".to_vec(), 400, "malformed JSON"),
-        ("/VolumeDriver.Create", br#"{"Name": 5}"#.to_vec(), 400, "malformed JSON"),
-        ("/VolumeDriver.Mount", br#"{"ID": "x"}"#.to_vec(), 400, "Name"),
-        ("/VolumeDriver.Bogus", b"{}".to_vec(), 404, "unknown endpoint"),
+        (
+            "/VolumeDriver.Create",
+            b"{not json".to_vec(),
+            400,
+            "malformed JSON",
+        ),
+        (
+            "/VolumeDriver.Create",
+            b"[1,2]".to_vec(),
+            400,
+            "malformed JSON",
+        ),
+        (
+            "/VolumeDriver.Create",
+            br#"{"Name": 5}"#.to_vec(),
+            400,
+            "malformed JSON",
+        ),
+        (
+            "/VolumeDriver.Mount",
+            br#"{"ID": "x"}"#.to_vec(),
+            400,
+            "Name",
+        ),
+        (
+            "/VolumeDriver.Bogus",
+            b"{}".to_vec(),
+            404,
+            "unknown endpoint",
+        ),
         ("/", b"{}".to_vec(), 404, "unknown endpoint"),
         ("/VolumeDriver.Create", oversized, 413, "larger than"),
     ];
@@ -217,19 +293,44 @@ fn bad_input_gets_a_clear_err_and_the_server_keeps_serving() {
         let (status, reply) = call(s, "/VolumeDriver.Create", json!({"Name": name}));
         assert_eq!(status, 500, "{name:?}");
         let err = err_of(&reply);
-        assert!(err.contains("invalid volume name") && err.contains(message), "{name:?}: {err}");
+        assert!(
+            err.contains("invalid volume name") && err.contains(message),
+            "{name:?}: {err}"
+        );
     }
-    let (_, reply) = call(s, "/VolumeDriver.Create", json!({"Name": "secret/x", "Opts": {"token": "hvs.x"}}));
-    assert!(err_of(&reply).contains("unknown volume option \"token\""), "{reply}");
+    let (_, reply) = call(
+        s,
+        "/VolumeDriver.Create",
+        json!({"Name": "secret/x", "Opts": {"token": "hvs.x"}}),
+    );
+    assert!(
+        err_of(&reply).contains("unknown volume option \"token\""),
+        "{reply}"
+    );
     assert!(!reply.to_string().contains("hvs.x"), "{reply}");
 
-    let (status, reply) = call(s, "/VolumeDriver.Mount", json!({"Name": "never/created", "ID": "x"}));
+    let (status, reply) = call(
+        s,
+        "/VolumeDriver.Mount",
+        json!({"Name": "never/created", "ID": "x"}),
+    );
     assert_eq!(status, 500);
-    assert!(err_of(&reply).contains("no volume named \"never/created\""), "{reply}");
-    let (status, reply) = call(s, "/VolumeDriver.Unmount", json!({"Name": "never/created", "ID": "x"}));
+    assert!(
+        err_of(&reply).contains("no volume named \"never/created\""),
+        "{reply}"
+    );
+    let (status, reply) = call(
+        s,
+        "/VolumeDriver.Unmount",
+        json!({"Name": "never/created", "ID": "x"}),
+    );
     assert_eq!((status, err_of(&reply)), (200, ""));
     call(s, "/VolumeDriver.Create", json!({"Name": "secret/ok"}));
-    let (status, reply) = call(s, "/VolumeDriver.Unmount", json!({"Name": "secret/ok", "ID": "unknown"}));
+    let (status, reply) = call(
+        s,
+        "/VolumeDriver.Unmount",
+        json!({"Name": "secret/ok", "ID": "unknown"}),
+    );
     assert_eq!((status, err_of(&reply)), (200, ""));
 
     // Nothing invalid was recorded, and the server still answers.
@@ -249,10 +350,22 @@ fn repeated_and_stale_mount_ids_under_concurrency_leave_exact_counts() {
             std::thread::spawn(move || {
                 for i in 0..25 {
                     let id = format!("{t}-{}", i % 5);
-                    let (_, m) = call(&s, "/VolumeDriver.Mount", json!({"Name": "secret/busy", "ID": id}));
+                    let (_, m) = call(
+                        &s,
+                        "/VolumeDriver.Mount",
+                        json!({"Name": "secret/busy", "ID": id}),
+                    );
                     assert_eq!(err_of(&m), "");
-                    call(&s, "/VolumeDriver.Unmount", json!({"Name": "secret/busy", "ID": format!("stale-{t}")}));
-                    let (_, u) = call(&s, "/VolumeDriver.Unmount", json!({"Name": "secret/busy", "ID": id}));
+                    call(
+                        &s,
+                        "/VolumeDriver.Unmount",
+                        json!({"Name": "secret/busy", "ID": format!("stale-{t}")}),
+                    );
+                    let (_, u) = call(
+                        &s,
+                        "/VolumeDriver.Unmount",
+                        json!({"Name": "secret/busy", "ID": id}),
+                    );
                     assert_eq!(err_of(&u), "");
                 }
             })

@@ -18,7 +18,12 @@ impl Driver {
         Self::start_with_env(args, socket, log, &[])
     }
 
-    pub fn start_with_env(args: &[&str], socket: &Path, log: &Path, env: &[(&str, &str)]) -> Driver {
+    pub fn start_with_env(
+        args: &[&str],
+        socket: &Path,
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> Driver {
         let log_file = std::fs::File::create(log).unwrap();
         let _ = std::fs::remove_file(socket);
         let child = Command::new(BINARY)
@@ -48,12 +53,23 @@ impl Driver {
             if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
                 return;
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("the driver exited with {status} before it was ready:\n{}", self.log());
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "the driver exited with {status} before it was ready:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("the driver's socket {} never accepted connections:\n{}", self.socket.display(), self.log());
+        panic!(
+            "the driver's socket {} never accepted connections:\n{}",
+            self.socket.display(),
+            self.log()
+        );
     }
 
     pub fn log(&self) -> String {
@@ -66,7 +82,9 @@ impl Driver {
 
     /// SIGTERM, then wait for exit; returns whether it exited successfully.
     pub fn stop(&mut self) -> bool {
-        let Some(mut child) = self.child.take() else { return true };
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,

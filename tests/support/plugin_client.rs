@@ -9,7 +9,9 @@ use std::time::Duration;
 pub fn call_raw(socket: &Path, endpoint: &str, body: &[u8]) -> (u16, serde_json::Value) {
     let mut stream = UnixStream::connect(socket)
         .unwrap_or_else(|e| panic!("connecting to the plugin socket {}: {e}", socket.display()));
-    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
     let head = format!(
         "POST {endpoint} HTTP/1.1\r\nHost: plugin.moby.localhost\r\n\
          Accept: application/vnd.docker.plugins.v1.2+json\r\nContent-Type: application/json\r\n\
@@ -31,7 +33,8 @@ pub fn call_raw(socket: &Path, endpoint: &str, body: &[u8]) -> (u16, serde_json:
         .split_once("\r\n\r\n")
         .map(|(_, body)| body)
         .unwrap_or_default();
-    let value = serde_json::from_str(json).unwrap_or_else(|e| panic!("reply to {endpoint} is not JSON ({e}): {json:?}"));
+    let value = serde_json::from_str(json)
+        .unwrap_or_else(|e| panic!("reply to {endpoint} is not JSON ({e}): {json:?}"));
     (status, value)
 }
 
@@ -41,5 +44,8 @@ pub fn call(socket: &Path, endpoint: &str, body: serde_json::Value) -> (u16, ser
 
 /// The reply's `Err` field, empty on success.
 pub fn err_of(reply: &serde_json::Value) -> &str {
-    reply.get("Err").and_then(|e| e.as_str()).unwrap_or_default()
+    reply
+        .get("Err")
+        .and_then(|e| e.as_str())
+        .unwrap_or_default()
 }

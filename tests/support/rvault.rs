@@ -11,7 +11,13 @@
 //!   answers `{"keys":[hex...],"root_token":"..."}`; `PUT /v1/sys/unseal {"key":"<hex>"}`
 //!   answers the seal status `{"sealed":bool,"t":..,"n":..,"progress":..}`.
 //! - After unsealing, a KV v1 engine (`type: "kv"`) is already mounted at `secret/`.
-//! - Tokens are taken from the `X-Vault-Token` header.
+//! - Tokens are taken from the `X-Vault-Token` header. A bogus token gets
+//!   403 `{"error":"Permission denied."}`; no token at all gets 400
+//!   `{"error":"Request client token is missing."}`.
+//! - KV v1: `POST /v1/secret/<path>` answers 204; `GET` answers 200
+//!   `{"renewable":false,"lease_id":"","lease_duration":3600,"auth":null,"data":{...}}`, or 404
+//!   with an empty body; listing needs the `LIST` method (`GET ?list=true` is a 404).
+//! - KV v2 is not supported by rvault.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
