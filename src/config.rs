@@ -444,6 +444,38 @@ mod tests {
         });
     }
 
+    /// The packaged example documents real keys: uncommenting every `# key = value` line still loads.
+    #[test]
+    fn the_packaged_example_config_loads_with_every_key_set() {
+        let example = include_str!("../packaging/config.toml");
+        let uncommented: String = example
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest)
+                    if rest.split_once(" = ").is_some_and(|(key, _)| {
+                        key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    }) =>
+                {
+                    rest
+                }
+                _ => line,
+            })
+            .fold(String::new(), |text, line| text + line + "\n");
+        assert!(uncommented.contains("\ntoken_file = "), "{uncommented}");
+        jail(|jail| {
+            jail.create_file("example.toml", example)?;
+            let defaults =
+                Config::load(Path::new("example.toml"), true, &FlagOverrides::default()).unwrap();
+            assert_eq!(defaults.backend(), BackendKind::File);
+            jail.create_file("full.toml", &uncommented)?;
+            let full =
+                Config::load(Path::new("full.toml"), true, &FlagOverrides::default()).unwrap();
+            assert_eq!(full.backend(), BackendKind::Vault);
+            assert_eq!(full.vault.kv_version.get("secret/"), Some(&2));
+            Ok(())
+        });
+    }
+
     #[test]
     fn a_required_file_that_is_missing_is_an_error_and_tokens_never_print() {
         let error = Config::load(

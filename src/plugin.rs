@@ -158,10 +158,12 @@ impl Plugin {
         match method {
             "Plugin.Activate" => {
                 parse::<Value>(method, body)?;
+                tracing::info!(endpoint = %path, "plugin activated");
                 Ok(json!({ "Implements": ["VolumeDriver"] }))
             }
             "VolumeDriver.Capabilities" => {
                 parse::<Value>(method, body)?;
+                tracing::info!(endpoint = %path, scope = "local", "capabilities");
                 Ok(json!({ "Capabilities": { "Scope": "local" } }))
             }
             "VolumeDriver.Create" => {
@@ -219,6 +221,7 @@ impl Plugin {
             "VolumeDriver.List" => {
                 parse::<Value>(method, body)?;
                 let volumes = self.with_volumes(method, |v| Ok(v.list())).await?;
+                tracing::info!(endpoint = %path, volumes = volumes.len(), "volumes listed");
                 let volumes: Vec<Value> = volumes.iter().map(volume_json).collect();
                 Ok(json!({ "Volumes": volumes, "Err": "" }))
             }

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The one command that runs the whole test suite (run as root): `scripts/test.sh`.
+# Prepares the host first (packages, dockerd, test image, rvault), then runs
+# rustfmt, clippy and every test. Tests share the single plugin socket and the one
+# Docker engine, so they run on one thread.
+set -euo pipefail
+
+export PATH="$HOME/.cargo/bin:$PATH"
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+bash scripts/setup-test-host.sh
+
+echo "[test] cargo fmt --all -- --check"
+cargo fmt --all -- --check
+
+echo "[test] cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+echo "[test] cargo test --workspace --no-fail-fast -- --test-threads=1"
+cargo test --workspace --no-fail-fast -- --test-threads=1
