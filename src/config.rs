@@ -47,6 +47,19 @@ pub enum BackendKind {
     File,
 }
 
+/// How mounted volumes are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum MountMode {
+    /// Transient systemd units when systemd runs the host (`/run/systemd/system` exists), else in-process.
+    #[default]
+    Auto,
+    /// Each volume's FUSE server runs in its own transient systemd unit and outlives driver restarts.
+    Systemd,
+    /// Every volume is served by the driver process itself; mounts end when it stops.
+    InProcess,
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -62,6 +75,8 @@ pub struct Config {
     /// How long a secret read from the backend is served from memory before it is read again.
     #[serde(with = "humantime_serde")]
     pub cache_ttl: Duration,
+    /// How mounts are served: `"auto"`, `"systemd"` (transient units) or `"in-process"`.
+    pub mount_mode: MountMode,
     /// Log filter, in `tracing` syntax (`info`, `debug`, `docker_volume_libsecret=debug`). Values are never logged.
     pub log_level: String,
     /// The Vault backend.
@@ -109,6 +124,7 @@ impl Default for Config {
             state_dir: PathBuf::from("/var/lib/docker-volume-libsecret"),
             mount_root: PathBuf::from("/run/docker-volume-libsecret/mounts"),
             cache_ttl: Duration::from_secs(30),
+            mount_mode: MountMode::Auto,
             log_level: "info".to_owned(),
             vault: VaultConfig::default(),
             file: FileConfig::default(),
@@ -223,6 +239,8 @@ fn describe(error: figment::Error) -> String {
                 .metadata
                 .as_ref()
                 .map(|metadata| match &metadata.source {
+                    // figment's own Display shortens paths relative to the working directory.
+                    Some(figment::Source::File(path)) => path.display().to_string(),
                     Some(source) => source.to_string(),
                     None => metadata.name.to_string(),
                 })
