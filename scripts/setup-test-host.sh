@@ -15,7 +15,7 @@ export DEBIAN_FRONTEND=noninteractive
 TEST_IMAGE="libsecret-test/busybox:latest"
 DOCKERD_LOG=/var/log/dockerd-test.log
 # libssl-dev: `cargo install rusty_vault` builds the openssl crate.
-PACKAGES=(docker.io fuse3 busybox-static curl jq ca-certificates pkg-config libssl-dev)
+PACKAGES=(docker.io fuse3 busybox-static curl jq ca-certificates pkg-config libssl-dev debootstrap)
 
 step() { printf '[setup-test-host] %s\n' "$*"; }
 die() {
@@ -133,6 +133,15 @@ else
     cargo install rusty_vault --locked --quiet
     command -v rvault >/dev/null 2>&1 || die "cargo install rusty_vault did not put rvault on PATH"
     step "rvault: installed ($(command -v rvault))"
+fi
+
+# --- 6. systemd host image -------------------------------------------------------------
+# libsecret-test/systemd-host:bookworm (debootstrap + docker import; ~1.5 min the first time)
+# for the tests that need a real systemd host (tests/support/systemd_host.rs).
+if [[ "${SKIP_SYSTEMD_HOST:-0}" == 1 ]]; then
+    step "systemd host image: skipped (SKIP_SYSTEMD_HOST=1)"
+else
+    bash "$(dirname "$0")/build-systemd-host.sh" || die "scripts/build-systemd-host.sh failed"
 fi
 
 step "done"

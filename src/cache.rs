@@ -55,13 +55,7 @@ impl SecretCache {
                 return Ok(secret.clone());
             }
         }
-        let result = match tokio::time::timeout(self.timeout, self.source.read(path)).await {
-            Ok(result) => result,
-            Err(_) => Err(SourceError::Unavailable(format!(
-                "no answer within {}s",
-                self.timeout.as_secs_f32()
-            ))),
-        };
+        let result = self.bounded(self.source.read(path)).await;
         match &result {
             Ok(secret) => {
                 if slot.last_error.take().is_some() {
@@ -82,13 +76,22 @@ impl SecretCache {
 
     /// Whether `path` is a folder, with the same timeout as reads. Not cached: it is asked only for nested names.
     pub async fn is_folder(&self, path: &VaultPath) -> Result<bool, SourceError> {
-        match tokio::time::timeout(self.timeout, self.source.is_folder(path)).await {
-            Ok(result) => result,
-            Err(_) => Err(SourceError::Unavailable(format!(
-                "no answer within {}s",
-                self.timeout.as_secs_f32()
-            ))),
-        }
+        self.bounded(self.source.is_folder(path)).await
+    }
+
+    /// Runs a source call, giving up after the configured timeout.
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, SourceError>>,
+    ) -> Result<T, SourceError> {
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(SourceError::Unavailable(format!(
+                    "no answer within {}s",
+                    self.timeout.as_secs_f32()
+                )))
+            })
     }
 }
 

@@ -52,6 +52,27 @@ pub struct Cli {
     /// Log filter, such as info or debug (sets log_level).
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Modes other than the driver itself.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Serve one volume's FUSE mount until SIGTERM. The driver runs this as a transient systemd unit.
+    #[command(hide = true)]
+    ServeMount {
+        /// The volume name (a Vault path).
+        #[arg(long)]
+        volume: String,
+        /// Where to mount it.
+        #[arg(long)]
+        mountpoint: PathBuf,
+    },
+    /// Print the man page (roff) to standard output.
+    #[command(hide = true)]
+    Man,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -113,6 +134,39 @@ impl Cli {
             Some(path) => (path.clone(), true),
             None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
         }
+    }
+
+    /// Arguments that give a mount unit the same configuration: the config file and every non-secret flag.
+    /// A `--store-opt token=` is left out on purpose: credentials never go into a unit's argv.
+    pub fn replay_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        let mut push = |flag: &str, value: Option<String>| {
+            if let Some(value) = value {
+                args.push(flag.to_owned());
+                args.push(value);
+            }
+        };
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        push("--config", Some(self.config_path().0.display().to_string()));
+        push("--addr", self.addr.clone());
+        push(
+            "--backend",
+            self.backend.map(|b| match b {
+                Backend::Vault => "vault".to_owned(),
+                Backend::File => "file".to_owned(),
+            }),
+        );
+        push("--token-file", path(&self.token_file));
+        push("--root", path(&self.root));
+        push("--state-dir", path(&self.state_dir));
+        push("--secrets-file", path(&self.secrets_file));
+        push("--log-level", self.log_level.clone());
+        for (key, value) in &self.store_opt {
+            if key != "token" {
+                push("--store-opt", Some(format!("{key}={value}")));
+            }
+        }
+        args
     }
 
     pub fn overrides(&self) -> FlagOverrides {
@@ -184,6 +238,54 @@ mod tests {
             vec![("token_file".to_owned(), "/etc/t".to_owned())]
         );
         assert_eq!(cli.root, Some(PathBuf::from("/x")));
+    }
+
+    #[test]
+    fn mount_units_get_every_non_secret_flag_and_never_the_token() {
+        let cli = parse(&[
+            "docker-volume-libsecret",
+            "--addr",
+            "http://v:8200",
+            "--store-opt",
+            "token=hvs.SECRET",
+            "--store-opt",
+            "namespace=ns1/",
+            "-r",
+            "/mnt",
+        ]);
+        let args = cli.replay_args();
+        assert!(!args.iter().any(|a| a.contains("SECRET")), "{args:?}");
+        let reparsed = parse(
+            &[
+                &["docker-volume-libsecret"],
+                &args.iter().map(String::as_str).collect::<Vec<_>>()[..],
+            ]
+            .concat(),
+        );
+        assert_eq!(reparsed.addr.as_deref(), Some("http://v:8200"));
+        assert_eq!(reparsed.root, Some(PathBuf::from("/mnt")));
+        assert_eq!(
+            reparsed.store_opt,
+            vec![("namespace".to_owned(), "ns1/".to_owned())]
+        );
+        assert_eq!(reparsed.config, Some(PathBuf::from(DEFAULT_CONFIG_PATH)));
+    }
+
+    #[test]
+    fn serve_mount_is_a_hidden_subcommand() {
+        let cli = parse(&[
+            "docker-volume-libsecret",
+            "--config",
+            "/etc/x.toml",
+            "serve-mount",
+            "--volume",
+            "secret/a",
+            "--mountpoint",
+            "/run/m",
+        ]);
+        assert!(
+            matches!(cli.command, Some(Command::ServeMount { ref volume, .. }) if volume == "secret/a")
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod plugin;
 pub mod secret;
 pub mod server;
 pub mod state;
+pub mod systemd;
 #[doc(hidden)]
 pub mod testing;
 pub mod vault;

@@ -1,30 +1,45 @@
-//! The `docker-volume-libsecret` binary: wires config, backend, volumes and the plugin server together.
+//! The `docker-volume-libsecret` binary: wires config, backend, volumes and the plugin server together, and runs
+//! the `serve-mount` mode that each mount unit uses.
 #![forbid(unsafe_code)]
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Context;
+use clap::CommandFactory;
 use sd_notify::NotifyState;
 
 use docker_volume_libsecret::cache::SecretCache;
-use docker_volume_libsecret::cli::Cli;
-use docker_volume_libsecret::config::{BackendKind, Config};
+use docker_volume_libsecret::cli::{Cli, Command};
+use docker_volume_libsecret::config::{BackendKind, Config, FlagOverrides, MountMode};
 use docker_volume_libsecret::file_source::FileSource;
-use docker_volume_libsecret::filesystem::FsOptions;
-use docker_volume_libsecret::mounter::{clean_stale_mounts, InProcessMounter};
+use docker_volume_libsecret::filesystem::{FsOptions, SecretFs};
+use docker_volume_libsecret::mounter::{clean_stale_mounts, prepare_mountpoint, InProcessMounter};
+use docker_volume_libsecret::names::{escape_component, VaultPath};
 use docker_volume_libsecret::plugin::Plugin;
 use docker_volume_libsecret::secret::SecretSource;
 use docker_volume_libsecret::state::DirRecordStore;
+use docker_volume_libsecret::systemd::{MountUnitTemplate, SystemdMounter};
 use docker_volume_libsecret::vault::VaultSource;
-use docker_volume_libsecret::volumes::Volumes;
-use docker_volume_libsecret::{logging, server};
+use docker_volume_libsecret::volumes::{Mounter, Volumes};
+use docker_volume_libsecret::{fuse, logging, server};
 
 fn main() -> ExitCode {
     let cli = match Cli::parse_args(std::env::args_os()) {
         Ok(cli) => cli,
         Err(error) => error.exit(),
     };
+    if let Some(Command::Man) = cli.command {
+        return match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("{error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let (config_path, required) = cli.config_path();
     let flags = cli.overrides();
     let config = match Config::load(&config_path, required, &flags) {
@@ -36,12 +51,6 @@ fn main() -> ExitCode {
         }
     };
     logging::init(&config.log_level);
-    if flags.has_argv_token() {
-        tracing::warn!(
-            "a Vault token was given on the command line (--store-opt token=): any local user can read it with ps; \
-             put it in a root-only file and use token_file instead"
-        );
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("libsecret")
@@ -54,7 +63,21 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config)) {
+    let result = match &cli.command {
+        Some(Command::ServeMount { volume, mountpoint }) => {
+            runtime.block_on(serve_mount(config, volume.clone(), mountpoint.clone()))
+        }
+        _ => {
+            if flags.has_argv_token() {
+                tracing::warn!(
+                    "a Vault token was given on the command line (--store-opt token=): any local user can read it \
+                     with ps; put it in a root-only file and use token_file instead"
+                );
+            }
+            runtime.block_on(serve(config, &cli, &flags))
+        }
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");
@@ -90,29 +113,120 @@ async fn shutdown_signal() {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+/// Whether a token reaches the driver only through argv or the environment, where a mount unit cannot get it
+/// without the token being copied into the unit's argv or environment.
+fn token_outside_files(config: &Config, flags: &FlagOverrides) -> bool {
+    let env_token = ["VAULT_TOKEN", "LIBSECRET_VAULT__TOKEN"]
+        .iter()
+        .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()));
+    config.backend() == BackendKind::Vault
+        && config.vault.token_file.is_none()
+        && (flags.has_argv_token() || env_token)
+}
+
+/// Non-secret environment a mount unit needs to load the same configuration.
+fn unit_environment() -> Vec<String> {
+    std::env::vars()
+        .filter(|(name, _)| {
+            (name.starts_with("LIBSECRET_") && !name.contains("TOKEN"))
+                || ["VAULT_ADDR", "VAULT_CACERT", "VAULT_NAMESPACE", "RUST_LOG"]
+                    .contains(&name.as_str())
+        })
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect()
+}
+
+async fn choose_mounter(
+    config: &Config,
+    cli: &Cli,
+    flags: &FlagOverrides,
+    cache: Arc<SecretCache>,
+) -> anyhow::Result<Box<dyn Mounter>> {
+    let systemd_host = Path::new("/run/systemd/system").is_dir();
+    let mut use_units = match config.mount_mode {
+        MountMode::InProcess => false,
+        MountMode::Systemd => true,
+        MountMode::Auto => systemd_host,
+    };
+    if use_units && token_outside_files(config, flags) {
+        tracing::warn!(
+            "the Vault token came from the command line or the environment, which mount units must not inherit: \
+             serving mounts in-process (they end when the driver stops); put the token in vault.token_file to use \
+             mount units"
+        );
+        use_units = false;
+    }
+    if !use_units {
+        tracing::info!(
+            mount_mode = "in-process",
+            "mounts are served by the driver process"
+        );
+        return Ok(Box::new(InProcessMounter::new(
+            cache,
+            FsOptions::default(),
+            tokio::runtime::Handle::current(),
+        )));
+    }
+    let template = MountUnitTemplate {
+        executable: std::env::current_exe().context("locating this binary for mount units")?,
+        config_args: cli.replay_args(),
+        environment: unit_environment(),
+        start_timeout: config.vault.timeout + Duration::from_secs(20),
+    };
+    let mounter = SystemdMounter::connect(template)
+        .await
+        .context("connecting to systemd over D-Bus for mount units (set mount_mode = \"in-process\" to do without)")?;
+    tracing::info!(
+        mount_mode = "systemd",
+        "each mount is served by a transient systemd unit"
+    );
+    Ok(Box::new(mounter))
+}
+
+fn status_line(volumes: &Mutex<Volumes>) -> String {
+    let (volumes, mounts) = volumes.lock().unwrap_or_else(|p| p.into_inner()).counts();
+    format!("{volumes} volume(s), {mounts} mounted")
+}
+
+/// Sends STATUS= (and WATCHDOG=1 when systemd asks for it) while the runtime is healthy.
+async fn report_health(volumes: Arc<Mutex<Volumes>>) {
+    let watchdog = sd_notify::watchdog_enabled();
+    let period = watchdog.map_or(Duration::from_secs(10), |timeout| timeout / 3);
+    let mut ticker = tokio::time::interval(period);
+    loop {
+        ticker.tick().await;
+        let volumes = volumes.clone();
+        let Ok(status) = tokio::task::spawn_blocking(move || status_line(&volumes)).await else {
+            continue;
+        };
+        let mut states = vec![NotifyState::Status(&status)];
+        if watchdog.is_some() {
+            states.push(NotifyState::Watchdog);
+        }
+        let _ = sd_notify::notify(&states);
+    }
+}
+
+async fn serve(config: Config, cli: &Cli, flags: &FlagOverrides) -> anyhow::Result<()> {
     let source = open_source(&config).await?;
     let cache = Arc::new(SecretCache::new(
         source,
         config.cache_ttl,
         config.vault.timeout,
     ));
+    let mounter = choose_mounter(&config, cli, flags, cache).await?;
     for path in clean_stale_mounts(&config.mount_root) {
         tracing::info!(mountpoint = %path.display(), "removed a leftover mountpoint");
     }
     let store = DirRecordStore::open(&config.state_dir).context("state directory")?;
-    let mounter = InProcessMounter::new(
-        cache,
-        FsOptions::default(),
-        tokio::runtime::Handle::current(),
-    );
-    let volumes = Volumes::open(
-        Box::new(store),
-        Box::new(mounter),
-        config.mount_root.clone(),
-    )
-    .context("loading volume records")?;
-    let (volume_count, _) = volumes.counts();
+    let mount_root = config.mount_root.clone();
+    // Adoption asks systemd about units, which blocks: keep it off the async threads.
+    let volumes =
+        tokio::task::spawn_blocking(move || Volumes::open(Box::new(store), mounter, mount_root))
+            .await
+            .context("loading volume records")?
+            .context("loading volume records")?;
+    let (volume_count, mount_count) = volumes.counts();
     let volumes = Arc::new(Mutex::new(volumes));
     let (listener, activated) = server::listener(&config.socket)
         .with_context(|| format!("plugin socket {}", config.socket.display()))?;
@@ -120,24 +234,61 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         socket = %config.socket.display(),
         socket_activated = activated,
         volumes = volume_count,
+        mounts = mount_count,
         mount_root = %config.mount_root.display(),
         "ready"
     );
-    let status = format!("serving {volume_count} volume(s)");
+    let status = status_line(&volumes);
     let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+    let health = tokio::spawn(report_health(volumes.clone()));
 
     server::run(listener, Plugin::new(volumes.clone()), shutdown_signal()).await;
 
+    health.abort();
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
     let _ = tokio::task::spawn_blocking(move || {
-        volumes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .unmount_all();
+        volumes.lock().unwrap_or_else(|p| p.into_inner()).shutdown();
     })
     .await;
     if !activated {
         let _ = std::fs::remove_file(&config.socket);
     }
+    Ok(())
+}
+
+/// Mount-unit mode: serves one volume until SIGTERM, reading credentials from the config and token files itself.
+async fn serve_mount(config: Config, volume: String, mountpoint: PathBuf) -> anyhow::Result<()> {
+    let vault_path =
+        VaultPath::from_volume_name(&volume).with_context(|| format!("volume {volume:?}"))?;
+    let source = open_source(&config).await?;
+    let cache = Arc::new(SecretCache::new(
+        source,
+        config.cache_ttl,
+        config.vault.timeout,
+    ));
+    let fs = Arc::new(SecretFs::new(
+        vault_path.clone(),
+        cache,
+        FsOptions::default(),
+    ));
+    prepare_mountpoint(&mountpoint).map_err(anyhow::Error::msg)?;
+    let fs_name = format!("libsecret:{}", escape_component(&volume));
+    let mount = fuse::mount(fs, &mountpoint, &fs_name, tokio::runtime::Handle::current())
+        .with_context(|| format!("FUSE mount at {}", mountpoint.display()))?;
+    tracing::info!(
+        volume = %volume,
+        vault_path = %vault_path,
+        mountpoint = %mountpoint.display(),
+        "serving mount"
+    );
+    let status = format!("serving {volume} at {}", mountpoint.display());
+    let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+    shutdown_signal().await;
+    let _ = sd_notify::notify(&[NotifyState::Stopping]);
+    tokio::task::spawn_blocking(move || mount.unmount())
+        .await
+        .context("unmounting")?
+        .with_context(|| format!("unmounting {}", mountpoint.display()))?;
+    tracing::info!(volume = %volume, "mount served to the end");
     Ok(())
 }

@@ -44,9 +44,17 @@ impl ActiveMount for InProcessMount {
         remove_mountpoint(&mountpoint);
         Ok(())
     }
+
+    fn is_alive(&self) -> bool {
+        !is_stale_mount(self.mount.mountpoint())
+    }
+
+    fn outlives_driver(&self) -> bool {
+        false
+    }
 }
 
-fn remove_mountpoint(mountpoint: &Path) {
+pub fn remove_mountpoint(mountpoint: &Path) {
     if let Err(error) = std::fs::remove_dir(mountpoint) {
         if error.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!(mountpoint = %mountpoint.display(), %error, "could not remove the mountpoint");

@@ -122,20 +122,14 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 /// Maps a vaultrs error: 404 (also a deleted or destroyed KV v2 version) is NotFound, 403 is Denied, and
 /// everything else (unreachable, sealed, 5xx, timeouts, malformed replies) is Unavailable.
 fn source_error(error: ClientError) -> SourceError {
-    let status = match &error {
-        ClientError::APIError { code, .. } => Some(*code),
-        ClientError::RestClientError {
-            source: rustify::errors::ClientError::ServerResponseError { code, .. },
-        } => Some(*code),
-        _ => None,
-    };
-    match status {
+    match status_of(&error) {
         Some(404) => SourceError::NotFound,
         Some(403) => SourceError::Denied(describe_client_error(&error)),
         _ => SourceError::Unavailable(describe_client_error(&error)),
     }
 }
 
+/// The HTTP status of a Vault error reply, whichever way vaultrs classified it.
 fn status_of(error: &ClientError) -> Option<u16> {
     match error {
         ClientError::APIError { code, .. } => Some(*code),

@@ -52,16 +52,27 @@ pub enum StoreError {
     },
 }
 
-/// Where volume records live.
+/// Mount count per Docker mount ID: each Mount of an ID is balanced by one Unmount of it.
+pub type MountIds = BTreeMap<String, usize>;
+
+/// Where volume records, and the mount IDs of mounted volumes, live.
 pub trait RecordStore: Send + Sync {
     fn load_all(&self) -> Result<Vec<VolumeRecord>, StoreError>;
     fn save(&self, record: &VolumeRecord) -> Result<(), StoreError>;
     fn remove(&self, name: &str) -> Result<(), StoreError>;
+    /// Mount IDs of volumes that were mounted when last saved, so a restarted driver can adopt live mounts.
+    fn load_mounts(&self) -> Result<Vec<(String, MountIds)>, StoreError>;
+    /// Saves a volume's mount IDs; an empty map forgets them.
+    fn save_mounts(&self, name: &str, ids: &MountIds) -> Result<(), StoreError>;
 }
 
 /// A mounted volume, live until `unmount`.
 pub trait ActiveMount: Send {
     fn unmount(self: Box<Self>) -> Result<(), String>;
+    /// Whether the filesystem still answers (its server runs and the mountpoint is not stale).
+    fn is_alive(&self) -> bool;
+    /// Whether the mount outlives the driver process (a systemd unit) and must be left running at shutdown.
+    fn outlives_driver(&self) -> bool;
 }
 
 /// Mounts a volume's filesystem at a mountpoint.
@@ -72,11 +83,15 @@ pub trait Mounter: Send + Sync {
         path: &VaultPath,
         mountpoint: &Path,
     ) -> Result<Box<dyn ActiveMount>, String>;
+
+    /// A live mount of `record` left by an earlier driver process, if there is one.
+    fn adopt(&self, _record: &VolumeRecord, _mountpoint: &Path) -> Option<Box<dyn ActiveMount>> {
+        None
+    }
 }
 
 struct MountState {
-    /// Mount count per Docker mount ID: each Mount of an ID is balanced by one Unmount of it.
-    ids: HashMap<String, usize>,
+    ids: MountIds,
     active: Box<dyn ActiveMount>,
 }
 
@@ -100,24 +115,42 @@ pub struct Volumes {
 }
 
 impl Volumes {
-    /// Loads the persisted records.
+    /// Loads the persisted records and adopts the mounts an earlier driver process left running; mount IDs whose
+    /// mount is gone (after a reboot or crash) are forgotten, since Docker sends Mount again when it needs one.
     pub fn open(
         store: Box<dyn RecordStore>,
         mounter: Box<dyn Mounter>,
         mount_root: PathBuf,
     ) -> Result<Self, StoreError> {
-        let records = store
+        let records: BTreeMap<String, VolumeRecord> = store
             .load_all()?
             .into_iter()
             .map(|record| (record.name.clone(), record))
             .collect();
-        Ok(Volumes {
+        let mut volumes = Volumes {
             store,
             mounter,
             mount_root,
             records,
             mounts: HashMap::new(),
-        })
+        };
+        for (name, ids) in volumes.store.load_mounts()? {
+            let adopted = volumes
+                .records
+                .get(&name)
+                .and_then(|record| volumes.mounter.adopt(record, &volumes.mountpoint_of(&name)));
+            match adopted {
+                Some(active) if !ids.is_empty() => {
+                    tracing::info!(volume = %name, mount_ids = ids.len(), "adopted a running mount");
+                    volumes.mounts.insert(name, MountState { ids, active });
+                }
+                _ => {
+                    tracing::info!(volume = %name, "forgot mount IDs of a mount that is gone");
+                    volumes.store.save_mounts(&name, &MountIds::new())?;
+                }
+            }
+        }
+        Ok(volumes)
     }
 
     /// The mountpoint a volume gets: one directory per volume name under the mount root, collision-free.
@@ -178,26 +211,41 @@ impl Volumes {
             .get(name)
             .ok_or_else(|| VolumeError::NotFound(name.to_owned()))?;
         let mountpoint = self.mountpoint_of(name);
-        if let Some(state) = self.mounts.get_mut(name) {
-            *state.ids.entry(id.to_owned()).or_default() += 1;
-            return Ok(mountpoint);
-        }
-        let path = Self::vault_path(name)?;
-        let active = self
-            .mounter
-            .mount(record, &path, &mountpoint)
-            .map_err(|reason| VolumeError::Mount {
-                name: name.to_owned(),
-                reason,
-            })?;
-        self.mounts.insert(
-            name.to_owned(),
-            MountState {
-                ids: HashMap::from([(id.to_owned(), 1)]),
-                active,
+        let mut state = match self.mounts.remove(name) {
+            // A dead server's mountpoint is never handed out: serve it again, keeping the counts.
+            Some(state) if !state.active.is_alive() => {
+                tracing::warn!(volume = %name, "the mount's server is gone; mounting again");
+                let _ = state.active.unmount();
+                MountState {
+                    ids: state.ids,
+                    active: self.mount_filesystem(record, &mountpoint)?,
+                }
+            }
+            Some(state) => state,
+            None => MountState {
+                ids: MountIds::new(),
+                active: self.mount_filesystem(record, &mountpoint)?,
             },
-        );
+        };
+        *state.ids.entry(id.to_owned()).or_default() += 1;
+        let saved = self.store.save_mounts(name, &state.ids);
+        self.mounts.insert(name.to_owned(), state);
+        saved?;
         Ok(mountpoint)
+    }
+
+    fn mount_filesystem(
+        &self,
+        record: &VolumeRecord,
+        mountpoint: &Path,
+    ) -> Result<Box<dyn ActiveMount>, VolumeError> {
+        let path = Self::vault_path(&record.name)?;
+        self.mounter
+            .mount(record, &path, mountpoint)
+            .map_err(|reason| VolumeError::Mount {
+                name: record.name.clone(),
+                reason,
+            })
     }
 
     /// Releases one use by `id`. Unknown volumes and IDs are ignored: Docker replays Unmount after crashes.
@@ -212,6 +260,7 @@ impl Volumes {
                 state.ids.remove(id);
             }
         }
+        self.store.save_mounts(name, &state.ids)?;
         if !state.ids.is_empty() {
             return Ok(false);
         }
@@ -255,11 +304,18 @@ impl Volumes {
         (self.records.len(), self.mounts.len())
     }
 
-    /// Unmounts everything (driver shutdown in foreground mode).
-    pub fn unmount_all(&mut self) {
+    /// Driver shutdown: unmounts what this process serves, and leaves mounts that outlive it (systemd units)
+    /// running for running containers, to be adopted by the next driver process.
+    pub fn shutdown(&mut self) {
         for (name, state) in self.mounts.drain() {
+            if state.active.outlives_driver() {
+                continue;
+            }
             if let Err(reason) = state.active.unmount() {
                 tracing::warn!(volume = %name, %reason, "unmount at shutdown failed");
+            }
+            if let Err(error) = self.store.save_mounts(&name, &MountIds::new()) {
+                tracing::warn!(volume = %name, %error, "could not clear mount IDs");
             }
         }
     }
@@ -271,7 +327,10 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     #[derive(Default, Clone)]
-    struct MemoryStore(Arc<Mutex<BTreeMap<String, VolumeRecord>>>);
+    struct MemoryStore(
+        Arc<Mutex<BTreeMap<String, VolumeRecord>>>,
+        Arc<Mutex<BTreeMap<String, MountIds>>>,
+    );
 
     impl RecordStore for MemoryStore {
         fn load_all(&self) -> Result<Vec<VolumeRecord>, StoreError> {
@@ -288,18 +347,40 @@ mod tests {
             self.0.lock().unwrap().remove(name);
             Ok(())
         }
+        fn load_mounts(&self) -> Result<Vec<(String, MountIds)>, StoreError> {
+            Ok(self.1.lock().unwrap().clone().into_iter().collect())
+        }
+        fn save_mounts(&self, name: &str, ids: &MountIds) -> Result<(), StoreError> {
+            let mut mounts = self.1.lock().unwrap();
+            if ids.is_empty() {
+                mounts.remove(name);
+            } else {
+                mounts.insert(name.to_owned(), ids.clone());
+            }
+            Ok(())
+        }
     }
 
-    /// Counts live mounts so tests can see exactly when the filesystem comes and goes.
+    /// Counts live mounts so tests can see exactly when the filesystem comes and goes. `outlives` makes its mounts
+    /// behave like systemd units: they survive the driver and can be adopted.
     #[derive(Default, Clone)]
-    struct FakeMounter(Arc<Mutex<Vec<PathBuf>>>);
+    struct FakeMounter {
+        live: Arc<Mutex<Vec<PathBuf>>>,
+        outlives: bool,
+    }
 
-    struct FakeMount(Arc<Mutex<Vec<PathBuf>>>, PathBuf);
+    struct FakeMount(Arc<Mutex<Vec<PathBuf>>>, PathBuf, bool);
 
     impl ActiveMount for FakeMount {
         fn unmount(self: Box<Self>) -> Result<(), String> {
             self.0.lock().unwrap().retain(|p| p != &self.1);
             Ok(())
+        }
+        fn is_alive(&self) -> bool {
+            self.0.lock().unwrap().contains(&self.1)
+        }
+        fn outlives_driver(&self) -> bool {
+            self.2
         }
     }
 
@@ -310,8 +391,19 @@ mod tests {
             _path: &VaultPath,
             mountpoint: &Path,
         ) -> Result<Box<dyn ActiveMount>, String> {
-            self.0.lock().unwrap().push(mountpoint.to_owned());
-            Ok(Box::new(FakeMount(self.0.clone(), mountpoint.to_owned())))
+            self.live.lock().unwrap().push(mountpoint.to_owned());
+            Ok(Box::new(FakeMount(
+                self.live.clone(),
+                mountpoint.to_owned(),
+                self.outlives,
+            )))
+        }
+        fn adopt(&self, _record: &VolumeRecord, mountpoint: &Path) -> Option<Box<dyn ActiveMount>> {
+            let alive = self.live.lock().unwrap().iter().any(|p| p == mountpoint);
+            (self.outlives && alive).then(|| {
+                Box::new(FakeMount(self.live.clone(), mountpoint.to_owned(), true))
+                    as Box<dyn ActiveMount>
+            })
         }
     }
 
@@ -341,11 +433,11 @@ mod tests {
         let b = volumes.mount("secret/app-1/", "B").unwrap();
         assert_eq!(a, b);
         assert_eq!(a, PathBuf::from("/run/test/mounts/secret%2Fapp-1%2F"));
-        assert_eq!(mounter.0.lock().unwrap().len(), 1);
+        assert_eq!(mounter.live.lock().unwrap().len(), 1);
         assert!(!volumes.unmount("secret/app-1/", "A").unwrap());
         assert_eq!(volumes.get("secret/app-1/").unwrap().mount_ids, 1);
         assert!(volumes.unmount("secret/app-1/", "B").unwrap());
-        assert!(mounter.0.lock().unwrap().is_empty());
+        assert!(mounter.live.lock().unwrap().is_empty());
         assert_eq!(volumes.get("secret/app-1/").unwrap().mountpoint, None);
     }
 
@@ -355,11 +447,11 @@ mod tests {
         created(&mut volumes, "secret/a");
         volumes.mount("secret/a", "A").unwrap();
         volumes.mount("secret/a", "A").unwrap();
-        assert_eq!(mounter.0.lock().unwrap().len(), 1);
+        assert_eq!(mounter.live.lock().unwrap().len(), 1);
         assert_eq!(volumes.get("secret/a").unwrap().mount_ids, 1);
         assert!(!volumes.unmount("secret/a", "A").unwrap());
         assert!(volumes.unmount("secret/a", "A").unwrap());
-        assert!(mounter.0.lock().unwrap().is_empty());
+        assert!(mounter.live.lock().unwrap().is_empty());
     }
 
     #[test]
@@ -370,7 +462,7 @@ mod tests {
         assert!(!volumes.unmount("no/such/volume", "X").unwrap());
         volumes.mount("secret/a", "A").unwrap();
         assert!(!volumes.unmount("secret/a", "stale").unwrap());
-        assert_eq!(mounter.0.lock().unwrap().len(), 1);
+        assert_eq!(mounter.live.lock().unwrap().len(), 1);
         assert!(volumes.unmount("secret/a", "A").unwrap());
         assert!(!volumes.unmount("secret/a", "A").unwrap());
     }
@@ -389,6 +481,81 @@ mod tests {
         .unwrap();
         let names: Vec<_> = reopened.list().into_iter().map(|v| v.name).collect();
         assert_eq!(names, vec!["kv/b", "secret/a"]);
+    }
+
+    fn reopen(store: &MemoryStore, mounter: &FakeMounter) -> Volumes {
+        Volumes::open(
+            Box::new(store.clone()),
+            Box::new(mounter.clone()),
+            PathBuf::from("/run/test/mounts"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_restarted_driver_adopts_live_mounts_with_their_counts() {
+        let store = MemoryStore::default();
+        let mounter = FakeMounter {
+            outlives: true,
+            ..FakeMounter::default()
+        };
+        let mut volumes = reopen(&store, &mounter);
+        created(&mut volumes, "secret/a");
+        volumes.mount("secret/a", "A").unwrap();
+        volumes.mount("secret/a", "B").unwrap();
+        volumes.shutdown();
+        assert_eq!(
+            mounter.live.lock().unwrap().len(),
+            1,
+            "the unit keeps running"
+        );
+        let mut volumes = reopen(&store, &mounter);
+        assert_eq!(volumes.get("secret/a").unwrap().mount_ids, 2);
+        assert!(!volumes.unmount("secret/a", "A").unwrap());
+        assert!(volumes.unmount("secret/a", "B").unwrap());
+        assert!(mounter.live.lock().unwrap().is_empty());
+        assert!(store.1.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn mount_ids_of_mounts_gone_by_a_reboot_are_forgotten() {
+        let store = MemoryStore::default();
+        let mounter = FakeMounter {
+            outlives: true,
+            ..FakeMounter::default()
+        };
+        let mut volumes = reopen(&store, &mounter);
+        created(&mut volumes, "secret/a");
+        volumes.mount("secret/a", "A").unwrap();
+        volumes.shutdown();
+        mounter.live.lock().unwrap().clear(); // the reboot
+        let mut volumes = reopen(&store, &mounter);
+        assert_eq!(volumes.get("secret/a").unwrap().mount_ids, 0);
+        assert!(store.1.lock().unwrap().is_empty());
+        // Docker mounts again with the old ID for a restart-policy container.
+        volumes.mount("secret/a", "A").unwrap();
+        assert_eq!(mounter.live.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_dead_mount_is_served_again_before_its_mountpoint_is_handed_out() {
+        let (mut volumes, _, mounter) = volumes();
+        created(&mut volumes, "secret/a");
+        volumes.mount("secret/a", "A").unwrap();
+        mounter.live.lock().unwrap().clear(); // the server died
+        volumes.mount("secret/a", "B").unwrap();
+        assert_eq!(mounter.live.lock().unwrap().len(), 1);
+        assert_eq!(volumes.get("secret/a").unwrap().mount_ids, 2);
+    }
+
+    #[test]
+    fn in_process_mounts_end_with_the_driver() {
+        let (mut volumes, store, mounter) = volumes();
+        created(&mut volumes, "secret/a");
+        volumes.mount("secret/a", "A").unwrap();
+        volumes.shutdown();
+        assert!(mounter.live.lock().unwrap().is_empty());
+        assert!(store.1.lock().unwrap().is_empty());
     }
 
     #[test]

@@ -26,6 +26,12 @@ impl ActiveMount for FakeMount {
         self.0.lock().unwrap().remove(&self.1);
         Ok(())
     }
+    fn is_alive(&self) -> bool {
+        self.0.lock().unwrap().contains_key(&self.1)
+    }
+    fn outlives_driver(&self) -> bool {
+        false
+    }
 }
 
 impl Mounter for FakeMounter {

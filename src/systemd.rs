@@ -1,0 +1,369 @@
+//! Mounts as transient systemd units, started over D-Bus (StartTransientUnit): each mounted volume is served by
+//! its own `docker-volume-libsecret-mount-<volume>.service` running this binary's `serve-mount` mode. The units are
+//! not in the driver's cgroup, so containers keep reading their secrets while the driver restarts, crashes or is
+//! upgraded; the next driver process adopts them. Transient units never touch the disk: a reboot ends them.
+//!
+//! A unit reads its credentials itself, from the root-only config file and token file: nothing secret goes into
+//! its argv, environment or unit properties.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use zbus::zvariant::{OwnedObjectPath, Value};
+
+use crate::mounter::{is_stale_mount, prepare_mountpoint, remove_mountpoint};
+use crate::names::VaultPath;
+use crate::volumes::{ActiveMount, Mounter, VolumeRecord};
+
+/// Every mount unit's name starts with this.
+pub const UNIT_PREFIX: &str = "docker-volume-libsecret-mount-";
+
+/// systemd's limit on unit name length.
+const MAX_UNIT_NAME: usize = 255;
+
+/// The journald identifier of the driver and its mount units.
+pub use crate::logging::SYSLOG_IDENTIFIER;
+
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Manager",
+    default_service = "org.freedesktop.systemd1",
+    default_path = "/org/freedesktop/systemd1"
+)]
+trait Manager {
+    fn start_transient_unit(
+        &self,
+        name: &str,
+        mode: &str,
+        properties: &[(&str, Value<'_>)],
+        aux: &[(&str, &[(&str, Value<'_>)])],
+    ) -> zbus::Result<OwnedObjectPath>;
+
+    fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+
+    fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
+
+    fn get_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+}
+
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Unit",
+    default_service = "org.freedesktop.systemd1"
+)]
+trait Unit {
+    #[zbus(property)]
+    fn active_state(&self) -> zbus::Result<String>;
+}
+
+/// Escapes like `systemd-escape`: `/` becomes `-`, and every byte other than ASCII letters, digits, `:`, `_` and a
+/// non-leading `.` becomes `\xNN`. Injective, since a literal `-` is escaped too.
+pub fn systemd_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (index, byte) in text.bytes().enumerate() {
+        match byte {
+            b'/' => out.push('-'),
+            b'.' if index > 0 => out.push('.'),
+            _ if byte.is_ascii_alphanumeric() || byte == b':' || byte == b'_' => {
+                out.push(char::from(byte))
+            }
+            _ => out.push_str(&format!("\\x{byte:02x}")),
+        }
+    }
+    out
+}
+
+/// The mount unit of a volume. Names too long for systemd use a SHA-256 of the volume name instead.
+pub fn unit_name(volume: &str) -> String {
+    let escaped = systemd_escape(volume);
+    let name = format!("{UNIT_PREFIX}{escaped}.service");
+    if name.len() <= MAX_UNIT_NAME {
+        return name;
+    }
+    let digest = Sha256::digest(volume.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{UNIT_PREFIX}sha256-{hex}.service")
+}
+
+/// Why a unit could not be started or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum UnitError {
+    #[error("systemd D-Bus call failed: {0}")]
+    Bus(#[from] zbus::Error),
+    #[error("{unit} failed to start (its state is {state}); see `journalctl -u {unit}`")]
+    Failed { unit: String, state: String },
+    #[error("{unit} did not become {wanted} within {seconds}s; see `journalctl -u {unit}`")]
+    Timeout {
+        unit: String,
+        wanted: &'static str,
+        seconds: u64,
+    },
+}
+
+/// How mount units are run: which binary, with which (non-secret) arguments and environment.
+#[derive(Debug, Clone)]
+pub struct MountUnitTemplate {
+    /// The binary, normally `/usr/bin/docker-volume-libsecret`.
+    pub executable: PathBuf,
+    /// Arguments before `serve-mount`: the config file and any non-secret settings the driver got from flags.
+    pub config_args: Vec<String>,
+    /// Non-secret environment (`LIBSECRET_*` settings other than tokens, `VAULT_ADDR`, ...).
+    pub environment: Vec<String>,
+    /// How long a unit may take to mount and report READY=1.
+    pub start_timeout: Duration,
+}
+
+/// Starts and stops mount units over the system bus.
+#[derive(Clone)]
+pub struct SystemdMounter {
+    manager: ManagerProxy<'static>,
+    connection: zbus::Connection,
+    runtime: tokio::runtime::Handle,
+    template: MountUnitTemplate,
+}
+
+impl SystemdMounter {
+    pub async fn connect(template: MountUnitTemplate) -> Result<Self, UnitError> {
+        let connection = zbus::Connection::system().await?;
+        let manager = ManagerProxy::new(&connection).await?;
+        Ok(SystemdMounter {
+            manager,
+            connection,
+            runtime: tokio::runtime::Handle::current(),
+            template,
+        })
+    }
+
+    /// The unit's ActiveState, or `None` when systemd does not know the unit (never started, or collected).
+    async fn active_state(&self, unit: &str) -> Result<Option<String>, UnitError> {
+        let path = match self.manager.get_unit(unit).await {
+            Ok(path) => path,
+            Err(zbus::Error::MethodError(name, _, _)) if name.as_str().ends_with("NoSuchUnit") => {
+                return Ok(None)
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let proxy = UnitProxy::builder(&self.connection)
+            .path(path)?
+            .build()
+            .await?;
+        Ok(Some(proxy.active_state().await?))
+    }
+
+    /// Polls until the unit is active (Ok) or has failed (Err).
+    async fn wait_active(&self, unit: &str) -> Result<(), UnitError> {
+        let started = Instant::now();
+        let mut seen = false;
+        loop {
+            match self.active_state(unit).await?.as_deref() {
+                Some("active") => return Ok(()),
+                Some("activating" | "reloading") => seen = true,
+                // Collected after failing (CollectMode=inactive-or-failed), or failed.
+                Some(state @ ("failed" | "inactive" | "deactivating"))
+                    if seen || state == "failed" =>
+                {
+                    return Err(UnitError::Failed {
+                        unit: unit.to_owned(),
+                        state: state.to_owned(),
+                    })
+                }
+                None if seen => {
+                    return Err(UnitError::Failed {
+                        unit: unit.to_owned(),
+                        state: "gone".to_owned(),
+                    })
+                }
+                _ => {}
+            }
+            if started.elapsed() > self.template.start_timeout {
+                return Err(UnitError::Timeout {
+                    unit: unit.to_owned(),
+                    wanted: "active",
+                    seconds: self.template.start_timeout.as_secs(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Stops the unit and waits until systemd has let go of it.
+    async fn stop(&self, unit: &str) -> Result<(), UnitError> {
+        match self.manager.stop_unit(unit, "replace").await {
+            Ok(_) => {}
+            Err(zbus::Error::MethodError(name, _, _)) if name.as_str().ends_with("NoSuchUnit") => {}
+            Err(error) => return Err(error.into()),
+        }
+        let started = Instant::now();
+        while let Some(state) = self.active_state(unit).await? {
+            if state == "failed" {
+                let _ = self.manager.reset_failed_unit(unit).await;
+            }
+            if state == "inactive" || started.elapsed() > Duration::from_secs(30) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
+    async fn start(&self, unit: &str, volume: &str, mountpoint: &Path) -> Result<(), UnitError> {
+        // A failed or stopping leftover of the same name would make StartTransientUnit refuse.
+        self.stop(unit).await?;
+        let executable = self.template.executable.display().to_string();
+        let mut argv = vec![executable.clone()];
+        argv.extend(self.template.config_args.iter().cloned());
+        argv.extend([
+            "serve-mount".to_owned(),
+            "--volume".to_owned(),
+            volume.to_owned(),
+            "--mountpoint".to_owned(),
+            mountpoint.display().to_string(),
+        ]);
+        let exec_start = vec![(executable, argv, false)];
+        let timeout_usec =
+            u64::try_from(self.template.start_timeout.as_micros()).unwrap_or(u64::MAX);
+        let properties: Vec<(&str, Value<'_>)> = vec![
+            (
+                "Description",
+                Value::from(format!("docker-volume-libsecret mount of volume {volume}")),
+            ),
+            ("Type", Value::from("notify")),
+            ("NotifyAccess", Value::from("main")),
+            ("ExecStart", Value::from(exec_start)),
+            (
+                "Environment",
+                Value::from(self.template.environment.clone()),
+            ),
+            ("SyslogIdentifier", Value::from(SYSLOG_IDENTIFIER)),
+            ("CollectMode", Value::from("inactive-or-failed")),
+            ("LimitCORE", Value::from(0u64)),
+            ("TimeoutStartUSec", Value::from(timeout_usec)),
+            // Stop after dockerd at shutdown, so containers keep their secrets until they end.
+            ("Before", Value::from(vec!["docker.service".to_owned()])),
+        ];
+        self.manager
+            .start_transient_unit(unit, "replace", &properties, &[])
+            .await?;
+        self.wait_active(unit).await
+    }
+}
+
+/// A volume served by a mount unit.
+struct UnitMount {
+    mounter: SystemdMounter,
+    unit: String,
+    mountpoint: PathBuf,
+}
+
+impl ActiveMount for UnitMount {
+    fn unmount(self: Box<Self>) -> Result<(), String> {
+        self.mounter
+            .runtime
+            .block_on(self.mounter.stop(&self.unit))
+            .map_err(|e| e.to_string())?;
+        if is_stale_mount(&self.mountpoint) {
+            let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
+        }
+        remove_mountpoint(&self.mountpoint);
+        tracing::info!(unit = %self.unit, mountpoint = %self.mountpoint.display(), "mount unit stopped");
+        Ok(())
+    }
+
+    fn is_alive(&self) -> bool {
+        let state = self
+            .mounter
+            .runtime
+            .block_on(self.mounter.active_state(&self.unit));
+        matches!(state, Ok(Some(ref s)) if s == "active") && !is_stale_mount(&self.mountpoint)
+    }
+
+    fn outlives_driver(&self) -> bool {
+        true
+    }
+}
+
+impl Mounter for SystemdMounter {
+    fn mount(
+        &self,
+        record: &VolumeRecord,
+        _path: &VaultPath,
+        mountpoint: &Path,
+    ) -> Result<Box<dyn ActiveMount>, String> {
+        prepare_mountpoint(mountpoint)?;
+        let unit = unit_name(&record.name);
+        let started = Instant::now();
+        self.runtime
+            .block_on(self.start(&unit, &record.name, mountpoint))
+            .map_err(|e| e.to_string())?;
+        tracing::info!(
+            volume = %record.name,
+            unit = %unit,
+            mountpoint = %mountpoint.display(),
+            start_ms = started.elapsed().as_millis() as u64,
+            "mount unit started"
+        );
+        Ok(Box::new(UnitMount {
+            mounter: self.clone(),
+            unit,
+            mountpoint: mountpoint.to_owned(),
+        }))
+    }
+
+    fn adopt(&self, record: &VolumeRecord, mountpoint: &Path) -> Option<Box<dyn ActiveMount>> {
+        let unit = unit_name(&record.name);
+        let mount = UnitMount {
+            mounter: self.clone(),
+            unit,
+            mountpoint: mountpoint.to_owned(),
+        };
+        if mount.is_alive() {
+            tracing::info!(volume = %record.name, unit = %mount.unit, "re-adopted a running mount unit");
+            return Some(Box::new(mount));
+        }
+        // A unit that lost its mount is of no use to anyone: stop it, so the next Mount starts clean.
+        let _ = self.runtime.block_on(self.stop(&mount.unit));
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_names_are_escaped_like_systemd_escape_and_never_collide() {
+        assert_eq!(
+            unit_name("secret/app-1"),
+            "docker-volume-libsecret-mount-secret-app\\x2d1.service"
+        );
+        assert_eq!(
+            unit_name("secret/app-1/"),
+            "docker-volume-libsecret-mount-secret-app\\x2d1-.service"
+        );
+        let names = [
+            "secret/a-b",
+            "secret/a/b",
+            "secret-a/b",
+            "secret/a.b",
+            ".x",
+            "secret/a b",
+            "a\\x2d",
+        ];
+        let units: Vec<String> = names.iter().map(|n| unit_name(n)).collect();
+        for (i, a) in units.iter().enumerate() {
+            assert!(a.len() <= MAX_UNIT_NAME);
+            assert!(!a[UNIT_PREFIX.len()..].starts_with('.'), "{a}");
+            for b in &units[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+    }
+
+    #[test]
+    fn long_volume_names_get_a_hashed_unit_name() {
+        let long = format!("secret/{}", "x".repeat(1000));
+        let unit = unit_name(&long);
+        assert!(unit.len() <= MAX_UNIT_NAME, "{unit}");
+        assert!(unit.starts_with("docker-volume-libsecret-mount-sha256-"));
+        assert_ne!(unit, unit_name(&format!("secret/{}", "y".repeat(1000))));
+    }
+}
