@@ -15,7 +15,7 @@ export DEBIAN_FRONTEND=noninteractive
 TEST_IMAGE="libsecret-test/busybox:latest"
 DOCKERD_LOG=/var/log/dockerd-test.log
 # libssl-dev: `cargo install rusty_vault` builds the openssl crate.
-PACKAGES=(docker.io fuse3 busybox-static curl jq ca-certificates pkg-config libssl-dev debootstrap)
+PACKAGES=(docker.io fuse3 busybox-static curl jq ca-certificates pkg-config libssl-dev debootstrap lintian)
 
 step() { printf '[setup-test-host] %s\n' "$*"; }
 die() {

@@ -24,7 +24,10 @@ pub fn init(filter: &str) {
     let registry = tracing_subscriber::registry().with(filter);
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         if let Ok(journald) = tracing_journald::layer() {
-            let journald = journald.with_syslog_identifier(SYSLOG_IDENTIFIER.to_owned());
+            // Plain field names (VOLUME=, MOUNT_ID=), so `journalctl VOLUME=secret/app-1` works.
+            let journald = journald
+                .with_syslog_identifier(SYSLOG_IDENTIFIER.to_owned())
+                .with_field_prefix(None);
             registry.with(journald).init();
             return;
         }

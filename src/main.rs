@@ -16,7 +16,9 @@ use docker_volume_libsecret::cli::{Cli, Command};
 use docker_volume_libsecret::config::{BackendKind, Config, FlagOverrides, MountMode};
 use docker_volume_libsecret::file_source::FileSource;
 use docker_volume_libsecret::filesystem::{FsOptions, SecretFs};
-use docker_volume_libsecret::mounter::{clean_stale_mounts, prepare_mountpoint, InProcessMounter};
+use docker_volume_libsecret::mounter::{
+    clean_stale_mounts, detach, prepare_mountpoint, InProcessMounter,
+};
 use docker_volume_libsecret::names::{escape_component, VaultPath};
 use docker_volume_libsecret::plugin::Plugin;
 use docker_volume_libsecret::secret::SecretSource;
@@ -26,13 +28,19 @@ use docker_volume_libsecret::vault::VaultSource;
 use docker_volume_libsecret::volumes::{Mounter, Volumes};
 use docker_volume_libsecret::{fuse, logging, server};
 
+/// Exit status for an invalid configuration (sysexits' EX_CONFIG); the unit does not restart on it.
+const EXIT_CONFIG: u8 = 78;
+
 fn main() -> ExitCode {
     let cli = match Cli::parse_args(std::env::args_os()) {
         Ok(cli) => cli,
         Err(error) => error.exit(),
     };
     if let Some(Command::Man) = cli.command {
-        return match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+        return match clap_mangen::Man::new(Cli::command())
+            .section("8")
+            .render(&mut std::io::stdout())
+        {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("{error}");
@@ -47,7 +55,7 @@ fn main() -> ExitCode {
         Err(error) => {
             logging::init("info");
             tracing::error!("invalid configuration: {error}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(EXIT_CONFIG);
         }
     };
     logging::init(&config.log_level);
@@ -271,6 +279,8 @@ async fn serve_mount(config: Config, volume: String, mountpoint: PathBuf) -> any
         cache,
         FsOptions::default(),
     ));
+    // The driver starts this unit only when no live server has the volume: anything mounted here is dead.
+    detach(&mountpoint).map_err(anyhow::Error::msg)?;
     prepare_mountpoint(&mountpoint).map_err(anyhow::Error::msg)?;
     let fs_name = format!("libsecret:{}", escape_component(&volume));
     let mount = fuse::mount(fs, &mountpoint, &fs_name, tokio::runtime::Handle::current())

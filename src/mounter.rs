@@ -87,15 +87,26 @@ impl Mounter for InProcessMounter {
     }
 }
 
-/// Whether `path` is a FUSE mount whose server is gone.
+/// Whether `path` is a FUSE mount whose server is gone (`Transport endpoint is not connected`).
+///
+/// The kernel may answer `stat` of the mount root from its attribute cache even after the server died, so this
+/// looks up a name no secret can have: the kernel never caches that answer, and a live server refuses it without
+/// asking Vault.
 pub fn is_stale_mount(path: &Path) -> bool {
-    matches!(std::fs::metadata(path), Err(e) if e.raw_os_error() == Some(nix::libc::ENOTCONN))
+    let not_connected = |result: std::io::Result<std::fs::Metadata>| matches!(result, Err(e) if e.raw_os_error() == Some(nix::libc::ENOTCONN));
+    not_connected(std::fs::symlink_metadata(path.join("\u{1}liveness-probe")))
+        || not_connected(std::fs::metadata(path))
 }
 
-/// Detaches a dead mount at `path`.
-fn detach(path: &Path) -> Result<(), String> {
-    nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH)
-        .map_err(|e| format!("detaching the stale mount at {}: {e}", path.display()))
+/// Detaches whatever is mounted at `path` (nothing mounted there is fine).
+pub fn detach(path: &Path) -> Result<(), String> {
+    match nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+        Err(error) => Err(format!(
+            "detaching the mount at {}: {error}",
+            path.display()
+        )),
+    }
 }
 
 /// Makes `mountpoint` an empty directory, detaching a dead mount left there (never handed to Docker).

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use zbus::zvariant::{OwnedObjectPath, Value};
 
-use crate::mounter::{is_stale_mount, prepare_mountpoint, remove_mountpoint};
+use crate::mounter::{detach, is_stale_mount, prepare_mountpoint, remove_mountpoint};
 use crate::names::VaultPath;
 use crate::volumes::{ActiveMount, Mounter, VolumeRecord};
 
@@ -260,9 +260,8 @@ impl ActiveMount for UnitMount {
             .runtime
             .block_on(self.mounter.stop(&self.unit))
             .map_err(|e| e.to_string())?;
-        if is_stale_mount(&self.mountpoint) {
-            let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
-        }
+        // The unit is gone, so whatever is still mounted there is dead (a SIGKILLed server leaves its mount).
+        detach(&self.mountpoint)?;
         remove_mountpoint(&self.mountpoint);
         tracing::info!(unit = %self.unit, mountpoint = %self.mountpoint.display(), "mount unit stopped");
         Ok(())

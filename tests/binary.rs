@@ -117,13 +117,13 @@ fn an_unknown_config_key_fails_naming_the_file_and_the_key() {
     )
     .unwrap();
     let (code, output) = run_once(&["--config", config.to_str().unwrap()], &[]);
-    assert_eq!(code, 1, "{output}");
+    assert_eq!(code, 78, "EX_CONFIG: {output}");
     assert!(output.contains(config.to_str().unwrap()), "{output}");
     assert!(output.contains("vault.token_fiel"), "{output}");
     assert_eq!(output.lines().count(), 1, "one line: {output}");
 
     let (code, output) = run_once(&["--config", "/nonexistent/config.toml"], &[]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 78);
     assert!(output.contains("/nonexistent/config.toml"), "{output}");
 }
 

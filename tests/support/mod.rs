@@ -5,6 +5,7 @@ pub mod docker;
 pub mod driver;
 pub mod plugin_client;
 pub mod rvault;
+pub mod systemd_host;
 
 /// Fails the test loudly unless FUSE can be used here: the FUSE layers never skip.
 pub fn require_fuse() {

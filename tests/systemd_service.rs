@@ -1,0 +1,416 @@
+//! A real systemd host (a Debian bookworm container running systemd, with its own dockerd): the Debian package
+//! installed with apt, the socket enabled, socket activation, journald, mounts as transient units, driver
+//! restarts, SIGKILL, upgrade, reboot, remove and purge.
+//!
+//! Needs the systemd host image (scripts/build-systemd-host.sh) and the package and test server built by
+//! scripts/test.sh (packaging/build-deb.sh, `cargo build --release -p vault-api-server`). Fails, never skips.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use support::docker::TEST_IMAGE;
+use support::systemd_host::SystemdHost;
+
+const SECRET: &str = "s3cr3t-from-vault-9f2c";
+const TOKEN: &str = "hvs.systemd-host-root-token-7d1e";
+const DRIVER: &str = "docker-volume-libsecret.service";
+const SOCKET: &str = "docker-volume-libsecret.socket";
+
+/// One host at a time: each runs its own dockerd and they are heavy for a 2-core machine.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The newest package built by packaging/build-deb.sh.
+fn package() -> PathBuf {
+    let dir = workspace().join("target/debian");
+    let newest = std::fs::read_dir(&dir)
+        .ok()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "deb"))
+        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok());
+    newest.unwrap_or_else(|| {
+        panic!(
+            "no .deb in {}: run packaging/build-deb.sh (scripts/test.sh does)",
+            dir.display()
+        )
+    })
+}
+
+fn test_server() -> PathBuf {
+    let path = workspace().join("target/release/vault-api-server");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --release -p vault-api-server` (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A systemd host with a Vault-API server on its loopback, the busybox image, and the package copied in.
+struct Host {
+    host: SystemdHost,
+    _turn: std::sync::MutexGuard<'static, ()>,
+}
+
+impl std::ops::Deref for Host {
+    type Target = SystemdHost;
+    fn deref(&self) -> &SystemdHost {
+        &self.host
+    }
+}
+
+impl Host {
+    fn start() -> Host {
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        let deb = package();
+        let server = test_server();
+        let host = SystemdHost::start();
+        host.copy_in(&deb, "/root/docker-volume-libsecret.deb");
+        host.copy_in(&server, "/usr/local/bin/vault-api-server");
+        host.load_image(TEST_IMAGE);
+        // The Vault-API server as a real (persistent) unit, so it is back after a reboot, before Docker.
+        host.exec_ok(&format!(
+            r#"set -e
+            mkdir -p /etc/test-vault
+            cat > /etc/test-vault/seed.json <<'JSON'
+            {{"secret/app-1/db-password": {{"value": "{SECRET}"}}, "secret/app-1/api": {{"user": "svc", "key": "k3y"}}}}
+JSON
+            cat > /etc/systemd/system/test-vault.service <<'UNIT'
+[Unit]
+Description=Vault-API test server on loopback
+Before=docker.service docker-volume-libsecret.service
+[Service]
+ExecStart=/usr/local/bin/vault-api-server --listen 127.0.0.1:8200 --root-token {TOKEN} --seed /etc/test-vault/seed.json
+[Install]
+WantedBy=multi-user.target
+UNIT
+            systemctl daemon-reload
+            systemctl enable --now test-vault.service
+            for i in $(seq 1 50); do curl -fs http://127.0.0.1:8200/v1/sys/health >/dev/null && exit 0; sleep 0.1; done
+            exit 1"#
+        ));
+        Host { host, _turn: turn }
+    }
+
+    /// apt install, configure Vault with a root-only token file, enable the socket.
+    fn install_and_enable(&self) {
+        self.exec_ok("DEBIAN_FRONTEND=noninteractive apt-get install -y -q /root/docker-volume-libsecret.deb");
+        self.exec_ok(&format!(
+            r#"set -e
+            umask 077
+            printf '%s\n' '{TOKEN}' > /etc/docker-volume-libsecret/token
+            cat > /etc/docker-volume-libsecret/config.toml <<'TOML'
+[vault]
+addr = "http://127.0.0.1:8200"
+token_file = "/etc/docker-volume-libsecret/token"
+TOML
+            systemctl enable --now {SOCKET}"#
+        ));
+    }
+
+    fn driver_pid(&self) -> String {
+        self.exec_ok(&format!("systemctl show -p MainPID --value {DRIVER}"))
+            .trim()
+            .to_owned()
+    }
+
+    fn mount_units(&self) -> Vec<String> {
+        self.exec_ok("systemctl list-units --plain --no-legend --state=active 'docker-volume-libsecret-mount-*' | awk '{print $1}'")
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// `VolumeDriver.Get` straight on the plugin socket (this also socket-activates the driver).
+    fn get(&self, volume: &str) -> serde_json::Value {
+        let out = self.exec_ok(&format!(
+            "curl -s --unix-socket /run/docker/plugins/libsecret.sock -X POST -d '{{\"Name\":\"{volume}\"}}' \
+             http://plugin/VolumeDriver.Get"
+        ));
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("Get reply {out:?}: {e}"))
+    }
+
+    fn wait_for(&self, what: &str, mut condition: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !condition() {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}\n{}",
+                self.journal("-n 60")
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Starts a container reading the secret every 50 ms, counting reads and failures.
+    fn start_reader(&self, name: &str) {
+        self.exec_ok(&format!(
+            "docker run -d --name {name} --volume-driver libsecret -v secret/app-1/:/secrets {TEST_IMAGE} sh -c \
+             'while true; do if [ \"$(cat /secrets/db-password)\" = \"{SECRET}\" ]; then echo ok; else echo FAIL; fi; \
+             sleep 0.05; done'"
+        ));
+        self.wait_for("the reader's first read", || self.reads(name).0 > 0);
+    }
+
+    /// (successful reads, failed reads) of a reader so far.
+    fn reads(&self, name: &str) -> (usize, usize) {
+        let logs = self.exec_ok(&format!("docker logs {name} 2>&1"));
+        (
+            logs.lines().filter(|l| *l == "ok").count(),
+            logs.lines().filter(|l| *l != "ok").count(),
+        )
+    }
+}
+
+#[test]
+fn install_enable_and_read_a_secret_with_socket_activation_and_journald() {
+    let host = Host::start();
+    host.exec_ok(
+        "DEBIAN_FRONTEND=noninteractive apt-get install -y -q /root/docker-volume-libsecret.deb",
+    );
+    // Installing starts nothing until the admin enables the socket.
+    for unit in [SOCKET, DRIVER] {
+        let (_, state, _) = host.exec(&format!("systemctl is-active {unit}"));
+        assert_eq!(state.trim(), "inactive", "{unit} after install");
+    }
+    let mode = host.exec_ok("stat -c %a /etc/docker-volume-libsecret/config.toml");
+    assert_eq!(mode.trim(), "600");
+    assert!(host
+        .exec_ok("man -w docker-volume-libsecret 2>/dev/null || ls /usr/share/man/man8/")
+        .contains("docker-volume-libsecret"));
+    let conffiles = host.exec_ok("cat /var/lib/dpkg/info/docker-volume-libsecret.conffiles");
+    assert!(
+        conffiles.contains("/etc/docker-volume-libsecret/config.toml"),
+        "{conffiles}"
+    );
+
+    host.install_and_enable();
+    let (_, state, _) = host.exec(&format!("systemctl is-active {DRIVER}"));
+    assert_eq!(
+        state.trim(),
+        "inactive",
+        "socket activation starts the driver on first use only"
+    );
+    let out = host.exec_ok(&format!(
+        "docker run --rm --volume-driver libsecret -v secret/app-1/:/secrets {TEST_IMAGE} cat /secrets/db-password"
+    ));
+    assert_eq!(out, SECRET);
+    let status = host.exec_ok(&format!(
+        "systemctl show -p ActiveState -p StatusText {DRIVER}"
+    ));
+    assert!(
+        status.contains("ActiveState=active") && status.contains("volume(s)"),
+        "{status}"
+    );
+
+    // The documented way to follow one volume: a structured field match.
+    let journal = host.journal(&format!("-u {DRIVER} -o cat VOLUME=secret/app-1/"));
+    assert!(
+        journal.contains("volume mounted") && journal.contains("mount unit started"),
+        "{journal}"
+    );
+    let units = host.journal("-t docker-volume-libsecret -o verbose");
+    assert!(
+        units.contains("_SYSTEMD_UNIT=docker-volume-libsecret-mount-"),
+        "mount units log under the identifier"
+    );
+    assert!(
+        units.contains("VOLUME=secret/app-1/"),
+        "structured fields: {units}"
+    );
+    // Every journal entry on the host, except the test Vault server's own (its argv holds the root token).
+    let entries = host.journal("-o json");
+    let ours: Vec<&str> = entries
+        .lines()
+        .filter(|line| !line.contains("\"_COMM\":\"vault-api-serve"))
+        .collect();
+    assert!(ours.len() > 20, "{entries}");
+    for entry in ours {
+        assert!(
+            !entry.contains(SECRET),
+            "the secret value reached the journal: {entry}"
+        );
+        assert!(
+            !entry.contains(TOKEN),
+            "the token reached the journal: {entry}"
+        );
+    }
+    // Neither the driver's nor a mount unit's argv and environment hold a credential.
+    host.exec_ok(&format!(
+        "docker run -d --name holder --volume-driver libsecret -v secret/app-1/:/secrets {TEST_IMAGE} sleep 1000"
+    ));
+    assert_eq!(host.mount_units().len(), 1);
+    let procs = host.exec_ok(
+        "for p in $(pgrep -f '^/usr/bin/docker-volume-libsecret'); do tr '\\0' ' ' < /proc/$p/cmdline; echo; \
+         tr '\\0' '\\n' < /proc/$p/environ; done",
+    );
+    assert!(
+        procs.contains("serve-mount") && procs.contains("--config"),
+        "{procs}"
+    );
+    assert!(!procs.contains(TOKEN), "{procs}");
+    host.exec_ok("docker rm -f holder");
+    host.wait_for("the holder's unmount", || host.mount_units().is_empty());
+    assert!(
+        host.mount_units().is_empty(),
+        "the last unmount stops the unit: {:?}",
+        host.mount_units()
+    );
+    let leftovers = host.exec_ok("ls -A /run/docker-volume-libsecret/mounts");
+    assert!(leftovers.trim().is_empty(), "mountpoints left: {leftovers}");
+}
+
+#[test]
+fn running_containers_keep_reading_through_restart_sigkill_and_upgrade() {
+    let host = Host::start();
+    host.install_and_enable();
+    host.start_reader("reader");
+    assert_eq!(host.mount_units().len(), 1, "{:?}", host.mount_units());
+    let unit = host.mount_units()[0].clone();
+    let unit_pid = host.exec_ok(&format!("systemctl show -p MainPID --value '{unit}'"));
+
+    let first = host.driver_pid();
+    host.exec_ok(&format!("systemctl restart {DRIVER}"));
+    host.wait_for("the restarted driver", || {
+        host.driver_pid() != first && host.driver_pid() != "0"
+    });
+    let get = host.get("secret/app-1/");
+    assert_eq!(
+        get["Volume"]["Status"]["Mounts"], 1,
+        "re-adopted with its mount ID: {get}"
+    );
+
+    let before_kill = host.driver_pid();
+    host.exec_ok(&format!("systemctl kill -s KILL {DRIVER}"));
+    host.wait_for("the driver back after SIGKILL", || {
+        let pid = host.driver_pid();
+        pid != before_kill && pid != "0"
+    });
+    assert_eq!(host.get("secret/app-1/")["Volume"]["Status"]["Mounts"], 1);
+
+    let before_upgrade = host.driver_pid();
+    host.exec_ok("DEBIAN_FRONTEND=noninteractive apt-get install -y -q --reinstall /root/docker-volume-libsecret.deb");
+    host.wait_for("the driver restarted by the upgrade", || {
+        let pid = host.driver_pid();
+        pid != before_upgrade && pid != "0"
+    });
+    let reads_before = host.reads("reader").0;
+    host.wait_for("more reads after the upgrade", || {
+        host.reads("reader").0 > reads_before + 10
+    });
+    let (ok, failed) = host.reads("reader");
+    assert_eq!(failed, 0, "{failed} failed reads out of {}", ok + failed);
+    assert_eq!(
+        host.exec_ok(&format!("systemctl show -p MainPID --value '{unit}'")),
+        unit_pid,
+        "the mount unit was never restarted"
+    );
+
+    // A mount unit that dies is detected: the next container gets a fresh mount, never a dead mountpoint.
+    host.exec_ok(&format!("systemctl kill -s KILL '{unit}'"));
+    let out = host.exec_ok(&format!(
+        "docker run --rm --volume-driver libsecret -v secret/app-1/:/secrets {TEST_IMAGE} cat /secrets/db-password"
+    ));
+    assert_eq!(out, SECRET);
+
+    host.exec_ok("docker rm -f reader");
+    host.wait_for("the mount unit to stop", || host.mount_units().is_empty());
+}
+
+#[test]
+fn volumes_come_back_after_a_reboot_and_remove_and_purge_clean_up() {
+    let host = Host::start();
+    host.install_and_enable();
+    host.exec_ok(&format!(
+        "docker run -d --name keeper --restart always --volume-driver libsecret -v secret/app-1/:/secrets {TEST_IMAGE} \
+         sh -c 'cat /secrets/db-password; echo; sleep 100000'"
+    ));
+    host.exec_ok("docker volume create -d libsecret secret/idle");
+    host.wait_for("keeper's first read", || {
+        host.exec_ok("docker logs keeper").contains(SECRET)
+    });
+
+    host.reboot();
+    let volumes = host.exec_ok("docker volume ls --format '{{.Driver}} {{.Name}}'");
+    assert!(
+        volumes.contains("libsecret secret/app-1/") && volumes.contains("libsecret secret/idle"),
+        "{volumes}"
+    );
+    host.wait_for("keeper restarted by Docker", || {
+        host.exec_ok("docker logs keeper").matches(SECRET).count() == 2
+    });
+    assert_eq!(
+        host.exec_ok("docker exec keeper cat /secrets/db-password"),
+        SECRET
+    );
+    assert_eq!(host.mount_units().len(), 1);
+
+    // An invalid config makes the service fail with one line naming the file and the key.
+    host.exec_ok(
+        "cp /etc/docker-volume-libsecret/config.toml /root/config.good && \
+         echo 'bogus_key = 1' >> /etc/docker-volume-libsecret/config.toml",
+    );
+    host.exec(&format!("systemctl restart {DRIVER}"));
+    host.wait_for("the driver to fail", || {
+        host.exec(&format!("systemctl is-failed {DRIVER}")).1.trim() == "failed"
+    });
+    let restarts = host.exec_ok(&format!("systemctl show -p NRestarts --value {DRIVER}"));
+    assert_eq!(restarts.trim(), "0", "an invalid config is not retried");
+    let journal = host.journal(&format!("-u {DRIVER} -o cat -n 20"));
+    let line = journal
+        .lines()
+        .find(|l| l.contains("invalid configuration"))
+        .unwrap_or_else(|| panic!("{journal}"));
+    assert!(
+        line.contains("/etc/docker-volume-libsecret/config.toml") && line.contains("bogus_key"),
+        "{line}"
+    );
+    assert_eq!(
+        host.exec_ok("docker exec keeper cat /secrets/db-password"),
+        SECRET,
+        "mounts outlive a failed driver"
+    );
+    host.exec_ok(&format!(
+        "cp /root/config.good /etc/docker-volume-libsecret/config.toml && systemctl reset-failed {DRIVER}"
+    ));
+
+    host.exec_ok("DEBIAN_FRONTEND=noninteractive apt-get remove -y -q docker-volume-libsecret");
+    assert!(
+        host.mount_units().is_empty(),
+        "remove stops the mount units"
+    );
+    for unit in [SOCKET, DRIVER] {
+        let (_, state, _) = host.exec(&format!("systemctl is-active {unit}"));
+        assert_ne!(state.trim(), "active", "{unit} after remove");
+    }
+    assert!(Path::new("/").exists());
+    host.exec_ok("test -f /etc/docker-volume-libsecret/config.toml");
+    host.exec_ok("DEBIAN_FRONTEND=noninteractive apt-get purge -y -q docker-volume-libsecret");
+    host.exec_ok(
+        "test ! -e /etc/docker-volume-libsecret && test ! -e /var/lib/docker-volume-libsecret",
+    );
+}
+
+#[test]
+fn lintian_finds_no_errors_in_the_package() {
+    let output = std::process::Command::new("lintian")
+        .args(["--fail-on", "error", "--no-tag-display-limit"])
+        .arg(package())
+        .output()
+        .expect("lintian is needed (apt-get install lintian; scripts/setup-test-host.sh does)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "lintian:\n{text}");
+    assert!(!text.lines().any(|l| l.starts_with("E: ")), "{text}");
+}
