@@ -48,10 +48,20 @@ impl SecretCache {
 
     /// The secret at `path`, from memory when fresh.
     pub async fn read(&self, path: &VaultPath) -> Result<Secret, SourceError> {
+        self.read_fresh(path, self.ttl).await
+    }
+
+    /// The secret at `path`, from memory only if it was read less than `max_age` ago (the refresh pass asks for a
+    /// recent read, so that volumes sharing this cache share one request).
+    pub async fn read_fresh(
+        &self,
+        path: &VaultPath,
+        max_age: Duration,
+    ) -> Result<Secret, SourceError> {
         let slot = self.slot(path);
         let mut slot = slot.lock().await;
         if let Some((secret, fetched)) = &slot.fresh {
-            if fetched.elapsed() < self.ttl {
+            if fetched.elapsed() < max_age.min(self.ttl) {
                 return Ok(secret.clone());
             }
         }

@@ -75,6 +75,9 @@ pub struct Config {
     /// How long a secret read from the backend is served from memory before it is read again.
     #[serde(with = "humantime_serde")]
     pub cache_ttl: Duration,
+    /// How often secrets in use are read again, so a value changed or deleted in Vault reaches readers.
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: Duration,
     /// How mounts are served: `"auto"`, `"systemd"` (transient units) or `"in-process"`.
     pub mount_mode: MountMode,
     /// Log filter, in `tracing` syntax (`info`, `debug`, `docker_volume_libsecret=debug`). Values are never logged.
@@ -124,6 +127,7 @@ impl Default for Config {
             state_dir: PathBuf::from("/var/lib/docker-volume-libsecret"),
             mount_root: PathBuf::from("/run/docker-volume-libsecret/mounts"),
             cache_ttl: Duration::from_secs(30),
+            refresh_interval: Duration::from_secs(60),
             mount_mode: MountMode::Auto,
             log_level: "info".to_owned(),
             vault: VaultConfig::default(),
@@ -252,6 +256,14 @@ fn describe(error: figment::Error) -> String {
 }
 
 impl Config {
+    /// Ownership, modes and refresh of the files the mounts show.
+    pub fn fs_options(&self) -> crate::filesystem::FsOptions {
+        crate::filesystem::FsOptions {
+            refresh_interval: self.refresh_interval,
+            ..crate::filesystem::FsOptions::default()
+        }
+    }
+
     /// Loads from `file` (which may be absent unless `file_required`), the environment and the flags.
     pub fn load(
         file: &Path,
@@ -296,9 +308,13 @@ impl Config {
                 "key `vault.addr`: the vault backend needs Vault's address (config file, VAULT_ADDR or --addr)".to_owned(),
             ));
         }
-        if self.cache_ttl.is_zero() || self.vault.timeout.is_zero() {
+        if self.cache_ttl.is_zero()
+            || self.vault.timeout.is_zero()
+            || self.refresh_interval.is_zero()
+        {
             return Err(ConfigError::Invalid(
-                "keys `cache_ttl` and `vault.timeout` must be longer than zero".to_owned(),
+                "keys `cache_ttl`, `refresh_interval` and `vault.timeout` must be longer than zero"
+                    .to_owned(),
             ));
         }
         Ok(())

@@ -1,13 +1,18 @@
-//! The filesystem core: names to secrets, inodes, open handles. Kernel-free, so tests drive it directly; the FUSE
-//! adapter in `fuse.rs` only translates.
+//! The filesystem core: names to secrets, and inodes. Kernel-free, so tests drive it directly; the FUSE adapter in
+//! `fuse.rs` only translates.
 //!
-//! Directories list nothing: every name resolves by exact lookup. A file's content is fixed for as long as it stays
-//! open (a snapshot taken at open), so a value that changes in Vault can never reach a reader half old, half new.
+//! Directories list nothing: every name resolves by exact lookup.
+//!
+//! A file inode's content never changes. That lets the kernel cache names, attributes and pages for a long time
+//! (reads then cost no round trip to this process), and it means no reader can ever see half an old value and half
+//! a new one. Rotation works by replacement: [`SecretFs::refresh`] re-reads every secret in use each
+//! `refresh_interval`, and when one changed or disappeared it forgets the name and tells the kernel to drop its
+//! cached entry ([`Invalidator`]). The next lookup gets a new inode with the new content, while files already open
+//! keep reading the old inode to the end.
 
-use std::collections::HashMap;
-use std::ffi::OsStr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::{OsStr, OsString};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use crate::cache::SecretCache;
@@ -73,8 +78,10 @@ pub struct FsOptions {
     pub gid: u32,
     pub file_mode: u16,
     pub dir_mode: u16,
-    /// How long the kernel may trust a name or attribute before asking again.
+    /// How long the kernel may trust a name or attribute. Long, because changes are pushed by invalidation.
     pub attr_ttl: Duration,
+    /// How often secrets in use are read again to catch rotation and deletion.
+    pub refresh_interval: Duration,
 }
 
 impl Default for FsOptions {
@@ -84,9 +91,15 @@ impl Default for FsOptions {
             gid: 0,
             file_mode: 0o444,
             dir_mode: 0o555,
-            attr_ttl: Duration::from_secs(1),
+            attr_ttl: Duration::from_secs(24 * 3600),
+            refresh_interval: Duration::from_secs(60),
         }
     }
+}
+
+/// Tells the kernel to drop a cached name, so the next access looks it up again.
+pub trait Invalidator: Send + Sync {
+    fn invalidate_entry(&self, parent: u64, name: &OsStr);
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,56 +128,77 @@ enum NodeKey {
 
 struct Node {
     key: NodeKey,
-    size: u64,
+    /// The directory and name the kernel found it under, to invalidate that entry.
+    parent: u64,
+    name: OsString,
+    /// A file's content, fixed for the inode's life.
+    content: Option<Arc<SecretBytes>>,
     lookups: u64,
 }
 
 struct InodeTable {
     nodes: HashMap<u64, Node>,
-    by_key: HashMap<NodeKey, u64>,
+    /// The inode each key currently resolves to; replaced inodes stay in `nodes` until the kernel forgets them.
+    current: HashMap<NodeKey, u64>,
     next_ino: u64,
 }
 
 impl InodeTable {
     fn new(root: VaultPath) -> Self {
         let key = NodeKey::Directory(root);
-        let mut nodes = HashMap::new();
-        nodes.insert(
-            ROOT_INODE,
-            Node {
-                key: key.clone(),
-                size: 0,
-                lookups: 1,
-            },
-        );
+        let root_node = Node {
+            key: key.clone(),
+            parent: ROOT_INODE,
+            name: OsString::new(),
+            content: None,
+            lookups: 1,
+        };
         InodeTable {
-            nodes,
-            by_key: HashMap::from([(key, ROOT_INODE)]),
+            nodes: HashMap::from([(ROOT_INODE, root_node)]),
+            current: HashMap::from([(key, ROOT_INODE)]),
             next_ino: ROOT_INODE + 1,
         }
     }
 
-    /// Records one kernel lookup of `key`, returning its inode.
-    fn remember(&mut self, key: NodeKey, size: u64) -> u64 {
-        if let Some(&ino) = self.by_key.get(&key) {
-            if let Some(node) = self.nodes.get_mut(&ino) {
+    /// Records one kernel lookup of `key` with `content`, reusing the current inode when its content is the same.
+    fn remember(
+        &mut self,
+        key: NodeKey,
+        parent: u64,
+        name: &OsStr,
+        content: Option<SecretBytes>,
+    ) -> (u64, u64) {
+        let size = content.as_ref().map_or(0, |c| c.len() as u64);
+        if let Some(node) = self
+            .current
+            .get(&key)
+            .and_then(|ino| self.nodes.get_mut(ino))
+        {
+            let same = match (&node.content, &content) {
+                (Some(old), Some(new)) => old.as_slice() == new.as_slice(),
+                (None, None) => true,
+                _ => false,
+            };
+            if same {
                 node.lookups += 1;
-                node.size = size;
-                return ino;
+                let ino = self.current[&key];
+                return (ino, size);
             }
         }
         let ino = self.next_ino;
         self.next_ino += 1;
-        self.by_key.insert(key.clone(), ino);
+        self.current.insert(key.clone(), ino);
         self.nodes.insert(
             ino,
             Node {
                 key,
-                size,
+                parent,
+                name: name.to_owned(),
+                content: content.map(Arc::new),
                 lookups: 1,
             },
         );
-        ino
+        (ino, size)
     }
 
     fn forget(&mut self, ino: u64, count: u64) {
@@ -177,7 +211,9 @@ impl InodeTable {
         node.lookups = node.lookups.saturating_sub(count);
         if node.lookups == 0 {
             if let Some(node) = self.nodes.remove(&ino) {
-                self.by_key.remove(&node.key);
+                if self.current.get(&node.key) == Some(&ino) {
+                    self.current.remove(&node.key);
+                }
             }
         }
     }
@@ -188,8 +224,7 @@ pub struct SecretFs {
     cache: Arc<SecretCache>,
     options: FsOptions,
     inodes: Mutex<InodeTable>,
-    open_files: Mutex<HashMap<u64, SecretBytes>>,
-    next_handle: AtomicU64,
+    invalidator: OnceLock<Box<dyn Invalidator>>,
 }
 
 impl SecretFs {
@@ -198,8 +233,7 @@ impl SecretFs {
             cache,
             options,
             inodes: Mutex::new(InodeTable::new(root)),
-            open_files: Mutex::new(HashMap::new()),
-            next_handle: AtomicU64::new(1),
+            invalidator: OnceLock::new(),
         }
     }
 
@@ -207,14 +241,13 @@ impl SecretFs {
         &self.options
     }
 
-    fn inodes(&self) -> MutexGuard<'_, InodeTable> {
-        self.inodes
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Connects the kernel side once the filesystem is mounted.
+    pub fn set_invalidator(&self, invalidator: Box<dyn Invalidator>) {
+        let _ = self.invalidator.set(invalidator);
     }
 
-    fn open_files(&self) -> MutexGuard<'_, HashMap<u64, SecretBytes>> {
-        self.open_files
+    fn inodes(&self) -> MutexGuard<'_, InodeTable> {
+        self.inodes
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -245,28 +278,26 @@ impl SecretFs {
     /// Resolves `name` in directory `parent`: a secret (in some view) or a folder of secrets.
     pub async fn lookup(&self, parent: u64, name: &OsStr) -> Result<NodeAttr, FsError> {
         let dir = self.directory_path(parent)?;
-        let name = name
+        let file_name = name
             .to_str()
             .and_then(|name| FileName::parse(name).ok())
             .ok_or(FsError::NotFound)?;
-        let path = name.secret_path(&dir);
-        let key = match self.cache.read(&path).await {
+        let path = file_name.secret_path(&dir);
+        let (key, content) = match self.cache.read(&path).await {
             Ok(secret) => {
-                let content = secret.render(&name.view).ok_or(FsError::NotFound)?;
-                let size = content.len() as u64;
-                (NodeKey::File(path, name.view), size)
+                let content = secret.render(&file_name.view).ok_or(FsError::NotFound)?;
+                (NodeKey::File(path, file_name.view), Some(content))
             }
-            Err(SourceError::NotFound) if name.view == View::Default => {
+            Err(SourceError::NotFound) if file_name.view == View::Default => {
                 if self.cache.is_folder(&path).await? {
-                    (NodeKey::Directory(path), 0)
+                    (NodeKey::Directory(path), None)
                 } else {
                     return Err(FsError::NotFound);
                 }
             }
             Err(error) => return Err(error.into()),
         };
-        let (key, size) = key;
-        let ino = self.inodes().remember(key.clone(), size);
+        let (ino, size) = self.inodes().remember(key.clone(), parent, name, content);
         Ok(self.attr(ino, &key, size))
     }
 
@@ -274,42 +305,21 @@ impl SecretFs {
     pub fn getattr(&self, ino: u64) -> Result<NodeAttr, FsError> {
         let inodes = self.inodes();
         let node = inodes.nodes.get(&ino).ok_or(FsError::StaleHandle)?;
-        Ok(self.attr(ino, &node.key, node.size))
+        let size = node.content.as_ref().map_or(0, |c| c.len() as u64);
+        Ok(self.attr(ino, &node.key, size))
     }
 
     pub fn forget(&self, ino: u64, count: u64) {
         self.inodes().forget(ino, count);
     }
 
-    /// Opens a file for reading, snapshotting its current content. Returns the handle and the content's size.
-    pub async fn open(&self, ino: u64, write: bool) -> Result<(u64, u64), FsError> {
-        if write {
-            return Err(FsError::ReadOnly);
-        }
-        let key = self
-            .inodes()
-            .nodes
-            .get(&ino)
-            .map(|node| node.key.clone())
-            .ok_or(FsError::StaleHandle)?;
-        let NodeKey::File(path, view) = key else {
-            return Err(FsError::IsADirectory);
+    /// Bytes `[offset, offset+size)` of a file inode's (fixed) content.
+    pub fn read(&self, ino: u64, offset: u64, size: u32) -> Result<SecretBytes, FsError> {
+        let content = {
+            let inodes = self.inodes();
+            let node = inodes.nodes.get(&ino).ok_or(FsError::StaleHandle)?;
+            node.content.clone().ok_or(FsError::IsADirectory)?
         };
-        let secret = self.cache.read(&path).await?;
-        let content = secret.render(&view).ok_or(FsError::NotFound)?;
-        let size = content.len() as u64;
-        if let Some(node) = self.inodes().nodes.get_mut(&ino) {
-            node.size = size;
-        }
-        let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        self.open_files().insert(handle, content);
-        Ok((handle, size))
-    }
-
-    /// Bytes `[offset, offset+size)` of an open file's snapshot.
-    pub fn read(&self, handle: u64, offset: u64, size: u32) -> Result<SecretBytes, FsError> {
-        let files = self.open_files();
-        let content = files.get(&handle).ok_or(FsError::StaleHandle)?;
         let start = usize::try_from(offset)
             .unwrap_or(usize::MAX)
             .min(content.len());
@@ -317,14 +327,85 @@ impl SecretFs {
         Ok(SecretBytes::new(content[start..end].to_vec()))
     }
 
-    /// Drops an open file's snapshot (wiping it).
-    pub fn release(&self, handle: u64) {
-        self.open_files().remove(&handle);
+    /// Reads every secret in use again (at most once per path) and retires the names whose content changed or
+    /// whose secret is gone, invalidating the kernel's entries. A source that cannot answer changes nothing: the
+    /// last value keeps being served. Returns how many names were retired.
+    pub async fn refresh(&self) -> usize {
+        let in_use: Vec<(NodeKey, u64)> = self
+            .inodes()
+            .current
+            .iter()
+            .filter(|(key, _)| matches!(key, NodeKey::File(..)))
+            .map(|(key, ino)| (key.clone(), *ino))
+            .collect();
+        let mut by_path: BTreeMap<VaultPath, Vec<(NodeKey, u64)>> = BTreeMap::new();
+        for (key, ino) in in_use {
+            if let NodeKey::File(path, _) = &key {
+                by_path
+                    .entry(path.clone())
+                    .or_default()
+                    .push((key.clone(), ino));
+            }
+        }
+        let max_age = self.options.refresh_interval / 2;
+        let mut retired = 0;
+        for (path, nodes) in by_path {
+            let latest = match self.cache.read_fresh(&path, max_age).await {
+                Ok(secret) => Some(secret),
+                Err(SourceError::NotFound) => None,
+                Err(_) => continue,
+            };
+            for (key, ino) in nodes {
+                let NodeKey::File(_, view) = &key else {
+                    continue;
+                };
+                let content = latest.as_ref().and_then(|secret| secret.render(view));
+                let entry = {
+                    let mut inodes = self.inodes();
+                    let unchanged = match (
+                        inodes.nodes.get(&ino).and_then(|n| n.content.as_ref()),
+                        &content,
+                    ) {
+                        (Some(old), Some(new)) => old.as_slice() == new.as_slice(),
+                        _ => false,
+                    };
+                    if unchanged || inodes.current.get(&key) != Some(&ino) {
+                        continue;
+                    }
+                    inodes.current.remove(&key);
+                    inodes
+                        .nodes
+                        .get(&ino)
+                        .map(|node| (node.parent, node.name.clone()))
+                };
+                if let Some((parent, name)) = entry {
+                    retired += 1;
+                    tracing::info!(vault_path = %path, changed = content.is_some(), "secret changed; cached name dropped");
+                    if let Some(invalidator) = self.invalidator.get() {
+                        invalidator.invalidate_entry(parent, &name);
+                    }
+                }
+            }
+        }
+        retired
     }
 
-    /// How many files are open, for tests and status.
-    pub fn open_file_count(&self) -> usize {
-        self.open_files().len()
+    /// Refreshes every `refresh_interval` until the returned task is aborted (at unmount).
+    pub fn spawn_refresh(
+        self: &Arc<Self>,
+        runtime: &tokio::runtime::Handle,
+    ) -> tokio::task::JoinHandle<()> {
+        let fs = Arc::downgrade(self);
+        let interval = self.options.refresh_interval;
+        runtime.spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.tick().await;
+            loop {
+                ticker.tick().await;
+                let Some(fs) = fs.upgrade() else { return };
+                fs.refresh().await;
+            }
+        })
     }
 }
 
@@ -334,17 +415,29 @@ mod tests {
     use crate::testing::MemorySource;
     use serde_json::json;
 
-    fn fs_with(source: Arc<MemorySource>) -> SecretFs {
+    #[derive(Default, Clone)]
+    struct RecordingInvalidator(Arc<Mutex<Vec<(u64, OsString)>>>);
+
+    impl Invalidator for RecordingInvalidator {
+        fn invalidate_entry(&self, parent: u64, name: &OsStr) {
+            self.0.lock().unwrap().push((parent, name.to_owned()));
+        }
+    }
+
+    fn fs_with(source: Arc<MemorySource>) -> (SecretFs, RecordingInvalidator) {
         let cache = Arc::new(SecretCache::new(
             source,
             Duration::from_secs(30),
             Duration::from_secs(2),
         ));
-        SecretFs::new(
+        let fs = SecretFs::new(
             VaultPath::from_volume_name("secret/app-1/").unwrap(),
             cache,
             FsOptions::default(),
-        )
+        );
+        let invalidator = RecordingInvalidator::default();
+        fs.set_invalidator(Box::new(invalidator.clone()));
+        (fs, invalidator)
     }
 
     fn source() -> Arc<MemorySource> {
@@ -356,18 +449,20 @@ mod tests {
         source
     }
 
+    fn content(fs: &SecretFs, ino: u64) -> String {
+        String::from_utf8(fs.read(ino, 0, 1 << 20).unwrap().to_vec()).unwrap()
+    }
+
     async fn cat(fs: &SecretFs, parent: u64, name: &str) -> Result<String, FsError> {
         let attr = fs.lookup(parent, OsStr::new(name)).await?;
-        let (handle, size) = fs.open(attr.ino, false).await?;
-        assert_eq!(size, attr.size);
-        let bytes = fs.read(handle, 0, 1 << 20)?;
-        fs.release(handle);
-        Ok(String::from_utf8(bytes.to_vec()).unwrap())
+        let text = content(fs, attr.ino);
+        assert_eq!(text.len() as u64, attr.size);
+        Ok(text)
     }
 
     #[tokio::test]
     async fn exact_names_views_and_nested_paths() {
-        let fs = fs_with(source());
+        let (fs, _) = fs_with(source());
         assert_eq!(cat(&fs, ROOT_INODE, "db-password").await.unwrap(), "s3cr3t");
         assert_eq!(cat(&fs, ROOT_INODE, "db#user").await.unwrap(), "app");
         assert_eq!(
@@ -382,12 +477,11 @@ mod tests {
         assert_eq!(team.kind, NodeKind::Directory);
         assert_eq!(team.perm, 0o555);
         assert_eq!(cat(&fs, team.ino, "db").await.unwrap(), "nested");
-        assert_eq!(fs.open_file_count(), 0);
     }
 
     #[tokio::test]
     async fn missing_keys_fields_and_escapes_are_not_found() {
-        let fs = fs_with(source());
+        let (fs, _) = fs_with(source());
         for name in [
             "missing",
             "db#nofield",
@@ -407,7 +501,7 @@ mod tests {
     #[tokio::test]
     async fn source_errors_map_to_errnos() {
         let source = source();
-        let fs = fs_with(source.clone());
+        let (fs, _) = fs_with(source.clone());
         source.set_failure(Some(SourceError::Denied("permission denied".into())));
         let denied = fs.lookup(ROOT_INODE, OsStr::new("db-password")).await;
         assert_eq!(denied.unwrap_err().errno(), libc_errno::EACCES);
@@ -417,42 +511,132 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn writes_are_read_only_and_files_are_not_directories() {
-        let fs = fs_with(source());
+    async fn files_are_not_directories_and_directories_have_no_content() {
+        let (fs, _) = fs_with(source());
         let file = fs
             .lookup(ROOT_INODE, OsStr::new("db-password"))
             .await
             .unwrap();
         assert_eq!(file.perm, 0o444);
-        assert_eq!(fs.open(file.ino, true).await, Err(FsError::ReadOnly));
         assert_eq!(
             fs.lookup(file.ino, OsStr::new("x")).await,
             Err(FsError::NotADirectory)
         );
-        assert_eq!(fs.open(ROOT_INODE, false).await, Err(FsError::IsADirectory));
+        assert_eq!(fs.read(ROOT_INODE, 0, 10), Err(FsError::IsADirectory));
+        assert_eq!(fs.read(9999, 0, 10), Err(FsError::StaleHandle));
+    }
+
+    /// A filesystem whose cache and refresh pass never reuse a read older than a few milliseconds.
+    fn fast_fs(source: Arc<MemorySource>) -> (SecretFs, RecordingInvalidator) {
+        let cache = Arc::new(SecretCache::new(
+            source,
+            Duration::from_millis(1),
+            Duration::from_secs(2),
+        ));
+        let options = FsOptions {
+            refresh_interval: Duration::from_millis(2),
+            ..FsOptions::default()
+        };
+        let fs = SecretFs::new(
+            VaultPath::from_volume_name("secret/app-1").unwrap(),
+            cache,
+            options,
+        );
+        let invalidator = RecordingInvalidator::default();
+        fs.set_invalidator(Box::new(invalidator.clone()));
+        (fs, invalidator)
+    }
+
+    async fn settle() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 
     #[tokio::test]
-    async fn an_open_file_keeps_its_snapshot_while_the_value_rotates() {
+    async fn a_rotated_value_gets_a_new_inode_and_the_old_one_keeps_its_content() {
         let source = source();
-        let fs = fs_with(source.clone());
-        let attr = fs
+        let (fs, invalidated) = fast_fs(source.clone());
+        let old = fs
             .lookup(ROOT_INODE, OsStr::new("db-password"))
             .await
             .unwrap();
-        let (handle, _) = fs.open(attr.ino, false).await.unwrap();
+        settle().await;
+        assert_eq!(fs.refresh().await, 0, "nothing changed");
         source.put(
             "secret/app-1/db-password",
             json!({"value": "rotated-and-longer"}),
         );
-        assert_eq!(fs.read(handle, 0, 3).unwrap().as_slice(), b"s3c");
-        assert_eq!(fs.read(handle, 3, 100).unwrap().as_slice(), b"r3t");
-        assert_eq!(fs.read(handle, 100, 100).unwrap().as_slice(), b"");
+        settle().await;
+        assert_eq!(fs.refresh().await, 1);
+        assert_eq!(
+            invalidated.0.lock().unwrap().as_slice(),
+            &[(ROOT_INODE, OsString::from("db-password"))]
+        );
+        assert_eq!(
+            content(&fs, old.ino),
+            "s3cr3t",
+            "an open file reads its inode to the end"
+        );
+        let new = fs
+            .lookup(ROOT_INODE, OsStr::new("db-password"))
+            .await
+            .unwrap();
+        assert_ne!(new.ino, old.ino);
+        assert_eq!(
+            (content(&fs, new.ino).as_str(), new.size),
+            ("rotated-and-longer", 18)
+        );
+        fs.forget(old.ino, 1);
+        assert_eq!(fs.getattr(old.ino), Err(FsError::StaleHandle));
+        assert!(fs.getattr(new.ino).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_deleted_secret_is_invalidated_and_then_not_found() {
+        let source = source();
+        let (fs, invalidated) = fast_fs(source.clone());
+        let team = fs.lookup(ROOT_INODE, OsStr::new("team")).await.unwrap();
+        fs.lookup(team.ino, OsStr::new("db")).await.unwrap();
+        source.remove("secret/app-1/team/db");
+        settle().await;
+        assert_eq!(fs.refresh().await, 1);
+        assert_eq!(
+            invalidated.0.lock().unwrap().as_slice(),
+            &[(team.ino, OsString::from("db"))]
+        );
+        assert_eq!(
+            fs.lookup(team.ino, OsStr::new("db")).await,
+            Err(FsError::NotFound)
+        );
+    }
+
+    #[tokio::test]
+    async fn an_outage_during_refresh_keeps_serving_the_last_value() {
+        let source = source();
+        let (fs, _) = fast_fs(source.clone());
+        let attr = fs.lookup(ROOT_INODE, OsStr::new("db#user")).await.unwrap();
+        source.set_failure(Some(SourceError::Unavailable("sealed".into())));
+        settle().await;
+        assert_eq!(fs.refresh().await, 0);
+        assert_eq!(content(&fs, attr.ino), "app");
+        assert!(fs.getattr(attr.ino).is_ok());
+    }
+
+    #[tokio::test]
+    async fn views_of_one_secret_are_refreshed_with_one_source_read() {
+        let source = source();
+        let (fs, _) = fast_fs(source.clone());
+        for name in ["db", "db#user", "db#password", "db#"] {
+            fs.lookup(ROOT_INODE, OsStr::new(name)).await.unwrap();
+        }
+        let reads = source.reads();
+        settle().await;
+        fs.refresh().await;
+        assert_eq!(source.reads(), reads + 1);
     }
 
     #[tokio::test]
     async fn forgotten_inodes_are_dropped_but_root_stays() {
-        let fs = fs_with(source());
+        let (fs, _) = fs_with(source());
         let attr = fs
             .lookup(ROOT_INODE, OsStr::new("db-password"))
             .await

@@ -1,5 +1,9 @@
 //! The FUSE adapter: translates kernel requests to [`SecretFs`] calls. Operations that may ask Vault run as tokio
 //! tasks, so a slow Vault never blocks the FUSE thread; everything answered from memory replies inline.
+//!
+//! The fast path: open and flush answer ENOSYS, after which the kernel stops sending them; with long entry and
+//! attribute lifetimes and the page cache kept, a cached secret is opened, read and closed without a single round
+//! trip to this process. Changes reach the kernel as entry invalidations from the refresh pass.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -8,12 +12,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     BackgroundSession, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, LockOwner, MountOption, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request,
-    SessionACL, TimeOrNow, WriteFlags,
+    Generation, INodeNo, LockOwner, MountOption, Notifier, OpenAccMode, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyWrite, Request, SessionACL, TimeOrNow, WriteFlags,
 };
 
-use crate::filesystem::{FsError, NodeAttr, NodeKind, SecretFs, ROOT_INODE};
+use crate::filesystem::{FsError, Invalidator, NodeAttr, NodeKind, SecretFs, ROOT_INODE};
 
 struct FuseAdapter {
     fs: Arc<SecretFs>,
@@ -78,51 +82,31 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & nix::libc::O_TRUNC != 0;
-        let fs = self.fs.clone();
-        self.runtime.spawn(async move {
-            match fs.open(ino.0, write).await {
-                // Direct I/O: every read comes from this open's snapshot, whatever size the kernel cached.
-                Ok((handle, _size)) => {
-                    reply.opened(FileHandle(handle), FopenFlags::FOPEN_DIRECT_IO)
-                }
-                Err(error) => reply.error(errno(&error)),
-            }
-        });
+    /// ENOSYS: the kernel then opens files without asking (the mount is read-only, so writes fail with EROFS
+    /// before they get here), keeps their pages cached, and never sends open or release again.
+    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.error(Errno::ENOSYS);
     }
 
+    /// Reads an inode's content, which never changes (a changed secret gets a new inode).
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
         size: u32,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.fs.read(fh.0, offset, size) {
+        match self.fs.read(ino.0, offset, size) {
             Ok(bytes) => reply.data(&bytes),
             Err(error) => reply.error(errno(&error)),
         }
     }
 
-    fn release(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        _flush: bool,
-        reply: ReplyEmpty,
-    ) {
-        self.fs.release(fh.0);
-        reply.ok();
-    }
-
+    /// ENOSYS: nothing to flush on a read-only filesystem, and the kernel stops sending flush on close.
     fn flush(
         &self,
         _req: &Request,
@@ -131,7 +115,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        reply.error(Errno::ENOSYS);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -283,9 +267,24 @@ impl Filesystem for FuseAdapter {
     }
 }
 
-/// A live FUSE mount; dropping it unmounts.
+/// Pushes entry invalidations to the kernel.
+struct KernelInvalidator(Notifier);
+
+impl Invalidator for KernelInvalidator {
+    fn invalidate_entry(&self, parent: u64, name: &OsStr) {
+        // ENOENT: the kernel had already dropped the entry.
+        if let Err(error) = self.0.inval_entry(INodeNo(parent), name) {
+            if error.raw_os_error() != Some(nix::libc::ENOENT) {
+                tracing::warn!(%error, "kernel entry invalidation failed");
+            }
+        }
+    }
+}
+
+/// A live FUSE mount with its refresh pass; dropping it unmounts.
 pub struct FuseMount {
     session: Option<BackgroundSession>,
+    refresh: tokio::task::JoinHandle<()>,
     mountpoint: PathBuf,
 }
 
@@ -296,6 +295,7 @@ impl FuseMount {
 
     /// Unmounts and waits for the FUSE thread to finish.
     pub fn unmount(mut self) -> std::io::Result<()> {
+        self.refresh.abort();
         match self.session.take() {
             Some(session) => session.umount_and_join(),
             None => Ok(()),
@@ -305,6 +305,7 @@ impl FuseMount {
 
 impl Drop for FuseMount {
     fn drop(&mut self) {
+        self.refresh.abort();
         if let Some(session) = self.session.take() {
             if let Err(error) = session.umount_and_join() {
                 tracing::warn!(mountpoint = %self.mountpoint.display(), %error, "unmount failed");
@@ -332,9 +333,16 @@ pub fn mount(
         MountOption::DefaultPermissions,
     ];
     config.acl = SessionACL::All;
-    let session = fuser::spawn_mount(FuseAdapter { fs, runtime }, mountpoint, &config)?;
+    let adapter = FuseAdapter {
+        fs: fs.clone(),
+        runtime: runtime.clone(),
+    };
+    let session = fuser::spawn_mount(adapter, mountpoint, &config)?;
+    fs.set_invalidator(Box::new(KernelInvalidator(session.notifier())));
+    let refresh = fs.spawn_refresh(&runtime);
     Ok(FuseMount {
         session: Some(session),
+        refresh,
         mountpoint: mountpoint.to_owned(),
     })
 }

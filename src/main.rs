@@ -15,7 +15,7 @@ use docker_volume_libsecret::cache::SecretCache;
 use docker_volume_libsecret::cli::{Cli, Command};
 use docker_volume_libsecret::config::{BackendKind, Config, FlagOverrides, MountMode};
 use docker_volume_libsecret::file_source::FileSource;
-use docker_volume_libsecret::filesystem::{FsOptions, SecretFs};
+use docker_volume_libsecret::filesystem::SecretFs;
 use docker_volume_libsecret::mounter::{
     clean_stale_mounts, detach, prepare_mountpoint, InProcessMounter,
 };
@@ -171,7 +171,7 @@ async fn choose_mounter(
         );
         return Ok(Box::new(InProcessMounter::new(
             cache,
-            FsOptions::default(),
+            config.fs_options(),
             tokio::runtime::Handle::current(),
         )));
     }
@@ -277,7 +277,7 @@ async fn serve_mount(config: Config, volume: String, mountpoint: PathBuf) -> any
     let fs = Arc::new(SecretFs::new(
         vault_path.clone(),
         cache,
-        FsOptions::default(),
+        config.fs_options(),
     ));
     // The driver starts this unit only when no live server has the volume: anything mounted here is dead.
     detach(&mountpoint).map_err(anyhow::Error::msg)?;

@@ -42,6 +42,20 @@ impl Drop for Mounted {
 }
 
 fn mount_with(volume: &str, cache_ttl: Duration, timeout: Duration) -> Mounted {
+    mount_refreshing(
+        volume,
+        cache_ttl,
+        timeout,
+        FsOptions::default().refresh_interval,
+    )
+}
+
+fn mount_refreshing(
+    volume: &str,
+    cache_ttl: Duration,
+    timeout: Duration,
+    refresh_interval: Duration,
+) -> Mounted {
     support::require_fuse();
     let source = Arc::new(MemorySource::default());
     source.put("secret/app-1/db-password", json!({"value": "s3cr3t"}));
@@ -53,10 +67,14 @@ fn mount_with(volume: &str, cache_ttl: Duration, timeout: Duration) -> Mounted {
     source.put("secret/app-2/other", json!({"value": "not yours"}));
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let cache = Arc::new(SecretCache::new(source.clone(), cache_ttl, timeout));
+    let options = FsOptions {
+        refresh_interval,
+        ..FsOptions::default()
+    };
     let fs = Arc::new(SecretFs::new(
         VaultPath::from_volume_name(volume).unwrap(),
         cache,
-        FsOptions::default(),
+        options,
     ));
     let dir = tempfile::tempdir().unwrap();
     let mountpoint = dir.path().join("mnt");
@@ -236,30 +254,123 @@ fn a_hanging_source_fails_the_read_within_the_timeout() {
     );
 }
 
+/// Polls until `path` reads `expected`, failing after `deadline`.
+fn read_becomes(path: &Path, expected: Option<&str>, deadline: Duration) {
+    let started = Instant::now();
+    loop {
+        let now = read(path).ok();
+        if now.as_deref() == expected {
+            return;
+        }
+        assert!(
+            started.elapsed() < deadline,
+            "{path:?} still reads {now:?}, not {expected:?}, after {deadline:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
-fn a_rotated_value_that_grows_or_shrinks_reads_whole_after_the_cache_ttl() {
-    let m = mount_with(
+fn rotation_and_deletion_reach_readers_within_the_refresh_interval() {
+    let refresh = Duration::from_millis(500);
+    let m = mount_refreshing(
         "secret/app-1",
-        Duration::from_millis(200),
+        Duration::from_millis(100),
         Duration::from_secs(5),
+        refresh,
     );
+    let file = m.path("rotating");
     m.source
         .put("secret/app-1/rotating", json!({"value": "0123456789"}));
-    assert_eq!(read(&m.path("rotating")).unwrap(), "0123456789");
+    assert_eq!(read(&file).unwrap(), "0123456789");
     let big = "x".repeat(10 * 1024);
     m.source.put("secret/app-1/rotating", json!({"value": big}));
-    std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(read(&m.path("rotating")).unwrap(), big);
+    read_becomes(&file, Some(&big), refresh + Duration::from_secs(1));
     m.source
         .put("secret/app-1/rotating", json!({"value": "short"}));
-    std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(read(&m.path("rotating")).unwrap(), "short");
+    read_becomes(&file, Some("short"), refresh + Duration::from_secs(1));
     m.source.remove("secret/app-1/rotating");
-    std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(
-        read(&m.path("rotating")).unwrap_err().kind(),
-        ErrorKind::NotFound
+    read_becomes(&file, None, refresh + Duration::from_secs(1));
+    assert_eq!(read(&file).unwrap_err().kind(), ErrorKind::NotFound);
+}
+
+#[test]
+fn an_open_file_reads_its_value_to_the_end_across_a_rotation() {
+    use std::io::Read;
+    let refresh = Duration::from_millis(200);
+    let m = mount_refreshing(
+        "secret/app-1",
+        Duration::from_millis(50),
+        Duration::from_secs(5),
+        refresh,
     );
+    let first = "A".repeat(200_000);
+    m.source.put("secret/app-1/big", json!({"value": first}));
+    let mut file = std::fs::File::open(m.path("big")).unwrap();
+    let mut head = vec![0; 1000];
+    file.read_exact(&mut head).unwrap();
+    m.source
+        .put("secret/app-1/big", json!({"value": "B".repeat(50_000)}));
+    read_becomes(
+        &m.path("big"),
+        Some(&"B".repeat(50_000)),
+        refresh + Duration::from_secs(1),
+    );
+    let mut rest = String::new();
+    file.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest.len(), 199_000);
+    assert!(
+        rest.bytes().all(|b| b == b'A'),
+        "the open file mixed in the new value"
+    );
+}
+
+#[test]
+fn rotation_under_a_concurrent_read_loop_never_mixes_truncates_or_pads() {
+    let refresh = Duration::from_millis(100);
+    let m = mount_refreshing(
+        "secret/app-1",
+        Duration::from_millis(20),
+        Duration::from_secs(5),
+        refresh,
+    );
+    let values = [
+        "a".repeat(10),
+        "b".repeat(10 * 1024),
+        "c".repeat(3),
+        "d".repeat(4097),
+    ];
+    m.source
+        .put("secret/app-1/hot", json!({"value": values[0]}));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (path, stop, values) = (m.path("hot"), stop.clone(), values.clone());
+            std::thread::spawn(move || {
+                let mut reads = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    assert!(
+                        values.contains(&text),
+                        "read {} bytes that are no whole value",
+                        text.len()
+                    );
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+    for round in 1..=12 {
+        m.source.put(
+            "secret/app-1/hot",
+            json!({"value": values[round % values.len()]}),
+        );
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reads: usize = readers.into_iter().map(|r| r.join().unwrap()).sum();
+    assert!(reads > 100, "only {reads} reads");
 }
 
 #[test]
