@@ -59,12 +59,17 @@ fn main() -> ExitCode {
         }
     };
     logging::init(&config.log_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("libsecret")
-        .enable_all()
-        .build()
-    {
+    // A mount unit is one of possibly hundreds of processes: one thread drives its few Vault requests; FUSE
+    // requests are answered on fuser's own thread.
+    let mut builder = match cli.command {
+        Some(Command::ServeMount { .. }) => tokio::runtime::Builder::new_current_thread(),
+        _ => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(2);
+            builder
+        }
+    };
+    let runtime = match builder.thread_name("libsecret").enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             tracing::error!(%error, "could not start the async runtime");

@@ -1,0 +1,219 @@
+//! `cargo bench --bench service` (as root; needs the systemd host image, `packaging/build-deb.sh` and
+//! `cargo build --release -p vault-api-server`, all done by scripts/test.sh).
+//!
+//! In a real systemd host with the Debian package installed, prints each figure next to a baseline measured in the
+//! same run:
+//! - P4: Mount RPC p50, including starting the mount unit, against starting a trivial transient unit.
+//! - P5: 500 volumes mounted at once: the driver's RSS against its RSS with nothing mounted, and the memory each
+//!   mount unit costs (PSS: shared pages counted once across all units; RSS: every mapped page).
+//! - P6: socket activation to READY, against the same for a trivial notify service.
+//!
+//! It asserts nothing: timings vary by machine and load.
+
+#[path = "../tests/support/docker.rs"]
+mod docker;
+#[path = "../tests/support/systemd_host.rs"]
+mod systemd_host;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use systemd_host::SystemdHost;
+
+const TOKEN: &str = "hvs.bench-root-token";
+const VOLUMES: usize = 500;
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+/// Milliseconds from a unit leaving "inactive" (activation began) to "active" (READY=1).
+fn activation_ms(host: &SystemdHost, unit: &str) -> f64 {
+    let out = host.exec_ok(&format!(
+        "systemctl show -p InactiveExitTimestampMonotonic -p ActiveEnterTimestampMonotonic {unit}"
+    ));
+    let value = |key: &str| -> f64 {
+        out.lines()
+            .find_map(|line| {
+                line.strip_prefix(key)?
+                    .strip_prefix('=')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no {key} in {out:?}"))
+    };
+    (value("ActiveEnterTimestampMonotonic") - value("InactiveExitTimestampMonotonic")) / 1000.0
+}
+
+fn setup() -> SystemdHost {
+    let deb = std::fs::read_dir(workspace().join("target/debian"))
+        .expect("target/debian: run packaging/build-deb.sh")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .expect("no .deb: run packaging/build-deb.sh");
+    let host = SystemdHost::start();
+    host.copy_in(&deb, "/root/p.deb");
+    host.copy_in(
+        &workspace().join("target/release/vault-api-server"),
+        "/usr/local/bin/vault-api-server",
+    );
+    let seed: serde_json::Map<String, serde_json::Value> = (0..VOLUMES)
+        .map(|i| {
+            (
+                format!("secret/v{i}/key"),
+                serde_json::json!({ "value": format!("value-{i}") }),
+            )
+        })
+        .collect();
+    let seed_file = tempfile::NamedTempFile::new().expect("seed");
+    std::fs::write(seed_file.path(), serde_json::to_vec(&seed).expect("json")).expect("seed");
+    host.copy_in(seed_file.path(), "/root/seed.json");
+    host.exec_ok(&format!(
+        "systemd-run --unit=bench-vault /usr/local/bin/vault-api-server --listen 127.0.0.1:8200 --root-token {TOKEN} \
+           --seed /root/seed.json >/dev/null 2>&1
+         for i in $(seq 1 50); do curl -fs http://127.0.0.1:8200/v1/sys/health >/dev/null && break; sleep 0.1; done
+         DEBIAN_FRONTEND=noninteractive apt-get install -y -q /root/p.deb >/dev/null
+         umask 077; echo {TOKEN} > /etc/docker-volume-libsecret/token
+         printf '[vault]\\naddr = \"http://127.0.0.1:8200\"\\ntoken_file = \"/etc/docker-volume-libsecret/token\"\\n' \
+           > /etc/docker-volume-libsecret/config.toml
+         systemctl enable --now docker-volume-libsecret.socket"
+    ));
+    host
+}
+
+fn plugin(host: &SystemdHost, method: &str, body: &str) -> f64 {
+    let out = host.exec_ok(&format!(
+        "curl -s -o /dev/null -w '%{{time_total}}' --unix-socket /run/docker/plugins/libsecret.sock -X POST \
+         -d '{body}' http://plugin/VolumeDriver.{method}"
+    ));
+    out.trim().parse::<f64>().expect("curl time") * 1000.0
+}
+
+fn p6(host: &SystemdHost) {
+    host.exec_ok(
+        "cat > /etc/systemd/system/bench-notify.service <<'UNIT'
+[Service]
+Type=notify
+ExecStart=/bin/sh -c 'systemd-notify --ready; exec sleep 1000'
+NotifyAccess=all
+UNIT
+systemctl daemon-reload",
+    );
+    let (mut ours, mut base) = (Vec::new(), Vec::new());
+    for _ in 0..10 {
+        // The socket is PartOf the service: stopping the service closes it, so listen again before activating.
+        host.exec_ok("systemctl stop docker-volume-libsecret.service && systemctl reset-failed docker-volume-libsecret.socket docker-volume-libsecret.service && systemctl start docker-volume-libsecret.socket");
+        host.exec_ok("curl -s --unix-socket /run/docker/plugins/libsecret.sock -X POST http://plugin/Plugin.Activate");
+        ours.push(activation_ms(host, "docker-volume-libsecret.service"));
+        host.exec_ok(
+            "systemctl reset-failed bench-notify.service; systemctl restart bench-notify.service",
+        );
+        base.push(activation_ms(host, "bench-notify.service"));
+    }
+    println!(
+        "P6 socket activation to READY: {:.1} ms median of 10 (target <= 50 ms); a trivial notify service: {:.1} ms",
+        median(ours),
+        median(base)
+    );
+}
+
+fn p4(host: &SystemdHost) {
+    let (mut ours, mut base) = (Vec::new(), Vec::new());
+    for i in 0..20 {
+        let name = format!("secret/v{i}");
+        plugin(host, "Create", &format!("{{\"Name\":\"{name}\"}}"));
+        ours.push(plugin(
+            host,
+            "Mount",
+            &format!("{{\"Name\":\"{name}\",\"ID\":\"p4\"}}"),
+        ));
+        plugin(
+            host,
+            "Unmount",
+            &format!("{{\"Name\":\"{name}\",\"ID\":\"p4\"}}"),
+        );
+        let micros = host.exec_ok(
+            "s=$(date +%s%N); systemd-run --quiet --wait -p Type=exec /bin/true; e=$(date +%s%N); echo $(((e - s) / 1000))",
+        );
+        base.push(micros.trim().parse::<f64>().expect("microseconds") / 1000.0);
+    }
+    println!(
+        "P4 Mount RPC p50 with the mount unit's start: {:.1} ms (target <= 50 ms); a transient unit running /bin/true (systemd-run --wait): {:.1} ms",
+        median(ours),
+        median(base)
+    );
+}
+
+/// (VmRSS kB, Pss kB) of a process.
+fn memory_kb(host: &SystemdHost, pid: &str) -> (f64, f64) {
+    let out = host.exec_ok(&format!(
+        "grep VmRSS /proc/{pid}/status | awk '{{print $2}}'; grep '^Pss:' /proc/{pid}/smaps_rollup | awk '{{print $2}}'"
+    ));
+    let v: Vec<f64> = out.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    (v[0], v[1])
+}
+
+fn p5(host: &SystemdHost) {
+    let driver_pid = || {
+        host.exec_ok("systemctl show -p MainPID --value docker-volume-libsecret.service")
+            .trim()
+            .to_owned()
+    };
+    host.exec_ok("sync");
+    let idle = memory_kb(host, &driver_pid()).0;
+    let started = std::time::Instant::now();
+    host.exec_ok(&format!(
+        "for i in $(seq 0 {}); do
+           curl -s -o /dev/null --unix-socket /run/docker/plugins/libsecret.sock -X POST -d \"{{\\\"Name\\\":\\\"secret/v$i\\\"}}\" http://plugin/VolumeDriver.Create
+           curl -s -o /dev/null --unix-socket /run/docker/plugins/libsecret.sock -X POST -d \"{{\\\"Name\\\":\\\"secret/v$i\\\",\\\"ID\\\":\\\"p5\\\"}}\" http://plugin/VolumeDriver.Mount
+         done",
+        VOLUMES - 1
+    ));
+    let elapsed = started.elapsed();
+    let units = host.exec_ok(
+        "systemctl list-units --no-legend --state=active 'docker-volume-libsecret-mount-*' | wc -l",
+    );
+    // Every unit reads its secret once, so each has done the work a container would cause.
+    host.exec_ok(&format!(
+        "for i in $(seq 0 {}); do cat /run/docker-volume-libsecret/mounts/secret%2Fv$i/key >/dev/null; done",
+        VOLUMES - 1
+    ));
+    let driver = memory_kb(host, &driver_pid()).0;
+    let pids = host.exec_ok("systemctl show -p MainPID --value 'docker-volume-libsecret-mount-*'");
+    let per_unit: Vec<(f64, f64)> = pids
+        .split_whitespace()
+        .filter(|p| *p != "0")
+        .map(|pid| memory_kb(host, pid))
+        .collect();
+    let count = per_unit.len().max(1) as f64;
+    let rss = per_unit.iter().map(|m| m.0).sum::<f64>() / count;
+    let pss = per_unit.iter().map(|m| m.1).sum::<f64>() / count;
+    println!(
+        "P5 {} mount units active after {:.0} s: driver RSS {:.1} MB (target <= 30 MB; {:.1} MB with nothing mounted); \
+         per mount PSS {:.2} MB, RSS {:.2} MB (target <= 4 MB)",
+        units.trim(),
+        elapsed.as_secs_f64(),
+        driver / 1024.0,
+        idle / 1024.0,
+        pss / 1024.0,
+        rss / 1024.0
+    );
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let host = setup();
+    std::thread::sleep(Duration::from_secs(1));
+    p6(&host);
+    p4(&host);
+    p5(&host);
+}
