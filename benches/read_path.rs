@@ -261,7 +261,7 @@ fn p3() {
         .collect();
     let reads: u64 = readers.into_iter().map(|r| r.join().unwrap_or(0)).sum();
     println!(
-        "P3 Vault requests for 100 readers of one key over 60 s (refresh_interval 60 s): {} requests for {reads} reads          (target <= 2; the ideal is 1 read + 1 refresh)",
+        "P3 Vault requests for 100 readers of one key over 60 s (refresh_interval 60 s): {} requests for {reads} reads (target <= 2; the ideal is 1 read + 1 refresh)",
         data_reads(&vault)
     );
     let _ = mount.unmount();
@@ -310,7 +310,7 @@ fn p7() {
         worst = worst.max(changed.elapsed());
     }
     println!(
-        "P7 rotation visible to readers: worst {:.2} s over 5 rotations, refresh_interval {} s (target <= refresh_interval + 1 s);          P1 meanwhile {:.2}x tmpfs",
+        "P7 rotation visible to readers: worst {:.2} s over 5 rotations, refresh_interval {} s (target <= refresh_interval + 1 s); P1 meanwhile {:.2}x tmpfs",
         worst.as_secs_f64(),
         refresh.as_secs(),
         median(ours).as_secs_f64() / median(base).as_secs_f64()

@@ -492,8 +492,8 @@ mod tests {
         .unwrap()
     }
 
-    #[test]
-    fn a_restarted_driver_adopts_live_mounts_with_their_counts() {
+    /// Volumes over mounts that outlive the driver (like systemd units), with `secret/a` mounted by ID `A`.
+    fn units_with_one_mount() -> (MemoryStore, FakeMounter, Volumes) {
         let store = MemoryStore::default();
         let mounter = FakeMounter {
             outlives: true,
@@ -502,6 +502,12 @@ mod tests {
         let mut volumes = reopen(&store, &mounter);
         created(&mut volumes, "secret/a");
         volumes.mount("secret/a", "A").unwrap();
+        (store, mounter, volumes)
+    }
+
+    #[test]
+    fn a_restarted_driver_adopts_live_mounts_with_their_counts() {
+        let (store, mounter, mut volumes) = units_with_one_mount();
         volumes.mount("secret/a", "B").unwrap();
         volumes.shutdown();
         assert_eq!(
@@ -519,14 +525,7 @@ mod tests {
 
     #[test]
     fn mount_ids_of_mounts_gone_by_a_reboot_are_forgotten() {
-        let store = MemoryStore::default();
-        let mounter = FakeMounter {
-            outlives: true,
-            ..FakeMounter::default()
-        };
-        let mut volumes = reopen(&store, &mounter);
-        created(&mut volumes, "secret/a");
-        volumes.mount("secret/a", "A").unwrap();
+        let (store, mounter, mut volumes) = units_with_one_mount();
         volumes.shutdown();
         mounter.live.lock().unwrap().clear(); // the reboot
         let mut volumes = reopen(&store, &mounter);
