@@ -1,5 +1,5 @@
 //! `cargo bench --bench service` (as root; needs the systemd host image, `packaging/build-deb.sh` and
-//! `cargo build --release -p vault-api-server`, all done by scripts/test.sh).
+//! `cargo build -p vault-api-server`, all done by scripts/test.sh).
 //!
 //! In a real systemd host with the Debian package installed, prints each figure next to a baseline measured in the
 //! same run:
@@ -61,7 +61,7 @@ fn setup() -> SystemdHost {
     let host = SystemdHost::start();
     host.copy_in(&deb, "/root/p.deb");
     host.copy_in(
-        &workspace().join("target/release/vault-api-server"),
+        &workspace().join("target/debug/vault-api-server"),
         "/usr/local/bin/vault-api-server",
     );
     let seed: serde_json::Map<String, serde_json::Value> = (0..VOLUMES)

@@ -3,7 +3,7 @@
 //! restarts, SIGKILL, upgrade, reboot, remove and purge.
 //!
 //! Needs the systemd host image (scripts/build-systemd-host.sh) and the package and test server built by
-//! scripts/test.sh (packaging/build-deb.sh, `cargo build --release -p vault-api-server`). Fails, never skips.
+//! scripts/test.sh (packaging/build-deb.sh, `cargo build -p vault-api-server`). Fails, never skips.
 
 mod support;
 
@@ -45,10 +45,10 @@ fn package() -> PathBuf {
 }
 
 fn test_server() -> PathBuf {
-    let path = workspace().join("target/release/vault-api-server");
+    let path = workspace().join("target/debug/vault-api-server");
     assert!(
         path.exists(),
-        "{} is missing: run `cargo build --release -p vault-api-server` (scripts/test.sh does)",
+        "{} is missing: run `cargo build -p vault-api-server` (scripts/test.sh does)",
         path.display()
     );
     path
