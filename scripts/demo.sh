@@ -11,7 +11,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 say "Preparing the host (packages, dockerd, a local busybox image; no registry needed)"
-SKIP_RVAULT=1 bash scripts/setup-test-host.sh
+SKIP_RVAULT=1 SKIP_SYSTEMD_HOST=1 bash scripts/setup-test-host.sh
 
 say "Building docker-volume-libsecret and the Vault-API test server"
 cargo build --release --quiet -p docker-volume-libsecret -p vault-api-server
