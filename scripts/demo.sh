@@ -52,7 +52,7 @@ say "docker run --rm --volume-driver libsecret -v secret/app-1/:/secrets libsecr
 docker run --rm --volume-driver libsecret -v secret/app-1/:/secrets libsecret-test/busybox:latest sh -c '
     echo "$ ls -la /secrets            # listing reveals nothing"; ls -la /secrets
     echo "$ cat /secrets/db-password"; cat /secrets/db-password; echo
-    echo "$ echo x > /secrets/db-password"; echo x > /secrets/db-password || true'
+    echo "$ echo x > /secrets/db-password"; sh -c "echo x > /secrets/db-password" 2>&1 || true'
 
 say "Driver log (one line per plugin call; no secret values)"
 tail -n +3 "$work/driver.log"
