@@ -3,6 +3,10 @@
 //! N readers of one key cost one source request per TTL: concurrent misses on the same key wait for the one request
 //! in flight instead of sending their own. Errors are not cached, so a key added in Vault shows up on the next
 //! lookup; each error is logged once per key until the key's state changes.
+//!
+//! Outages: while the source is unavailable (unreachable, sealed, 5xx, timing out), a key read before keeps being
+//! served from memory for `stale_ttl` from the start of the outage; a key never read gives the error. Values are
+//! only ever held in memory.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,6 +21,8 @@ use crate::secret::{Secret, SecretSource, SourceError};
 struct Slot {
     fresh: Option<(Secret, Instant)>,
     last_error: Option<SourceError>,
+    /// When the source started failing for this key, while it still fails.
+    failing_since: Option<Instant>,
 }
 
 /// The shared cache of one driver process.
@@ -24,6 +30,7 @@ pub struct SecretCache {
     source: Arc<dyn SecretSource>,
     ttl: Duration,
     timeout: Duration,
+    stale_ttl: Duration,
     slots: Mutex<HashMap<VaultPath, Arc<AsyncMutex<Slot>>>>,
 }
 
@@ -34,8 +41,15 @@ impl SecretCache {
             source,
             ttl,
             timeout,
+            stale_ttl: Duration::ZERO,
             slots: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Serves last-known values through outages of up to `stale_ttl` (zero: never).
+    pub fn with_stale_ttl(mut self, stale_ttl: Duration) -> Self {
+        self.stale_ttl = stale_ttl;
+        self
     }
 
     fn slot(&self, path: &VaultPath) -> Arc<AsyncMutex<Slot>> {
@@ -58,30 +72,51 @@ impl SecretCache {
         path: &VaultPath,
         max_age: Duration,
     ) -> Result<Secret, SourceError> {
+        self.read_or_stale(path, max_age)
+            .await
+            .map(|(secret, _)| secret)
+    }
+
+    /// Like [`read_fresh`](Self::read_fresh), also saying whether the value is a stale one served through an outage.
+    pub async fn read_or_stale(
+        &self,
+        path: &VaultPath,
+        max_age: Duration,
+    ) -> Result<(Secret, bool), SourceError> {
         let slot = self.slot(path);
         let mut slot = slot.lock().await;
         if let Some((secret, fetched)) = &slot.fresh {
             if fetched.elapsed() < max_age.min(self.ttl) {
-                return Ok(secret.clone());
+                return Ok((secret.clone(), false));
             }
         }
-        let result = self.bounded(self.source.read(path)).await;
-        match &result {
+        match self.bounded(self.source.read(path)).await {
             Ok(secret) => {
                 if slot.last_error.take().is_some() {
                     tracing::info!(vault_path = %path, "secret readable again");
                 }
+                slot.failing_since = None;
                 slot.fresh = Some((secret.clone(), Instant::now()));
+                Ok((secret, false))
             }
             Err(error) => {
-                slot.fresh = None;
-                if slot.last_error.as_ref() != Some(error) {
-                    log_source_error(path, error);
+                if slot.last_error.as_ref() != Some(&error) {
+                    log_source_error(path, &error);
                     slot.last_error = Some(error.clone());
                 }
+                if let SourceError::Unavailable(_) = error {
+                    let since = *slot.failing_since.get_or_insert_with(Instant::now);
+                    if let Some((secret, _)) = &slot.fresh {
+                        if since.elapsed() < self.stale_ttl {
+                            return Ok((secret.clone(), true));
+                        }
+                    }
+                }
+                // A definitive answer (not found, denied), or an outage longer than stale_ttl: forget the value.
+                slot.fresh = None;
+                Err(error)
             }
         }
-        result
     }
 
     /// Whether `path` is a folder, with the same timeout as reads. Not cached: it is asked only for nested names.
@@ -198,6 +233,78 @@ mod tests {
             b"2"
         );
         assert_eq!(source.reads(), 3);
+    }
+
+    #[tokio::test]
+    async fn an_outage_serves_keys_read_before_for_stale_ttl_and_never_keys_not_read() {
+        let source = Arc::new(MemorySource::default());
+        source.put("secret/a", json!({"value": "1"}));
+        source.put("secret/b", json!({"value": "2"}));
+        let cache = SecretCache::new(
+            source.clone(),
+            Duration::from_millis(1),
+            Duration::from_secs(5),
+        )
+        .with_stale_ttl(Duration::from_millis(300));
+        assert!(cache.read(&path("secret/a")).await.is_ok());
+        source.set_failure(Some(SourceError::Unavailable("sealed".into())));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let (secret, stale) = cache
+            .read_or_stale(&path("secret/a"), Duration::ZERO)
+            .await
+            .unwrap();
+        assert!(stale);
+        assert_eq!(
+            secret
+                .render(&crate::names::View::Default)
+                .unwrap()
+                .as_slice(),
+            b"1"
+        );
+        assert!(matches!(
+            cache.read(&path("secret/b")).await,
+            Err(SourceError::Unavailable(_))
+        ));
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert!(matches!(
+            cache.read(&path("secret/a")).await,
+            Err(SourceError::Unavailable(_))
+        ));
+        source.set_failure(None);
+        let (_, stale) = cache
+            .read_or_stale(&path("secret/a"), Duration::ZERO)
+            .await
+            .unwrap();
+        assert!(!stale, "recovered without a restart");
+    }
+
+    #[tokio::test]
+    async fn stale_ttl_zero_never_serves_stale_and_not_found_is_definitive() {
+        let source = Arc::new(MemorySource::default());
+        source.put("secret/a", json!({"value": "1"}));
+        let cache = SecretCache::new(
+            source.clone(),
+            Duration::from_millis(1),
+            Duration::from_secs(5),
+        );
+        assert!(cache.read(&path("secret/a")).await.is_ok());
+        source.set_failure(Some(SourceError::Unavailable("down".into())));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert!(cache.read(&path("secret/a")).await.is_err());
+        let cache = SecretCache::new(
+            source.clone(),
+            Duration::from_millis(1),
+            Duration::from_secs(5),
+        )
+        .with_stale_ttl(Duration::from_secs(60));
+        source.set_failure(None);
+        assert!(cache.read(&path("secret/a")).await.is_ok());
+        source.remove("secret/a");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(
+            cache.read(&path("secret/a")).await,
+            Err(SourceError::NotFound)
+        );
     }
 
     #[tokio::test]

@@ -78,6 +78,9 @@ pub struct Config {
     /// How often secrets in use are read again, so a value changed or deleted in Vault reaches readers.
     #[serde(with = "humantime_serde")]
     pub refresh_interval: Duration,
+    /// Through a Vault outage, secrets already read keep being served from memory for this long; `0s` disables it.
+    #[serde(with = "humantime_serde")]
+    pub stale_ttl: Duration,
     /// How mounts are served: `"auto"`, `"systemd"` (transient units) or `"in-process"`.
     pub mount_mode: MountMode,
     /// Log filter, in `tracing` syntax (`info`, `debug`, `docker_volume_libsecret=debug`). Values are never logged.
@@ -128,6 +131,7 @@ impl Default for Config {
             mount_root: PathBuf::from("/run/docker-volume-libsecret/mounts"),
             cache_ttl: Duration::from_secs(30),
             refresh_interval: Duration::from_secs(60),
+            stale_ttl: Duration::from_secs(3600),
             mount_mode: MountMode::Auto,
             log_level: "info".to_owned(),
             vault: VaultConfig::default(),

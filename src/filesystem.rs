@@ -221,6 +221,8 @@ impl InodeTable {
 
 /// One mounted volume's filesystem.
 pub struct SecretFs {
+    root: VaultPath,
+    serving_stale: std::sync::atomic::AtomicBool,
     cache: Arc<SecretCache>,
     options: FsOptions,
     inodes: Mutex<InodeTable>,
@@ -230,6 +232,8 @@ pub struct SecretFs {
 impl SecretFs {
     pub fn new(root: VaultPath, cache: Arc<SecretCache>, options: FsOptions) -> Self {
         SecretFs {
+            root: root.clone(),
+            serving_stale: std::sync::atomic::AtomicBool::new(false),
             cache,
             options,
             inodes: Mutex::new(InodeTable::new(root)),
@@ -349,11 +353,16 @@ impl SecretFs {
         }
         let max_age = self.options.refresh_interval / 2;
         let mut retired = 0;
+        let mut stale_paths = 0;
         for (path, nodes) in by_path {
-            let latest = match self.cache.read_fresh(&path, max_age).await {
-                Ok(secret) => Some(secret),
-                Err(SourceError::NotFound) => None,
-                Err(_) => continue,
+            // Within stale_ttl of an outage the cache answers with the last value; an error means the secret is
+            // gone, denied, or unreachable for longer than that: its names are retired, so readers get the error.
+            let latest = match self.cache.read_or_stale(&path, max_age).await {
+                Ok((secret, stale)) => {
+                    stale_paths += usize::from(stale);
+                    Some(secret)
+                }
+                Err(_) => None,
             };
             for (key, ino) in nodes {
                 let NodeKey::File(_, view) = &key else {
@@ -387,7 +396,26 @@ impl SecretFs {
                 }
             }
         }
+        self.note_outage(stale_paths);
         retired
+    }
+
+    /// One warning per volume when it starts serving stale values, and one line when it recovers.
+    fn note_outage(&self, stale_paths: usize) {
+        let was = self
+            .serving_stale
+            .swap(stale_paths > 0, std::sync::atomic::Ordering::Relaxed);
+        match (was, stale_paths > 0) {
+            (false, true) => tracing::warn!(
+                volume_path = %self.root,
+                stale_secrets = stale_paths,
+                "Vault is unreachable: serving the last values read, which may be stale"
+            ),
+            (true, false) => {
+                tracing::info!(volume_path = %self.root, "Vault reachable again: values are current")
+            }
+            _ => {}
+        }
     }
 
     /// Refreshes every `refresh_interval` until the returned task is aborted (at unmount).
@@ -610,15 +638,46 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_outage_during_refresh_keeps_serving_the_last_value() {
+    async fn an_outage_during_refresh_keeps_serving_the_last_value_for_stale_ttl() {
         let source = source();
-        let (fs, _) = fast_fs(source.clone());
+        let cache = SecretCache::new(
+            source.clone(),
+            Duration::from_millis(1),
+            Duration::from_secs(2),
+        )
+        .with_stale_ttl(Duration::from_millis(300));
+        let options = FsOptions {
+            refresh_interval: Duration::from_millis(2),
+            ..FsOptions::default()
+        };
+        let fs = SecretFs::new(
+            VaultPath::from_volume_name("secret/app-1").unwrap(),
+            Arc::new(cache),
+            options,
+        );
         let attr = fs.lookup(ROOT_INODE, OsStr::new("db#user")).await.unwrap();
         source.set_failure(Some(SourceError::Unavailable("sealed".into())));
         settle().await;
         assert_eq!(fs.refresh().await, 0);
         assert_eq!(content(&fs, attr.ino), "app");
         assert!(fs.getattr(attr.ino).is_ok());
+        assert!(fs.serving_stale.load(std::sync::atomic::Ordering::Relaxed));
+        // A name the kernel forgot is still served from memory during the outage.
+        assert_eq!(cat(&fs, ROOT_INODE, "db#password").await.unwrap(), "pw");
+        // Past stale_ttl the names are retired and readers get EIO; never-read keys get EIO all along.
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert_eq!(fs.refresh().await, 2);
+        let error = fs
+            .lookup(ROOT_INODE, OsStr::new("db#user"))
+            .await
+            .unwrap_err();
+        assert_eq!(error.errno(), libc_errno::EIO);
+        // Recovery needs no restart.
+        source.set_failure(None);
+        assert_eq!(cat(&fs, ROOT_INODE, "db#user").await.unwrap(), "app");
+        settle().await;
+        fs.refresh().await;
+        assert!(!fs.serving_stale.load(std::sync::atomic::Ordering::Relaxed));
     }
 
     #[tokio::test]

@@ -222,11 +222,10 @@ async fn report_health(volumes: Arc<Mutex<Volumes>>) {
 
 async fn serve(config: Config, cli: &Cli, flags: &FlagOverrides) -> anyhow::Result<()> {
     let source = open_source(&config).await?;
-    let cache = Arc::new(SecretCache::new(
-        source,
-        config.cache_ttl,
-        config.vault.timeout,
-    ));
+    let cache = Arc::new(
+        SecretCache::new(source, config.cache_ttl, config.vault.timeout)
+            .with_stale_ttl(config.stale_ttl),
+    );
     let mounter = choose_mounter(&config, cli, flags, cache).await?;
     for path in clean_stale_mounts(&config.mount_root) {
         tracing::info!(mountpoint = %path.display(), "removed a leftover mountpoint");
@@ -274,11 +273,10 @@ async fn serve_mount(config: Config, volume: String, mountpoint: PathBuf) -> any
     let vault_path =
         VaultPath::from_volume_name(&volume).with_context(|| format!("volume {volume:?}"))?;
     let source = open_source(&config).await?;
-    let cache = Arc::new(SecretCache::new(
-        source,
-        config.cache_ttl,
-        config.vault.timeout,
-    ));
+    let cache = Arc::new(
+        SecretCache::new(source, config.cache_ttl, config.vault.timeout)
+            .with_stale_ttl(config.stale_ttl),
+    );
     let fs = Arc::new(SecretFs::new(
         vault_path.clone(),
         cache,

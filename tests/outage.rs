@@ -1,0 +1,106 @@
+//! A Vault outage seen through a real FUSE mount and the real Vault client: keys already read keep serving, keys
+//! never read give EIO, and everything recovers when Vault answers again, with no restart.
+
+mod support;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use docker_volume_libsecret::cache::SecretCache;
+use docker_volume_libsecret::config::{Credential, VaultConfig};
+use docker_volume_libsecret::filesystem::{FsOptions, SecretFs};
+use docker_volume_libsecret::fuse;
+use docker_volume_libsecret::names::VaultPath;
+use docker_volume_libsecret::vault::VaultSource;
+use serde_json::json;
+use vault_api_server::{ServerConfig, TestVault};
+
+fn wait_until(what: &str, deadline: Duration, mut condition: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !condition() {
+        assert!(started.elapsed() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn errno_of(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path)
+        .err()
+        .and_then(|e| e.raw_os_error())
+}
+
+#[test]
+fn sealed_vault_serves_keys_read_before_gives_eio_for_new_keys_and_recovers() {
+    support::require_fuse();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let vault = runtime
+        .block_on(TestVault::start(ServerConfig::default()))
+        .unwrap();
+    vault.put("secret/app/read-before", json!({"value": "cached"}));
+    vault.put("secret/app/never-read", json!({"value": "fresh"}));
+    let config = VaultConfig {
+        addr: Some(vault.addr()),
+        token: Some(Credential::new(vault.root_token().to_owned())),
+        timeout: Duration::from_secs(1),
+        ..VaultConfig::default()
+    };
+    let source = runtime.block_on(VaultSource::connect(&config)).unwrap();
+    let cache = SecretCache::new(
+        Arc::new(source),
+        Duration::from_millis(100),
+        Duration::from_secs(1),
+    )
+    .with_stale_ttl(Duration::from_secs(3600));
+    let options = FsOptions {
+        refresh_interval: Duration::from_millis(200),
+        ..FsOptions::default()
+    };
+    let fs = Arc::new(SecretFs::new(
+        VaultPath::from_volume_name("secret/app").unwrap(),
+        Arc::new(cache),
+        options,
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let mountpoint = dir.path().join("mnt");
+    std::fs::create_dir(&mountpoint).unwrap();
+    let mount = fuse::mount(
+        fs,
+        &mountpoint,
+        "libsecret:outage",
+        runtime.handle().clone(),
+    )
+    .unwrap();
+    let cached = mountpoint.join("read-before");
+    let never_read = mountpoint.join("never-read");
+    assert_eq!(std::fs::read_to_string(&cached).unwrap(), "cached");
+
+    vault.faults().set_sealed(true);
+    // Several refresh passes run against the sealed Vault while the cached key keeps reading.
+    let sealed_at = Instant::now();
+    while sealed_at.elapsed() < Duration::from_secs(2) {
+        assert_eq!(std::fs::read_to_string(&cached).unwrap(), "cached");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(errno_of(&never_read), Some(nix::libc::EIO));
+    let sealed_answers = vault.requests().iter().filter(|r| r.status == 503).count();
+    assert!(
+        sealed_answers > 0,
+        "the refresh pass never asked the sealed Vault"
+    );
+
+    vault.faults().set_sealed(false);
+    wait_until(
+        "the never-read key after recovery",
+        Duration::from_secs(5),
+        || std::fs::read_to_string(&never_read).ok().as_deref() == Some("fresh"),
+    );
+    vault.put(
+        "secret/app/read-before",
+        json!({"value": "rotated after the outage"}),
+    );
+    wait_until("rotation after recovery", Duration::from_secs(5), || {
+        std::fs::read_to_string(&cached).ok().as_deref() == Some("rotated after the outage")
+    });
+    mount.unmount().unwrap();
+}
