@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex as AsyncMutex;
 
-use crate::names::VaultPath;
+use crate::names::{SecretRef, VaultPath};
 use crate::secret::{Secret, SecretSource, SourceError};
 
 #[derive(Default)]
@@ -31,7 +31,7 @@ pub struct SecretCache {
     ttl: Duration,
     timeout: Duration,
     stale_ttl: Duration,
-    slots: Mutex<HashMap<VaultPath, Arc<AsyncMutex<Slot>>>>,
+    slots: Mutex<HashMap<SecretRef, Arc<AsyncMutex<Slot>>>>,
 }
 
 impl SecretCache {
@@ -52,27 +52,28 @@ impl SecretCache {
         self
     }
 
-    fn slot(&self, path: &VaultPath) -> Arc<AsyncMutex<Slot>> {
+    fn slot(&self, secret: &SecretRef) -> Arc<AsyncMutex<Slot>> {
         let mut slots = self
             .slots
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        slots.entry(path.clone()).or_default().clone()
+        slots.entry(secret.clone()).or_default().clone()
     }
 
     /// The secret at `path`, from memory when fresh.
     pub async fn read(&self, path: &VaultPath) -> Result<Secret, SourceError> {
-        self.read_fresh(path, self.ttl).await
+        self.read_fresh(&SecretRef::latest(path.clone()), self.ttl)
+            .await
     }
 
     /// The secret at `path`, from memory only if it was read less than `max_age` ago (the refresh pass asks for a
     /// recent read, so that volumes sharing this cache share one request).
     pub async fn read_fresh(
         &self,
-        path: &VaultPath,
+        secret: &SecretRef,
         max_age: Duration,
     ) -> Result<Secret, SourceError> {
-        self.read_or_stale(path, max_age)
+        self.read_or_stale(secret, max_age)
             .await
             .map(|(secret, _)| secret)
     }
@@ -80,17 +81,25 @@ impl SecretCache {
     /// Like [`read_fresh`](Self::read_fresh), also saying whether the value is a stale one served through an outage.
     pub async fn read_or_stale(
         &self,
-        path: &VaultPath,
+        secret: &SecretRef,
         max_age: Duration,
     ) -> Result<(Secret, bool), SourceError> {
-        let slot = self.slot(path);
+        let path = secret;
+        let slot = self.slot(secret);
         let mut slot = slot.lock().await;
         if let Some((secret, fetched)) = &slot.fresh {
             if fetched.elapsed() < max_age.min(self.ttl) {
                 return Ok((secret.clone(), false));
             }
         }
-        match self.bounded(self.source.read(path)).await {
+        let fetched = match secret.version {
+            None => self.bounded(self.source.read(&secret.path)).await,
+            Some(version) => {
+                self.bounded(self.source.read_version(&secret.path, version))
+                    .await
+            }
+        };
+        match fetched {
             Ok(secret) => {
                 if slot.last_error.take().is_some() {
                     tracing::info!(vault_path = %path, "secret readable again");
@@ -140,7 +149,7 @@ impl SecretCache {
     }
 }
 
-fn log_source_error(path: &VaultPath, error: &SourceError) {
+fn log_source_error(path: &SecretRef, error: &SourceError) {
     match error {
         SourceError::NotFound => {
             tracing::info!(vault_path = %path, status = "not found", "secret read failed")
@@ -250,7 +259,7 @@ mod tests {
         source.set_failure(Some(SourceError::Unavailable("sealed".into())));
         tokio::time::sleep(Duration::from_millis(5)).await;
         let (secret, stale) = cache
-            .read_or_stale(&path("secret/a"), Duration::ZERO)
+            .read_or_stale(&SecretRef::latest(path("secret/a")), Duration::ZERO)
             .await
             .unwrap();
         assert!(stale);
@@ -272,7 +281,7 @@ mod tests {
         ));
         source.set_failure(None);
         let (_, stale) = cache
-            .read_or_stale(&path("secret/a"), Duration::ZERO)
+            .read_or_stale(&SecretRef::latest(path("secret/a")), Duration::ZERO)
             .await
             .unwrap();
         assert!(!stale, "recovered without a restart");

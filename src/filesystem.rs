@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use crate::cache::SecretCache;
-use crate::names::{FileName, VaultPath, View};
+use crate::names::{FileName, SecretRef, VaultPath, View};
 use crate::secret::{SecretBytes, SourceError};
 
 /// The root directory's inode number (FUSE's fixed value).
@@ -119,11 +119,11 @@ pub struct NodeAttr {
     pub gid: u32,
 }
 
-/// Identity of a node: a directory path, or a secret path with a view.
+/// Identity of a node: a directory path, or a secret (path and version) with a view.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum NodeKey {
     Directory(VaultPath),
-    File(VaultPath, View),
+    File(SecretRef, View),
 }
 
 struct Node {
@@ -286,15 +286,16 @@ impl SecretFs {
             .to_str()
             .and_then(|name| FileName::parse(name).ok())
             .ok_or(FsError::NotFound)?;
-        let path = file_name.secret_path(&dir);
-        let (key, content) = match self.cache.read(&path).await {
+        let secret_ref = file_name.secret_ref(&dir);
+        let plain = file_name.view == View::Default && file_name.version.is_none();
+        let (key, content) = match self.cache.read_fresh(&secret_ref, Duration::MAX).await {
             Ok(secret) => {
                 let content = secret.render(&file_name.view).ok_or(FsError::NotFound)?;
-                (NodeKey::File(path, file_name.view), Some(content))
+                (NodeKey::File(secret_ref, file_name.view), Some(content))
             }
-            Err(SourceError::NotFound) if file_name.view == View::Default => {
-                if self.cache.is_folder(&path).await? {
-                    (NodeKey::Directory(path), None)
+            Err(SourceError::NotFound) if plain => {
+                if self.cache.is_folder(&secret_ref.path).await? {
+                    (NodeKey::Directory(secret_ref.path), None)
                 } else {
                     return Err(FsError::NotFound);
                 }
@@ -342,7 +343,7 @@ impl SecretFs {
             .filter(|(key, _)| matches!(key, NodeKey::File(..)))
             .map(|(key, ino)| (key.clone(), *ino))
             .collect();
-        let mut by_path: BTreeMap<VaultPath, Vec<(NodeKey, u64)>> = BTreeMap::new();
+        let mut by_path: BTreeMap<SecretRef, Vec<(NodeKey, u64)>> = BTreeMap::new();
         for (key, ino) in in_use {
             if let NodeKey::File(path, _) = &key {
                 by_path

@@ -8,8 +8,10 @@
 //! | `KEY`            | the `value` field, else the only field, else all fields as JSON    |
 //! | `KEY#FIELD`      | that one field                                                      |
 //! | `KEY#`           | all fields as one JSON object                                       |
+//! | `KEY@N`, `KEY@N#FIELD`, `KEY@N#` | the same views of version N (KV v2)                    |
 //!
-//! Every name resolves by itself, so nothing ever needs a directory listing.
+//! Every name resolves by itself, so nothing ever needs a directory listing. A key whose name itself ends in `@`
+//! and digits can only be read by its version syntax.
 
 use std::fmt;
 
@@ -113,12 +115,39 @@ pub enum View {
     Json,
 }
 
+/// A secret to read: its path, and a pinned KV v2 version or the latest.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SecretRef {
+    pub path: VaultPath,
+    pub version: Option<u64>,
+}
+
+impl SecretRef {
+    pub fn latest(path: VaultPath) -> Self {
+        SecretRef {
+            path,
+            version: None,
+        }
+    }
+}
+
+impl fmt::Display for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.version {
+            Some(version) => write!(f, "{}@{version}", self.path),
+            None => write!(f, "{}", self.path),
+        }
+    }
+}
+
 /// What a file name inside a directory of the mount refers to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct FileName {
     /// The secret (or folder) name within the directory.
     pub key: String,
-    /// The view; a name with a view can only be a file, never a folder.
+    /// A pinned KV v2 version (`KEY@N`).
+    pub version: Option<u64>,
+    /// The view; a name with a view or a version can only be a file, never a folder.
     pub view: View,
 }
 
@@ -135,16 +164,35 @@ impl FileName {
                 (key, View::Field(field.to_owned()))
             }
         };
+        let (key, version) = match key.rsplit_once('@') {
+            Some((base, digits))
+                if !base.is_empty()
+                    && !digits.is_empty()
+                    && digits.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                (base, digits.parse::<u64>().ok().filter(|v| *v > 0))
+            }
+            _ => (key, None),
+        };
         check_segment(key)?;
         Ok(FileName {
             key: key.to_owned(),
+            version,
             view,
         })
     }
 
-    /// The secret this name refers to under `dir`.
+    /// The secret path this name refers to under `dir`.
     pub fn secret_path(&self, dir: &VaultPath) -> VaultPath {
         dir.join(&self.key)
+    }
+
+    /// The secret (path and version) this name refers to under `dir`.
+    pub fn secret_ref(&self, dir: &VaultPath) -> SecretRef {
+        SecretRef {
+            path: self.secret_path(dir),
+            version: self.version,
+        }
     }
 }
 
@@ -226,8 +274,33 @@ mod tests {
     }
 
     #[test]
+    fn a_version_suffix_pins_a_kv_v2_version() {
+        let dir = VaultPath::from_volume_name("secret/app-1").unwrap();
+        let pinned = FileName::parse("db@3#user").unwrap();
+        assert_eq!((pinned.key.as_str(), pinned.version), ("db", Some(3)));
+        assert_eq!(pinned.view, View::Field("user".into()));
+        assert_eq!(pinned.secret_ref(&dir).to_string(), "secret/app-1/db@3");
+        assert_eq!(FileName::parse("db@12").unwrap().version, Some(12));
+        assert_eq!(FileName::parse("db@2#").unwrap().view, View::Json);
+        // Not a version: an @ followed by anything but digits stays part of the key.
+        let email = FileName::parse("ops@example.com").unwrap();
+        assert_eq!(
+            (email.key.as_str(), email.version),
+            ("ops@example.com", None)
+        );
+        assert_eq!(FileName::parse("@3").unwrap().key, "@3");
+        assert_eq!(FileName::parse("db@").unwrap().key, "db@");
+        let zero = FileName::parse("db@0").unwrap();
+        assert_eq!(
+            (zero.key.as_str(), zero.version),
+            ("db", None),
+            "version 0 is the latest, as in Vault"
+        );
+    }
+
+    #[test]
     fn file_names_never_climb_out() {
-        for name in ["..", ".", "", "#x", "..#x", "a\u{1}b"] {
+        for name in ["..", ".", "", "#x", "..#x", "a\u{1}b", "..@2", ".@1#x"] {
             assert!(FileName::parse(name).is_err(), "{name:?}");
         }
     }

@@ -79,6 +79,11 @@ pub trait SecretSource: Send + Sync + 'static {
     /// Reads the secret at `path`.
     async fn read(&self, path: &VaultPath) -> Result<Secret, SourceError>;
 
+    /// Reads one version of the secret at `path` (KV v2). A source without versions has none of them.
+    async fn read_version(&self, _path: &VaultPath, _version: u64) -> Result<Secret, SourceError> {
+        Err(SourceError::NotFound)
+    }
+
     /// Whether `path` is a folder holding at least one secret (used only to resolve a nested name such as
     /// `team/db`; the answer is never shown as a listing).
     async fn is_folder(&self, path: &VaultPath) -> Result<bool, SourceError>;

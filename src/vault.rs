@@ -23,12 +23,14 @@ struct Envelope<T> {
     data: Option<T>,
 }
 
-/// `GET <path>`: a KV read, mount detection or token lookup.
+/// `GET <path>[?version=N]`: a KV read, mount detection or token lookup.
 #[derive(Debug, Endpoint)]
 #[endpoint(path = "{self.path}", response = "Envelope<serde_json::Value>")]
 struct ReadRequest {
     #[endpoint(skip)]
     path: String,
+    #[endpoint(query)]
+    version: Option<u64>,
 }
 
 /// `LIST <path>/`: the keys of a folder.
@@ -274,6 +276,35 @@ impl VaultSource {
         Ok(mount)
     }
 
+    /// Reads a KV v1 secret, or the latest or a pinned version of a KV v2 secret. Versions exist only on KV v2.
+    async fn read_kv(&self, path: &VaultPath, version: Option<u64>) -> Result<Secret, SourceError> {
+        let mount = self.mount_of(path).await?;
+        let relative = Self::relative(&mount, path);
+        if relative.is_empty() || (version.is_some() && mount.version != 2) {
+            return Err(SourceError::NotFound);
+        }
+        let fields: BTreeMap<String, serde_json::Value> = if mount.version == 2 {
+            #[derive(Deserialize)]
+            struct VersionedData {
+                data: Option<BTreeMap<String, serde_json::Value>>,
+            }
+            let versioned: VersionedData = get_version_data(
+                &self.client,
+                format!("{}/data/{relative}", mount.mount),
+                version,
+            )
+            .await
+            .map_err(source_error)?;
+            // A deleted or destroyed version has `data: null` (or a 404, depending on the server).
+            versioned.data.ok_or(SourceError::NotFound)?
+        } else {
+            get_data(&self.client, format!("{}/{relative}", mount.mount))
+                .await
+                .map_err(source_error)?
+        };
+        Ok(Secret::new(fields))
+    }
+
     fn relative<'a>(mount: &KvMount, path: &'a VaultPath) -> &'a str {
         path.as_str()
             .strip_prefix(&mount.mount)
@@ -287,8 +318,20 @@ async fn get_data<T: serde::de::DeserializeOwned>(
     client: &VaultClient,
     path: String,
 ) -> Result<T, ClientError> {
-    let envelope =
-        vaultrs::api::exec_with_no_result(client, ReadRequest { path: path.clone() }).await?;
+    get_version_data(client, path, None).await
+}
+
+/// Like [`get_data`], for one version of a KV v2 secret.
+async fn get_version_data<T: serde::de::DeserializeOwned>(
+    client: &VaultClient,
+    path: String,
+    version: Option<u64>,
+) -> Result<T, ClientError> {
+    let request = ReadRequest {
+        path: path.clone(),
+        version,
+    };
+    let envelope = vaultrs::api::exec_with_no_result(client, request).await?;
     let data = envelope.data.ok_or(ClientError::APIError {
         code: 404,
         errors: vec![format!("{path}: reply has no data")],
@@ -299,28 +342,11 @@ async fn get_data<T: serde::de::DeserializeOwned>(
 #[async_trait]
 impl SecretSource for VaultSource {
     async fn read(&self, path: &VaultPath) -> Result<Secret, SourceError> {
-        let mount = self.mount_of(path).await?;
-        let relative = Self::relative(&mount, path);
-        if relative.is_empty() {
-            return Err(SourceError::NotFound);
-        }
-        let fields: BTreeMap<String, serde_json::Value> = if mount.version == 2 {
-            #[derive(Deserialize)]
-            struct VersionedData {
-                data: Option<BTreeMap<String, serde_json::Value>>,
-            }
-            let versioned: VersionedData =
-                get_data(&self.client, format!("{}/data/{relative}", mount.mount))
-                    .await
-                    .map_err(source_error)?;
-            // A deleted or destroyed version has `data: null`.
-            versioned.data.ok_or(SourceError::NotFound)?
-        } else {
-            get_data(&self.client, format!("{}/{relative}", mount.mount))
-                .await
-                .map_err(source_error)?
-        };
-        Ok(Secret::new(fields))
+        self.read_kv(path, None).await
+    }
+
+    async fn read_version(&self, path: &VaultPath, version: u64) -> Result<Secret, SourceError> {
+        self.read_kv(path, Some(version)).await
     }
 
     async fn is_folder(&self, path: &VaultPath) -> Result<bool, SourceError> {

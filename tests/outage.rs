@@ -1,5 +1,6 @@
-//! A Vault outage seen through a real FUSE mount and the real Vault client: keys already read keep serving, keys
-//! never read give EIO, and everything recovers when Vault answers again, with no restart.
+//! Through a real FUSE mount and the real Vault client against the Vault-API test server: a Vault outage (keys
+//! already read keep serving, keys never read give EIO, everything recovers with no restart), and pinned KV v2
+//! versions.
 
 mod support;
 
@@ -30,15 +31,13 @@ fn errno_of(path: &Path) -> Option<i32> {
         .and_then(|e| e.raw_os_error())
 }
 
-#[test]
-fn sealed_vault_serves_keys_read_before_gives_eio_for_new_keys_and_recovers() {
+/// Mounts `volume` over the real Vault client with a fast refresh.
+fn mount_vault(
+    runtime: &tokio::runtime::Runtime,
+    vault: &TestVault,
+    volume: &str,
+) -> (tempfile::TempDir, fuse::FuseMount) {
     support::require_fuse();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let vault = runtime
-        .block_on(TestVault::start(ServerConfig::default()))
-        .unwrap();
-    vault.put("secret/app/read-before", json!({"value": "cached"}));
-    vault.put("secret/app/never-read", json!({"value": "fresh"}));
     let config = VaultConfig {
         addr: Some(vault.addr()),
         token: Some(Credential::new(vault.root_token().to_owned())),
@@ -57,20 +56,61 @@ fn sealed_vault_serves_keys_read_before_gives_eio_for_new_keys_and_recovers() {
         ..FsOptions::default()
     };
     let fs = Arc::new(SecretFs::new(
-        VaultPath::from_volume_name("secret/app").unwrap(),
+        VaultPath::from_volume_name(volume).unwrap(),
         Arc::new(cache),
         options,
     ));
     let dir = tempfile::tempdir().unwrap();
     let mountpoint = dir.path().join("mnt");
     std::fs::create_dir(&mountpoint).unwrap();
-    let mount = fuse::mount(
-        fs,
-        &mountpoint,
-        "libsecret:outage",
-        runtime.handle().clone(),
-    )
-    .unwrap();
+    let mount = fuse::mount(fs, &mountpoint, "libsecret:test", runtime.handle().clone()).unwrap();
+    (dir, mount)
+}
+
+#[test]
+fn pinned_versions_read_through_the_mount_and_a_destroyed_one_becomes_enoent() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let vault = runtime
+        .block_on(TestVault::start(ServerConfig::default()))
+        .unwrap();
+    vault.put("secret/app/db", json!({"user": "u1", "password": "p1"}));
+    vault.put("secret/app/db", json!({"user": "u2", "password": "p2"}));
+    let (dir, mount) = mount_vault(&runtime, &vault, "secret/app");
+    let file = |name: &str| dir.path().join("mnt").join(name);
+    let read = |name: &str| std::fs::read_to_string(file(name));
+    assert_eq!(read("db@1#user").unwrap(), "u1");
+    assert_eq!(read("db@2#password").unwrap(), "p2");
+    assert_eq!(read("db@1#").unwrap(), r#"{"password":"p1","user":"u1"}"#);
+    assert_eq!(read("db#user").unwrap(), "u2");
+    assert_eq!(errno_of(&file("db@9#user")), Some(nix::libc::ENOENT));
+    vault.put("secret/app/db", json!({"user": "u3", "password": "p3"}));
+    wait_until("the latest to rotate", Duration::from_secs(5), || {
+        read("db#user").ok().as_deref() == Some("u3")
+    });
+    assert_eq!(
+        read("db@1#user").unwrap(),
+        "u1",
+        "a pinned version does not move"
+    );
+    vault.destroy_all("secret/app/db");
+    wait_until(
+        "destroyed versions to vanish",
+        Duration::from_secs(5),
+        || errno_of(&file("db@1#user")) == Some(nix::libc::ENOENT),
+    );
+    mount.unmount().unwrap();
+}
+
+#[test]
+fn sealed_vault_serves_keys_read_before_gives_eio_for_new_keys_and_recovers() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let vault = runtime
+        .block_on(TestVault::start(ServerConfig::default()))
+        .unwrap();
+    vault.put("secret/app/read-before", json!({"value": "cached"}));
+    vault.put("secret/app/never-read", json!({"value": "fresh"}));
+    let (dir, mount) = mount_vault(&runtime, &vault, "secret/app");
+    let mountpoint = dir.path().join("mnt");
     let cached = mountpoint.join("read-before");
     let never_read = mountpoint.join("never-read");
     assert_eq!(std::fs::read_to_string(&cached).unwrap(), "cached");

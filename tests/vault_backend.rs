@@ -134,6 +134,47 @@ async fn deleted_and_destroyed_v2_versions_are_not_found() {
 }
 
 #[tokio::test]
+async fn pinned_kv_v2_versions_are_read_and_deleted_or_destroyed_ones_are_not_found() {
+    let vault = TestVault::start(ServerConfig::default()).await.unwrap();
+    let source = VaultSource::connect(&config(&vault.addr(), vault.root_token()))
+        .await
+        .unwrap();
+    vault.put("secret/a/k", json!({"value": "one"}));
+    vault.put("secret/a/k", json!({"value": "two"}));
+    let version = |n| {
+        let source = &source;
+        async move {
+            let secret = source.read_version(&path("secret/a/k"), n).await?;
+            Ok::<_, SourceError>(
+                String::from_utf8(secret.render(&View::Default).unwrap().to_vec()).unwrap(),
+            )
+        }
+    };
+    assert_eq!(version(1).await.unwrap(), "one");
+    assert_eq!(version(2).await.unwrap(), "two");
+    assert_eq!(version(3).await, Err(SourceError::NotFound));
+    vault.delete("secret/a/k");
+    assert_eq!(
+        version(2).await,
+        Err(SourceError::NotFound),
+        "a soft-deleted version"
+    );
+    assert_eq!(version(1).await.unwrap(), "one");
+    vault.destroy_all("secret/a/k");
+    assert_eq!(
+        version(1).await,
+        Err(SourceError::NotFound),
+        "a destroyed version"
+    );
+    vault.put("kv/a/k", json!({"value": "v1 mount"}));
+    assert_eq!(
+        source.read_version(&path("kv/a/k"), 1).await.unwrap_err(),
+        SourceError::NotFound,
+        "KV v1 has no versions"
+    );
+}
+
+#[tokio::test]
 async fn policy_denials_are_denied_and_outages_are_unavailable() {
     let vault = TestVault::start(ServerConfig::default()).await.unwrap();
     vault.put("secret/app-1/k", json!({"value": "1"}));
