@@ -69,6 +69,9 @@ pub enum Command {
         /// Where to mount it.
         #[arg(long)]
         mountpoint: PathBuf,
+        /// This volume's refresh interval (its `refresh_interval` volume option), overriding the config.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        refresh_interval: Option<std::time::Duration>,
     },
     /// Print the man page (roff) to standard output.
     #[command(hide = true)]
@@ -285,6 +288,20 @@ mod tests {
         ]);
         assert!(
             matches!(cli.command, Some(Command::ServeMount { ref volume, .. }) if volume == "secret/a")
+        );
+        let cli = parse(&[
+            "docker-volume-libsecret",
+            "serve-mount",
+            "--volume",
+            "secret/a",
+            "--mountpoint",
+            "/run/m",
+            "--refresh-interval",
+            "1s",
+        ]);
+        let one_second = Some(std::time::Duration::from_secs(1));
+        assert!(
+            matches!(cli.command, Some(Command::ServeMount { refresh_interval, .. }) if refresh_interval == one_second)
         );
     }
 

@@ -77,7 +77,15 @@ fn main() -> ExitCode {
         }
     };
     let result = match &cli.command {
-        Some(Command::ServeMount { volume, mountpoint }) => {
+        Some(Command::ServeMount {
+            volume,
+            mountpoint,
+            refresh_interval,
+        }) => {
+            let mut config = config;
+            if let Some(interval) = refresh_interval {
+                config.refresh_interval = *interval;
+            }
             runtime.block_on(serve_mount(config, volume.clone(), mountpoint.clone()))
         }
         _ => {

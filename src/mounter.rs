@@ -8,7 +8,7 @@ use crate::cache::SecretCache;
 use crate::filesystem::{FsOptions, SecretFs};
 use crate::fuse::{self, FuseMount};
 use crate::names::{escape_component, VaultPath};
-use crate::volumes::{ActiveMount, Mounter, VolumeRecord};
+use crate::volumes::{ActiveMount, Mounter, VolumeOptions, VolumeRecord};
 
 /// Mounts volumes in-process (foreground mode, and hosts without systemd).
 pub struct InProcessMounter {
@@ -70,11 +70,14 @@ impl Mounter for InProcessMounter {
         mountpoint: &Path,
     ) -> Result<Box<dyn ActiveMount>, String> {
         prepare_mountpoint(mountpoint)?;
-        let fs = Arc::new(SecretFs::new(
-            path.clone(),
-            self.cache.clone(),
-            self.fs_options.clone(),
-        ));
+        let options = VolumeOptions::parse(&record.options).map_err(|e| e.to_string())?;
+        let fs_options = FsOptions {
+            refresh_interval: options
+                .refresh_interval
+                .unwrap_or(self.fs_options.refresh_interval),
+            ..self.fs_options.clone()
+        };
+        let fs = Arc::new(SecretFs::new(path.clone(), self.cache.clone(), fs_options));
         let fs_name = format!("libsecret:{}", escape_component(&record.name));
         let mount = fuse::mount(fs, mountpoint, &fs_name, self.runtime.clone()).map_err(|e| {
             remove_mountpoint(mountpoint);

@@ -14,7 +14,7 @@ use zbus::zvariant::{OwnedObjectPath, Value};
 
 use crate::mounter::{detach, is_stale_mount, prepare_mountpoint, remove_mountpoint};
 use crate::names::VaultPath;
-use crate::volumes::{ActiveMount, Mounter, VolumeRecord};
+use crate::volumes::{ActiveMount, Mounter, VolumeOptions, VolumeRecord};
 
 /// Every mount unit's name starts with this.
 pub const UNIT_PREFIX: &str = "docker-volume-libsecret-mount-";
@@ -205,7 +205,13 @@ impl SystemdMounter {
         Ok(())
     }
 
-    async fn start(&self, unit: &str, volume: &str, mountpoint: &Path) -> Result<(), UnitError> {
+    async fn start(
+        &self,
+        unit: &str,
+        volume: &str,
+        mountpoint: &Path,
+        refresh_interval: Option<Duration>,
+    ) -> Result<(), UnitError> {
         // A failed or stopping leftover of the same name would make StartTransientUnit refuse.
         self.stop(unit).await?;
         let executable = self.template.executable.display().to_string();
@@ -218,6 +224,12 @@ impl SystemdMounter {
             "--mountpoint".to_owned(),
             mountpoint.display().to_string(),
         ]);
+        if let Some(interval) = refresh_interval {
+            argv.extend([
+                "--refresh-interval".to_owned(),
+                humantime::format_duration(interval).to_string(),
+            ]);
+        }
         let exec_start = vec![(executable, argv, false)];
         let timeout_usec =
             u64::try_from(self.template.start_timeout.as_micros()).unwrap_or(u64::MAX);
@@ -288,10 +300,11 @@ impl Mounter for SystemdMounter {
         mountpoint: &Path,
     ) -> Result<Box<dyn ActiveMount>, String> {
         prepare_mountpoint(mountpoint)?;
+        let options = VolumeOptions::parse(&record.options).map_err(|e| e.to_string())?;
         let unit = unit_name(&record.name);
         let started = Instant::now();
         self.runtime
-            .block_on(self.start(&unit, &record.name, mountpoint))
+            .block_on(self.start(&unit, &record.name, mountpoint, options.refresh_interval))
             .map_err(|e| e.to_string())?;
         tracing::info!(
             volume = %record.name,

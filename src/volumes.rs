@@ -25,8 +25,10 @@ pub struct VolumeRecord {
 pub enum VolumeError {
     #[error("invalid volume name {name:?}: {reason}")]
     InvalidName { name: String, reason: NameError },
-    #[error("unknown volume option {option:?}: this driver takes no volume options yet (Vault address and credentials belong in /etc/docker-volume-libsecret/config.toml)")]
+    #[error("unknown volume option {option:?}: the only volume option is refresh_interval (Vault address and credentials belong in /etc/docker-volume-libsecret/config.toml, never in volume options, which docker volume inspect shows)")]
     UnknownOption { option: String },
+    #[error("volume option {option:?}: {reason}")]
+    BadOption { option: String, reason: String },
     #[error("no volume named {0:?}; create it with `docker volume create -d libsecret {0}`")]
     NotFound(String),
     #[error("volume {0:?} is mounted by {1} container(s); stop them before removing it")]
@@ -50,6 +52,51 @@ pub enum StoreError {
         path: PathBuf,
         source: serde_json::Error,
     },
+}
+
+/// Options a volume may be created with (`docker volume create -o KEY=VALUE`). Docker stores them and shows them in
+/// `docker volume inspect`, so no option ever carries a credential.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VolumeOptions {
+    /// This volume's refresh interval, overriding the config's `refresh_interval`.
+    pub refresh_interval: Option<std::time::Duration>,
+}
+
+impl VolumeOptions {
+    /// The shortest and longest per-volume refresh interval accepted.
+    pub const REFRESH_RANGE: (std::time::Duration, std::time::Duration) = (
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(24 * 3600),
+    );
+
+    pub fn parse(options: &BTreeMap<String, String>) -> Result<Self, VolumeError> {
+        let mut parsed = VolumeOptions::default();
+        for (option, value) in options {
+            match option.as_str() {
+                "refresh_interval" => {
+                    let interval =
+                        humantime::parse_duration(value).map_err(|e| VolumeError::BadOption {
+                            option: option.clone(),
+                            reason: format!("{e}; write a duration such as 30s or 5m"),
+                        })?;
+                    let (shortest, longest) = Self::REFRESH_RANGE;
+                    if interval < shortest || interval > longest {
+                        return Err(VolumeError::BadOption {
+                            option: option.clone(),
+                            reason: "must be between 1s and 24h".to_owned(),
+                        });
+                    }
+                    parsed.refresh_interval = Some(interval);
+                }
+                _ => {
+                    return Err(VolumeError::UnknownOption {
+                        option: option.clone(),
+                    })
+                }
+            }
+        }
+        Ok(parsed)
+    }
 }
 
 /// Mount count per Docker mount ID: each Mount of an ID is balanced by one Unmount of it.
@@ -173,11 +220,7 @@ impl Volumes {
         now_rfc3339: String,
     ) -> Result<(), VolumeError> {
         Self::vault_path(name)?;
-        if let Some(option) = options.keys().next() {
-            return Err(VolumeError::UnknownOption {
-                option: option.clone(),
-            });
-        }
+        VolumeOptions::parse(&options)?;
         if self.records.contains_key(name) {
             return Ok(());
         }
@@ -555,6 +598,31 @@ mod tests {
         volumes.shutdown();
         assert!(mounter.live.lock().unwrap().is_empty());
         assert!(store.1.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn refresh_interval_is_the_one_volume_option_and_is_validated() {
+        let parse = |k: &str, v: &str| {
+            VolumeOptions::parse(&BTreeMap::from([(k.to_owned(), v.to_owned())]))
+        };
+        assert_eq!(
+            parse("refresh_interval", "5s").unwrap().refresh_interval,
+            Some(std::time::Duration::from_secs(5))
+        );
+        for bad in ["soon", "0s", "500ms", "2d"] {
+            assert!(
+                matches!(
+                    parse("refresh_interval", bad),
+                    Err(VolumeError::BadOption { .. })
+                ),
+                "{bad}"
+            );
+        }
+        let error = parse("token", "hvs.secret").unwrap_err().to_string();
+        assert!(
+            error.contains("never in volume options") && !error.contains("hvs.secret"),
+            "{error}"
+        );
     }
 
     #[test]

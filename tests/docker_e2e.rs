@@ -349,3 +349,64 @@ fn volumes_are_still_listed_and_mount_after_the_driver_restarts() {
         host.log()
     );
 }
+
+#[test]
+fn a_per_volume_refresh_interval_brings_rotation_to_a_running_container() {
+    let mut host = Host::start();
+    // No trailing slash here: `docker volume inspect secret/app-1/` loses the slash in Docker's URL routing.
+    let volume = host.volume("secret/app-1");
+    docker_ok(&[
+        "volume",
+        "create",
+        "-d",
+        "libsecret",
+        "-o",
+        "refresh_interval=1s",
+        &volume,
+    ]);
+    let inspect: serde_json::Value =
+        serde_json::from_str(&docker_ok(&["volume", "inspect", &volume])).unwrap();
+    assert_eq!(inspect[0]["Options"]["refresh_interval"], "1s", "{inspect}");
+    let id = docker_ok(&[
+        "run",
+        "-d",
+        "--volume-driver",
+        "libsecret",
+        "-v",
+        &format!("{volume}:/secrets"),
+        TEST_IMAGE,
+        "sh",
+        "-c",
+        "while true; do cat /secrets/db-password; echo; sleep 0.1; done",
+    ]);
+    let id = id.trim().to_owned();
+    let logs = || docker_ok(&["logs", &id]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !logs().contains("s3cr3t-db-password") {
+        assert!(Instant::now() < deadline, "no first read:\n{}", logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    host.vault.put(
+        "secret/app-1/db-password",
+        json!({"value": "rotated-value"}),
+    );
+    // The config's refresh_interval is 60 s; the volume's 1 s brings the new value within 1 s and a margin.
+    let rotated = Instant::now();
+    while !logs().contains("rotated-value") {
+        assert!(
+            rotated.elapsed() < Duration::from_secs(5),
+            "rotation never arrived:\n{}\n{}",
+            logs(),
+            host.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let lines: Vec<String> = logs().lines().map(str::to_owned).collect();
+    assert!(
+        lines
+            .iter()
+            .all(|l| l == "s3cr3t-db-password" || l == "rotated-value"),
+        "every read is a whole value: {lines:?}"
+    );
+    docker_ok(&["rm", "-f", &id]);
+}

@@ -307,6 +307,15 @@ fn bad_input_gets_a_clear_err_and_the_server_keeps_serving() {
     let (_, reply) = call(
         s,
         "/VolumeDriver.Create",
+        json!({"Name": "secret/x", "Opts": {"refresh_interval": "soon"}}),
+    );
+    assert!(
+        err_of(&reply).contains("volume option \"refresh_interval\""),
+        "{reply}"
+    );
+    let (_, reply) = call(
+        s,
+        "/VolumeDriver.Create",
         json!({"Name": "secret/x", "Opts": {"token": "hvs.x"}}),
     );
     assert!(
