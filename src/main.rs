@@ -15,18 +15,17 @@ use docker_volume_libsecret::cache::SecretCache;
 use docker_volume_libsecret::cli::{Cli, Command};
 use docker_volume_libsecret::config::{BackendKind, Config, FlagOverrides, MountMode};
 use docker_volume_libsecret::file_source::FileSource;
-use docker_volume_libsecret::filesystem::SecretFs;
 use docker_volume_libsecret::mounter::{
-    clean_stale_mounts, detach, prepare_mountpoint, InProcessMounter,
+    clean_stale_mounts, detach, mount_volume, prepare_mountpoint, InProcessMounter,
 };
-use docker_volume_libsecret::names::{escape_component, VaultPath};
+use docker_volume_libsecret::names::VaultPath;
 use docker_volume_libsecret::plugin::Plugin;
 use docker_volume_libsecret::secret::SecretSource;
 use docker_volume_libsecret::state::DirRecordStore;
 use docker_volume_libsecret::systemd::{MountUnitTemplate, SystemdMounter};
 use docker_volume_libsecret::vault::VaultSource;
 use docker_volume_libsecret::volumes::{Mounter, Volumes};
-use docker_volume_libsecret::{fuse, logging, server};
+use docker_volume_libsecret::{logging, server};
 
 /// Exit status for an invalid configuration (sysexits' EX_CONFIG); the unit does not restart on it.
 const EXIT_CONFIG: u8 = 78;
@@ -285,17 +284,18 @@ async fn serve_mount(config: Config, volume: String, mountpoint: PathBuf) -> any
         SecretCache::new(source, config.cache_ttl, config.vault.timeout)
             .with_stale_ttl(config.stale_ttl),
     );
-    let fs = Arc::new(SecretFs::new(
-        vault_path.clone(),
-        cache,
-        config.fs_options(),
-    ));
     // The driver starts this unit only when no live server has the volume: anything mounted here is dead.
     detach(&mountpoint).map_err(anyhow::Error::msg)?;
     prepare_mountpoint(&mountpoint).map_err(anyhow::Error::msg)?;
-    let fs_name = format!("libsecret:{}", escape_component(&volume));
-    let mount = fuse::mount(fs, &mountpoint, &fs_name, tokio::runtime::Handle::current())
-        .with_context(|| format!("FUSE mount at {}", mountpoint.display()))?;
+    let mount = mount_volume(
+        &volume,
+        &vault_path,
+        cache,
+        config.fs_options(),
+        &mountpoint,
+        tokio::runtime::Handle::current(),
+    )
+    .with_context(|| format!("FUSE mount at {}", mountpoint.display()))?;
     tracing::info!(
         volume = %volume,
         vault_path = %vault_path,

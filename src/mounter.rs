@@ -54,6 +54,21 @@ impl ActiveMount for InProcessMount {
     }
 }
 
+/// Serves volume `name` (Vault path `path`) with FUSE at an already prepared `mountpoint`: the one way both the
+/// driver (in-process mounts) and a mount unit (`serve-mount`) mount a volume.
+pub fn mount_volume(
+    name: &str,
+    path: &VaultPath,
+    cache: Arc<SecretCache>,
+    fs_options: FsOptions,
+    mountpoint: &Path,
+    runtime: tokio::runtime::Handle,
+) -> std::io::Result<FuseMount> {
+    let fs = Arc::new(SecretFs::new(path.clone(), cache, fs_options));
+    let fs_name = format!("libsecret:{}", escape_component(name));
+    fuse::mount(fs, mountpoint, &fs_name, runtime)
+}
+
 pub fn remove_mountpoint(mountpoint: &Path) {
     if let Err(error) = std::fs::remove_dir(mountpoint) {
         if error.kind() != std::io::ErrorKind::NotFound {
@@ -77,9 +92,15 @@ impl Mounter for InProcessMounter {
                 .unwrap_or(self.fs_options.refresh_interval),
             ..self.fs_options.clone()
         };
-        let fs = Arc::new(SecretFs::new(path.clone(), self.cache.clone(), fs_options));
-        let fs_name = format!("libsecret:{}", escape_component(&record.name));
-        let mount = fuse::mount(fs, mountpoint, &fs_name, self.runtime.clone()).map_err(|e| {
+        let mount = mount_volume(
+            &record.name,
+            path,
+            self.cache.clone(),
+            fs_options,
+            mountpoint,
+            self.runtime.clone(),
+        )
+        .map_err(|e| {
             remove_mountpoint(mountpoint);
             format!(
                 "FUSE mount at {} failed: {e} (is /dev/fuse available and fuse3 installed?)",

@@ -148,7 +148,6 @@ pub struct VolumeInfo {
     pub name: String,
     pub mountpoint: Option<PathBuf>,
     pub created_at: String,
-    pub options: BTreeMap<String, String>,
     pub mount_ids: usize,
 }
 
@@ -337,7 +336,6 @@ impl Volumes {
             name: record.name.clone(),
             mountpoint: state.map(|_| self.mountpoint_of(&record.name)),
             created_at: record.created_at.clone(),
-            options: record.options.clone(),
             mount_ids: state.map_or(0, |s| s.ids.len()),
         }
     }

@@ -150,6 +150,22 @@ impl Drop for Host {
     }
 }
 
+/// `docker run -d --volume-driver libsecret -v VOLUME:/secrets IMAGE COMMAND...`; returns the container ID.
+fn run_detached(volume: &str, command: &[&str]) -> String {
+    let mount = format!("{volume}:/secrets");
+    let mut args = vec![
+        "run",
+        "-d",
+        "--volume-driver",
+        "libsecret",
+        "-v",
+        &mount,
+        TEST_IMAGE,
+    ];
+    args.extend_from_slice(command);
+    docker_ok(&args).trim().to_owned()
+}
+
 #[test]
 fn the_walkthrough_ls_is_empty_cat_prints_the_value_and_writes_fail() {
     let mut host = Host::start();
@@ -236,18 +252,7 @@ fn two_containers_share_one_mount_that_goes_away_after_both_exit() {
     let volume = host.volume("secret/app-1/");
     let mut containers = Vec::new();
     for _ in 0..2 {
-        let id = docker_ok(&[
-            "run",
-            "-d",
-            "--volume-driver",
-            "libsecret",
-            "-v",
-            &format!("{volume}:/secrets"),
-            TEST_IMAGE,
-            "sleep",
-            "300",
-        ]);
-        containers.push(id.trim().to_owned());
+        containers.push(run_detached(&volume, &["sleep", "300"]));
     }
     for id in &containers {
         let value = docker_ok(&["exec", id, "cat", "/secrets/db-password"]);
@@ -367,19 +372,14 @@ fn a_per_volume_refresh_interval_brings_rotation_to_a_running_container() {
     let inspect: serde_json::Value =
         serde_json::from_str(&docker_ok(&["volume", "inspect", &volume])).unwrap();
     assert_eq!(inspect[0]["Options"]["refresh_interval"], "1s", "{inspect}");
-    let id = docker_ok(&[
-        "run",
-        "-d",
-        "--volume-driver",
-        "libsecret",
-        "-v",
-        &format!("{volume}:/secrets"),
-        TEST_IMAGE,
-        "sh",
-        "-c",
-        "while true; do cat /secrets/db-password; echo; sleep 0.1; done",
-    ]);
-    let id = id.trim().to_owned();
+    let id = run_detached(
+        &volume,
+        &[
+            "sh",
+            "-c",
+            "while true; do cat /secrets/db-password; echo; sleep 0.1; done",
+        ],
+    );
     let logs = || docker_ok(&["logs", &id]);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !logs().contains("s3cr3t-db-password") {
