@@ -19,6 +19,8 @@ struct Role {
     token_period: u64,
     token_explicit_max_ttl: u64,
     token_no_default_policy: bool,
+    /// `service`, `batch`, `default`, `default-service` or `default-batch`.
+    token_type: String,
     bind_secret_id: bool,
     secret_id_ttl: u64,
     secret_id_num_uses: u64,
@@ -36,6 +38,7 @@ impl Role {
             token_period: 0,
             token_explicit_max_ttl: 0,
             token_no_default_policy: false,
+            token_type: "default".into(),
             bind_secret_id: true,
             secret_id_ttl: 0,
             secret_id_num_uses: 0,
@@ -58,7 +61,7 @@ impl Role {
             "token_period": self.token_period,
             "token_policies": self.token_policies,
             "token_ttl": self.token_ttl,
-            "token_type": "default",
+            "token_type": self.token_type,
             "policies": self.token_policies,
             "period": self.token_period,
         })
@@ -103,6 +106,10 @@ impl AppRoles {
         true
     }
 
+    pub(crate) fn disable(&mut self, mount: &str) -> bool {
+        self.mounts.remove(mount.trim_matches('/')).is_some()
+    }
+
     pub(crate) fn mount_names(&self) -> Vec<String> {
         let mut v: Vec<String> = self.mounts.keys().cloned().collect();
         v.sort();
@@ -116,14 +123,14 @@ impl AppRoles {
     }
 }
 
-fn dur(body: &Map<String, Value>, key: &str, into: &mut u64) -> Result<(), Reply> {
+pub(crate) fn dur(body: &Map<String, Value>, key: &str, into: &mut u64) -> Result<(), Reply> {
     if let Some(v) = body.get(key) {
         *into = util::parse_duration(v).map_err(|e| Reply::error(400, &e))?;
     }
     Ok(())
 }
 
-fn num(body: &Map<String, Value>, key: &str, into: &mut u64) -> Result<(), Reply> {
+pub(crate) fn num(body: &Map<String, Value>, key: &str, into: &mut u64) -> Result<(), Reply> {
     if let Some(v) = body.get(key) {
         *into = v
             .as_u64()
@@ -133,7 +140,7 @@ fn num(body: &Map<String, Value>, key: &str, into: &mut u64) -> Result<(), Reply
     Ok(())
 }
 
-fn str_list(v: &Value) -> Vec<String> {
+pub(crate) fn str_list(v: &Value) -> Vec<String> {
     match v {
         Value::Array(a) => a
             .iter()
@@ -176,7 +183,31 @@ fn update_role(role: &mut Role, body: &Map<String, Value>) -> Result<(), Reply> 
     if let Some(id) = body.get("role_id").and_then(Value::as_str) {
         role.role_id = id.to_string();
     }
+    if let Some(v) = body.get("token_type") {
+        role.token_type = parse_token_type(v)?;
+    }
     Ok(())
+}
+
+/// Parse a role's `token_type`: `service`, `batch`, `default`,
+/// `default-service`, `default-batch` (empty = `default`).
+pub(crate) fn parse_token_type(v: &Value) -> Result<String, Reply> {
+    match v.as_str().map(str::trim) {
+        Some("") => Ok("default".into()),
+        Some(t @ ("service" | "batch" | "default" | "default-service" | "default-batch")) => {
+            Ok(t.to_string())
+        }
+        _ => Err(Reply::error(
+            400,
+            &format!("invalid 'token_type' value {v}"),
+        )),
+    }
+}
+
+/// Whether a role's `token_type` yields batch tokens (the mount default is
+/// `default-service`).
+pub(crate) fn is_batch(token_type: &str) -> bool {
+    matches!(token_type, "batch" | "default-batch")
 }
 
 /// Handle `auth/<mount>/<inner>`; ACL checks were done by the caller
@@ -388,6 +419,7 @@ fn login(
         role: None,
         id: None,
         renew_ttl: role.token_ttl,
+        batch: is_batch(&role.token_type),
     });
     Reply::auth(token.auth_block(), "approle", Vec::new())
 }

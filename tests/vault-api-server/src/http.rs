@@ -1,7 +1,9 @@
-//! HTTP layer: connection handling, routing, the response envelope, errors,
-//! response wrapping, `sys/*` endpoints and `auth/token/*`.
+//! HTTP layer: connection handling (plain or TLS), HA standby redirects,
+//! routing, the response envelope, errors, response wrapping, `sys/*`
+//! endpoints and `auth/token/*`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -11,12 +13,15 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::CertificateDer;
 use serde_json::{json, Map, Value};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
 use crate::approle::{self, AppRoles};
+use crate::certauth::{self, CertAuths};
 use crate::faults::Faults;
 use crate::store::{self, Mount, Store};
 use crate::tokens::{self, NewToken, Policy, Token, TokenStore, INVALID_TOKEN, PERMISSION_DENIED};
@@ -40,6 +45,8 @@ pub(crate) enum Op {
 pub(crate) struct Reply {
     pub status: u16,
     pub body: Option<Value>,
+    /// `Location` header (standby redirects).
+    pub location: Option<String>,
 }
 
 fn envelope(data: Value, auth: Value, mount_type: &str) -> Value {
@@ -62,6 +69,7 @@ impl Reply {
         Reply {
             status: 200,
             body: Some(envelope(data, Value::Null, mount_type)),
+            location: None,
         }
     }
 
@@ -70,6 +78,7 @@ impl Reply {
         let mut r = Reply {
             status: 200,
             body: Some(envelope(Value::Null, auth, mount_type)),
+            location: None,
         };
         if !warnings.is_empty() {
             r.set("warnings", json!(warnings));
@@ -81,6 +90,7 @@ impl Reply {
         Reply {
             status: 204,
             body: None,
+            location: None,
         }
     }
 
@@ -101,6 +111,16 @@ impl Reply {
         Reply {
             status,
             body: Some(body),
+            location: None,
+        }
+    }
+
+    /// 307 to `location`, no body (a standby without request forwarding).
+    pub(crate) fn redirect(location: String) -> Reply {
+        Reply {
+            status: 307,
+            body: None,
+            location: Some(location),
         }
     }
 
@@ -128,6 +148,7 @@ pub(crate) struct Inner {
     pub store: Store,
     pub tokens: TokenStore,
     pub approles: AppRoles,
+    pub certs: CertAuths,
     wraps: HashMap<String, Wrapped>,
     pub requests: Vec<RequestRecord>,
     ui_mounts_endpoint: bool,
@@ -140,6 +161,7 @@ impl Inner {
             store: Store::new(&config.mounts),
             tokens: TokenStore::new(&config.root_token),
             approles: AppRoles::new(),
+            certs: CertAuths::default(),
             wraps: HashMap::new(),
             requests: Vec::new(),
             ui_mounts_endpoint: config.ui_mounts_endpoint,
@@ -148,10 +170,58 @@ impl Inner {
     }
 }
 
+/// State shared by every node of a server (one node) or cluster.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub inner: Mutex<Inner>,
+    /// Present for a [`crate::TestCluster`].
+    pub ha: Option<Ha>,
+}
+
+/// HA cluster bookkeeping.
+#[derive(Debug)]
+pub(crate) struct Ha {
+    /// API address of each node (`https://127.0.0.1:PORT`).
+    pub api_addrs: Vec<String>,
+    /// Cluster address of each node (reported only; nothing listens there).
+    pub cluster_addrs: Vec<String>,
+    /// The node standbys point to. It may be stopped: then the redirects
+    /// lead to a refused connection, as with a dead active node.
+    pub leader: AtomicUsize,
+}
+
+impl Ha {
+    pub(crate) fn leader(&self) -> usize {
+        self.leader.load(Ordering::SeqCst)
+    }
+}
+
+/// One listening node: its index, its own faults, the shared state.
+#[derive(Debug)]
+pub(crate) struct Node {
+    pub index: usize,
+    pub shared: Arc<Shared>,
     pub faults: Arc<Faults>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl Node {
+    /// `Some(leader)` when this node is a standby of a cluster.
+    fn standby_of(&self) -> Option<usize> {
+        let ha = self.shared.ha.as_ref()?;
+        let leader = ha.leader();
+        (leader != self.index).then_some(leader)
+    }
+}
+
+/// What a connection knows about its peer.
+#[derive(Debug, Default)]
+struct ConnInfo {
+    tls: bool,
+    /// TLS peer certificate chain, leaf first; empty without a client
+    /// certificate. Verified against `client_ca_pem` when one is configured,
+    /// else only the handshake signature was checked.
+    peer_certs: Vec<CertificateDer<'static>>,
 }
 
 impl Shared {
@@ -160,10 +230,10 @@ impl Shared {
     }
 }
 
-/// Accept connections until `stop` fires.
+/// Accept connections until `stop` fires, then close every connection.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
-    shared: Arc<Shared>,
+    node: Arc<Node>,
     mut stop: oneshot::Receiver<()>,
 ) {
     let mut conns = JoinSet::new();
@@ -175,22 +245,48 @@ pub(crate) async fn accept_loop(
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 };
-                if shared.faults.connection_reset() {
+                if node.faults.connection_reset() {
                     drop(stream);
                     continue;
                 }
-                let shared = shared.clone();
+                let node = node.clone();
                 conns.spawn(async move {
-                    let svc = service_fn(move |req| serve_request(shared.clone(), req));
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    match node.tls.clone() {
+                        None => serve_conn(node, stream, ConnInfo::default()).await,
+                        Some(config) => {
+                            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                            let handshake = tokio::time::timeout(
+                                Duration::from_secs(10),
+                                acceptor.accept(stream),
+                            );
+                            let Ok(Ok(tls)) = handshake.await else {
+                                return;
+                            };
+                            let info = ConnInfo {
+                                tls: true,
+                                peer_certs: tls.get_ref().1.peer_certificates().map(<[_]>::to_vec).unwrap_or_default(),
+                            };
+                            serve_conn(node, tls, info).await
+                        }
+                    }
                 });
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
-    conns.abort_all();
+    drop(listener);
+    conns.shutdown().await;
+}
+
+async fn serve_conn<I>(node: Arc<Node>, io: I, info: ConnInfo)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let info = Arc::new(info);
+    let svc = service_fn(move |req| serve_request(node.clone(), info.clone(), req));
+    let _ = http1::Builder::new()
+        .serve_connection(TokioIo::new(io), svc)
+        .await;
 }
 
 /// Everything about a request the handlers need.
@@ -203,6 +299,9 @@ struct Ctx {
     /// `ns1/` form.
     namespace: String,
     wrap_ttl: Option<String>,
+    /// Path and query exactly as received (for standby redirects).
+    raw_path_query: String,
+    conn: Arc<ConnInfo>,
 }
 
 fn header(parts: &hyper::http::request::Parts, name: &str) -> Option<String> {
@@ -214,14 +313,15 @@ fn header(parts: &hyper::http::request::Parts, name: &str) -> Option<String> {
 }
 
 async fn serve_request(
-    shared: Arc<Shared>,
+    node: Arc<Node>,
+    conn: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, std::io::Error> {
-    let latency = shared.faults.latency();
+    let latency = node.faults.latency();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    if shared.faults.connection_reset() {
+    if node.faults.connection_reset() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::ConnectionReset,
             "injected connection reset",
@@ -244,6 +344,7 @@ async fn serve_request(
         status,
         namespace: namespace_header.clone(),
         token_sent: token.is_some(),
+        node: node.index,
     };
     let reply = match Limited::new(body, BODY_LIMIT).collect().await {
         Err(_) => Reply::error(413, "http: request body too large"),
@@ -262,12 +363,18 @@ async fn serve_request(
                 token: token.clone(),
                 namespace: ns,
                 wrap_ttl: header(&parts, "x-vault-wrap-ttl").filter(|s| !s.is_empty()),
+                raw_path_query: parts
+                    .uri
+                    .path_and_query()
+                    .map(|p| p.as_str().to_string())
+                    .unwrap_or_else(|| raw_path.clone()),
+                conn,
             };
             if !raw_path.starts_with("/v1/") {
                 Reply::not_found()
             } else {
-                let mut inner = shared.lock();
-                handle(&mut inner, &shared.faults, &ctx, &bytes)
+                let mut inner = node.shared.lock();
+                handle(&mut inner, &node, &ctx, &bytes)
             }
         }
     };
@@ -284,7 +391,13 @@ async fn serve_request(
             .status(204)
             .header("cache-control", "no-store");
     }
-    shared.lock().requests.push(record(reply.status));
+    if let Some(location) = &reply.location {
+        builder = Response::builder()
+            .status(reply.status)
+            .header("location", location.as_str())
+            .header("cache-control", "no-store");
+    }
+    node.shared.lock().requests.push(record(reply.status));
     match builder.body(Full::new(body)) {
         Ok(r) => Ok(r),
         Err(_) => {
@@ -297,7 +410,8 @@ async fn serve_request(
     }
 }
 
-fn handle(inner: &mut Inner, faults: &Faults, ctx: &Ctx, bytes: &[u8]) -> Reply {
+fn handle(inner: &mut Inner, node: &Node, ctx: &Ctx, bytes: &[u8]) -> Reply {
+    let faults = &*node.faults;
     let path = ctx.path.as_str();
     let exempt = matches!(path, "sys/health" | "sys/seal-status");
     if !exempt && faults.sealed() && path != "sys/unseal" {
@@ -307,6 +421,15 @@ fn handle(inner: &mut Inner, faults: &Faults, ctx: &Ctx, bytes: &[u8]) -> Reply 
         if let Some(status) = faults.status_override() {
             return Reply::error(status, "injected fault");
         }
+    }
+    // A standby without request forwarding: 307 to the active node, except
+    // for the node-local status endpoints.
+    let local = exempt || matches!(path, "sys/leader" | "sys/unseal");
+    if let (false, Some(leader), Some(ha)) = (local, node.standby_of(), &node.shared.ha) {
+        return match ha.api_addrs.get(leader) {
+            Some(addr) => Reply::redirect(format!("{addr}{}", ctx.raw_path_query)),
+            None => Reply::error(503, "no active node"),
+        };
     }
     // Operation from the verb (+ ?list=true).
     let list_param = ctx
@@ -351,7 +474,7 @@ fn handle(inner: &mut Inner, faults: &Faults, ctx: &Ctx, bytes: &[u8]) -> Reply 
             _ => return Reply::error(400, "error parsing wrap TTL"),
         },
     };
-    let reply = route(inner, faults, ctx, op, &body);
+    let reply = route(inner, node, ctx, op, &body);
     match wrap_ttl {
         Some(ttl)
             if reply.status == 200 && reply.body.is_some() && path != "sys/wrapping/unwrap" =>
@@ -391,17 +514,18 @@ fn wrap(inner: &mut Inner, reply: Reply, path: &str, ttl: u64) -> Reply {
     r
 }
 
-fn route(
-    inner: &mut Inner,
-    faults: &Faults,
-    ctx: &Ctx,
-    op: Op,
-    body: &Map<String, Value>,
-) -> Reply {
+fn route(inner: &mut Inner, node: &Node, ctx: &Ctx, op: Op, body: &Map<String, Value>) -> Reply {
+    let faults = &*node.faults;
     let path = ctx.path.as_str();
     // Paths that need no token.
     match path {
-        "sys/health" => return health(inner, faults, ctx),
+        "sys/health" => return health(inner, node, ctx),
+        "sys/leader" => {
+            return match op {
+                Op::Read => Reply::raw(200, leader(node)),
+                _ => Reply::method_not_allowed(),
+            }
+        }
         "sys/seal-status" => {
             return match op {
                 Op::Read => Reply::raw(200, seal_status(inner, faults.sealed())),
@@ -444,6 +568,11 @@ fn route(
                 );
             }
         }
+        if let Some((mount, inner_path)) = inner.certs.find(rest) {
+            if inner_path.trim_end_matches('/') == "login" {
+                return cert_handle(inner, ctx, &mount, inner_path, op, body);
+            }
+        }
     }
     // Everything else is authenticated.
     let Some(token_id) = ctx.token.as_deref() else {
@@ -481,7 +610,7 @@ fn authenticated(
         }
         "sys/auth" => {
             return match op {
-                Op::Read => Reply::data(auth_mounts_map(&inner.approles), "system"),
+                Op::Read => Reply::data(auth_mounts_map(inner), "system"),
                 _ => Reply::method_not_allowed(),
             }
         }
@@ -582,26 +711,7 @@ fn authenticated(
         return sys_mount(inner, m, op, body);
     }
     if let Some(m) = path.strip_prefix("sys/auth/") {
-        return match op {
-            Op::Write => match body.get("type").and_then(Value::as_str) {
-                Some("approle") => {
-                    if inner.approles.enable(m) {
-                        Reply::no_content()
-                    } else {
-                        Reply::error(
-                            400,
-                            &format!("path is already in use at {}/", m.trim_matches('/')),
-                        )
-                    }
-                }
-                Some(t) => Reply::error(
-                    400,
-                    &format!("auth method type {t:?} is not supported by this test server"),
-                ),
-                None => Reply::error(400, "missing type"),
-            },
-            _ => Reply::method_not_allowed(),
-        };
+        return sys_auth(inner, m, op, body);
     }
     if let Some(rest) = ctx.path.strip_prefix("auth/") {
         if let Some((mount, inner_path)) = inner.approles.find(rest) {
@@ -614,6 +724,10 @@ fn authenticated(
                 op,
                 body,
             );
+        }
+        if let Some((mount, inner_path)) = inner.certs.find(rest) {
+            let inner_path = inner_path.to_string();
+            return cert_handle(inner, ctx, &mount, &inner_path, op, body);
         }
         return Reply::not_found();
     }
@@ -635,6 +749,65 @@ fn authenticated(
             ctx.path
         ),
     )
+}
+
+fn cert_handle(
+    inner: &mut Inner,
+    ctx: &Ctx,
+    mount: &str,
+    inner_path: &str,
+    op: Op,
+    body: &Map<String, Value>,
+) -> Reply {
+    let conn = certauth::Conn {
+        tls: ctx.conn.tls,
+        peer_certs: &ctx.conn.peer_certs,
+    };
+    certauth::handle(
+        &mut inner.certs,
+        &mut inner.tokens,
+        mount,
+        inner_path,
+        op,
+        body,
+        &conn,
+    )
+}
+
+/// `sys/auth/<m>`: enable (`approle`, `cert`) or disable an auth method.
+fn sys_auth(inner: &mut Inner, m: &str, op: Op, body: &Map<String, Value>) -> Reply {
+    let name = m.trim_matches('/');
+    let in_use = || Reply::error(400, &format!("path is already in use at {name}/"));
+    let taken =
+        name == "token" || inner.approles.find(name).is_some() || inner.certs.contains(name);
+    match op {
+        Op::Write => match body.get("type").and_then(Value::as_str) {
+            _ if name.is_empty() => Reply::error(400, "missing path"),
+            Some(_) if taken => in_use(),
+            Some("approle") => {
+                inner.approles.enable(name);
+                Reply::no_content()
+            }
+            Some("cert") => {
+                inner.certs.enable(name);
+                Reply::no_content()
+            }
+            Some(t) => Reply::error(
+                400,
+                &format!("auth method type {t:?} is not supported by this test server"),
+            ),
+            None => Reply::error(400, "missing type"),
+        },
+        Op::Delete => {
+            if name == "token" {
+                return Reply::error(400, "token credential backend cannot be disabled");
+            }
+            inner.approles.disable(name);
+            inner.certs.disable(name);
+            Reply::no_content()
+        }
+        _ => Reply::method_not_allowed(),
+    }
 }
 
 fn str_list(v: Option<&Value>) -> Option<Vec<String>> {
@@ -676,9 +849,11 @@ fn create_token(
         (Ok(a), Ok(b), Ok(c), Ok(d)) => (a, b, c, d),
         (Err(r), ..) | (_, Err(r), ..) | (_, _, Err(r), _) | (_, _, _, Err(r)) => return r,
     };
-    if body.get("type").and_then(Value::as_str) == Some("batch") {
-        return Reply::error(400, "batch tokens are not supported by this test server");
-    }
+    let batch = match body.get("type").and_then(Value::as_str) {
+        None | Some("" | "service") => false,
+        Some("batch") => true,
+        Some(t) => return Reply::error(400, &format!("unsupported token type {t:?}")),
+    };
     let parent_is_root = parent.policies.iter().any(|p| p == "root");
     if body.contains_key("id") && !parent_is_root {
         return Reply::error(400, "root or sudo privileges required to specify token id");
@@ -751,6 +926,7 @@ fn create_token(
         role: None,
         id: body.get("id").and_then(Value::as_str).map(str::to_string),
         renew_ttl: 0,
+        batch,
     });
     Reply::auth(t.auth_block(), "token", warnings)
 }
@@ -827,7 +1003,7 @@ fn mounts_map(mounts: &[Mount]) -> Value {
     Value::Object(m)
 }
 
-fn auth_mounts_map(approles: &AppRoles) -> Value {
+fn auth_mounts_map(inner: &Inner) -> Value {
     let describe = |path: &str, ty: &str| {
         json!({
             "accessor": format!("auth_{ty}_{}", &util::hex_id(8)),
@@ -844,9 +1020,13 @@ fn auth_mounts_map(approles: &AppRoles) -> Value {
     };
     let mut m = Map::new();
     m.insert("token/".into(), describe("token/", "token"));
-    for name in approles.mount_names() {
+    for name in inner.approles.mount_names() {
         let p = format!("{name}/");
         m.insert(p.clone(), describe(&p, "approle"));
+    }
+    for name in inner.certs.mount_names() {
+        let p = format!("{name}/");
+        m.insert(p.clone(), describe(&p, "cert"));
     }
     Value::Object(m)
 }
@@ -913,7 +1093,7 @@ fn ui_mounts(inner: &mut Inner, ctx: &Ctx, op: Op) -> Reply {
             secret.insert(m.path.clone(), m.describe());
         }
         return Reply::data(
-            json!({"secret": secret, "auth": auth_mounts_map(&inner.approles)}),
+            json!({"secret": secret, "auth": auth_mounts_map(inner)}),
             "system",
         );
     }
@@ -942,11 +1122,43 @@ fn ui_mounts(inner: &mut Inner, ctx: &Ctx, op: Op) -> Reply {
     }
 }
 
-fn health(inner: &Inner, faults: &Faults, ctx: &Ctx) -> Reply {
+/// `sys/leader` of this node.
+fn leader(node: &Node) -> Value {
+    match &node.shared.ha {
+        None => json!({
+            "ha_enabled": false,
+            "is_self": false,
+            "active_time": "0001-01-01T00:00:00Z",
+            "leader_address": "",
+            "leader_cluster_address": "",
+            "performance_standby": false,
+            "performance_standby_last_remote_wal": 0,
+        }),
+        Some(ha) => {
+            let leader = ha.leader();
+            json!({
+                "ha_enabled": true,
+                "is_self": leader == node.index,
+                "active_time": "0001-01-01T00:00:00Z",
+                "leader_address": ha.api_addrs.get(leader).cloned().unwrap_or_default(),
+                "leader_cluster_address": ha.cluster_addrs.get(leader).cloned().unwrap_or_default(),
+                "performance_standby": false,
+                "performance_standby_last_remote_wal": 0,
+            })
+        }
+    }
+}
+
+fn health(inner: &Inner, node: &Node, ctx: &Ctx) -> Reply {
+    let faults = &*node.faults;
     if !matches!(ctx.method.as_str(), "GET" | "HEAD") {
         return Reply::method_not_allowed();
     }
-    let mut codes: HashMap<&str, u16> = HashMap::from([("activecode", 200), ("sealedcode", 503)]);
+    let mut codes: HashMap<&str, u16> = HashMap::from([
+        ("activecode", 200),
+        ("sealedcode", 503),
+        ("standbycode", 429),
+    ]);
     for (k, v) in &ctx.query {
         if k.ends_with("code") {
             match v.parse::<u16>() {
@@ -958,15 +1170,21 @@ fn health(inner: &Inner, faults: &Faults, ctx: &Ctx) -> Reply {
         }
     }
     let sealed = faults.sealed();
+    let standby = node.standby_of().is_some();
+    let standby_ok = ctx.query.iter().any(|(k, v)| {
+        k == "standbyok" && matches!(v.as_str(), "" | "true" | "1" | "t" | "T" | "TRUE" | "True")
+    });
     let status = if sealed {
         codes.get("sealedcode").copied().unwrap_or(503)
+    } else if standby && !standby_ok {
+        codes.get("standbycode").copied().unwrap_or(429)
     } else {
         codes.get("activecode").copied().unwrap_or(200)
     };
     let mut body = json!({
         "initialized": true,
         "sealed": sealed,
-        "standby": false,
+        "standby": standby,
         "performance_standby": false,
         "replication_performance_mode": "disabled",
         "replication_dr_mode": "disabled",

@@ -44,6 +44,8 @@ pub(crate) struct Token {
     pub renew_default_ttl: u64,
     /// TTL granted by the last create/renew (the `auth.lease_duration`).
     pub granted_ttl: u64,
+    /// A batch token (`hvb.…`): no accessor, never renewable.
+    pub batch: bool,
 }
 
 /// Parameters for a new token.
@@ -66,8 +68,11 @@ pub(crate) struct NewToken {
     pub entity_id: String,
     pub role: Option<String>,
     pub id: Option<String>,
-    /// TTL a renewal without increment applies (0 = system default).
+    /// TTL a renewal without increment applies (0 = the token's own TTL,
+    /// else the system default).
     pub renew_ttl: u64,
+    /// A batch token: `hvb.…`, no accessor, not renewable.
+    pub batch: bool,
 }
 
 impl Token {
@@ -105,7 +110,7 @@ impl Token {
             "path": self.path,
             "policies": self.policies,
             "ttl": self.ttl_left(now),
-            "type": "service",
+            "type": self.token_type(),
         });
         if self.expires.is_some() {
             d["issue_time"] = json!(util::rfc3339(self.issue_wall));
@@ -126,6 +131,14 @@ impl Token {
         d
     }
 
+    pub(crate) fn token_type(&self) -> &'static str {
+        if self.batch {
+            "batch"
+        } else {
+            "service"
+        }
+    }
+
     /// The `auth` block of login / create / renew replies.
     pub(crate) fn auth_block(&self) -> Value {
         json!({
@@ -137,7 +150,7 @@ impl Token {
             "lease_duration": self.granted_ttl,
             "renewable": self.renewable && self.expires.is_some(),
             "entity_id": self.entity_id,
-            "token_type": "service",
+            "token_type": self.token_type(),
             "orphan": self.orphan,
             "mfa_requirement": null,
             "num_uses": self.num_uses,
@@ -416,11 +429,18 @@ impl TokenStore {
             (Some(_), false) => Some(now + Duration::from_secs(max_ttl)),
         };
         let token = Token {
-            id: p
-                .id
-                .clone()
-                .unwrap_or_else(|| format!("hvs.{}", util::hex_id(90))),
-            accessor: util::hex_id(24),
+            id: p.id.clone().unwrap_or_else(|| {
+                if p.batch {
+                    format!("hvb.{}", util::hex_id(130))
+                } else {
+                    format!("hvs.{}", util::hex_id(90))
+                }
+            }),
+            accessor: if p.batch {
+                String::new()
+            } else {
+                util::hex_id(24)
+            },
             policies,
             meta: p.meta.clone(),
             display_name: p.display_name.clone(),
@@ -436,15 +456,18 @@ impl TokenStore {
             max_expires,
             explicit_max_ttl: p.explicit_max_ttl,
             period: p.period,
-            renewable: p.renewable,
+            renewable: p.renewable && !p.batch,
+            batch: p.batch,
             entity_id: p.entity_id.clone(),
             role: p.role.clone(),
             parent: if p.orphan { None } else { p.parent.clone() },
             last_renewal: None,
-            renew_default_ttl: if p.renew_ttl > 0 {
-                p.renew_ttl
-            } else {
-                DEFAULT_TTL
+            // A renewal without increment grants the token's own TTL again
+            // (Vault: `CalculateTTL` with the lease's TTL as backend TTL).
+            renew_default_ttl: match (p.renew_ttl, p.ttl) {
+                (r, _) if r > 0 => r,
+                (_, Some(t)) if t > 0 => t,
+                _ => DEFAULT_TTL,
             },
         };
         self.tokens.insert(token.id.clone(), token.clone());
@@ -503,6 +526,9 @@ impl TokenStore {
         let Some(t) = self.tokens.get_mut(id) else {
             return Err((403, INVALID_TOKEN.into()));
         };
+        if t.batch {
+            return Err((400, "batch tokens cannot be renewed".into()));
+        }
         if t.expires.is_none() {
             return Err((400, "invalid lease ID".into()));
         }

@@ -74,3 +74,72 @@ fn binary_usage_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("usage: vault-api-server"), "{err}");
 }
+
+#[tokio::test]
+async fn binary_serves_tls_and_cert_auth() {
+    use vault_api_server::pki::TestPki;
+    let dir = std::env::temp_dir().join(format!("vas-bin-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pki = TestPki::generate(&["vault.test"]);
+    pki.write_to(&dir).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vault-api-server"))
+        .args(["--listen", "127.0.0.1:0"])
+        .arg("--tls-cert")
+        .arg(dir.join("server.pem"))
+        .arg("--tls-key")
+        .arg(dir.join("server-key.pem"))
+        .arg("--tls-client-ca")
+        .arg(dir.join("ca.pem"))
+        .arg("--cert-auth")
+        .arg(format!(
+            "cert=docker:{}:app,web",
+            dir.join("ca.pem").display()
+        ))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("VAULT_ADDR=")
+        .expect(&line)
+        .to_string();
+    assert!(addr.starts_with("https://127.0.0.1:"), "{addr}");
+    let c = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(pki.ca_cert_pem.as_bytes()).unwrap()])
+        .identity(reqwest::Identity::from_pem(pki.client_identity_pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let r = c
+        .post(format!("{addr}/v1/auth/cert/login"))
+        .json(&serde_json::json!({"name": "docker"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        v["auth"]["policies"],
+        serde_json::json!(["app", "default", "web"])
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn binary_tls_flags_need_each_other() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vault-api-server"))
+        .args(["--tls-cert", "/nonexistent"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--tls-cert and --tls-key go together"),
+        "{err}"
+    );
+}

@@ -495,6 +495,7 @@ async fn custom_mounts_and_auth_enable() {
         root_token: "s.custom".into(),
         mounts: vec![("team/".into(), KvVersion::V1)],
         ui_mounts_endpoint: true,
+        ..Default::default()
     })
     .await
     .unwrap();
