@@ -196,7 +196,7 @@ fn vault_mount(
     use docker_volume_libsecret::config::{Credential, VaultConfig};
     use docker_volume_libsecret::vault::VaultSource;
     let config = VaultConfig {
-        addr: Some(vault.addr()),
+        addr: vec![vault.addr()],
         token: Some(Credential::new(vault.root_token().to_owned())),
         ..VaultConfig::default()
     };

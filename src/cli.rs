@@ -72,6 +72,9 @@ pub enum Command {
         /// This volume's refresh interval (its `refresh_interval` volume option), overriding the config.
         #[arg(long, value_parser = humantime::parse_duration)]
         refresh_interval: Option<std::time::Duration>,
+        /// This volume's namespace (its `namespace` volume option), a child of the configured one.
+        #[arg(long)]
+        namespace: Option<String>,
     },
     /// Print the man page (roff) to standard output.
     #[command(hide = true)]

@@ -95,22 +95,129 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct VaultConfig {
-    /// Vault's address, such as `https://vault.example.com:8200` (also `VAULT_ADDR`, `--addr`).
-    pub addr: Option<String>,
+    /// Vault's address, such as `https://vault.example.com:8200` (also `VAULT_ADDR`, `--addr`). For an HA
+    /// cluster, a list (or a comma-separated string): requests move to the next node when one cannot be reached or
+    /// is sealed, and standby redirects are followed to listed nodes only.
+    #[serde(deserialize_with = "one_or_many", serialize_with = "serialize_addrs")]
+    pub addr: Vec<String>,
+    /// How the driver logs in: `"token"` (`token_file` or `token`), `"approle"` (`[vault.approle]`) or `"cert"`
+    /// (`client_cert` and `client_key`, `[vault.cert]`).
+    pub auth: AuthMethod,
     /// A token given inline (also `VAULT_TOKEN`, `--store-opt token=`). Prefer `token_file`: inline tokens in argv
     /// show up in `ps`.
     pub token: Option<Credential>,
-    /// A root-only file holding the token (recommended).
+    /// A root-only file holding the token (recommended). Read again when Vault stops accepting the token, so a tool
+    /// that rotates the file is followed.
     pub token_file: Option<PathBuf>,
     /// The longest any one Vault request may take; a container's read fails with EIO after it.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
-    /// A PEM CA bundle for Vault's TLS certificate (also `VAULT_CACERT`).
+    /// A PEM CA bundle for Vault's TLS certificate (also `VAULT_CACERT`). Replaces the system's CA store.
     pub ca_cert: Option<PathBuf>,
-    /// Vault Enterprise namespace sent with every request (also `VAULT_NAMESPACE`).
+    /// A directory of PEM CA certificates (`*.pem`, `*.crt`) for Vault's TLS certificate (also `VAULT_CAPATH`).
+    pub ca_path: Option<PathBuf>,
+    /// A PEM client certificate presented to Vault (also `VAULT_CLIENT_CERT`); needed by `auth = "cert"`.
+    pub client_cert: Option<PathBuf>,
+    /// The root-only PEM private key of `client_cert` (also `VAULT_CLIENT_KEY`).
+    pub client_key: Option<PathBuf>,
+    /// The name Vault's certificate is verified against when it differs from the host in `addr` (also
+    /// `VAULT_TLS_SERVER_NAME`).
+    pub tls_server_name: Option<String>,
+    /// Do not verify Vault's TLS certificate (also `VAULT_SKIP_VERIFY`). Insecure: a warning is logged at every start.
+    pub tls_skip_verify: bool,
+    /// Vault Enterprise namespace for every request (also `VAULT_NAMESPACE`). A volume's `namespace` option names a
+    /// child of it.
     pub namespace: Option<String>,
+    /// `[vault.approle]`: AppRole login, for `auth = "approle"`.
+    pub approle: AppRoleConfig,
+    /// `[vault.cert]`: TLS certificate login, for `auth = "cert"`.
+    pub cert: CertAuthConfig,
     /// KV version per mount, overriding detection: `{ "secret/" = 2, "legacy/" = 1 }`.
     pub kv_version: BTreeMap<String, u8>,
+}
+
+/// Which auth method obtains the Vault token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMethod {
+    /// A token from `token_file` (or `token`).
+    #[default]
+    Token,
+    /// AppRole: a role ID and a secret ID read from root-only files.
+    Approle,
+    /// TLS certificate auth with `client_cert` and `client_key`.
+    Cert,
+}
+
+/// `[vault.approle]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AppRoleConfig {
+    /// Where the AppRole auth method is mounted (`auth/<mount>`).
+    pub mount: String,
+    /// A root-only file holding the role ID.
+    pub role_id_file: Option<PathBuf>,
+    /// A root-only file holding the secret ID, or with `secret_id_wrapped` a response-wrapping token for it.
+    pub secret_id_file: Option<PathBuf>,
+    /// The secret ID file holds a response-wrapping token: it is unwrapped once at start (wrapping tokens are
+    /// single-use) and the secret ID is kept in memory only.
+    pub secret_id_wrapped: bool,
+}
+
+impl Default for AppRoleConfig {
+    fn default() -> Self {
+        AppRoleConfig {
+            mount: "approle".to_owned(),
+            role_id_file: None,
+            secret_id_file: None,
+            secret_id_wrapped: false,
+        }
+    }
+}
+
+/// `[vault.cert]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CertAuthConfig {
+    /// Where the cert auth method is mounted (`auth/<mount>`).
+    pub mount: String,
+    /// The cert role to log in with; unset lets Vault pick the role matching the certificate.
+    pub role: Option<String>,
+}
+
+impl Default for CertAuthConfig {
+    fn default() -> Self {
+        CertAuthConfig {
+            mount: "cert".to_owned(),
+            role: None,
+        }
+    }
+}
+
+/// `addr` as a string (possibly comma-separated) or a list.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    let list = match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(text) => text.split(',').map(str::to_owned).collect(),
+        OneOrMany::Many(list) => list,
+    };
+    Ok(list
+        .into_iter()
+        .map(|a| a.trim().to_owned())
+        .filter(|a| !a.is_empty())
+        .collect())
+}
+
+fn serialize_addrs<S: serde::Serializer>(
+    addrs: &[String],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    addrs.serialize(serializer)
 }
 
 /// `[file]`: the file backend.
@@ -143,12 +250,20 @@ impl Default for Config {
 impl Default for VaultConfig {
     fn default() -> Self {
         VaultConfig {
-            addr: None,
+            addr: Vec::new(),
+            auth: AuthMethod::Token,
             token: None,
             token_file: None,
             timeout: Duration::from_secs(10),
             ca_cert: None,
+            ca_path: None,
+            client_cert: None,
+            client_key: None,
+            tls_server_name: None,
+            tls_skip_verify: false,
             namespace: None,
+            approle: AppRoleConfig::default(),
+            cert: CertAuthConfig::default(),
             kv_version: BTreeMap::new(),
         }
     }
@@ -172,7 +287,16 @@ pub enum ConfigError {
 }
 
 /// `--store-opt` keys, as the original tool took them; each sets `vault.<key>`.
-pub const STORE_OPT_KEYS: &[&str] = &["token", "token_file", "timeout", "ca_cert", "namespace"];
+pub const STORE_OPT_KEYS: &[&str] = &[
+    "token",
+    "token_file",
+    "timeout",
+    "ca_cert",
+    "ca_path",
+    "tls_server_name",
+    "tls_skip_verify",
+    "namespace",
+];
 
 /// Settings given on the command line, highest precedence.
 #[derive(Debug, Default)]
@@ -228,6 +352,11 @@ fn vault_env_key(name: &str) -> Option<&'static str> {
         "VAULT_ADDR" => Some("vault.addr"),
         "VAULT_TOKEN" => Some("vault.token"),
         "VAULT_CACERT" => Some("vault.ca_cert"),
+        "VAULT_CAPATH" => Some("vault.ca_path"),
+        "VAULT_CLIENT_CERT" => Some("vault.client_cert"),
+        "VAULT_CLIENT_KEY" => Some("vault.client_key"),
+        "VAULT_TLS_SERVER_NAME" => Some("vault.tls_server_name"),
+        "VAULT_SKIP_VERIFY" => Some("vault.tls_skip_verify"),
         "VAULT_NAMESPACE" => Some("vault.namespace"),
         _ => None,
     }
@@ -307,10 +436,39 @@ impl Config {
                 )));
             }
         }
-        if self.backend() == BackendKind::Vault && self.vault.addr.is_none() {
+        if self.backend() == BackendKind::Vault && self.vault.addr.is_empty() {
             return Err(ConfigError::Invalid(
                 "key `vault.addr`: the vault backend needs Vault's address (config file, VAULT_ADDR or --addr)".to_owned(),
             ));
+        }
+        let vault = &self.vault;
+        if vault.client_cert.is_some() != vault.client_key.is_some() {
+            return Err(ConfigError::Invalid(
+                "keys `vault.client_cert` and `vault.client_key`: set both or neither".to_owned(),
+            ));
+        }
+        match vault.auth {
+            AuthMethod::Approle
+                if vault.approle.role_id_file.is_none()
+                    || vault.approle.secret_id_file.is_none() =>
+            {
+                return Err(ConfigError::Invalid(
+                    "key `vault.auth`: \"approle\" needs `vault.approle.role_id_file` and `vault.approle.secret_id_file`"
+                        .to_owned(),
+                ));
+            }
+            AuthMethod::Cert if vault.client_cert.is_none() => {
+                return Err(ConfigError::Invalid(
+                    "key `vault.auth`: \"cert\" needs `vault.client_cert` and `vault.client_key`"
+                        .to_owned(),
+                ));
+            }
+            _ => {}
+        }
+        if let Some(namespace) = &vault.namespace {
+            crate::names::validate_namespace(namespace).map_err(|reason| {
+                ConfigError::Invalid(format!("key `vault.namespace`: {reason}"))
+            })?;
         }
         if self.cache_ttl.is_zero()
             || self.vault.timeout.is_zero()
@@ -328,7 +486,7 @@ impl Config {
     pub fn backend(&self) -> BackendKind {
         match self.backend {
             Some(kind) => kind,
-            None if self.vault.addr.is_some() => BackendKind::Vault,
+            None if !self.vault.addr.is_empty() => BackendKind::Vault,
             None => BackendKind::File,
         }
     }
@@ -376,7 +534,7 @@ mod tests {
             )?;
             let path = Path::new("config.toml");
             let config = Config::load(path, true, &FlagOverrides::default()).unwrap();
-            assert_eq!(config.vault.addr.as_deref(), Some("http://file:8200"));
+            assert_eq!(config.vault.addr, vec!["http://file:8200".to_owned()]);
             assert_eq!(config.backend(), BackendKind::Vault);
             assert_eq!(config.cache_ttl, Duration::from_secs(5));
 
@@ -384,7 +542,7 @@ mod tests {
             jail.set_env("VAULT_NAMESPACE", "env-ns");
             jail.set_env("VAULT_TOKEN", "env-token");
             let config = Config::load(path, true, &FlagOverrides::default()).unwrap();
-            assert_eq!(config.vault.addr.as_deref(), Some("http://vault-env:8200"));
+            assert_eq!(config.vault.addr, vec!["http://vault-env:8200".to_owned()]);
             assert_eq!(config.vault.namespace.as_deref(), Some("env-ns"));
             assert_eq!(
                 config.vault.token.as_ref().map(Credential::expose),
@@ -396,8 +554,8 @@ mod tests {
             jail.set_env("LIBSECRET_MOUNT_ROOT", "/from/env");
             let config = Config::load(path, true, &FlagOverrides::default()).unwrap();
             assert_eq!(
-                config.vault.addr.as_deref(),
-                Some("http://libsecret-env:8200")
+                config.vault.addr,
+                vec!["http://libsecret-env:8200".to_owned()]
             );
             assert_eq!(config.mount_root, PathBuf::from("/from/env"));
 
@@ -408,7 +566,7 @@ mod tests {
                 ..FlagOverrides::default()
             };
             let config = Config::load(path, true, &flags).unwrap();
-            assert_eq!(config.vault.addr.as_deref(), Some("http://flag:8200"));
+            assert_eq!(config.vault.addr, vec!["http://flag:8200".to_owned()]);
             assert_eq!(config.mount_root, PathBuf::from("/from/flag"));
             assert_eq!(
                 config.vault.token.as_ref().map(Credential::expose),
@@ -510,6 +668,57 @@ mod tests {
                 Config::load(Path::new("full.toml"), true, &FlagOverrides::default()).unwrap();
             assert_eq!(full.backend(), BackendKind::Vault);
             assert_eq!(full.vault.kv_version.get("secret/"), Some(&2));
+            assert_eq!(full.vault.auth, AuthMethod::Approle);
+            assert_eq!(full.vault.addr.len(), 2);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn addresses_auth_methods_and_tls_variables_are_checked() {
+        jail(|jail| {
+            jail.set_env("VAULT_ADDR", "https://a:8200, https://b:8200");
+            jail.set_env("VAULT_SKIP_VERIFY", "true");
+            jail.set_env("VAULT_CAPATH", "/etc/cas");
+            jail.set_env("VAULT_TLS_SERVER_NAME", "vault.internal");
+            let config =
+                Config::load(Path::new("absent.toml"), false, &FlagOverrides::default()).unwrap();
+            assert_eq!(config.vault.addr, vec!["https://a:8200", "https://b:8200"]);
+            assert!(config.vault.tls_skip_verify);
+            assert_eq!(config.vault.ca_path, Some(PathBuf::from("/etc/cas")));
+            assert_eq!(
+                config.vault.tls_server_name.as_deref(),
+                Some("vault.internal")
+            );
+
+            for (file, key) in [
+                (
+                    "[vault]\naddr = \"http://x\"\nauth = \"approle\"\n",
+                    "vault.approle.role_id_file",
+                ),
+                (
+                    "[vault]\naddr = \"http://x\"\nauth = \"cert\"\n",
+                    "vault.client_cert",
+                ),
+                (
+                    "[vault]\naddr = \"http://x\"\nclient_cert = \"/c.pem\"\n",
+                    "vault.client_key",
+                ),
+                (
+                    "[vault]\naddr = \"http://x\"\nnamespace = \"../up\"\n",
+                    "vault.namespace",
+                ),
+                (
+                    "[vault]\naddr = \"http://x\"\nauth = \"kerberos\"\n",
+                    "vault.auth",
+                ),
+            ] {
+                jail.create_file("config.toml", file)?;
+                let error = Config::load(Path::new("config.toml"), true, &FlagOverrides::default())
+                    .unwrap_err()
+                    .to_string();
+                assert!(error.contains(key), "{file}: {error}");
+            }
             Ok(())
         });
     }

@@ -13,10 +13,10 @@ use sd_notify::NotifyState;
 
 use docker_volume_libsecret::cache::SecretCache;
 use docker_volume_libsecret::cli::{Cli, Command};
-use docker_volume_libsecret::config::{BackendKind, Config, FlagOverrides, MountMode};
+use docker_volume_libsecret::config::{AuthMethod, BackendKind, Config, FlagOverrides, MountMode};
 use docker_volume_libsecret::file_source::FileSource;
 use docker_volume_libsecret::mounter::{
-    clean_stale_mounts, detach, mount_volume, prepare_mountpoint, InProcessMounter,
+    clean_stale_mounts, detach, mount_volume, prepare_mountpoint, InProcessMounter, VolumeCaches,
 };
 use docker_volume_libsecret::names::VaultPath;
 use docker_volume_libsecret::plugin::Plugin;
@@ -80,12 +80,18 @@ fn main() -> ExitCode {
             volume,
             mountpoint,
             refresh_interval,
+            namespace,
         }) => {
             let mut config = config;
             if let Some(interval) = refresh_interval {
                 config.refresh_interval = *interval;
             }
-            runtime.block_on(serve_mount(config, volume.clone(), mountpoint.clone()))
+            runtime.block_on(serve_mount(
+                config,
+                volume.clone(),
+                mountpoint.clone(),
+                namespace.clone(),
+            ))
         }
         _ => {
             if flags.has_argv_token() {
@@ -106,14 +112,33 @@ fn main() -> ExitCode {
     }
 }
 
-async fn open_source(config: &Config) -> anyhow::Result<Arc<dyn SecretSource>> {
+fn new_cache(config: &Config, source: Arc<dyn SecretSource>) -> SecretCache {
+    SecretCache::new(source, config.cache_ttl, config.vault.timeout)
+        .with_stale_ttl(config.stale_ttl)
+}
+
+/// Opens the configured backend (logging in to Vault) and the caches volumes read through.
+async fn open_caches(config: &Config) -> anyhow::Result<VolumeCaches> {
     Ok(match config.backend() {
-        BackendKind::Vault => Arc::new(VaultSource::connect(&config.vault).await?),
+        BackendKind::Vault => {
+            let vault = Arc::new(VaultSource::connect(&config.vault).await?);
+            let root = Arc::new(new_cache(config, vault.clone()));
+            let config = config.clone();
+            VolumeCaches::new(
+                root,
+                Box::new(move |namespace| {
+                    Ok(new_cache(&config, Arc::new(vault.in_namespace(namespace))))
+                }),
+            )
+        }
         BackendKind::File => {
             let source = FileSource::open(&config.file.path)
                 .with_context(|| format!("file backend: {}", config.file.path.display()))?;
             tracing::info!(path = %config.file.path.display(), "serving secrets from the file backend");
-            Arc::new(source)
+            VolumeCaches::without_namespaces(
+                Arc::new(new_cache(config, Arc::new(source))),
+                "the file backend has no namespaces",
+            )
         }
     })
 }
@@ -133,15 +158,30 @@ async fn shutdown_signal() {
     }
 }
 
-/// Whether a token reaches the driver only through argv or the environment, where a mount unit cannot get it
-/// without the token being copied into the unit's argv or environment.
-fn token_outside_files(config: &Config, flags: &FlagOverrides) -> bool {
+/// Why mount units could not log in on their own, if they could not: a token that reaches the driver only through
+/// argv or the environment (a unit would need a copy there), or a response-wrapped secret ID (single-use: the driver
+/// has unwrapped it).
+fn units_cannot_authenticate(config: &Config, flags: &FlagOverrides) -> Option<&'static str> {
+    if config.backend() != BackendKind::Vault {
+        return None;
+    }
     let env_token = ["VAULT_TOKEN", "LIBSECRET_VAULT__TOKEN"]
         .iter()
         .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()));
-    config.backend() == BackendKind::Vault
-        && config.vault.token_file.is_none()
-        && (flags.has_argv_token() || env_token)
+    match config.vault.auth {
+        AuthMethod::Token
+            if config.vault.token_file.is_none() && (flags.has_argv_token() || env_token) =>
+        {
+            Some(
+                "the Vault token came from the command line or the environment, which mount units must not \
+                 inherit; put the token in vault.token_file to use mount units",
+            )
+        }
+        AuthMethod::Approle if config.vault.approle.secret_id_wrapped => Some(
+            "a response-wrapped secret ID can be unwrapped only once, by the driver; mount units could not log in",
+        ),
+        _ => None,
+    }
 }
 
 /// Non-secret environment a mount unit needs to load the same configuration.
@@ -149,8 +189,18 @@ fn unit_environment() -> Vec<String> {
     std::env::vars()
         .filter(|(name, _)| {
             (name.starts_with("LIBSECRET_") && !name.contains("TOKEN"))
-                || ["VAULT_ADDR", "VAULT_CACERT", "VAULT_NAMESPACE", "RUST_LOG"]
-                    .contains(&name.as_str())
+                || [
+                    "VAULT_ADDR",
+                    "VAULT_CACERT",
+                    "VAULT_CAPATH",
+                    "VAULT_CLIENT_CERT",
+                    "VAULT_CLIENT_KEY",
+                    "VAULT_TLS_SERVER_NAME",
+                    "VAULT_SKIP_VERIFY",
+                    "VAULT_NAMESPACE",
+                    "RUST_LOG",
+                ]
+                .contains(&name.as_str())
         })
         .map(|(name, value)| format!("{name}={value}"))
         .collect()
@@ -160,7 +210,7 @@ async fn choose_mounter(
     config: &Config,
     cli: &Cli,
     flags: &FlagOverrides,
-    cache: Arc<SecretCache>,
+    caches: Arc<VolumeCaches>,
 ) -> anyhow::Result<Box<dyn Mounter>> {
     let systemd_host = Path::new("/run/systemd/system").is_dir();
     let mut use_units = match config.mount_mode {
@@ -168,13 +218,11 @@ async fn choose_mounter(
         MountMode::Systemd => true,
         MountMode::Auto => systemd_host,
     };
-    if use_units && token_outside_files(config, flags) {
-        tracing::warn!(
-            "the Vault token came from the command line or the environment, which mount units must not inherit: \
-             serving mounts in-process (they end when the driver stops); put the token in vault.token_file to use \
-             mount units"
-        );
-        use_units = false;
+    if use_units {
+        if let Some(reason) = units_cannot_authenticate(config, flags) {
+            tracing::warn!("serving mounts in-process (they end when the driver stops): {reason}");
+            use_units = false;
+        }
     }
     if !use_units {
         tracing::info!(
@@ -182,7 +230,7 @@ async fn choose_mounter(
             "mounts are served by the driver process"
         );
         return Ok(Box::new(InProcessMounter::new(
-            cache,
+            caches,
             config.fs_options(),
             tokio::runtime::Handle::current(),
         )));
@@ -228,12 +276,8 @@ async fn report_health(volumes: Arc<Mutex<Volumes>>) {
 }
 
 async fn serve(config: Config, cli: &Cli, flags: &FlagOverrides) -> anyhow::Result<()> {
-    let source = open_source(&config).await?;
-    let cache = Arc::new(
-        SecretCache::new(source, config.cache_ttl, config.vault.timeout)
-            .with_stale_ttl(config.stale_ttl),
-    );
-    let mounter = choose_mounter(&config, cli, flags, cache).await?;
+    let caches = Arc::new(open_caches(&config).await?);
+    let mounter = choose_mounter(&config, cli, flags, caches).await?;
     for path in clean_stale_mounts(&config.mount_root) {
         tracing::info!(mountpoint = %path.display(), "removed a leftover mountpoint");
     }
@@ -276,14 +320,19 @@ async fn serve(config: Config, cli: &Cli, flags: &FlagOverrides) -> anyhow::Resu
 }
 
 /// Mount-unit mode: serves one volume until SIGTERM, reading credentials from the config and token files itself.
-async fn serve_mount(config: Config, volume: String, mountpoint: PathBuf) -> anyhow::Result<()> {
+async fn serve_mount(
+    config: Config,
+    volume: String,
+    mountpoint: PathBuf,
+    namespace: Option<String>,
+) -> anyhow::Result<()> {
     let vault_path =
         VaultPath::from_volume_name(&volume).with_context(|| format!("volume {volume:?}"))?;
-    let source = open_source(&config).await?;
-    let cache = Arc::new(
-        SecretCache::new(source, config.cache_ttl, config.vault.timeout)
-            .with_stale_ttl(config.stale_ttl),
-    );
+    let cache = open_caches(&config)
+        .await?
+        .for_namespace(namespace.as_deref())
+        .map_err(anyhow::Error::msg)
+        .context("volume option namespace")?;
     // The driver starts this unit only when no live server has the volume: anything mounted here is dead.
     detach(&mountpoint).map_err(anyhow::Error::msg)?;
     prepare_mountpoint(&mountpoint).map_err(anyhow::Error::msg)?;

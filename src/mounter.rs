@@ -1,8 +1,9 @@
 //! Serves each mounted volume with FUSE inside this process, and cleans mountpoints left by a driver that died.
 
+use std::collections::HashMap;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::cache::SecretCache;
 use crate::filesystem::{FsOptions, SecretFs};
@@ -10,21 +11,61 @@ use crate::fuse::{self, FuseMount};
 use crate::names::{escape_component, VaultPath};
 use crate::volumes::{ActiveMount, Mounter, VolumeOptions, VolumeRecord};
 
+/// Makes the cache for a namespace: a view of the same backend and login in that namespace.
+pub type NamespaceCacheFactory = Box<dyn Fn(&str) -> Result<SecretCache, String> + Send + Sync>;
+
+/// The secret caches volumes read through: the configured namespace's, and one per volume `namespace` option,
+/// made on first use and shared by every volume in that namespace.
+pub struct VolumeCaches {
+    root: Arc<SecretCache>,
+    namespaced: Mutex<HashMap<String, Arc<SecretCache>>>,
+    factory: NamespaceCacheFactory,
+}
+
+impl VolumeCaches {
+    pub fn new(root: Arc<SecretCache>, factory: NamespaceCacheFactory) -> Self {
+        VolumeCaches {
+            root,
+            namespaced: Mutex::new(HashMap::new()),
+            factory,
+        }
+    }
+
+    /// A backend without namespaces: a volume asking for one is refused with `reason`.
+    pub fn without_namespaces(root: Arc<SecretCache>, reason: &'static str) -> Self {
+        VolumeCaches::new(root, Box::new(move |_| Err(reason.to_owned())))
+    }
+
+    /// The cache for `namespace` (`None`: the configured one).
+    pub fn for_namespace(&self, namespace: Option<&str>) -> Result<Arc<SecretCache>, String> {
+        let Some(namespace) = namespace else {
+            return Ok(self.root.clone());
+        };
+        let mut caches = self.namespaced.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(cache) = caches.get(namespace) {
+            return Ok(cache.clone());
+        }
+        let cache = Arc::new((self.factory)(namespace)?);
+        caches.insert(namespace.to_owned(), cache.clone());
+        Ok(cache)
+    }
+}
+
 /// Mounts volumes in-process (foreground mode, and hosts without systemd).
 pub struct InProcessMounter {
-    cache: Arc<SecretCache>,
+    caches: Arc<VolumeCaches>,
     fs_options: FsOptions,
     runtime: tokio::runtime::Handle,
 }
 
 impl InProcessMounter {
     pub fn new(
-        cache: Arc<SecretCache>,
+        caches: Arc<VolumeCaches>,
         fs_options: FsOptions,
         runtime: tokio::runtime::Handle,
     ) -> Self {
         InProcessMounter {
-            cache,
+            caches,
             fs_options,
             runtime,
         }
@@ -86,6 +127,10 @@ impl Mounter for InProcessMounter {
     ) -> Result<Box<dyn ActiveMount>, String> {
         prepare_mountpoint(mountpoint)?;
         let options = VolumeOptions::parse(&record.options).map_err(|e| e.to_string())?;
+        let cache = self
+            .caches
+            .for_namespace(options.namespace.as_deref())
+            .map_err(|reason| format!("volume option namespace: {reason}"))?;
         let fs_options = FsOptions {
             refresh_interval: options
                 .refresh_interval
@@ -95,7 +140,7 @@ impl Mounter for InProcessMounter {
         let mount = mount_volume(
             &record.name,
             path,
-            self.cache.clone(),
+            cache,
             fs_options,
             mountpoint,
             self.runtime.clone(),

@@ -196,6 +196,27 @@ impl FileName {
     }
 }
 
+/// Checks a Vault Enterprise namespace (`team-a`, `org/team-a`): segments of letters, digits, `-` and `_`, up to
+/// 255 bytes; no `.` or `..` segments, so a namespace cannot climb out of the configured one.
+pub fn validate_namespace(namespace: &str) -> Result<(), String> {
+    let trimmed = namespace.trim_matches('/');
+    if trimmed.is_empty() || trimmed.len() > 255 {
+        return Err("a namespace is 1 to 255 bytes".to_owned());
+    }
+    for segment in trimmed.split('/') {
+        if segment.is_empty()
+            || !segment
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(format!(
+                "{namespace:?}: namespace segments are letters, digits, '-' and '_', separated by '/'"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A collision-free, single-component file name for a volume name, for mountpoints and state files.
 ///
 /// Bytes other than ASCII letters, digits, `-` and `_` become `%XX`, so the mapping is injective and never yields
@@ -214,6 +235,16 @@ pub fn escape_component(name: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn namespaces_are_plain_segments() {
+        for good in ["team-a", "org/team_b", "/admin/"] {
+            assert!(super::validate_namespace(good).is_ok(), "{good}");
+        }
+        for bad in ["", "/", "a//b", "../x", "a/./b", "a b", "a\nb", "ns%2f"] {
+            assert!(super::validate_namespace(bad).is_err(), "{bad:?}");
+        }
+    }
+
     use super::*;
 
     #[test]

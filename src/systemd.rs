@@ -210,7 +210,7 @@ impl SystemdMounter {
         unit: &str,
         volume: &str,
         mountpoint: &Path,
-        refresh_interval: Option<Duration>,
+        options: &VolumeOptions,
     ) -> Result<(), UnitError> {
         // A failed or stopping leftover of the same name would make StartTransientUnit refuse.
         self.stop(unit).await?;
@@ -224,11 +224,14 @@ impl SystemdMounter {
             "--mountpoint".to_owned(),
             mountpoint.display().to_string(),
         ]);
-        if let Some(interval) = refresh_interval {
+        if let Some(interval) = options.refresh_interval {
             argv.extend([
                 "--refresh-interval".to_owned(),
                 humantime::format_duration(interval).to_string(),
             ]);
+        }
+        if let Some(namespace) = &options.namespace {
+            argv.extend(["--namespace".to_owned(), namespace.clone()]);
         }
         let exec_start = vec![(executable, argv, false)];
         let timeout_usec =
@@ -304,7 +307,7 @@ impl Mounter for SystemdMounter {
         let unit = unit_name(&record.name);
         let started = Instant::now();
         self.runtime
-            .block_on(self.start(&unit, &record.name, mountpoint, options.refresh_interval))
+            .block_on(self.start(&unit, &record.name, mountpoint, &options))
             .map_err(|e| e.to_string())?;
         tracing::info!(
             volume = %record.name,

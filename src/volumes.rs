@@ -25,7 +25,7 @@ pub struct VolumeRecord {
 pub enum VolumeError {
     #[error("invalid volume name {name:?}: {reason}")]
     InvalidName { name: String, reason: NameError },
-    #[error("unknown volume option {option:?}: the only volume option is refresh_interval (Vault address and credentials belong in /etc/docker-volume-libsecret/config.toml, never in volume options, which docker volume inspect shows)")]
+    #[error("unknown volume option {option:?}: volume options are refresh_interval and namespace (Vault address and credentials belong in /etc/docker-volume-libsecret/config.toml, never in volume options, which docker volume inspect shows)")]
     UnknownOption { option: String },
     #[error("volume option {option:?}: {reason}")]
     BadOption { option: String, reason: String },
@@ -60,6 +60,8 @@ pub enum StoreError {
 pub struct VolumeOptions {
     /// This volume's refresh interval, overriding the config's `refresh_interval`.
     pub refresh_interval: Option<std::time::Duration>,
+    /// A Vault Enterprise namespace, a child of the configured `vault.namespace`, that this volume reads in.
+    pub namespace: Option<String>,
 }
 
 impl VolumeOptions {
@@ -87,6 +89,15 @@ impl VolumeOptions {
                         });
                     }
                     parsed.refresh_interval = Some(interval);
+                }
+                "namespace" => {
+                    crate::names::validate_namespace(value).map_err(|reason| {
+                        VolumeError::BadOption {
+                            option: option.clone(),
+                            reason,
+                        }
+                    })?;
+                    parsed.namespace = Some(value.trim_matches('/').to_owned());
                 }
                 _ => {
                     return Err(VolumeError::UnknownOption {
@@ -596,6 +607,26 @@ mod tests {
         volumes.shutdown();
         assert!(mounter.live.lock().unwrap().is_empty());
         assert!(store.1.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_namespace_option_is_a_plain_child_namespace() {
+        let parse = |value: &str| {
+            VolumeOptions::parse(&BTreeMap::from([(
+                "namespace".to_owned(),
+                value.to_owned(),
+            )]))
+        };
+        assert_eq!(
+            parse("team-a/").unwrap().namespace.as_deref(),
+            Some("team-a")
+        );
+        for bad in ["", "../root", "a b", "a//b"] {
+            assert!(
+                matches!(parse(bad), Err(VolumeError::BadOption { .. })),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

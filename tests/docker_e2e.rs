@@ -32,6 +32,13 @@ struct Host {
 
 impl Host {
     fn start() -> Host {
+        let mut host = Host::without_driver(ServerConfig::default());
+        host.start_driver();
+        host
+    }
+
+    /// A Vault-API server with the test secrets and no driver yet.
+    fn without_driver(config: ServerConfig) -> Host {
         let turn = ONE_AT_A_TIME
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -41,7 +48,7 @@ impl Host {
         // A token that cannot appear in a log by accident, so the leak check below means something.
         let config = ServerConfig {
             root_token: format!("hvs.e2e-root-{}", std::process::id()),
-            ..ServerConfig::default()
+            ..config
         };
         let vault = runtime.block_on(TestVault::start(config)).unwrap();
         vault.put(
@@ -51,16 +58,31 @@ impl Host {
         vault.put("secret/app-1/api", json!({"user": "svc", "key": "k3y"}));
         vault.put("secret/app-2/other", json!({"value": "app-2-only"}));
         let dir = tempfile::tempdir().unwrap();
-        let mut host = Host {
+        Host {
             _turn: turn,
             vault,
             driver: None,
             dir,
             volumes: Vec::new(),
             _runtime: runtime,
-        };
-        host.start_driver();
-        host
+        }
+    }
+
+    /// Starts the driver with only the mount root and state flags, configured by `LIBSECRET_*` variables.
+    fn start_driver_with_env(&mut self, env: &[(&str, &str)]) {
+        let state = self.dir.path().join("state");
+        let root = self.mount_root();
+        let log = self.dir.path().join(format!(
+            "driver-{}.log",
+            Instant::now().elapsed().as_nanos()
+        ));
+        let args = [
+            "-r",
+            root.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ];
+        self.driver = Some(Driver::start_with_env(&args, Path::new(SOCKET), &log, env));
     }
 
     fn mount_root(&self) -> PathBuf {
@@ -223,6 +245,129 @@ fn the_walkthrough_ls_is_empty_cat_prints_the_value_and_writes_fail() {
         !log.contains("s3cr3t-db-password") && !log.contains(host.vault.root_token()),
         "{log}"
     );
+}
+
+/// Writes `value` to a 0600 file in the test's directory.
+fn secret_file(host: &Host, name: &str, value: &str) -> String {
+    let path = host.dir.path().join(name);
+    std::fs::write(&path, value).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn the_walkthrough_works_with_each_auth_method() {
+    let pki = vault_api_server::pki::TestPki::generate(&["localhost"]);
+    let mut host = Host::without_driver(ServerConfig {
+        tls: Some(pki.tls_settings(true)),
+        ..ServerConfig::default()
+    });
+    let dir = host.dir.path().to_owned();
+    pki.write_to(&dir).unwrap();
+    let ca = dir.join("ca.pem").display().to_string();
+    let addr = host.vault.addr();
+    let root = host.vault.root_token().to_owned();
+    host.vault.set_policy(
+        "app-1",
+        &[
+            ("secret/data/app-1/*", &["read"]),
+            ("secret/metadata/app-1/*", &["list"]),
+        ],
+    );
+    let admin = support::vault_admin::Admin::with_ca(&addr, &root, &pki.ca_cert_pem);
+    let (role_id, wrapped_secret_id) = host._runtime.block_on(async {
+        let role_id = admin
+            .approle("docker-host", &["app-1"], "1h", "service")
+            .await;
+        (role_id, admin.wrapped_secret_id("docker-host").await)
+    });
+    host.vault.enable_cert_auth("cert");
+    host.vault
+        .set_cert_role("cert", "docker-host", &pki.ca_cert_pem, &["app-1"], None);
+    let token = host.vault.create_token(&["app-1"], None, true);
+    let token_file = secret_file(&host, "token", &token);
+    let role_id_file = secret_file(&host, "role-id", &role_id);
+    let secret_id_file = secret_file(&host, "secret-id", &wrapped_secret_id);
+    let client_cert = dir.join("client.pem").display().to_string();
+    let client_key = dir.join("client-key.pem").display().to_string();
+    let common = [
+        ("LIBSECRET_VAULT__ADDR", addr.as_str()),
+        ("LIBSECRET_VAULT__CA_CERT", ca.as_str()),
+    ];
+    // (auth method, its LIBSECRET_* settings, the login it makes)
+    type Method<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
+    let methods: [Method; 3] = [
+        (
+            "token",
+            vec![("LIBSECRET_VAULT__TOKEN_FILE", token_file.as_str())],
+            "-",
+        ),
+        (
+            "approle",
+            vec![
+                ("LIBSECRET_VAULT__AUTH", "approle"),
+                (
+                    "LIBSECRET_VAULT__APPROLE__ROLE_ID_FILE",
+                    role_id_file.as_str(),
+                ),
+                (
+                    "LIBSECRET_VAULT__APPROLE__SECRET_ID_FILE",
+                    secret_id_file.as_str(),
+                ),
+                ("LIBSECRET_VAULT__APPROLE__SECRET_ID_WRAPPED", "true"),
+            ],
+            "/v1/auth/approle/login",
+        ),
+        (
+            "cert",
+            vec![
+                ("LIBSECRET_VAULT__AUTH", "cert"),
+                ("LIBSECRET_VAULT__CLIENT_CERT", client_cert.as_str()),
+                ("LIBSECRET_VAULT__CLIENT_KEY", client_key.as_str()),
+            ],
+            "/v1/auth/cert/login",
+        ),
+    ];
+    let volume = host.volume("secret/app-1/");
+    for (method, env, login_path) in methods {
+        let env: Vec<(&str, &str)> = common.iter().copied().chain(env).collect();
+        host.vault.reset_requests();
+        host.start_driver_with_env(&env);
+        let (code, out, err) = host.run(
+            &volume,
+            "cat /secrets/db-password; echo; cat /secrets/api#user",
+        );
+        assert_eq!(code, 0, "{method}: {out}\n{err}\ndriver:\n{}", host.log());
+        assert_eq!(out, "s3cr3t-db-password\nsvc", "{method}");
+        // Outside the policy's prefix: refused by Vault itself.
+        let (code, _, err) = host.run("secret/app-2/", "cat /secrets/other");
+        assert_ne!(code, 0, "{method}: app-2 was readable with app-1's policy");
+        assert!(!err.contains("app-2-only"), "{method}: {err}");
+        host.volumes.push("secret/app-2/".to_owned());
+        if login_path.starts_with('/') {
+            assert!(
+                host.vault
+                    .requests()
+                    .iter()
+                    .any(|r| r.path == login_path && r.status == 200),
+                "{method}: no login at {login_path}"
+            );
+        }
+        let log = host.log();
+        for secret in [
+            token.as_str(),
+            role_id.as_str(),
+            wrapped_secret_id.as_str(),
+            "s3cr3t-db-password",
+        ] {
+            assert!(
+                !log.contains(secret),
+                "{method}: the log holds a credential or value:\n{log}"
+            );
+        }
+        assert!(log.contains("Vault token accepted"), "{method}: {log}");
+        host.stop_driver();
+    }
 }
 
 #[test]

@@ -39,7 +39,7 @@ fn mount_vault(
 ) -> (tempfile::TempDir, fuse::FuseMount) {
     support::require_fuse();
     let config = VaultConfig {
-        addr: Some(vault.addr()),
+        addr: vec![vault.addr()],
         token: Some(Credential::new(vault.root_token().to_owned())),
         timeout: Duration::from_secs(1),
         ..VaultConfig::default()

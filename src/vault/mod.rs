@@ -1,17 +1,24 @@
 //! The Vault backend: a thin adapter from [`SecretSource`] to vaultrs.
 //!
-//! KV v1 and v2 are both served. The version of each mount is read once from `sys/internal/ui/mounts/<path>` (as the
+//! [`transport`] reaches the Vault nodes (TLS, HA failover, standby redirects), [`auth`] obtains tokens (token,
+//! AppRole, cert) and [`session`] keeps the token alive. KV v1 and v2 are both served. The version of each mount is read once from `sys/internal/ui/mounts/<path>` (as the
 //! Vault CLI does) unless the config names it; a server without that endpoint (404) is taken as KV v1.
 
+mod auth;
+mod session;
+mod transport;
+
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use rustify_derive::Endpoint;
 use serde::Deserialize;
-use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
 use vaultrs::error::ClientError;
 
+use self::auth::{Auth, AuthError};
+use self::session::Session;
+use self::transport::Transport;
 use crate::config::VaultConfig;
 use crate::names::VaultPath;
 use crate::secret::{Secret, SecretSource, SourceError};
@@ -55,15 +62,6 @@ struct UiMount {
     options: Option<HashMap<String, String>>,
 }
 
-/// `auth/token/lookup-self`'s `data`, only the fields logged at start.
-#[derive(Debug, Deserialize)]
-struct TokenInfo {
-    #[serde(default)]
-    policies: Vec<String>,
-    #[serde(default)]
-    ttl: u64,
-}
-
 /// A KV mount and its version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct KvMount {
@@ -72,24 +70,56 @@ struct KvMount {
     version: u8,
 }
 
-/// Why the Vault backend could not start.
+/// Why the Vault backend could not start. Each message says what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum VaultSetupError {
     #[error("vault.addr {addr:?} is not a usable Vault address: {reason}")]
     Address { addr: String, reason: String },
-    #[error("no Vault token: set vault.token_file in the config (recommended), VAULT_TOKEN, or --store-opt token=")]
-    NoToken,
-    #[error("could not read the token file {path}: {reason}")]
-    TokenFile { path: String, reason: String },
-    #[error("Vault at {addr} rejected the token (lookup-self answered {status}): check the token or token_file")]
-    TokenRejected { addr: String, status: u16 },
+    #[error("TLS settings: {reason}")]
+    Tls { reason: String },
+    #[error("{0}")]
+    Credential(String),
+    #[error("Vault at {addr} rejected the {method} credentials: {reason}; check them and the auth settings in [vault]")]
+    Rejected {
+        addr: String,
+        method: String,
+        reason: String,
+    },
+    #[error("Vault's TLS certificate at {addr} is not trusted: {reason}; set vault.ca_cert or vault.ca_path to the CA \
+             that signed it (or vault.tls_server_name to the name in it)")]
+    Untrusted { addr: String, reason: String },
+    #[error("Vault at {addr} refused the TLS client certificate: {reason}; check vault.client_cert and \
+             vault.client_key, and that Vault trusts their CA")]
+    ClientCertRefused { addr: String, reason: String },
     #[error("Vault at {addr} cannot be reached: {reason}")]
     Unreachable { addr: String, reason: String },
 }
 
+/// Sorts a failed first contact by what the operator must fix. TLS failures reach us only as error text.
+fn classify_unavailable(addr: String, reason: String) -> VaultSetupError {
+    const CLIENT_CERT_ALERTS: [&str; 4] = [
+        "alert: UnknownCA",
+        "alert: BadCertificate",
+        "alert: CertificateRequired",
+        "alert: AccessDenied",
+    ];
+    if CLIENT_CERT_ALERTS
+        .iter()
+        .any(|alert| reason.contains(alert))
+    {
+        VaultSetupError::ClientCertRefused { addr, reason }
+    } else if reason.contains("invalid peer certificate") || reason.contains("certificate") {
+        VaultSetupError::Untrusted { addr, reason }
+    } else {
+        VaultSetupError::Unreachable { addr, reason }
+    }
+}
+
+/// The Vault backend: one login shared by every namespace view.
 pub struct VaultSource {
-    client: VaultClient,
-    addr: String,
+    session: Arc<Session>,
+    /// The namespace reads happen in: the configured one, joined with a volume's own.
+    namespace: Option<String>,
     overrides: BTreeMap<String, u8>,
     mounts: Mutex<HashMap<String, KvMount>>,
 }
@@ -143,82 +173,91 @@ fn status_of(error: &ClientError) -> Option<u16> {
 }
 
 impl VaultSource {
-    /// Builds the client and checks the token with `lookup-self`, failing fast with what to fix.
+    /// Builds the transport, logs in and checks the token with lookup-self, failing fast with what to fix; then
+    /// keeps the token alive in the background.
     pub async fn connect(config: &VaultConfig) -> Result<Self, VaultSetupError> {
-        let addr = config.addr.clone().unwrap_or_default();
-        let token = match (&config.token_file, &config.token) {
-            (Some(path), _) => {
-                let text =
-                    std::fs::read_to_string(path).map_err(|e| VaultSetupError::TokenFile {
-                        path: path.display().to_string(),
-                        reason: e.to_string(),
-                    })?;
-                zeroize::Zeroizing::new(text.trim().to_owned())
-            }
-            (None, Some(token)) => zeroize::Zeroizing::new(token.expose().to_owned()),
-            (None, None) => return Err(VaultSetupError::NoToken),
-        };
-        if token.is_empty() {
-            return Err(VaultSetupError::NoToken);
-        }
-        let mut settings = VaultClientSettingsBuilder::default();
-        settings
-            .address(addr.as_str())
-            .token(token.as_str())
-            .timeout(Some(config.timeout))
-            .verify(true)
-            .namespace(config.namespace.clone());
-        if let Some(ca) = &config.ca_cert {
-            settings.ca_certs(vec![ca.display().to_string()]);
-        } else {
-            settings.ca_certs(Vec::new());
-        }
-        let settings = settings.build().map_err(|e| VaultSetupError::Address {
-            addr: addr.clone(),
-            reason: e.to_string(),
-        })?;
-        let client = VaultClient::new(settings).map_err(|e| VaultSetupError::Address {
-            addr: addr.clone(),
-            reason: e.to_string(),
-        })?;
-        let lookup = tokio::time::timeout(
-            config.timeout,
-            get_data::<TokenInfo>(&client, "auth/token/lookup-self".to_owned()),
+        let transport = Transport::new(config)?;
+        let addr = transport.addresses().join(", ");
+        let auth =
+            Auth::from_config(config).map_err(|e| VaultSetupError::Credential(e.to_string()))?;
+        let method = auth.describe();
+        let login = tokio::time::timeout(
+            config.timeout * 2,
+            Session::start(transport, auth, config.namespace.clone()),
         )
         .await;
-        match lookup {
-            Ok(Ok(info)) => {
-                tracing::info!(vault_addr = %addr, policies = ?info.policies, ttl_seconds = info.ttl, "Vault token accepted");
+        let session = match login {
+            Ok(Ok(session)) => session,
+            Ok(Err(AuthError::Credential(reason))) => {
+                return Err(VaultSetupError::Credential(reason))
             }
-            Ok(Err(error)) => match status_of(&error) {
-                Some(status @ (400 | 401 | 403)) => {
-                    return Err(VaultSetupError::TokenRejected { addr, status })
-                }
-                _ => {
-                    return Err(VaultSetupError::Unreachable {
-                        addr,
-                        reason: describe_client_error(&error),
-                    })
-                }
-            },
+            Ok(Err(AuthError::Rejected(reason))) => {
+                return Err(VaultSetupError::Rejected {
+                    addr,
+                    method,
+                    reason,
+                })
+            }
+            Ok(Err(AuthError::Unavailable(reason))) => {
+                return Err(classify_unavailable(addr, reason))
+            }
             Err(_) => {
                 return Err(VaultSetupError::Unreachable {
                     addr,
-                    reason: format!("no answer within {}s", config.timeout.as_secs_f32()),
+                    reason: format!("no answer within {}s", (config.timeout * 2).as_secs_f32()),
                 })
             }
-        }
+        };
+        session.spawn_lifecycle();
         let overrides = config
             .kv_version
             .iter()
             .map(|(mount, version)| (mount.trim_matches('/').to_owned(), *version))
             .collect();
         Ok(VaultSource {
-            client,
-            addr: config.addr.clone().unwrap_or_default(),
+            namespace: session.namespace().map(str::to_owned),
+            session,
             overrides,
             mounts: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The same login reading in the child namespace `child` of the configured one (a volume's `namespace`
+    /// option). Tokens from a parent namespace work in its children.
+    pub fn in_namespace(&self, child: &str) -> VaultSource {
+        let namespace = match &self.namespace {
+            Some(parent) => format!("{}/{}", parent.trim_matches('/'), child.trim_matches('/')),
+            None => child.trim_matches('/').to_owned(),
+        };
+        VaultSource {
+            session: self.session.clone(),
+            namespace: Some(namespace),
+            overrides: self.overrides.clone(),
+            mounts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn addr(&self) -> &str {
+        self.session.transport().current_address()
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        path: String,
+        version: Option<u64>,
+    ) -> Result<T, ClientError> {
+        let envelope = self
+            .session
+            .exec(self.namespace.as_deref(), || ReadRequest {
+                path: path.clone(),
+                version,
+            })
+            .await?;
+        let data = envelope.data.ok_or(ClientError::APIError {
+            code: 404,
+            errors: vec![format!("{path}: reply has no data")],
+        })?;
+        serde_json::from_value(data).map_err(|source| ClientError::JsonParseError { source })
     }
 
     /// The KV mount owning `path`: from the config override, the memo, or Vault.
@@ -246,29 +285,30 @@ impl VaultSource {
         {
             return Ok(known.clone());
         }
-        let mount =
-            match get_data::<UiMount>(&self.client, format!("sys/internal/ui/mounts/{text}")).await
-            {
-                Ok(info) => KvMount {
-                    mount: info.path.trim_matches('/').to_owned(),
-                    version: match info
-                        .options
-                        .as_ref()
-                        .and_then(|o| o.get("version"))
-                        .map(String::as_str)
-                    {
-                        Some("2") => 2,
-                        _ => 1,
-                    },
+        let mount = match self
+            .get::<UiMount>(format!("sys/internal/ui/mounts/{text}"), None)
+            .await
+        {
+            Ok(info) => KvMount {
+                mount: info.path.trim_matches('/').to_owned(),
+                version: match info
+                    .options
+                    .as_ref()
+                    .and_then(|o| o.get("version"))
+                    .map(String::as_str)
+                {
+                    Some("2") => 2,
+                    _ => 1,
                 },
-                // Old servers (and some Vault-API servers) lack the endpoint: the CLI's rule is KV v1, first segment.
-                Err(error) if status_of(&error) == Some(404) => KvMount {
-                    mount: first,
-                    version: 1,
-                },
-                Err(error) => return Err(source_error(error)),
-            };
-        tracing::info!(vault_addr = %self.addr, mount = %mount.mount, kv_version = mount.version, "KV mount detected");
+            },
+            // Old servers (and some Vault-API servers) lack the endpoint: the CLI's rule is KV v1, first segment.
+            Err(error) if status_of(&error) == Some(404) => KvMount {
+                mount: first,
+                version: 1,
+            },
+            Err(error) => return Err(source_error(error)),
+        };
+        tracing::info!(vault_addr = %self.addr(), namespace = self.namespace.as_deref().unwrap_or(""), mount = %mount.mount, kv_version = mount.version, "KV mount detected");
         self.mounts
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -288,17 +328,14 @@ impl VaultSource {
             struct VersionedData {
                 data: Option<BTreeMap<String, serde_json::Value>>,
             }
-            let versioned: VersionedData = get_version_data(
-                &self.client,
-                format!("{}/data/{relative}", mount.mount),
-                version,
-            )
-            .await
-            .map_err(source_error)?;
+            let versioned: VersionedData = self
+                .get(format!("{}/data/{relative}", mount.mount), version)
+                .await
+                .map_err(source_error)?;
             // A deleted or destroyed version has `data: null` (or a 404, depending on the server).
             versioned.data.ok_or(SourceError::NotFound)?
         } else {
-            get_data(&self.client, format!("{}/{relative}", mount.mount))
+            self.get(format!("{}/{relative}", mount.mount), None)
                 .await
                 .map_err(source_error)?
         };
@@ -311,32 +348,6 @@ impl VaultSource {
             .map(|rest| rest.trim_start_matches('/'))
             .unwrap_or(path.as_str())
     }
-}
-
-/// Reads `path` and decodes its `data` as `T`; a reply without `data` counts as not found.
-async fn get_data<T: serde::de::DeserializeOwned>(
-    client: &VaultClient,
-    path: String,
-) -> Result<T, ClientError> {
-    get_version_data(client, path, None).await
-}
-
-/// Like [`get_data`], for one version of a KV v2 secret.
-async fn get_version_data<T: serde::de::DeserializeOwned>(
-    client: &VaultClient,
-    path: String,
-    version: Option<u64>,
-) -> Result<T, ClientError> {
-    let request = ReadRequest {
-        path: path.clone(),
-        version,
-    };
-    let envelope = vaultrs::api::exec_with_no_result(client, request).await?;
-    let data = envelope.data.ok_or(ClientError::APIError {
-        code: 404,
-        errors: vec![format!("{path}: reply has no data")],
-    })?;
-    serde_json::from_value(data).map_err(|source| ClientError::JsonParseError { source })
 }
 
 #[async_trait]
@@ -357,8 +368,13 @@ impl SecretSource for VaultSource {
         } else {
             format!("{}/{relative}/", mount.mount)
         };
-        match vaultrs::api::exec_with_no_result(&self.client, ListRequest { path: list_path }).await
-        {
+        let listed = self
+            .session
+            .exec(self.namespace.as_deref(), || ListRequest {
+                path: list_path.clone(),
+            })
+            .await;
+        match listed {
             Ok(envelope) => Ok(envelope.data.is_some_and(|list| !list.keys.is_empty())),
             Err(error) => match source_error(error) {
                 SourceError::NotFound => Ok(false),

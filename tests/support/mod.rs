@@ -6,6 +6,7 @@ pub mod driver;
 pub mod plugin_client;
 pub mod rvault;
 pub mod systemd_host;
+pub mod vault_admin;
 
 /// Fails the test loudly unless FUSE can be used here: the FUSE layers never skip.
 pub fn require_fuse() {

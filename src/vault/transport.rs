@@ -1,0 +1,348 @@
+//! How requests reach Vault: one HTTP client built from the TLS settings, and the ordered list of Vault nodes.
+//!
+//! A request goes to the node that answered last. When a node cannot be reached (connection refused, reset or timed
+//! out) or answers 503 (sealed, or a standby that cannot serve), the next node is tried, once each. Standby nodes
+//! answer with a 307 redirect to the active node; it is followed only to one of the configured addresses, so the
+//! token is never sent to a host the operator did not name.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use rustify::clients::reqwest::Client as HttpClient;
+use rustify::endpoint::Endpoint;
+use url::Url;
+use vaultrs::api::EndpointMiddleware;
+use vaultrs::client::VaultClientSettings;
+use vaultrs::error::ClientError;
+use zeroize::Zeroize;
+
+use super::VaultSetupError;
+use crate::config::VaultConfig;
+
+/// The most redirects one request follows (a standby points at the active node: one is normal).
+const MAX_REDIRECTS: usize = 3;
+
+/// One Vault node: its address and a client bound to it. Nodes share one connection pool.
+struct Node {
+    address: String,
+    http: HttpClient,
+    settings: VaultClientSettings,
+}
+
+/// The Vault nodes and the HTTP client that reaches them.
+pub struct Transport {
+    nodes: Vec<Node>,
+    /// The node that answered last; requests start there.
+    current: AtomicUsize,
+}
+
+/// A vaultrs client for one request: a node, a token and a namespace. The token copy is wiped on drop.
+struct Call<'a> {
+    http: &'a HttpClient,
+    settings: &'a VaultClientSettings,
+    middle: EndpointMiddleware,
+}
+
+impl Drop for Call<'_> {
+    fn drop(&mut self) {
+        self.middle.token.zeroize();
+    }
+}
+
+#[async_trait::async_trait]
+impl vaultrs::client::Client for Call<'_> {
+    fn http(&self) -> &HttpClient {
+        self.http
+    }
+
+    fn middle(&self) -> &EndpointMiddleware {
+        &self.middle
+    }
+
+    fn settings(&self) -> &VaultClientSettings {
+        self.settings
+    }
+
+    fn set_token(&mut self, token: &str) {
+        self.middle.token.zeroize();
+        self.middle.token = token.to_owned();
+    }
+}
+
+/// Whether an error means "this node cannot serve now, another might".
+fn is_node_failure(error: &ClientError) -> bool {
+    match error {
+        ClientError::RestClientError {
+            source: rustify::errors::ClientError::RequestError { .. },
+        } => true,
+        other => super::status_of(other) == Some(503),
+    }
+}
+
+fn read_file(path: &std::path::Path, key: &str) -> Result<Vec<u8>, VaultSetupError> {
+    std::fs::read(path).map_err(|e| VaultSetupError::Tls {
+        reason: format!("{key} {}: {e}", path.display()),
+    })
+}
+
+/// Every PEM certificate in `file`, for `vault.ca_cert` or one file of `vault.ca_path`.
+fn certificates(
+    path: &std::path::Path,
+    key: &str,
+) -> Result<Vec<reqwest::Certificate>, VaultSetupError> {
+    let pem = read_file(path, key)?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| VaultSetupError::Tls {
+        reason: format!(
+            "{key} {}: not a PEM certificate bundle: {e}",
+            path.display()
+        ),
+    })?;
+    if certs.is_empty() {
+        return Err(VaultSetupError::Tls {
+            reason: format!("{key} {}: no PEM certificate in it", path.display()),
+        });
+    }
+    Ok(certs)
+}
+
+/// The CA certificates to trust instead of the system's: `ca_cert` plus every `*.pem`/`*.crt` file in `ca_path`.
+fn trusted_cas(config: &VaultConfig) -> Result<Vec<reqwest::Certificate>, VaultSetupError> {
+    let mut cas = Vec::new();
+    if let Some(file) = &config.ca_cert {
+        cas.extend(certificates(file, "vault.ca_cert")?);
+    }
+    if let Some(dir) = &config.ca_path {
+        let entries = std::fs::read_dir(dir).map_err(|e| VaultSetupError::Tls {
+            reason: format!("vault.ca_path {}: {e}", dir.display()),
+        })?;
+        let mut files: Vec<_> = entries
+            .flatten()
+            .map(|entry| entry.path())
+            .filter(|path| {
+                path.extension()
+                    .is_some_and(|ext| ext == "pem" || ext == "crt")
+            })
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(VaultSetupError::Tls {
+                reason: format!("vault.ca_path {}: no *.pem or *.crt file", dir.display()),
+            });
+        }
+        for file in files {
+            cas.extend(certificates(&file, "vault.ca_path")?);
+        }
+    }
+    Ok(cas)
+}
+
+/// The client certificate and key (for TLS client auth and the cert auth method).
+fn identity(config: &VaultConfig) -> Result<Option<reqwest::Identity>, VaultSetupError> {
+    let (cert, key) = match (&config.client_cert, &config.client_key) {
+        (Some(cert), Some(key)) => (cert, key),
+        _ => return Ok(None),
+    };
+    let mut pem = read_file(cert, "vault.client_cert")?;
+    pem.push(b'\n');
+    let mut key_pem = zeroize::Zeroizing::new(read_file(key, "vault.client_key")?);
+    pem.extend_from_slice(&key_pem);
+    key_pem.zeroize();
+    let identity = reqwest::Identity::from_pem(&pem).map_err(|e| VaultSetupError::Tls {
+        reason: format!(
+            "vault.client_cert {} with vault.client_key {}: {e}",
+            cert.display(),
+            key.display()
+        ),
+    });
+    pem.zeroize();
+    identity.map(Some)
+}
+
+fn parse_address(address: &str) -> Result<Url, VaultSetupError> {
+    let url = Url::parse(address).map_err(|e| VaultSetupError::Address {
+        addr: address.to_owned(),
+        reason: e.to_string(),
+    })?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(VaultSetupError::Address {
+            addr: address.to_owned(),
+            reason: "use http://HOST:PORT or https://HOST:PORT".to_owned(),
+        });
+    }
+    Ok(url)
+}
+
+/// The origin (`scheme://host:port`) of a URL, for comparing redirect targets with the configured nodes.
+fn origin(url: &Url) -> String {
+    format!(
+        "{}://{}:{}",
+        url.scheme(),
+        url.host_str().unwrap_or_default(),
+        url.port_or_known_default().unwrap_or_default()
+    )
+}
+
+impl Transport {
+    /// Builds the HTTP client from the TLS settings and the node list from `vault.addr`.
+    pub fn new(config: &VaultConfig) -> Result<Transport, VaultSetupError> {
+        let mut urls = config
+            .addr
+            .iter()
+            .map(|address| parse_address(address))
+            .collect::<Result<Vec<_>, _>>()?;
+        if urls.is_empty() {
+            return Err(VaultSetupError::Address {
+                addr: String::new(),
+                reason: "no address: set vault.addr (or VAULT_ADDR, --addr)".to_owned(),
+            });
+        }
+        let mut builder = reqwest::ClientBuilder::new()
+            .tls_backend_rustls()
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout.min(Duration::from_secs(5)))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(4);
+        let cas = trusted_cas(config)?;
+        if !cas.is_empty() {
+            // A private CA replaces the system store: Vault behind a private CA should not also trust public ones.
+            builder = builder.tls_certs_only(cas);
+        } else if urls.iter().all(|url| url.scheme() == "http") {
+            // Plain HTTP: skip loading the system's CA store (memory in every mount unit).
+            builder = builder.tls_certs_only(Vec::new());
+        }
+        if let Some(identity) = identity(config)? {
+            builder = builder.identity(identity);
+        }
+        if config.tls_skip_verify {
+            tracing::warn!(
+                "vault.tls_skip_verify is on: Vault's TLS certificate is NOT verified, so anyone on the network path \
+                 can impersonate Vault and collect the token; use vault.ca_cert instead"
+            );
+            builder = builder.tls_danger_accept_invalid_certs(true);
+        }
+        if let Some(name) = &config.tls_server_name {
+            // Verify the certificate for `name` while connecting to the configured host: the URL carries the name,
+            // and the name resolves to the configured host's addresses.
+            for url in &mut urls {
+                let Some(host) = url.host_str().map(str::to_owned) else {
+                    continue;
+                };
+                let port = url.port_or_known_default().unwrap_or(8200);
+                let addrs: Vec<std::net::SocketAddr> =
+                    std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
+                        .map_err(|e| VaultSetupError::Address {
+                            addr: url.to_string(),
+                            reason: format!("resolving {host}: {e}"),
+                        })?
+                        .collect();
+                builder = builder.resolve_to_addrs(name, &addrs);
+                url.set_host(Some(name))
+                    .map_err(|e| VaultSetupError::Address {
+                        addr: url.to_string(),
+                        reason: format!("vault.tls_server_name {name:?}: {e}"),
+                    })?;
+            }
+        }
+        let allowed: Vec<String> = urls.iter().map(origin).collect();
+        builder = builder.redirect(reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() > MAX_REDIRECTS {
+                attempt.error("too many redirects between Vault nodes")
+            } else if allowed.contains(&origin(attempt.url())) {
+                attempt.follow()
+            } else {
+                // Following would send the token to a host not in vault.addr.
+                attempt.stop()
+            }
+        }));
+        let client = builder.build().map_err(|e| VaultSetupError::Tls {
+            reason: super::error_chain(&e),
+        })?;
+        let nodes = urls
+            .into_iter()
+            .map(|url| {
+                let address = url.as_str().trim_end_matches('/').to_owned();
+                Node {
+                    http: HttpClient::new(&address, client.clone()),
+                    settings: VaultClientSettings {
+                        address: url,
+                        ca_certs: Vec::new(),
+                        identity: None,
+                        timeout: Some(config.timeout),
+                        token: String::new(),
+                        verify: !config.tls_skip_verify,
+                        version: 1,
+                        wrapping: false,
+                        namespace: None,
+                        proxy: None,
+                    },
+                    address,
+                }
+            })
+            .collect();
+        Ok(Transport {
+            nodes,
+            current: AtomicUsize::new(0),
+        })
+    }
+
+    /// The configured addresses, in order (for logs).
+    pub fn addresses(&self) -> Vec<&str> {
+        self.nodes.iter().map(|n| n.address.as_str()).collect()
+    }
+
+    /// The node requests go to now (for logs and messages).
+    pub fn current_address(&self) -> &str {
+        let index = self.current.load(Ordering::Relaxed) % self.nodes.len().max(1);
+        self.nodes
+            .get(index)
+            .map(|n| n.address.as_str())
+            .unwrap_or_default()
+    }
+
+    /// Sends the request `make()` builds with `token` (empty: none) and `namespace`, moving through the nodes when
+    /// one cannot serve. The error is the last node's.
+    pub async fn exec<E: Endpoint>(
+        &self,
+        token: &str,
+        namespace: Option<&str>,
+        make: impl Fn() -> E,
+    ) -> Result<E::Response, ClientError> {
+        let count = self.nodes.len();
+        let start = self.current.load(Ordering::Relaxed);
+        let mut last_error = None;
+        for step in 0..count {
+            let index = (start + step) % count;
+            let Some(node) = self.nodes.get(index) else {
+                continue;
+            };
+            let call = Call {
+                http: &node.http,
+                settings: &node.settings,
+                middle: EndpointMiddleware {
+                    token: token.to_owned(),
+                    version: "v1".to_owned(),
+                    wrap: None,
+                    namespace: namespace.map(str::to_owned),
+                },
+            };
+            match vaultrs::api::exec_with_no_result(&call, make()).await {
+                Err(error) if count > 1 && is_node_failure(&error) => {
+                    tracing::warn!(
+                        vault_addr = %node.address,
+                        reason = %super::describe_client_error(&error),
+                        "Vault node cannot serve; trying the next address"
+                    );
+                    last_error = Some(error);
+                }
+                result => {
+                    if step > 0 {
+                        tracing::info!(vault_addr = %node.address, "now using this Vault node");
+                        self.current.store(index, Ordering::Relaxed);
+                    }
+                    return result;
+                }
+            }
+        }
+        Err(last_error.unwrap_or(ClientError::ResponseEmptyError))
+    }
+}

@@ -1,0 +1,250 @@
+//! Auth methods and the token lifecycle of the real Vault client, against the Vault-API test server: AppRole (plain
+//! and response-wrapped secret IDs), renewal at 2/3 of the TTL, re-login for tokens that cannot be renewed, a dead
+//! token replaced on a 403, per-volume namespaces, TLS with a private CA and cert auth, and an HA address list.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use docker_volume_libsecret::config::{AuthMethod, Credential, VaultConfig};
+use docker_volume_libsecret::names::{VaultPath, View};
+use docker_volume_libsecret::secret::SecretSource;
+use docker_volume_libsecret::vault::{VaultSetupError, VaultSource};
+use serde_json::json;
+use support::vault_admin::Admin;
+use vault_api_server::{RequestRecord, ServerConfig, TestVault};
+
+async fn read(source: &VaultSource, path: &str) -> Result<String, String> {
+    let secret = source
+        .read(&VaultPath::from_volume_name(path).unwrap())
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    Ok(String::from_utf8(secret.render(&View::Default).unwrap().to_vec()).unwrap())
+}
+
+fn write_secret_file(dir: &Path, name: &str, value: &str) -> PathBuf {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(name);
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .unwrap();
+    std::io::Write::write_all(&mut file, format!("{value}\n").as_bytes()).unwrap();
+    path
+}
+
+fn approle_config(addr: &str, role_id_file: PathBuf, secret_id_file: PathBuf) -> VaultConfig {
+    let mut config = VaultConfig {
+        addr: vec![addr.to_owned()],
+        auth: AuthMethod::Approle,
+        timeout: Duration::from_secs(2),
+        ..VaultConfig::default()
+    };
+    config.approle.role_id_file = Some(role_id_file);
+    config.approle.secret_id_file = Some(secret_id_file);
+    config
+}
+
+fn count(requests: &[RequestRecord], method: &str, path: &str) -> usize {
+    requests
+        .iter()
+        .filter(|r| r.method == method && r.path == path)
+        .count()
+}
+
+/// The KV reads the server answered with anything but 200.
+fn failed_kv_reads(requests: &[RequestRecord]) -> Vec<RequestRecord> {
+    requests
+        .iter()
+        .filter(|r| r.path.starts_with("/v1/secret/") && r.status != 200)
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn approle_logs_in_with_plain_and_wrapped_secret_ids() {
+    let vault = TestVault::start(ServerConfig::default()).await.unwrap();
+    vault.set_policy("app", &[("secret/data/app/*", &["read"])]);
+    vault.put("secret/app/db", json!({"value": "approle-read"}));
+    let admin = Admin::new(&vault.addr(), vault.root_token());
+    let role_id = admin.approle("app", &["app"], "1h", "service").await;
+    let dir = tempfile::tempdir().unwrap();
+    let role_id_file = write_secret_file(dir.path(), "role-id", &role_id);
+
+    let secret_id_file = write_secret_file(dir.path(), "secret-id", &admin.secret_id("app").await);
+    let source = VaultSource::connect(&approle_config(
+        &vault.addr(),
+        role_id_file.clone(),
+        secret_id_file,
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        read(&source, "secret/app/db").await.unwrap(),
+        "approle-read"
+    );
+    assert_eq!(
+        count(&vault.requests(), "POST", "/v1/auth/approle/login"),
+        1
+    );
+
+    // A wrapped secret ID: unwrapped once, then the wrapping token is spent.
+    vault.reset_requests();
+    let wrapping_token = admin.wrapped_secret_id("app").await;
+    let wrapped_file = write_secret_file(dir.path(), "wrapped", &wrapping_token);
+    let mut config = approle_config(&vault.addr(), role_id_file.clone(), wrapped_file.clone());
+    config.approle.secret_id_wrapped = true;
+    let source = VaultSource::connect(&config).await.unwrap();
+    assert_eq!(
+        read(&source, "secret/app/db").await.unwrap(),
+        "approle-read"
+    );
+    let requests = vault.requests();
+    assert_eq!(count(&requests, "POST", "/v1/sys/wrapping/unwrap"), 1);
+    assert_eq!(count(&requests, "POST", "/v1/auth/approle/login"), 1);
+    // A second driver start with the same (spent) wrapping token fails and says what to do.
+    let error = VaultSource::connect(&config)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(error.contains("wrapping token works once"), "{error}");
+    assert!(!error.contains(&wrapping_token), "{error}");
+
+    // Wrong credentials fail at start, naming the method and never the secret.
+    let bad = write_secret_file(dir.path(), "bad-secret-id", "not-a-secret-id");
+    match VaultSource::connect(&approle_config(&vault.addr(), role_id_file, bad)).await {
+        Err(error @ VaultSetupError::Rejected { .. }) => {
+            let text = error.to_string();
+            assert!(text.contains("approle"), "{text}");
+            assert!(!text.contains("not-a-secret-id"), "{text}");
+        }
+        Err(other) => panic!("unexpected error: {other}"),
+        Ok(_) => panic!("a bad secret ID logged in"),
+    }
+}
+
+#[tokio::test]
+async fn a_short_lived_renewable_token_is_renewed_at_two_thirds_of_its_ttl() {
+    let vault = TestVault::start(ServerConfig::default()).await.unwrap();
+    vault.put("secret/app/k", json!({"value": "v"}));
+    let token = vault.create_token(&["root"], Some(Duration::from_secs(3)), true);
+    let config = VaultConfig {
+        addr: vec![vault.addr()],
+        token: Some(Credential::new(token)),
+        timeout: Duration::from_secs(2),
+        ..VaultConfig::default()
+    };
+    let source = VaultSource::connect(&config).await.unwrap();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(10) {
+        assert_eq!(read(&source, "secret/app/k").await.unwrap(), "v");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let requests = vault.requests();
+    let renewals = count(&requests, "POST", "/v1/auth/token/renew-self");
+    // 10 s at one renewal per 1.5 to 2 s.
+    assert!(
+        (4..=8).contains(&renewals),
+        "{renewals} renewals: {requests:?}"
+    );
+    assert!(failed_kv_reads(&requests).is_empty(), "{requests:?}");
+}
+
+#[tokio::test]
+async fn non_renewable_approle_tokens_are_replaced_by_new_logins() {
+    let vault = TestVault::start(ServerConfig::default()).await.unwrap();
+    vault.set_policy("app", &[("secret/data/app/*", &["read"])]);
+    vault.put("secret/app/k", json!({"value": "v"}));
+    let admin = Admin::new(&vault.addr(), vault.root_token());
+    let role_id = admin.approle("batch", &["app"], "3s", "batch").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = approle_config(
+        &vault.addr(),
+        write_secret_file(dir.path(), "role-id", &role_id),
+        write_secret_file(dir.path(), "secret-id", &admin.secret_id("batch").await),
+    );
+    let source = VaultSource::connect(&config).await.unwrap();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(8) {
+        assert_eq!(read(&source, "secret/app/k").await.unwrap(), "v");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let requests = vault.requests();
+    let logins = count(&requests, "POST", "/v1/auth/approle/login");
+    assert!(logins >= 4, "{logins} logins in 8 s of 3 s tokens");
+    assert_eq!(count(&requests, "POST", "/v1/auth/token/renew-self"), 0);
+    assert!(failed_kv_reads(&requests).is_empty(), "{requests:?}");
+}
+
+#[tokio::test]
+async fn a_revoked_token_is_replaced_from_the_token_file_and_the_read_retried() {
+    let vault = TestVault::start(ServerConfig::default()).await.unwrap();
+    vault.put("secret/app/k", json!({"value": "v"}));
+    let first = vault.create_token(&["root"], None, true);
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = write_secret_file(dir.path(), "token", &first);
+    let config = VaultConfig {
+        addr: vec![vault.addr()],
+        token_file: Some(token_file.clone()),
+        timeout: Duration::from_secs(2),
+        ..VaultConfig::default()
+    };
+    let source = VaultSource::connect(&config).await.unwrap();
+    assert_eq!(read(&source, "secret/app/k").await.unwrap(), "v");
+
+    // An operator rotates the token: the file gets the new one and the old one is revoked.
+    let second = vault.create_token(&["root"], None, true);
+    write_secret_file(dir.path(), "token", &second);
+    Admin::new(&vault.addr(), vault.root_token())
+        .revoke(&first)
+        .await;
+    tokio::time::sleep(Duration::from_secs(6)).await; // past the 403 re-check interval
+    vault.put("secret/app/k", json!({"value": "after rotation"}));
+    assert_eq!(
+        read(&source, "secret/app/k").await.unwrap(),
+        "after rotation",
+        "the read that met the revoked token was retried with the new one"
+    );
+
+    // A real policy denial stays a denial: no endless re-reading.
+    vault.set_policy("narrow", &[("secret/data/app/*", &["read"])]);
+    let narrow = vault.create_token(&["narrow"], None, true);
+    write_secret_file(dir.path(), "token", &narrow);
+    let source = VaultSource::connect(&config).await.unwrap();
+    vault.put("secret/other/k", json!({"value": "x"}));
+    let denied = read(&source, "secret/other/k").await;
+    assert!(denied.unwrap_err().contains("Denied"));
+}
+
+#[tokio::test]
+async fn a_volume_namespace_is_a_child_of_the_configured_one() {
+    let vault = TestVault::start(ServerConfig::default()).await.unwrap();
+    vault.put("org/team-a/secret/app/k", json!({"value": "team-a"}));
+    vault.put("org/secret/app/k", json!({"value": "org"}));
+    let config = VaultConfig {
+        addr: vec![vault.addr()],
+        token: Some(Credential::new(vault.root_token().to_owned())),
+        namespace: Some("org".into()),
+        timeout: Duration::from_secs(2),
+        ..VaultConfig::default()
+    };
+    let source = VaultSource::connect(&config).await.unwrap();
+    let team = source.in_namespace("team-a");
+    assert_eq!(read(&source, "secret/app/k").await.unwrap(), "org");
+    assert_eq!(read(&team, "secret/app/k").await.unwrap(), "team-a");
+    let namespaces: Vec<Option<String>> = vault
+        .requests()
+        .iter()
+        .filter(|r| r.path.starts_with("/v1/secret/"))
+        .map(|r| r.namespace.clone())
+        .collect();
+    assert_eq!(
+        namespaces,
+        vec![Some("org".to_owned()), Some("org/team-a".to_owned())]
+    );
+}
