@@ -555,3 +555,48 @@ fn a_per_volume_refresh_interval_brings_rotation_to_a_running_container() {
     );
     docker_ok(&["rm", "-f", &id]);
 }
+
+#[test]
+fn a_namespace_volume_option_reads_in_that_child_namespace() {
+    let mut host = Host::start();
+    host.vault.put(
+        "team-a/secret/ns-app/db-password",
+        json!({"value": "team-a-password"}),
+    );
+    host.vault.put(
+        "secret/ns-app/db-password",
+        json!({"value": "root-ns-password"}),
+    );
+    let volume = host.volume("secret/ns-app");
+    docker_ok(&[
+        "volume",
+        "create",
+        "-d",
+        "libsecret",
+        "-o",
+        "namespace=team-a",
+        &volume,
+    ]);
+    let (code, out, err) = host.run(&volume, "cat /secrets/db-password");
+    assert_eq!(code, 0, "{out}\n{err}\ndriver:\n{}", host.log());
+    assert_eq!(out, "team-a-password");
+    assert!(host
+        .vault
+        .requests()
+        .iter()
+        .any(|r| r.path == "/v1/secret/data/ns-app/db-password"
+            && r.namespace.as_deref() == Some("team-a")));
+
+    let bad = host.volume("secret/ns-bad");
+    let (code, _, err) = docker(&[
+        "volume",
+        "create",
+        "-d",
+        "libsecret",
+        "-o",
+        "namespace=../root",
+        &bad,
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("namespace"), "{err}");
+}
