@@ -69,12 +69,9 @@ pub enum Command {
         /// Where to mount it.
         #[arg(long)]
         mountpoint: PathBuf,
-        /// This volume's refresh interval (its `refresh_interval` volume option), overriding the config.
-        #[arg(long, value_parser = humantime::parse_duration)]
-        refresh_interval: Option<std::time::Duration>,
-        /// This volume's namespace (its `namespace` volume option), a child of the configured one.
-        #[arg(long)]
-        namespace: Option<String>,
+        /// One of the volume's options, KEY=VALUE (repeatable), validated as at Create. Never a credential.
+        #[arg(long = "option", value_parser = parse_store_opt)]
+        options: Vec<(String, String)>,
     },
     /// Print the man page (roff) to standard output.
     #[command(hide = true)]
@@ -299,12 +296,17 @@ mod tests {
             "secret/a",
             "--mountpoint",
             "/run/m",
-            "--refresh-interval",
-            "1s",
+            "--option",
+            "refresh_interval=1s",
+            "--option",
+            "mode=0400",
         ]);
-        let one_second = Some(std::time::Duration::from_secs(1));
+        let expected = vec![
+            ("refresh_interval".to_owned(), "1s".to_owned()),
+            ("mode".to_owned(), "0400".to_owned()),
+        ];
         assert!(
-            matches!(cli.command, Some(Command::ServeMount { refresh_interval, .. }) if refresh_interval == one_second)
+            matches!(cli.command, Some(Command::ServeMount { ref options, .. }) if *options == expected)
         );
     }
 

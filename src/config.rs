@@ -83,6 +83,14 @@ pub struct Config {
     pub stale_ttl: Duration,
     /// How mounts are served: `"auto"`, `"systemd"` (transient units) or `"in-process"`.
     pub mount_mode: MountMode,
+    /// Owner of the files and directory of every volume (numeric); a volume's `uid` option overrides it.
+    pub uid: u32,
+    /// Group of the files and directory of every volume (numeric); a volume's `gid` option overrides it.
+    pub gid: u32,
+    /// Permission bits of the files, an octal string (`"0444"`); a volume's `mode` option overrides it.
+    pub mode: Mode,
+    /// Permission bits of the directory, an octal string (`"0555"`); a volume's `dir_mode` option overrides it.
+    pub dir_mode: Mode,
     /// Log filter, in `tracing` syntax (`info`, `debug`, `docker_volume_libsecret=debug`). Values are never logged.
     pub log_level: String,
     /// The Vault backend.
@@ -134,6 +142,27 @@ pub struct VaultConfig {
     pub cert: CertAuthConfig,
     /// KV version per mount, overriding detection: `{ "secret/" = 2, "legacy/" = 1 }`.
     pub kv_version: BTreeMap<String, u8>,
+}
+
+/// Permission bits, written as an octal string (`"0440"`) so a decimal number cannot be mistaken for one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mode(pub u16);
+
+impl Serialize for Mode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&format!("{:04o}", self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Mode {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer).map_err(|_| {
+            serde::de::Error::custom("write a mode as an octal string, such as \"0440\"")
+        })?;
+        crate::volumes::parse_mode(&text)
+            .map(Mode)
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// Which auth method obtains the Vault token.
@@ -240,6 +269,10 @@ impl Default for Config {
             refresh_interval: Duration::from_secs(60),
             stale_ttl: Duration::from_secs(3600),
             mount_mode: MountMode::Auto,
+            uid: 0,
+            gid: 0,
+            mode: Mode(0o444),
+            dir_mode: Mode(0o555),
             log_level: "info".to_owned(),
             vault: VaultConfig::default(),
             file: FileConfig::default(),
@@ -392,6 +425,10 @@ impl Config {
     /// Ownership, modes and refresh of the files the mounts show.
     pub fn fs_options(&self) -> crate::filesystem::FsOptions {
         crate::filesystem::FsOptions {
+            uid: self.uid,
+            gid: self.gid,
+            file_mode: self.mode.0,
+            dir_mode: self.dir_mode.0,
             refresh_interval: self.refresh_interval,
             ..crate::filesystem::FsOptions::default()
         }
@@ -628,6 +665,23 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(error.contains("vault.kv_version.secret/"), "{error}");
+            for bad in ["mode = 400", "mode = \"0999\"", "dir_mode = \"4755\""] {
+                jail.create_file("config.toml", bad)?;
+                let error = Config::load(Path::new("config.toml"), true, &FlagOverrides::default())
+                    .unwrap_err()
+                    .to_string();
+                assert!(
+                    error.contains("mode") && error.contains("config.toml"),
+                    "{bad}: {error}"
+                );
+            }
+            jail.create_file("config.toml", "mode = \"0440\"\nuid = 1000\n")?;
+            let config =
+                Config::load(Path::new("config.toml"), true, &FlagOverrides::default()).unwrap();
+            assert_eq!(
+                (config.fs_options().file_mode, config.fs_options().uid),
+                (0o440, 1000)
+            );
             jail.create_file("config.toml", "cache_ttl = \"soon\"\n")?;
             let error = Config::load(Path::new("config.toml"), true, &FlagOverrides::default())
                 .unwrap_err()

@@ -11,6 +11,7 @@ pub mod config;
 pub mod file_source;
 pub mod filesystem;
 pub mod fuse;
+pub mod hardening;
 pub mod logging;
 pub mod mounter;
 pub mod names;

@@ -2,6 +2,7 @@
 //! the `serve-mount` mode that each mount unit uses.
 #![forbid(unsafe_code)]
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -24,8 +25,8 @@ use docker_volume_libsecret::secret::SecretSource;
 use docker_volume_libsecret::state::DirRecordStore;
 use docker_volume_libsecret::systemd::{MountUnitTemplate, SystemdMounter};
 use docker_volume_libsecret::vault::VaultSource;
-use docker_volume_libsecret::volumes::{Mounter, Volumes};
-use docker_volume_libsecret::{logging, server};
+use docker_volume_libsecret::volumes::{Mounter, VolumeOptions, Volumes};
+use docker_volume_libsecret::{hardening, logging, server};
 
 /// Exit status for an invalid configuration (sysexits' EX_CONFIG); the unit does not restart on it.
 const EXIT_CONFIG: u8 = 78;
@@ -47,6 +48,8 @@ fn main() -> ExitCode {
             }
         };
     }
+    // Before anything secret is read (the config may hold a token).
+    let hardening = hardening::harden_process();
     let (config_path, required) = cli.config_path();
     let flags = cli.overrides();
     let config = match Config::load(&config_path, required, &flags) {
@@ -58,6 +61,9 @@ fn main() -> ExitCode {
         }
     };
     logging::init(&config.log_level);
+    for warning in &hardening.warnings {
+        tracing::warn!("{warning}");
+    }
     // A mount unit is one of possibly hundreds of processes: one thread drives its few Vault requests; FUSE
     // requests are answered on fuser's own thread.
     let mut builder = match cli.command {
@@ -79,20 +85,13 @@ fn main() -> ExitCode {
         Some(Command::ServeMount {
             volume,
             mountpoint,
-            refresh_interval,
-            namespace,
-        }) => {
-            let mut config = config;
-            if let Some(interval) = refresh_interval {
-                config.refresh_interval = *interval;
-            }
-            runtime.block_on(serve_mount(
-                config,
-                volume.clone(),
-                mountpoint.clone(),
-                namespace.clone(),
-            ))
-        }
+            options,
+        }) => runtime.block_on(serve_mount(
+            config,
+            volume.clone(),
+            mountpoint.clone(),
+            options.iter().cloned().collect(),
+        )),
         _ => {
             if flags.has_argv_token() {
                 tracing::warn!(
@@ -324,13 +323,14 @@ async fn serve_mount(
     config: Config,
     volume: String,
     mountpoint: PathBuf,
-    namespace: Option<String>,
+    options: BTreeMap<String, String>,
 ) -> anyhow::Result<()> {
     let vault_path =
         VaultPath::from_volume_name(&volume).with_context(|| format!("volume {volume:?}"))?;
+    let options = VolumeOptions::parse(&options).context("volume options")?;
     let cache = open_caches(&config)
         .await?
-        .for_namespace(namespace.as_deref())
+        .for_namespace(options.namespace.as_deref())
         .map_err(anyhow::Error::msg)
         .context("volume option namespace")?;
     // The driver starts this unit only when no live server has the volume: anything mounted here is dead.
@@ -340,7 +340,7 @@ async fn serve_mount(
         &volume,
         &vault_path,
         cache,
-        config.fs_options(),
+        options.fs_options(&config.fs_options()),
         &mountpoint,
         tokio::runtime::Handle::current(),
     )

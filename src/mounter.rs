@@ -131,12 +131,7 @@ impl Mounter for InProcessMounter {
             .caches
             .for_namespace(options.namespace.as_deref())
             .map_err(|reason| format!("volume option namespace: {reason}"))?;
-        let fs_options = FsOptions {
-            refresh_interval: options
-                .refresh_interval
-                .unwrap_or(self.fs_options.refresh_interval),
-            ..self.fs_options.clone()
-        };
+        let fs_options = options.fs_options(&self.fs_options);
         let mount = mount_volume(
             &record.name,
             path,

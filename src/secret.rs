@@ -36,6 +36,30 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Wipes the strings inside a JSON value (field values, nested strings and object keys). Numbers and booleans are
+/// held by serde_json in a form that cannot be wiped; they are rarely secret on their own.
+fn wipe(value: &mut serde_json::Value) {
+    use zeroize::Zeroize;
+    match value {
+        serde_json::Value::String(text) => text.zeroize(),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(wipe),
+        serde_json::Value::Object(map) => {
+            let entries = std::mem::take(map);
+            for (mut key, mut item) in entries {
+                wipe(&mut item);
+                key.zeroize();
+            }
+        }
+        serde_json::Value::Null | serde_json::Value::Bool(_) | serde_json::Value::Number(_) => {}
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        self.fields.values_mut().for_each(wipe);
+    }
+}
+
 /// Bytes of a rendered secret; wiped from memory when dropped.
 pub type SecretBytes = Zeroizing<Vec<u8>>;
 

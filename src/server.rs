@@ -69,6 +69,25 @@ async fn handle(
     Ok(respond(plugin.handle(&path, &body).await))
 }
 
+/// Whether a peer may speak the plugin protocol: root (dockerd) or this process's own user. The socket file is
+/// already 0600; this also holds if its mode is loosened or a descriptor is passed around.
+fn peer_allowed(stream: &tokio::net::UnixStream) -> Result<(), String> {
+    let credentials = stream
+        .peer_cred()
+        .map_err(|e| format!("cannot read the peer's credentials: {e}"))?;
+    let uid = credentials.uid();
+    if uid == 0 || uid == nix::unistd::geteuid().as_raw() {
+        Ok(())
+    } else {
+        Err(format!(
+            "uid {uid} (pid {}) is not root",
+            credentials
+                .pid()
+                .map_or_else(|| "unknown".to_owned(), |p| p.to_string())
+        ))
+    }
+}
+
 /// Serves plugin requests on `listener` until `shutdown` completes, then lets open requests finish.
 pub async fn run(listener: UnixListener, plugin: Plugin, shutdown: impl Future<Output = ()>) {
     let graceful = GracefulShutdown::new();
@@ -84,6 +103,10 @@ pub async fn run(listener: UnixListener, plugin: Plugin, shutdown: impl Future<O
             },
             () = &mut shutdown => break,
         };
+        if let Err(reason) = peer_allowed(&stream) {
+            tracing::warn!(%reason, "refused a plugin socket connection");
+            continue;
+        }
         let plugin = plugin.clone();
         let service = hyper::service::service_fn(move |request| handle(plugin.clone(), request));
         let connection = hyper::server::conn::http1::Builder::new()

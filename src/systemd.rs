@@ -6,6 +6,7 @@
 //! A unit reads its credentials itself, from the root-only config file and token file: nothing secret goes into
 //! its argv, environment or unit properties.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -210,7 +211,7 @@ impl SystemdMounter {
         unit: &str,
         volume: &str,
         mountpoint: &Path,
-        options: &VolumeOptions,
+        options: &BTreeMap<String, String>,
     ) -> Result<(), UnitError> {
         // A failed or stopping leftover of the same name would make StartTransientUnit refuse.
         self.stop(unit).await?;
@@ -224,14 +225,8 @@ impl SystemdMounter {
             "--mountpoint".to_owned(),
             mountpoint.display().to_string(),
         ]);
-        if let Some(interval) = options.refresh_interval {
-            argv.extend([
-                "--refresh-interval".to_owned(),
-                humantime::format_duration(interval).to_string(),
-            ]);
-        }
-        if let Some(namespace) = &options.namespace {
-            argv.extend(["--namespace".to_owned(), namespace.clone()]);
+        for (key, value) in options {
+            argv.extend(["--option".to_owned(), format!("{key}={value}")]);
         }
         let exec_start = vec![(executable, argv, false)];
         let timeout_usec =
@@ -303,11 +298,12 @@ impl Mounter for SystemdMounter {
         mountpoint: &Path,
     ) -> Result<Box<dyn ActiveMount>, String> {
         prepare_mountpoint(mountpoint)?;
-        let options = VolumeOptions::parse(&record.options).map_err(|e| e.to_string())?;
+        // Refused here rather than by a unit that fails to start.
+        VolumeOptions::parse(&record.options).map_err(|e| e.to_string())?;
         let unit = unit_name(&record.name);
         let started = Instant::now();
         self.runtime
-            .block_on(self.start(&unit, &record.name, mountpoint, &options))
+            .block_on(self.start(&unit, &record.name, mountpoint, &record.options))
             .map_err(|e| e.to_string())?;
         tracing::info!(
             volume = %record.name,

@@ -25,8 +25,10 @@ pub struct VolumeRecord {
 pub enum VolumeError {
     #[error("invalid volume name {name:?}: {reason}")]
     InvalidName { name: String, reason: NameError },
-    #[error("unknown volume option {option:?}: volume options are refresh_interval and namespace (Vault address and credentials belong in /etc/docker-volume-libsecret/config.toml, never in volume options, which docker volume inspect shows)")]
+    #[error("unknown volume option {option:?}: volume options are {known} (Vault address and credentials belong in /etc/docker-volume-libsecret/config.toml, never in volume options, which docker volume inspect shows)", known = VolumeOptions::KNOWN.join(", "))]
     UnknownOption { option: String },
+    #[error("volume option {option:?} looks like a credential and is refused: Docker stores volume options and shows them to anyone who may run docker volume inspect; put credentials in /etc/docker-volume-libsecret/config.toml (token_file, [vault.approle], or an access rule's auth)")]
+    CredentialOption { option: String },
     #[error("volume option {option:?}: {reason}")]
     BadOption { option: String, reason: String },
     #[error("no volume named {0:?}; create it with `docker volume create -d libsecret {0}`")]
@@ -62,6 +64,44 @@ pub struct VolumeOptions {
     pub refresh_interval: Option<std::time::Duration>,
     /// A Vault Enterprise namespace, a child of the configured `vault.namespace`, that this volume reads in.
     pub namespace: Option<String>,
+    /// Owner of the files and the directory (numeric, as in the container).
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// Permission bits of the files, parsed as octal (`0400`).
+    pub mode: Option<u16>,
+    /// Permission bits of the directory, parsed as octal (`0500`).
+    pub dir_mode: Option<u16>,
+}
+
+/// Parses permission bits written in octal (`0440`, `440`, `0o440`); only the rwx bits for user, group and other.
+pub fn parse_mode(value: &str) -> Result<u16, String> {
+    let digits = value.trim_start_matches("0o");
+    let mode = u16::from_str_radix(digits, 8)
+        .map_err(|_| format!("{value:?} is not an octal mode such as 0440"))?;
+    if digits.is_empty() || mode > 0o777 {
+        return Err(format!(
+            "{value:?}: a mode is rwx bits for user, group and other, 0000 to 0777 (no setuid, setgid or sticky)"
+        ));
+    }
+    Ok(mode)
+}
+
+/// Option names that look like credentials: refused with an explanation rather than as merely unknown.
+fn looks_like_credential(option: &str) -> bool {
+    let option = option.to_ascii_lowercase();
+    [
+        "token",
+        "secret",
+        "password",
+        "passwd",
+        "credential",
+        "role_id",
+        "key",
+        "cert",
+        "auth",
+    ]
+    .iter()
+    .any(|word| option.contains(word))
 }
 
 impl VolumeOptions {
@@ -71,10 +111,36 @@ impl VolumeOptions {
         std::time::Duration::from_secs(24 * 3600),
     );
 
+    /// Every option a volume accepts.
+    pub const KNOWN: &'static [&'static str] = &[
+        "refresh_interval",
+        "namespace",
+        "uid",
+        "gid",
+        "mode",
+        "dir_mode",
+    ];
+
     pub fn parse(options: &BTreeMap<String, String>) -> Result<Self, VolumeError> {
         let mut parsed = VolumeOptions::default();
         for (option, value) in options {
+            let bad = |reason: String| VolumeError::BadOption {
+                option: option.clone(),
+                reason,
+            };
             match option.as_str() {
+                "uid" | "gid" => {
+                    let id: u32 = value
+                        .parse()
+                        .map_err(|_| bad(format!("{value:?} is not a numeric id")))?;
+                    if option == "uid" {
+                        parsed.uid = Some(id);
+                    } else {
+                        parsed.gid = Some(id);
+                    }
+                }
+                "mode" => parsed.mode = Some(parse_mode(value).map_err(bad)?),
+                "dir_mode" => parsed.dir_mode = Some(parse_mode(value).map_err(bad)?),
                 "refresh_interval" => {
                     let interval =
                         humantime::parse_duration(value).map_err(|e| VolumeError::BadOption {
@@ -99,6 +165,11 @@ impl VolumeOptions {
                     })?;
                     parsed.namespace = Some(value.trim_matches('/').to_owned());
                 }
+                _ if looks_like_credential(option) => {
+                    return Err(VolumeError::CredentialOption {
+                        option: option.clone(),
+                    })
+                }
                 _ => {
                     return Err(VolumeError::UnknownOption {
                         option: option.clone(),
@@ -107,6 +178,18 @@ impl VolumeOptions {
             }
         }
         Ok(parsed)
+    }
+
+    /// The filesystem options of a volume: `base` (the config's) overridden by this volume's options.
+    pub fn fs_options(&self, base: &crate::filesystem::FsOptions) -> crate::filesystem::FsOptions {
+        crate::filesystem::FsOptions {
+            uid: self.uid.unwrap_or(base.uid),
+            gid: self.gid.unwrap_or(base.gid),
+            file_mode: self.mode.unwrap_or(base.file_mode),
+            dir_mode: self.dir_mode.unwrap_or(base.dir_mode),
+            refresh_interval: self.refresh_interval.unwrap_or(base.refresh_interval),
+            ..base.clone()
+        }
     }
 }
 
@@ -610,6 +693,55 @@ mod tests {
     }
 
     #[test]
+    fn ownership_options_are_numeric_ids_and_octal_modes() {
+        let options = BTreeMap::from([
+            ("uid".to_owned(), "1000".to_owned()),
+            ("gid".to_owned(), "1001".to_owned()),
+            ("mode".to_owned(), "0400".to_owned()),
+            ("dir_mode".to_owned(), "550".to_owned()),
+        ]);
+        let parsed = VolumeOptions::parse(&options).unwrap();
+        let fs = parsed.fs_options(&crate::filesystem::FsOptions::default());
+        assert_eq!(
+            (fs.uid, fs.gid, fs.file_mode, fs.dir_mode),
+            (1000, 1001, 0o400, 0o550)
+        );
+        for (option, value) in [
+            ("uid", "-1"),
+            ("uid", "root"),
+            ("gid", "4294967296"),
+            ("mode", "0999"),
+            ("mode", "4755"),
+            ("mode", ""),
+            ("dir_mode", "rwx"),
+        ] {
+            let result =
+                VolumeOptions::parse(&BTreeMap::from([(option.to_owned(), value.to_owned())]));
+            assert!(
+                matches!(result, Err(VolumeError::BadOption { .. })),
+                "{option}={value}"
+            );
+        }
+        for option in [
+            "token",
+            "vault_token",
+            "secret_id",
+            "password",
+            "role_id",
+            "client_key",
+        ] {
+            let error =
+                VolumeOptions::parse(&BTreeMap::from([(option.to_owned(), "x".to_owned())]))
+                    .unwrap_err();
+            assert!(
+                matches!(error, VolumeError::CredentialOption { .. }),
+                "{option}"
+            );
+            assert!(error.to_string().contains("credential"), "{error}");
+        }
+    }
+
+    #[test]
     fn the_namespace_option_is_a_plain_child_namespace() {
         let parse = |value: &str| {
             VolumeOptions::parse(&BTreeMap::from([(
@@ -630,7 +762,7 @@ mod tests {
     }
 
     #[test]
-    fn refresh_interval_is_the_one_volume_option_and_is_validated() {
+    fn refresh_interval_is_validated_and_credentials_are_refused_unechoed() {
         let parse = |k: &str, v: &str| {
             VolumeOptions::parse(&BTreeMap::from([(k.to_owned(), v.to_owned())]))
         };
@@ -649,7 +781,7 @@ mod tests {
         }
         let error = parse("token", "hvs.secret").unwrap_err().to_string();
         assert!(
-            error.contains("never in volume options") && !error.contains("hvs.secret"),
+            error.contains("looks like a credential") && !error.contains("hvs.secret"),
             "{error}"
         );
     }
@@ -662,6 +794,11 @@ mod tests {
             Err(VolumeError::InvalidName { .. })
         ));
         let options = BTreeMap::from([("token".to_owned(), "x".to_owned())]);
+        assert!(matches!(
+            volumes.create("secret/a", options, String::new()),
+            Err(VolumeError::CredentialOption { .. })
+        ));
+        let options = BTreeMap::from([("colour".to_owned(), "x".to_owned())]);
         assert!(matches!(
             volumes.create("secret/a", options, String::new()),
             Err(VolumeError::UnknownOption { .. })

@@ -40,6 +40,23 @@ fn foreground_mode_binds_a_root_only_socket_and_stops_cleanly_on_sigterm() {
     );
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
+    // Secrets stay in memory: no core dumps, and memory locked against swap (this runs as root).
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", driver.pid())).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    assert!(
+        core.split_whitespace().skip(4).take(2).all(|v| v == "0"),
+        "{core}"
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", driver.pid())).unwrap();
+    let locked_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmLck:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(locked_kb > 0, "no locked memory:\n{status}");
     let (_, reply) = call_raw(&socket, "/Plugin.Activate", b"");
     assert_eq!(reply, json!({"Implements": ["VolumeDriver"]}));
     let (_, reply) = call(
@@ -48,6 +65,35 @@ fn foreground_mode_binds_a_root_only_socket_and_stops_cleanly_on_sigterm() {
         json!({"Name": "secret/app-1"}),
     );
     assert_eq!(err_of(&reply), "");
+
+    // Even with the socket's mode loosened, a user other than root gets no answer: peer credentials are checked.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let output = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "curl",
+            "-sS",
+            "--unix-socket",
+        ])
+        .arg(&socket)
+        .args(["-X", "POST", "http://plugin/VolumeDriver.List"])
+        .output()
+        .expect("setpriv and curl (util-linux, curl) are needed");
+    let answer = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        !output.status.success() && !answer.contains("secret/app-1"),
+        "{answer}"
+    );
+    assert!(
+        driver.log().contains("refused a plugin socket connection"),
+        "{}",
+        driver.log()
+    );
+    assert!(driver.log().contains("uid 65534"), "{}", driver.log());
+
     assert!(driver.stop(), "{}", driver.log());
     assert!(!socket.exists(), "the socket is removed at exit");
     let records: Vec<_> = std::fs::read_dir(state.join("volumes")).unwrap().collect();

@@ -465,7 +465,10 @@ fn docker_volume_create_ls_inspect_rm() {
         "secret/app-4",
     ]);
     assert_ne!(code, 0);
-    assert!(err.contains("unknown volume option \"token\""), "{err}");
+    assert!(
+        err.contains("volume option \"token\" looks like a credential"),
+        "{err}"
+    );
     let (code, _, err) = docker(&["volume", "create", "-d", "libsecret", "secret/../sys"]);
     assert_ne!(code, 0);
     assert!(err.contains("invalid volume name"), "{err}");
@@ -599,4 +602,50 @@ fn a_namespace_volume_option_reads_in_that_child_namespace() {
     ]);
     assert_ne!(code, 0);
     assert!(err.contains("namespace"), "{err}");
+}
+
+#[test]
+fn a_container_user_owning_the_volume_reads_it_and_another_user_gets_eacces() {
+    let mut host = Host::start();
+    let volume = host.volume("secret/app-1/owned");
+    host.vault.put(
+        "secret/app-1/owned/db-password",
+        json!({"value": "only-for-1000"}),
+    );
+    docker_ok(&[
+        "volume",
+        "create",
+        "-d",
+        "libsecret",
+        "-o",
+        "uid=1000",
+        "-o",
+        "gid=1000",
+        "-o",
+        "mode=0400",
+        "-o",
+        "dir_mode=0555",
+        &volume,
+    ]);
+    let run_as = |user: &str| {
+        docker(&[
+            "run",
+            "--rm",
+            "--user",
+            user,
+            "-v",
+            &format!("{volume}:/secrets"),
+            TEST_IMAGE,
+            "sh",
+            "-c",
+            "stat -c '%u %g %a' /secrets/db-password && cat /secrets/db-password",
+        ])
+    };
+    let (code, out, err) = run_as("1000:1000");
+    assert_eq!(code, 0, "{out}\n{err}\ndriver:\n{}", host.log());
+    assert_eq!(out, "1000 1000 400\nonly-for-1000");
+    let (code, out, err) = run_as("1001:1001");
+    assert_ne!(code, 0, "uid 1001 read a 0400 file of uid 1000: {out}");
+    assert!(err.contains("Permission denied"), "{err}");
+    assert!(!out.contains("only-for-1000"), "{out}");
 }

@@ -319,7 +319,7 @@ fn bad_input_gets_a_clear_err_and_the_server_keeps_serving() {
         json!({"Name": "secret/x", "Opts": {"token": "hvs.x"}}),
     );
     assert!(
-        err_of(&reply).contains("unknown volume option \"token\""),
+        err_of(&reply).contains("volume option \"token\" looks like a credential"),
         "{reply}"
     );
     assert!(!reply.to_string().contains("hvs.x"), "{reply}");
