@@ -21,4 +21,10 @@ bash packaging/build-deb.sh
 cargo build --quiet -p vault-api-server
 
 echo "[test] cargo test --workspace --no-fail-fast -- --test-threads=1"
-cargo test --workspace --no-fail-fast -- --test-threads=1
+status=0
+cargo test --workspace --no-fail-fast -- --test-threads=1 || status=$?
+
+# The fuzz targets again with many more cases, bounded in time (the suite above ran them with 2000 each).
+echo "[test] scripts/fuzz.sh (FUZZ_CASES=${FUZZ_CASES:-10000}, at most ${FUZZ_TIMEOUT:-300}s)"
+FUZZ_CASES="${FUZZ_CASES:-10000}" bash scripts/fuzz.sh || status=$?
+exit "$status"

@@ -38,6 +38,10 @@ pub enum NameError {
         "the name contains '{VIEW_SEPARATOR}', which is reserved for field selection in file names"
     )]
     ReservedCharacter,
+    #[error("a file name may not contain '/'")]
+    Slash,
+    #[error("the version after '@' is not a number between 1 and {}", u64::MAX)]
+    BadVersion,
 }
 
 /// A validated Vault path without leading or trailing `/`, such as `secret/app-1`.
@@ -100,6 +104,9 @@ pub fn check_segment(segment: &str) -> Result<(), NameError> {
     }
     if segment.contains(VIEW_SEPARATOR) {
         return Err(NameError::ReservedCharacter);
+    }
+    if segment.contains('/') {
+        return Err(NameError::Slash);
     }
     Ok(())
 }
@@ -170,7 +177,9 @@ impl FileName {
                     && !digits.is_empty()
                     && digits.bytes().all(|b| b.is_ascii_digit()) =>
             {
-                (base, digits.parse::<u64>().ok().filter(|v| *v > 0))
+                // A version too large for u64 is refused, never read as "the latest".
+                let version = digits.parse::<u64>().map_err(|_| NameError::BadVersion)?;
+                (base, Some(version).filter(|v| *v > 0))
             }
             _ => (key, None),
         };
@@ -221,7 +230,23 @@ pub fn validate_namespace(namespace: &str) -> Result<(), String> {
 ///
 /// Bytes other than ASCII letters, digits, `-` and `_` become `%XX`, so the mapping is injective and never yields
 /// `.`, `..` or a `/`.
+///
+/// Linux caps a file name at 255 bytes and escaping can triple a name's length, so a long escaped name keeps a
+/// readable 64-byte prefix and ends with the SHA-256 of the whole name (still one component, still injective).
 pub fn escape_component(name: &str) -> String {
+    const LONGEST: usize = 200;
+    let escaped = escape_all(name);
+    if escaped.len() <= LONGEST {
+        return escaped;
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(name.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    // The escaped text is ASCII, so any byte index is a character boundary.
+    format!("{}.sha256-{hex}", &escaped[..64])
+}
+
+fn escape_all(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     for byte in name.bytes() {
         if byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_' {
@@ -354,5 +379,34 @@ mod tests {
             }
         }
         assert_eq!(escape_component("secret/app-1"), "secret%2Fapp-1");
+    }
+}
+
+#[cfg(test)]
+mod long_name_tests {
+    use super::*;
+
+    #[test]
+    fn long_names_escape_to_one_bounded_component_and_stay_distinct() {
+        let a = format!("secret/{}", "a".repeat(1000));
+        let b = format!("secret/{}b", "a".repeat(999));
+        let (ea, eb) = (escape_component(&a), escape_component(&b));
+        assert!(ea.len() <= 200 && eb.len() <= 200, "{ea}");
+        assert_ne!(ea, eb);
+        assert!(!ea.contains('/') && ea.starts_with("secret%2Faaaa"));
+        let dots = ".".repeat(100);
+        assert!(escape_component(&dots).len() <= 200);
+        assert_eq!(escape_component("secret/app-1"), "secret%2Fapp-1");
+    }
+
+    #[test]
+    fn file_names_with_a_slash_or_an_oversized_version_are_refused() {
+        assert_eq!(FileName::parse("../x"), Err(NameError::Slash));
+        assert_eq!(FileName::parse("a/b"), Err(NameError::Slash));
+        assert_eq!(
+            FileName::parse("db@99999999999999999999"),
+            Err(NameError::BadVersion)
+        );
+        assert_eq!(FileName::parse("db@7").unwrap().version, Some(7));
     }
 }
