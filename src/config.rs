@@ -91,12 +91,51 @@ pub struct Config {
     pub mode: Mode,
     /// Permission bits of the directory, an octal string (`"0555"`); a volume's `dir_mode` option overrides it.
     pub dir_mode: Mode,
+    /// Log one journal line per secret read and per refused lookup (volume, key, result, pid, uid, container).
+    pub audit: bool,
+    /// At most one audit line per (container, key, result) per this window; repeats are counted in the next line.
+    #[serde(with = "humantime_serde")]
+    pub audit_interval: Duration,
+    /// Audit every open, not only the accesses that reach the driver past the kernel's caches. Costs one round trip
+    /// to the driver per open.
+    pub audit_every_open: bool,
     /// Log filter, in `tracing` syntax (`info`, `debug`, `docker_volume_libsecret=debug`). Values are never logged.
     pub log_level: String,
+    /// Access rules (`[[rules]]`), tried in order: which Vault paths may be volumes and with which credentials they
+    /// are read. None: every path the `[vault]` credentials can read (a warning is logged at start).
+    pub rules: Vec<RuleConfig>,
     /// The Vault backend.
     pub vault: VaultConfig,
     /// The file backend.
     pub file: FileConfig,
+    /// The config file this was loaded from (for messages).
+    #[serde(skip)]
+    pub source_file: PathBuf,
+}
+
+/// `[[rules]]`: one access rule.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// A Vault path prefix (`secret/app-1` covers it and everything below), or a glob over the whole path (`*`
+    /// within one segment, `**` across segments).
+    pub path: String,
+    /// Whether volumes matching this rule are allowed (true) or refused (false).
+    #[serde(default = "allowed")]
+    pub allow: bool,
+    /// This rule's own auth method; unset: the `[vault]` credentials. Give each rule credentials whose Vault
+    /// policy covers only its paths, so Vault itself enforces least privilege.
+    pub auth: Option<AuthMethod>,
+    /// For `auth = "token"`: a root-only file holding this rule's token.
+    pub token_file: Option<PathBuf>,
+    /// For `auth = "approle"`: this rule's AppRole.
+    pub approle: Option<AppRoleConfig>,
+    /// For `auth = "cert"`: this rule's cert role (with `vault.client_cert` and `vault.client_key`).
+    pub cert: Option<CertAuthConfig>,
+}
+
+fn allowed() -> bool {
+    true
 }
 
 /// `[vault]`: how to reach and authenticate to Vault.
@@ -269,13 +308,18 @@ impl Default for Config {
             refresh_interval: Duration::from_secs(60),
             stale_ttl: Duration::from_secs(3600),
             mount_mode: MountMode::Auto,
+            audit: true,
+            audit_interval: Duration::from_secs(60),
+            audit_every_open: false,
             uid: 0,
             gid: 0,
             mode: Mode(0o444),
             dir_mode: Mode(0o555),
             log_level: "info".to_owned(),
+            rules: Vec::new(),
             vault: VaultConfig::default(),
             file: FileConfig::default(),
+            source_file: PathBuf::new(),
         }
     }
 }
@@ -430,6 +474,8 @@ impl Config {
             file_mode: self.mode.0,
             dir_mode: self.dir_mode.0,
             refresh_interval: self.refresh_interval,
+            audit_every_open: self.audit && self.audit_every_open,
+            audit_window: self.audit.then_some(self.audit_interval),
             ..crate::filesystem::FsOptions::default()
         }
     }
@@ -458,10 +504,12 @@ impl Config {
             )
             .merge(Env::prefixed("LIBSECRET_").ignore(&["CONFIG"]).split("__"));
         let figment = flags.apply(figment)?;
-        let config: Config = figment
+        let mut config: Config = figment
             .extract()
             .map_err(|e| ConfigError::Invalid(describe(e)))?;
+        config.source_file = std::path::absolute(file).unwrap_or_else(|_| file.to_owned());
         config.validate()?;
+        config.validate_rules()?;
         Ok(config)
     }
 
@@ -519,6 +567,87 @@ impl Config {
         Ok(())
     }
 
+    /// The access rules as the volume core applies them.
+    pub fn access_rules(&self) -> crate::access::AccessRules {
+        let rules = self
+            .rules
+            .iter()
+            .map(|rule| crate::access::Rule {
+                path: rule.path.clone(),
+                allow: rule.allow,
+                own_auth: rule.auth.is_some(),
+            })
+            .collect();
+        crate::access::AccessRules::new(rules, &format!("{} [[rules]]", self.source_file.display()))
+    }
+
+    /// The Vault settings a scope reads with: `[vault]`, or `[vault]` with rule N's credentials instead.
+    pub fn vault_for(&self, scope: crate::access::AuthScope) -> VaultConfig {
+        let crate::access::AuthScope::Rule(index) = scope else {
+            return self.vault.clone();
+        };
+        let mut vault = self.vault.clone();
+        if let Some(rule) = self.rules.get(index) {
+            vault.auth = rule.auth.unwrap_or(vault.auth);
+            vault.token = None;
+            vault.token_file = rule.token_file.clone();
+            vault.approle = rule.approle.clone().unwrap_or_default();
+            vault.cert = rule.cert.clone().unwrap_or_default();
+        }
+        vault
+    }
+
+    fn validate_rules(&self) -> Result<(), ConfigError> {
+        for (index, rule) in self.rules.iter().enumerate() {
+            let key = format!("rules[{index}]");
+            let path = rule.path.trim_matches('/');
+            if path.is_empty()
+                || path
+                    .split('/')
+                    .any(|s| s.is_empty() || s == "." || s == "..")
+                || path.chars().any(char::is_control)
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "key `{key}.path`: {:?} is not a Vault path prefix or glob",
+                    rule.path
+                )));
+            }
+            let Some(auth) = rule.auth else {
+                if rule.token_file.is_some() || rule.approle.is_some() || rule.cert.is_some() {
+                    return Err(ConfigError::Invalid(format!(
+                        "key `{key}.auth`: credentials are given but `auth` is not; set auth = \"token\", \"approle\" or \"cert\""
+                    )));
+                }
+                continue;
+            };
+            if self.backend() != BackendKind::Vault {
+                return Err(ConfigError::Invalid(format!(
+                    "key `{key}.auth`: per-rule credentials need the vault backend"
+                )));
+            }
+            let missing = match auth {
+                AuthMethod::Token if rule.token_file.is_none() => Some("token_file"),
+                AuthMethod::Approle
+                    if !rule.approle.as_ref().is_some_and(|a| {
+                        a.role_id_file.is_some() && a.secret_id_file.is_some()
+                    }) =>
+                {
+                    Some("approle.role_id_file and approle.secret_id_file")
+                }
+                AuthMethod::Cert if self.vault.client_cert.is_none() => {
+                    Some("vault.client_cert and vault.client_key")
+                }
+                _ => None,
+            };
+            if let Some(missing) = missing {
+                return Err(ConfigError::Invalid(format!(
+                    "key `{key}.auth`: {auth:?} needs {missing}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The backend in effect.
     pub fn backend(&self) -> BackendKind {
         match self.backend {
@@ -533,6 +662,7 @@ impl Config {
 #[allow(clippy::result_large_err)] // figment::Jail's closures must return figment's (large) error type
 mod tests {
     use super::*;
+    use crate::names::VaultPath;
 
     /// figment's Jail isolates the environment and working directory of each test.
     fn jail(test: impl FnOnce(&mut figment::Jail) -> figment::error::Result<()>) {
@@ -772,6 +902,56 @@ mod tests {
                     .unwrap_err()
                     .to_string();
                 assert!(error.contains(key), "{file}: {error}");
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn rules_load_in_order_and_bad_rules_name_their_key() {
+        jail(|jail| {
+            jail.create_file(
+                "config.toml",
+                r#"
+                [vault]
+                addr = "http://x"
+                token_file = "/t"
+                [[rules]]
+                path = "secret/admin"
+                allow = false
+                [[rules]]
+                path = "secret/team-a/*"
+                auth = "approle"
+                approle = { role_id_file = "/r", secret_id_file = "/s" }
+                "#,
+            )?;
+            let config =
+                Config::load(Path::new("config.toml"), true, &FlagOverrides::default()).unwrap();
+            let rules = config.access_rules();
+            assert_eq!(rules.rules().len(), 2);
+            let scope = crate::access::AuthScope::Rule(1);
+            let path = VaultPath::from_volume_name("secret/team-a/app").unwrap();
+            assert_eq!(rules.decide(&path), Ok(scope));
+            let vault = config.vault_for(scope);
+            assert_eq!(vault.auth, AuthMethod::Approle);
+            assert_eq!(vault.token_file, None);
+            assert_eq!(vault.approle.role_id_file, Some(PathBuf::from("/r")));
+
+            for (rule, key) in [
+                ("path = \"secret/../x\"", "rules[0].path"),
+                ("path = \"secret/a\"\nauth = \"approle\"", "rules[0].auth"),
+                ("path = \"secret/a\"\ntoken_file = \"/t\"", "rules[0].auth"),
+                ("path = \"secret/a\"\nauth = \"token\"", "rules[0].auth"),
+                ("path = \"secret/a\"\ncolour = 1", "rules"),
+            ] {
+                jail.create_file(
+                    "config.toml",
+                    &format!("[vault]\naddr = \"http://x\"\n[[rules]]\n{rule}\n"),
+                )?;
+                let error = Config::load(Path::new("config.toml"), true, &FlagOverrides::default())
+                    .unwrap_err()
+                    .to_string();
+                assert!(error.contains(key), "{rule}: {error}");
             }
             Ok(())
         });

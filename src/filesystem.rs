@@ -15,6 +15,7 @@ use std::ffi::{OsStr, OsString};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
+use crate::audit::{Auditor, Outcome, Requester};
 use crate::cache::SecretCache;
 use crate::names::{FileName, SecretRef, VaultPath, View};
 use crate::secret::{SecretBytes, SourceError};
@@ -82,6 +83,10 @@ pub struct FsOptions {
     pub attr_ttl: Duration,
     /// How often secrets in use are read again to catch rotation and deletion.
     pub refresh_interval: Duration,
+    /// Every open reaches the driver (and is audited) instead of being answered by the kernel.
+    pub audit_every_open: bool,
+    /// Audit reads and refused lookups, at most one line per (container, key, result) per this window; `None`: off.
+    pub audit_window: Option<Duration>,
 }
 
 impl Default for FsOptions {
@@ -93,6 +98,8 @@ impl Default for FsOptions {
             dir_mode: 0o555,
             attr_ttl: Duration::from_secs(24 * 3600),
             refresh_interval: Duration::from_secs(60),
+            audit_every_open: false,
+            audit_window: None,
         }
     }
 }
@@ -227,6 +234,7 @@ pub struct SecretFs {
     options: FsOptions,
     inodes: Mutex<InodeTable>,
     invalidator: OnceLock<Box<dyn Invalidator>>,
+    auditor: OnceLock<Auditor>,
 }
 
 impl SecretFs {
@@ -238,7 +246,60 @@ impl SecretFs {
             options,
             inodes: Mutex::new(InodeTable::new(root)),
             invalidator: OnceLock::new(),
+            auditor: OnceLock::new(),
         }
+    }
+
+    /// Starts recording reads and refused lookups.
+    pub fn set_auditor(&self, auditor: Auditor) {
+        let _ = self.auditor.set(auditor);
+    }
+
+    /// Audits a lookup's result: refusals, missing secrets and outages (a successful lookup is audited by the
+    /// read that follows). Names no secret can have (the liveness probe) are not audited.
+    pub fn audit_lookup(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        result: &Result<NodeAttr, FsError>,
+        requester: Requester,
+    ) {
+        let Some(auditor) = self.auditor.get() else {
+            return;
+        };
+        let outcome = match result {
+            Err(FsError::PermissionDenied) => Outcome::Denied,
+            Err(FsError::NotFound) => Outcome::NotFound,
+            Err(FsError::SourceUnavailable) => Outcome::Unavailable,
+            Ok(_)
+            | Err(FsError::NotADirectory)
+            | Err(FsError::IsADirectory)
+            | Err(FsError::ReadOnly)
+            | Err(FsError::StaleHandle) => return,
+        };
+        let Some(file_name) = name.to_str().filter(|n| FileName::parse(n).is_ok()) else {
+            return;
+        };
+        let Ok(dir) = self.directory_path(parent) else {
+            return;
+        };
+        auditor.record(&format!("{dir}/{file_name}"), outcome, requester);
+    }
+
+    /// Audits a read (or an open) of file `ino`.
+    pub fn audit_read(&self, ino: u64, requester: Requester) {
+        let Some(auditor) = self.auditor.get() else {
+            return;
+        };
+        let key = match self.inodes().nodes.get(&ino).map(|node| &node.key) {
+            Some(NodeKey::File(secret_ref, view)) => match view {
+                View::Default => secret_ref.to_string(),
+                View::Field(field) => format!("{secret_ref}#{field}"),
+                View::Json => format!("{secret_ref}#"),
+            },
+            _ => return,
+        };
+        auditor.record(&key, Outcome::Read, requester);
     }
 
     pub fn options(&self) -> &FsOptions {

@@ -17,11 +17,21 @@ use fuser::{
     ReplyWrite, Request, SessionACL, TimeOrNow, WriteFlags,
 };
 
+use crate::audit::Requester;
 use crate::filesystem::{FsError, Invalidator, NodeAttr, NodeKind, SecretFs, ROOT_INODE};
 
 struct FuseAdapter {
     fs: Arc<SecretFs>,
     runtime: tokio::runtime::Handle,
+    /// Every open reaches the driver and is audited (`audit_every_open`), instead of the ENOSYS fast path.
+    audit_every_open: bool,
+}
+
+fn requester(req: &Request) -> Requester {
+    Requester {
+        pid: req.pid(),
+        uid: req.uid(),
+    }
 }
 
 fn errno(error: &FsError) -> Errno {
@@ -59,12 +69,15 @@ impl FuseAdapter {
 }
 
 impl Filesystem for FuseAdapter {
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let fs = self.fs.clone();
         let ttl = self.ttl();
         let name = name.to_owned();
+        let requester = requester(req);
         self.runtime.spawn(async move {
-            match fs.lookup(parent.0, &name).await {
+            let result = fs.lookup(parent.0, &name).await;
+            fs.audit_lookup(parent.0, &name, &result, requester);
+            match result {
                 Ok(attr) => reply.entry(&ttl, &file_attr(&attr), Generation(0)),
                 Err(error) => reply.error(errno(&error)),
             }
@@ -83,15 +96,26 @@ impl Filesystem for FuseAdapter {
     }
 
     /// ENOSYS: the kernel then opens files without asking (the mount is read-only, so writes fail with EROFS
-    /// before they get here), keeps their pages cached, and never sends open or release again.
-    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        reply.error(Errno::ENOSYS);
+    /// before they get here), keeps their pages cached, and never sends open or release again. With
+    /// `audit_every_open`, each open is answered (keeping the page cache) and audited instead.
+    fn open(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if !self.audit_every_open {
+            return reply.error(Errno::ENOSYS);
+        }
+        match self.fs.getattr(ino.0) {
+            Ok(attr) if attr.kind == NodeKind::File => {
+                self.fs.audit_read(ino.0, requester(req));
+                reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE)
+            }
+            Ok(_) => reply.error(errno(&FsError::IsADirectory)),
+            Err(error) => reply.error(errno(&error)),
+        }
     }
 
     /// Reads an inode's content, which never changes (a changed secret gets a new inode).
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -100,6 +124,11 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        // A read that fills the page cache from the start; later readers are served by the kernel (or audited at
+        // open with audit_every_open).
+        if offset == 0 && !self.audit_every_open {
+            self.fs.audit_read(ino.0, requester(req));
+        }
         match self.fs.read(ino.0, offset, size) {
             Ok(bytes) => reply.data(&bytes),
             Err(error) => reply.error(errno(&error)),
@@ -336,6 +365,7 @@ pub fn mount(
     let adapter = FuseAdapter {
         fs: fs.clone(),
         runtime: runtime.clone(),
+        audit_every_open: fs.options().audit_every_open,
     };
     let session = fuser::spawn_mount(adapter, mountpoint, &config)?;
     fs.set_invalidator(Box::new(KernelInvalidator(session.notifier())));

@@ -5,6 +5,8 @@
 //! [`file_source`], [`mounter`], [`state`].
 #![forbid(unsafe_code)]
 
+pub mod access;
+pub mod audit;
 pub mod cache;
 pub mod cli;
 pub mod config;

@@ -2,7 +2,7 @@
 //! the `serve-mount` mode that each mount unit uses.
 #![forbid(unsafe_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -12,6 +12,7 @@ use anyhow::Context;
 use clap::CommandFactory;
 use sd_notify::NotifyState;
 
+use docker_volume_libsecret::access::AuthScope;
 use docker_volume_libsecret::cache::SecretCache;
 use docker_volume_libsecret::cli::{Cli, Command};
 use docker_volume_libsecret::config::{AuthMethod, BackendKind, Config, FlagOverrides, MountMode};
@@ -116,16 +117,31 @@ fn new_cache(config: &Config, source: Arc<dyn SecretSource>) -> SecretCache {
         .with_stale_ttl(config.stale_ttl)
 }
 
-/// Opens the configured backend (logging in to Vault) and the caches volumes read through.
-async fn open_caches(config: &Config) -> anyhow::Result<VolumeCaches> {
+/// Opens the configured backend (logging in to Vault with each set of credentials in `scopes`) and the caches
+/// volumes read through.
+async fn open_caches(config: &Config, scopes: &[AuthScope]) -> anyhow::Result<VolumeCaches> {
+    let access = config.access_rules();
     Ok(match config.backend() {
         BackendKind::Vault => {
-            let vault = Arc::new(VaultSource::connect(&config.vault).await?);
-            let root = Arc::new(new_cache(config, vault.clone()));
+            let mut sources = HashMap::new();
+            let mut roots = HashMap::new();
+            for scope in scopes {
+                let vault = Arc::new(
+                    VaultSource::connect(&config.vault_for(*scope))
+                        .await
+                        .with_context(|| format!("Vault credentials of {scope}"))?,
+                );
+                roots.insert(*scope, Arc::new(new_cache(config, vault.clone())));
+                sources.insert(*scope, vault);
+            }
             let config = config.clone();
             VolumeCaches::new(
-                root,
-                Box::new(move |namespace| {
+                access,
+                roots,
+                Box::new(move |scope, namespace| {
+                    let vault = sources
+                        .get(&scope)
+                        .ok_or_else(|| format!("the credentials of {scope} were not loaded"))?;
                     Ok(new_cache(&config, Arc::new(vault.in_namespace(namespace))))
                 }),
             )
@@ -134,12 +150,32 @@ async fn open_caches(config: &Config) -> anyhow::Result<VolumeCaches> {
             let source = FileSource::open(&config.file.path)
                 .with_context(|| format!("file backend: {}", config.file.path.display()))?;
             tracing::info!(path = %config.file.path.display(), "serving secrets from the file backend");
-            VolumeCaches::without_namespaces(
+            VolumeCaches::single(
+                access,
                 Arc::new(new_cache(config, Arc::new(source))),
                 "the file backend has no namespaces",
             )
         }
     })
+}
+
+/// Every set of credentials some volume may read with: `[vault]` unless every allowing rule has its own, and
+/// each rule that has its own.
+fn all_scopes(config: &Config) -> Vec<AuthScope> {
+    let rules = &config.rules;
+    let default_needed = rules.is_empty() || rules.iter().any(|r| r.allow && r.auth.is_none());
+    let mut scopes: Vec<AuthScope> = default_needed
+        .then_some(AuthScope::Default)
+        .into_iter()
+        .collect();
+    scopes.extend(
+        rules
+            .iter()
+            .enumerate()
+            .filter(|(_, rule)| rule.allow && rule.auth.is_some())
+            .map(|(index, _)| AuthScope::Rule(index)),
+    );
+    scopes
 }
 
 async fn shutdown_signal() {
@@ -275,7 +311,13 @@ async fn report_health(volumes: Arc<Mutex<Volumes>>) {
 }
 
 async fn serve(config: Config, cli: &Cli, flags: &FlagOverrides) -> anyhow::Result<()> {
-    let caches = Arc::new(open_caches(&config).await?);
+    if config.rules.is_empty() {
+        tracing::warn!(
+            "no access rules: anyone who may run docker can mount any path the Vault credentials can read; add \
+             [[rules]] to the config to restrict volumes to the paths they need"
+        );
+    }
+    let caches = Arc::new(open_caches(&config, &all_scopes(&config)).await?);
     let mounter = choose_mounter(&config, cli, flags, caches).await?;
     for path in clean_stale_mounts(&config.mount_root) {
         tracing::info!(mountpoint = %path.display(), "removed a leftover mountpoint");
@@ -283,11 +325,12 @@ async fn serve(config: Config, cli: &Cli, flags: &FlagOverrides) -> anyhow::Resu
     let store = DirRecordStore::open(&config.state_dir).context("state directory")?;
     let mount_root = config.mount_root.clone();
     // Adoption asks systemd about units, which blocks: keep it off the async threads.
-    let volumes =
+    let mut volumes =
         tokio::task::spawn_blocking(move || Volumes::open(Box::new(store), mounter, mount_root))
             .await
             .context("loading volume records")?
             .context("loading volume records")?;
+    volumes.set_access(config.access_rules());
     let (volume_count, mount_count) = volumes.counts();
     let volumes = Arc::new(Mutex::new(volumes));
     let (listener, activated) = server::listener(&config.socket)
@@ -328,11 +371,14 @@ async fn serve_mount(
     let vault_path =
         VaultPath::from_volume_name(&volume).with_context(|| format!("volume {volume:?}"))?;
     let options = VolumeOptions::parse(&options).context("volume options")?;
-    let cache = open_caches(&config)
+    let scope = config
+        .access_rules()
+        .decide(&vault_path)
+        .context("access rules")?;
+    let cache = open_caches(&config, &[scope])
         .await?
-        .for_namespace(options.namespace.as_deref())
-        .map_err(anyhow::Error::msg)
-        .context("volume option namespace")?;
+        .for_volume(&vault_path, options.namespace.as_deref())
+        .map_err(anyhow::Error::msg)?;
     // The driver starts this unit only when no live server has the volume: anything mounted here is dead.
     detach(&mountpoint).map_err(anyhow::Error::msg)?;
     prepare_mountpoint(&mountpoint).map_err(anyhow::Error::msg)?;

@@ -5,48 +5,74 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::access::{AccessRules, AuthScope};
 use crate::cache::SecretCache;
 use crate::filesystem::{FsOptions, SecretFs};
 use crate::fuse::{self, FuseMount};
 use crate::names::{escape_component, VaultPath};
 use crate::volumes::{ActiveMount, Mounter, VolumeOptions, VolumeRecord};
 
-/// Makes the cache for a namespace: a view of the same backend and login in that namespace.
-pub type NamespaceCacheFactory = Box<dyn Fn(&str) -> Result<SecretCache, String> + Send + Sync>;
+/// Makes the cache for a child namespace of a scope: a view of the same backend and login in that namespace.
+pub type NamespaceCacheFactory =
+    Box<dyn Fn(AuthScope, &str) -> Result<SecretCache, String> + Send + Sync>;
 
-/// The secret caches volumes read through: the configured namespace's, and one per volume `namespace` option,
-/// made on first use and shared by every volume in that namespace.
+/// The secret caches volumes read through: one per set of credentials (the `[vault]` ones, and each access rule
+/// with its own), and one per volume `namespace` option under those, made on first use and shared by every volume
+/// reading with the same credentials in the same namespace.
 pub struct VolumeCaches {
-    root: Arc<SecretCache>,
-    namespaced: Mutex<HashMap<String, Arc<SecretCache>>>,
+    access: AccessRules,
+    roots: HashMap<AuthScope, Arc<SecretCache>>,
+    namespaced: Mutex<HashMap<(AuthScope, String), Arc<SecretCache>>>,
     factory: NamespaceCacheFactory,
 }
 
 impl VolumeCaches {
-    pub fn new(root: Arc<SecretCache>, factory: NamespaceCacheFactory) -> Self {
+    pub fn new(
+        access: AccessRules,
+        roots: HashMap<AuthScope, Arc<SecretCache>>,
+        factory: NamespaceCacheFactory,
+    ) -> Self {
         VolumeCaches {
-            root,
+            access,
+            roots,
             namespaced: Mutex::new(HashMap::new()),
             factory,
         }
     }
 
-    /// A backend without namespaces: a volume asking for one is refused with `reason`.
-    pub fn without_namespaces(root: Arc<SecretCache>, reason: &'static str) -> Self {
-        VolumeCaches::new(root, Box::new(move |_| Err(reason.to_owned())))
+    /// A backend with one set of credentials and no namespaces: a volume asking for one is refused with `reason`.
+    pub fn single(access: AccessRules, root: Arc<SecretCache>, reason: &'static str) -> Self {
+        VolumeCaches::new(
+            access,
+            HashMap::from([(AuthScope::Default, root)]),
+            Box::new(move |_, _| Err(reason.to_owned())),
+        )
     }
 
-    /// The cache for `namespace` (`None`: the configured one).
-    pub fn for_namespace(&self, namespace: Option<&str>) -> Result<Arc<SecretCache>, String> {
+    /// The cache volume `path` reads through, in `namespace` (`None`: the configured one).
+    pub fn for_volume(
+        &self,
+        path: &VaultPath,
+        namespace: Option<&str>,
+    ) -> Result<Arc<SecretCache>, String> {
+        let scope = self.access.decide(path).map_err(|e| e.to_string())?;
+        let root = self
+            .roots
+            .get(&scope)
+            .ok_or_else(|| format!("the credentials of {scope} were not loaded"))?;
         let Some(namespace) = namespace else {
-            return Ok(self.root.clone());
+            return Ok(root.clone());
         };
         let mut caches = self.namespaced.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(cache) = caches.get(namespace) {
+        let key = (scope, namespace.to_owned());
+        if let Some(cache) = caches.get(&key) {
             return Ok(cache.clone());
         }
-        let cache = Arc::new((self.factory)(namespace)?);
-        caches.insert(namespace.to_owned(), cache.clone());
+        let cache = Arc::new(
+            (self.factory)(scope, namespace)
+                .map_err(|reason| format!("volume option namespace: {reason}"))?,
+        );
+        caches.insert(key, cache.clone());
         Ok(cache)
     }
 }
@@ -105,7 +131,11 @@ pub fn mount_volume(
     mountpoint: &Path,
     runtime: tokio::runtime::Handle,
 ) -> std::io::Result<FuseMount> {
+    let audit_window = fs_options.audit_window;
     let fs = Arc::new(SecretFs::new(path.clone(), cache, fs_options));
+    if let Some(window) = audit_window {
+        fs.set_auditor(crate::audit::Auditor::for_volume(name, window));
+    }
     let fs_name = format!("libsecret:{}", escape_component(name));
     fuse::mount(fs, mountpoint, &fs_name, runtime)
 }
@@ -127,10 +157,7 @@ impl Mounter for InProcessMounter {
     ) -> Result<Box<dyn ActiveMount>, String> {
         prepare_mountpoint(mountpoint)?;
         let options = VolumeOptions::parse(&record.options).map_err(|e| e.to_string())?;
-        let cache = self
-            .caches
-            .for_namespace(options.namespace.as_deref())
-            .map_err(|reason| format!("volume option namespace: {reason}"))?;
+        let cache = self.caches.for_volume(path, options.namespace.as_deref())?;
         let fs_options = options.fs_options(&self.fs_options);
         let mount = mount_volume(
             &record.name,

@@ -39,6 +39,8 @@ pub enum VolumeError {
     Store(#[from] StoreError),
     #[error("could not mount volume {name:?}: {reason}")]
     Mount { name: String, reason: String },
+    #[error(transparent)]
+    Refused(#[from] crate::access::AccessError),
 }
 
 /// Errors of the record store.
@@ -252,6 +254,7 @@ pub struct Volumes {
     mount_root: PathBuf,
     records: BTreeMap<String, VolumeRecord>,
     mounts: HashMap<String, MountState>,
+    access: crate::access::AccessRules,
 }
 
 impl Volumes {
@@ -273,6 +276,7 @@ impl Volumes {
             mount_root,
             records,
             mounts: HashMap::new(),
+            access: crate::access::AccessRules::allow_all(),
         };
         for (name, ids) in volumes.store.load_mounts()? {
             let adopted = volumes
@@ -305,6 +309,20 @@ impl Volumes {
         })
     }
 
+    /// Restricts which paths may be volumes (checked at Create and at every Mount, so a rule added later also
+    /// applies to volumes created before it).
+    pub fn set_access(&mut self, access: crate::access::AccessRules) {
+        self.access = access;
+    }
+
+    fn check_access(&self, name: &str) -> Result<(), VolumeError> {
+        let path = Self::vault_path(name)?;
+        self.access.decide(&path).map(|_| ()).map_err(|refusal| {
+            tracing::warn!(volume = %name, reason = %refusal, "volume refused by the access rules");
+            VolumeError::Refused(refusal)
+        })
+    }
+
     /// Creates a volume, or does nothing when it exists (Docker may repeat Create).
     pub fn create(
         &mut self,
@@ -314,6 +332,7 @@ impl Volumes {
     ) -> Result<(), VolumeError> {
         Self::vault_path(name)?;
         VolumeOptions::parse(&options)?;
+        self.check_access(name)?;
         if self.records.contains_key(name) {
             return Ok(());
         }
@@ -342,6 +361,7 @@ impl Volumes {
 
     /// Mounts for mount ID `id`; the first user mounts the filesystem, later ones share it.
     pub fn mount(&mut self, name: &str, id: &str) -> Result<PathBuf, VolumeError> {
+        self.check_access(name)?;
         let record = self
             .records
             .get(name)

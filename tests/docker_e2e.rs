@@ -649,3 +649,75 @@ fn a_container_user_owning_the_volume_reads_it_and_another_user_gets_eacces() {
     assert!(err.contains("Permission denied"), "{err}");
     assert!(!out.contains("only-for-1000"), "{out}");
 }
+
+/// The driver's audit lines (stderr in the foreground) that name `key` and `result`.
+fn audit_lines<'a>(log: &'a str, key: &str, result: &str) -> Vec<&'a str> {
+    log.lines()
+        .filter(|l| l.contains("secret access"))
+        .filter(|l| {
+            l.contains(&format!("audit_key={key} "))
+                && l.contains(&format!("audit_result={result} "))
+        })
+        .collect()
+}
+
+#[test]
+fn the_audit_log_names_each_container_that_read_a_key_and_each_refusal() {
+    let mut host = Host::without_driver(ServerConfig::default());
+    host.vault.set_policy(
+        "app-1",
+        &[
+            ("secret/data/app-1/*", &["read"]),
+            ("secret/metadata/app-1/*", &["list"]),
+        ],
+    );
+    let token = host.vault.create_token(&["app-1"], None, true);
+    let token_file = secret_file(&host, "token", &token);
+    let addr = host.vault.addr();
+    host.start_driver_with_env(&[
+        ("LIBSECRET_VAULT__ADDR", addr.as_str()),
+        ("LIBSECRET_VAULT__TOKEN_FILE", token_file.as_str()),
+        ("LIBSECRET_AUDIT_EVERY_OPEN", "true"),
+    ]);
+    let volume = host.volume("secret/app-1/");
+    let denied = host.volume("secret/app-2/");
+    // Two containers read the same key concurrently, five times each, and probe a key that does not exist.
+    let script = "for i in 1 2 3 4 5; do cat /secrets/db-password >/dev/null; sleep 0.2; done; \
+                  cat /secrets/no-such-key 2>/dev/null; true";
+    let first = run_detached(&volume, &["sh", "-c", script]);
+    let second = run_detached(&volume, &["sh", "-c", script]);
+    for id in [&first, &second] {
+        assert_eq!(docker_ok(&["wait", id]).trim(), "0");
+        docker_ok(&["rm", id]);
+    }
+    let (code, _, _) = host.run(&denied, "cat /secrets/other");
+    assert_ne!(code, 0);
+    let log = host.log();
+    let reads = audit_lines(&log, "secret/app-1/db-password", "read");
+    for id in [&first, &second] {
+        let lines: Vec<_> = reads
+            .iter()
+            .filter(|l| l.contains(&format!("audit_container={id}")))
+            .collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "one rate-limited read line for container {id}:\n{log}"
+        );
+        assert!(
+            lines[0].contains("audit_uid=0") && lines[0].contains("audit_pid="),
+            "{}",
+            lines[0]
+        );
+    }
+    assert_eq!(reads.len(), 2, "{reads:#?}");
+    let missing = audit_lines(&log, "secret/app-1/no-such-key", "not-found");
+    assert_eq!(missing.len(), 2, "{log}");
+    let refused = audit_lines(&log, "secret/app-2/other", "denied");
+    assert_eq!(refused.len(), 1, "{log}");
+    assert!(!refused[0].contains("audit_container=-"), "{}", refused[0]);
+    assert!(
+        !log.contains("s3cr3t-db-password") && !log.contains(&token),
+        "{log}"
+    );
+}

@@ -24,10 +24,23 @@ impl Driver {
         log: &Path,
         env: &[(&str, &str)],
     ) -> Driver {
+        Self::start_with_config(Path::new("/dev/null"), args, socket, log, env)
+    }
+
+    /// Starts the driver with the config file `config`.
+    pub fn start_with_config(
+        config: &Path,
+        args: &[&str],
+        socket: &Path,
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> Driver {
         let log_file = std::fs::File::create(log).unwrap();
         let _ = std::fs::remove_file(socket);
         let child = Command::new(BINARY)
-            .args(["--config", "/dev/null", "--socket"])
+            .arg("--config")
+            .arg(config)
+            .arg("--socket")
             .arg(socket)
             .args(args)
             .envs(env.iter().copied())

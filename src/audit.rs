@@ -1,0 +1,308 @@
+//! The audit trail: who read which secret, and which lookups were refused.
+//!
+//! Each event names the volume, the key (a path, never a value), the result, the requesting pid and uid, and the
+//! container, resolved from the pid's cgroup. Events are rate-limited per (container, key, result): the first is
+//! logged, repeats within the window are counted and reported with the next line, so a read loop cannot flood the
+//! journal.
+//!
+//! Which accesses reach the driver: the kernel caches names and pages, so by default a key is audited when it is
+//! first looked up or read through a mount (and again after each rotation). With `audit_every_open`, every open
+//! reaches the driver and is audited, at the cost of one round trip per open.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The process that made a filesystem request, as the kernel reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Requester {
+    pub pid: u32,
+    pub uid: u32,
+}
+
+/// What happened to the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// The secret was opened or read.
+    Read,
+    /// Vault (or an access rule) refused.
+    Denied,
+    /// No such secret.
+    NotFound,
+    /// Vault could not be asked.
+    Unavailable,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Read => "read",
+            Outcome::Denied => "denied",
+            Outcome::NotFound => "not-found",
+            Outcome::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// One audit line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    pub volume: String,
+    /// The secret's path and view (`secret/app-1/db-password#user`); never its value.
+    pub key: String,
+    pub outcome: Outcome,
+    pub pid: u32,
+    pub uid: u32,
+    /// The container's full ID, or `None` for a process outside any container.
+    pub container: Option<String>,
+    /// How many identical events were suppressed since the last line for this (container, key, result).
+    pub repeated: u64,
+}
+
+/// Where audit lines go.
+pub trait AuditSink: Send + Sync {
+    fn emit(&self, record: &AuditRecord);
+}
+
+/// Audit lines as journald entries (`AUDIT_*` fields), or stderr lines in the foreground.
+pub struct LogSink;
+
+impl AuditSink for LogSink {
+    fn emit(&self, record: &AuditRecord) {
+        tracing::info!(
+            target: "docker_volume_libsecret::audit",
+            audit_volume = %record.volume,
+            audit_key = %record.key,
+            audit_result = %record.outcome.as_str(),
+            audit_pid = record.pid,
+            audit_uid = record.uid,
+            audit_container = %record.container.as_deref().unwrap_or("-"),
+            audit_repeated = record.repeated,
+            "secret access"
+        );
+    }
+}
+
+/// Finds the container a process runs in.
+pub trait ContainerResolver: Send + Sync {
+    fn container_of(&self, pid: u32) -> Option<String>;
+}
+
+/// Reads `/proc/<pid>/cgroup`.
+pub struct ProcCgroups;
+
+impl ContainerResolver for ProcCgroups {
+    fn container_of(&self, pid: u32) -> Option<String> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        container_id_from_cgroup(&text)
+    }
+}
+
+/// The container ID in a `/proc/<pid>/cgroup` text: a 64-hex-digit cgroup path segment, as Docker (`/docker/<id>`
+/// with the cgroupfs driver, `docker-<id>.scope` with the systemd driver), containerd (`cri-containerd-<id>.scope`),
+/// CRI-O (`crio-<id>.scope`) and Podman (`libpod-<id>.scope`) name them. The innermost one wins.
+pub fn container_id_from_cgroup(text: &str) -> Option<String> {
+    text.lines()
+        .filter_map(|line| line.splitn(3, ':').nth(2))
+        .flat_map(|path| path.rsplit('/'))
+        .find_map(|segment| {
+            let id = segment.strip_suffix(".scope").unwrap_or(segment);
+            let id = ["docker-", "cri-containerd-", "crio-", "libpod-"]
+                .iter()
+                .find_map(|prefix| id.strip_prefix(prefix))
+                .unwrap_or(id);
+            (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_owned())
+        })
+}
+
+type EventKey = (Option<String>, String, Outcome);
+
+/// Most distinct (container, key, result) windows remembered before old ones are dropped.
+const MAX_WINDOWS: usize = 4096;
+
+/// One volume's audit trail.
+pub struct Auditor {
+    volume: String,
+    window: Duration,
+    resolver: Box<dyn ContainerResolver>,
+    sink: Box<dyn AuditSink>,
+    /// Per event key: when its window started, and how many events it suppressed.
+    windows: Mutex<HashMap<EventKey, (Instant, u64)>>,
+}
+
+impl Auditor {
+    pub fn new(
+        volume: &str,
+        window: Duration,
+        resolver: Box<dyn ContainerResolver>,
+        sink: Box<dyn AuditSink>,
+    ) -> Self {
+        Auditor {
+            volume: volume.to_owned(),
+            window,
+            resolver,
+            sink,
+            windows: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The journal-backed auditor of a mounted volume.
+    pub fn for_volume(volume: &str, window: Duration) -> Self {
+        Auditor::new(volume, window, Box::new(ProcCgroups), Box::new(LogSink))
+    }
+
+    pub fn record(&self, key: &str, outcome: Outcome, requester: Requester) {
+        self.record_at(key, outcome, requester, Instant::now());
+    }
+
+    fn record_at(&self, key: &str, outcome: Outcome, requester: Requester, now: Instant) {
+        let container = self.resolver.container_of(requester.pid);
+        let event = (container.clone(), key.to_owned(), outcome);
+        let repeated = {
+            let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+            if windows.len() >= MAX_WINDOWS {
+                let window = self.window;
+                windows.retain(|_, (started, _)| now.duration_since(*started) < window);
+            }
+            match windows.get_mut(&event) {
+                Some((started, suppressed)) if now.duration_since(*started) < self.window => {
+                    *suppressed += 1;
+                    return;
+                }
+                Some((started, suppressed)) => {
+                    let repeated = *suppressed;
+                    *started = now;
+                    *suppressed = 0;
+                    repeated
+                }
+                None => {
+                    windows.insert(event, (now, 0));
+                    0
+                }
+            }
+        };
+        self.sink.emit(&AuditRecord {
+            volume: self.volume.clone(),
+            key: key.to_owned(),
+            outcome,
+            pid: requester.pid,
+            uid: requester.uid,
+            container,
+            repeated,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    const ID_A: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    const ID_B: &str = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
+
+    #[test]
+    fn container_ids_come_from_every_common_cgroup_layout() {
+        for text in [
+            format!("0::/docker/{ID_A}\n"),
+            format!("0::/system.slice/docker-{ID_A}.scope\n"),
+            format!("12:pids:/docker/{ID_A}\n11:memory:/docker/{ID_A}\n"),
+            format!("0::/kubepods.slice/kubepods-pod1.slice/cri-containerd-{ID_A}.scope\n"),
+            format!("0::/machine.slice/libpod-{ID_A}.scope/container\n"),
+        ] {
+            assert_eq!(
+                container_id_from_cgroup(&text).as_deref(),
+                Some(ID_A),
+                "{text}"
+            );
+        }
+        for text in [
+            "0::/user.slice/user-0.slice/session-1.scope\n",
+            "0::/system.slice/docker.service\n",
+            "0::/docker/not-hex\n",
+            "",
+            "garbage",
+        ] {
+            assert_eq!(container_id_from_cgroup(text), None, "{text}");
+        }
+    }
+
+    struct Fixed(HashMap<u32, String>);
+    impl ContainerResolver for Fixed {
+        fn container_of(&self, pid: u32) -> Option<String> {
+            self.0.get(&pid).cloned()
+        }
+    }
+
+    #[derive(Default, Clone)]
+    struct Collect(Arc<Mutex<Vec<AuditRecord>>>);
+    impl AuditSink for Collect {
+        fn emit(&self, record: &AuditRecord) {
+            self.0.lock().unwrap().push(record.clone());
+        }
+    }
+
+    #[test]
+    fn events_are_rate_limited_per_container_key_and_result() {
+        let sink = Collect::default();
+        let resolver = Fixed(HashMap::from([
+            (10, ID_A.to_owned()),
+            (20, ID_B.to_owned()),
+        ]));
+        let auditor = Auditor::new(
+            "secret/app",
+            Duration::from_secs(60),
+            Box::new(resolver),
+            Box::new(sink.clone()),
+        );
+        let a = Requester { pid: 10, uid: 1000 };
+        let b = Requester { pid: 20, uid: 0 };
+        let host = Requester { pid: 30, uid: 0 };
+        let start = Instant::now();
+        for i in 0..100 {
+            auditor.record_at(
+                "secret/app/db",
+                Outcome::Read,
+                a,
+                start + Duration::from_millis(i),
+            );
+        }
+        auditor.record_at("secret/app/db", Outcome::Read, b, start);
+        auditor.record_at("secret/app/db", Outcome::Denied, a, start);
+        auditor.record_at("secret/app/other", Outcome::Read, a, start);
+        auditor.record_at("secret/app/db", Outcome::Read, host, start);
+        auditor.record_at(
+            "secret/app/db",
+            Outcome::Read,
+            a,
+            start + Duration::from_secs(61),
+        );
+        let records = sink.0.lock().unwrap().clone();
+        let summary: Vec<(Option<&str>, &str, Outcome, u64)> = records
+            .iter()
+            .map(|r| {
+                (
+                    r.container.as_deref(),
+                    r.key.as_str(),
+                    r.outcome,
+                    r.repeated,
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (Some(ID_A), "secret/app/db", Outcome::Read, 0),
+                (Some(ID_B), "secret/app/db", Outcome::Read, 0),
+                (Some(ID_A), "secret/app/db", Outcome::Denied, 0),
+                (Some(ID_A), "secret/app/other", Outcome::Read, 0),
+                (None, "secret/app/db", Outcome::Read, 0),
+                (Some(ID_A), "secret/app/db", Outcome::Read, 99),
+            ]
+        );
+        assert_eq!(
+            (records[0].pid, records[0].uid, records[0].volume.as_str()),
+            (10, 1000, "secret/app")
+        );
+    }
+}
