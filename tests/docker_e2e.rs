@@ -721,3 +721,110 @@ fn the_audit_log_names_each_container_that_read_a_key_and_each_refusal() {
         "{log}"
     );
 }
+
+#[test]
+fn a_leak_scan_after_a_full_scenario_finds_neither_the_value_nor_the_token() {
+    let mut host = Host::without_driver(ServerConfig::default());
+    let token = host.vault.root_token().to_owned();
+    let token_file = secret_file(&host, "token", &token);
+    let addr = host.vault.addr();
+    host.start_driver_with_env(&[
+        ("LIBSECRET_VAULT__ADDR", addr.as_str()),
+        ("LIBSECRET_VAULT__TOKEN_FILE", token_file.as_str()),
+        ("LIBSECRET_LOG_LEVEL", "debug"),
+    ]);
+    let volume = host.volume("secret/app-1/");
+    docker_ok(&[
+        "volume",
+        "create",
+        "-d",
+        "libsecret",
+        "-o",
+        "refresh_interval=2s",
+        &volume,
+    ]);
+    let holder = RemovedOnDrop(run_detached(
+        &volume,
+        &[
+            "sh",
+            "-c",
+            "cat /secrets/db-password /secrets/api#; sleep 1000",
+        ],
+    ));
+    let (code, out, _) = host.run(&volume, "cat /secrets/db-password /secrets/nope");
+    assert!(out.contains("s3cr3t-db-password"), "{code} {out}");
+    std::thread::sleep(Duration::from_secs(3)); // a refresh pass
+    let value = "s3cr3t-db-password";
+    let mut scanned = vec![("driver log".to_owned(), host.log())];
+    let pid = host.driver.as_ref().unwrap().pid();
+    for file in ["cmdline", "environ"] {
+        let bytes = std::fs::read(format!("/proc/{pid}/{file}")).unwrap();
+        scanned.push((
+            format!("/proc/{pid}/{file}"),
+            String::from_utf8_lossy(&bytes).into_owned(),
+        ));
+    }
+    for entry in walk(&host.dir.path().join("state")) {
+        scanned.push((
+            entry.display().to_string(),
+            std::fs::read_to_string(&entry).unwrap(),
+        ));
+    }
+    // What `docker volume inspect` shows, for every volume (the CLI cannot inspect a name ending in '/').
+    let volumes = std::process::Command::new("curl")
+        .args([
+            "-sf",
+            "--unix-socket",
+            "/var/run/docker.sock",
+            "http://docker/volumes",
+        ])
+        .output()
+        .unwrap();
+    let volumes = String::from_utf8_lossy(&volumes.stdout).into_owned();
+    assert!(volumes.contains("refresh_interval"), "{volumes}");
+    scanned.push(("docker volume inspect".to_owned(), volumes));
+    scanned.push((
+        "docker inspect".to_owned(),
+        docker_ok(&["inspect", &holder.0]),
+    ));
+    drop(holder);
+    assert!(
+        scanned.len() >= 6,
+        "{:?}",
+        scanned.iter().map(|(n, _)| n).collect::<Vec<_>>()
+    );
+    assert!(
+        scanned[0].1.contains("secret/app-1/db-password"),
+        "the log names paths"
+    );
+    for (name, text) in &scanned {
+        assert!(
+            !text.contains(value),
+            "the secret value is in {name}:\n{text}"
+        );
+        assert!(!text.contains(&token), "the token is in {name}:\n{text}");
+    }
+}
+
+/// A container removed (with `rm -f`) when the test ends, even by a panic, so no later test finds its volume held.
+struct RemovedOnDrop(String);
+
+impl Drop for RemovedOnDrop {
+    fn drop(&mut self) {
+        let _ = docker(&["rm", "-f", &self.0]);
+    }
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}

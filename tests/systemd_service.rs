@@ -256,7 +256,17 @@ fn install_enable_and_read_a_secret_with_socket_activation_and_journald() {
         procs.contains("serve-mount") && procs.contains("--config"),
         "{procs}"
     );
-    assert!(!procs.contains(TOKEN), "{procs}");
+    assert!(!procs.contains(TOKEN) && !procs.contains(SECRET), "{procs}");
+    // Nor the state directory, the unit properties, or what Docker shows about the volume and the container.
+    let stored = host.exec_ok(
+        "cat /var/lib/docker-volume-libsecret/*/*.json; systemctl show 'docker-volume-libsecret-mount-*'; \
+         curl -sf --unix-socket /var/run/docker.sock http://docker/volumes; docker inspect holder",
+    );
+    assert!(stored.contains("secret/app-1"), "{stored}");
+    assert!(
+        !stored.contains(TOKEN) && !stored.contains(SECRET),
+        "{stored}"
+    );
     host.exec_ok("docker rm -f holder");
     host.wait_for("the holder's unmount", || host.mount_units().is_empty());
     assert!(
