@@ -27,6 +27,8 @@ struct Host {
     driver: Option<Driver>,
     dir: tempfile::TempDir,
     volumes: Vec<String>,
+    /// How many times the driver was started (each start logs to its own file).
+    launches: usize,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -64,53 +66,45 @@ impl Host {
             driver: None,
             dir,
             volumes: Vec::new(),
+            launches: 0,
             _runtime: runtime,
         }
     }
 
-    /// Starts the driver with only the mount root and state flags, configured by `LIBSECRET_*` variables.
-    fn start_driver_with_env(&mut self, env: &[(&str, &str)]) {
+    /// Starts the driver with `flags` plus this test's mount root and state directory, and `env`.
+    fn launch(&mut self, flags: &[&str], env: &[(&str, &str)]) {
+        self.launches += 1;
         let state = self.dir.path().join("state");
         let root = self.mount_root();
-        let log = self.dir.path().join(format!(
-            "driver-{}.log",
-            Instant::now().elapsed().as_nanos()
-        ));
-        let args = [
+        let log = self
+            .dir
+            .path()
+            .join(format!("driver-{}.log", self.launches));
+        let mut args = flags.to_vec();
+        args.extend([
             "-r",
             root.to_str().unwrap(),
             "--state-dir",
             state.to_str().unwrap(),
-        ];
+        ]);
         self.driver = Some(Driver::start_with_env(&args, Path::new(SOCKET), &log, env));
+    }
+
+    /// Starts the driver configured by `LIBSECRET_*` variables only.
+    fn start_driver_with_env(&mut self, env: &[(&str, &str)]) {
+        self.launch(&[], env);
     }
 
     fn mount_root(&self) -> PathBuf {
         self.dir.path().join("mounts")
     }
 
+    /// Starts the driver the way the original tool was started.
     fn start_driver(&mut self) {
         let addr = self.vault.addr();
         let token = format!("token={}", self.vault.root_token());
-        let state = self.dir.path().join("state");
-        let root = self.mount_root();
-        let log = self.dir.path().join(format!(
-            "driver-{}.log",
-            Instant::now().elapsed().as_nanos()
-        ));
-        let args = [
-            "--addr",
-            addr.as_str(),
-            "--backend",
-            "vault",
-            "--store-opt",
-            token.as_str(),
-            "-r",
-            root.to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
-        ];
-        self.driver = Some(Driver::start(&args, Path::new(SOCKET), &log));
+        let flags = ["--addr", &addr, "--backend", "vault", "--store-opt", &token];
+        self.launch(&flags, &[]);
     }
 
     fn stop_driver(&mut self) {

@@ -15,15 +15,8 @@ use docker_volume_libsecret::fuse;
 use docker_volume_libsecret::names::VaultPath;
 use docker_volume_libsecret::vault::VaultSource;
 use serde_json::json;
+use support::wait_until;
 use vault_api_server::{ServerConfig, TestVault};
-
-fn wait_until(what: &str, deadline: Duration, mut condition: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !condition() {
-        assert!(started.elapsed() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn errno_of(path: &Path) -> Option<i32> {
     std::fs::read_to_string(path)

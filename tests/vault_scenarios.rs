@@ -7,7 +7,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use docker_volume_libsecret::cache::SecretCache;
 use docker_volume_libsecret::config::{AuthMethod, Credential, VaultConfig};
@@ -17,6 +17,7 @@ use docker_volume_libsecret::names::VaultPath;
 use docker_volume_libsecret::vault::{VaultSetupError, VaultSource};
 use serde_json::json;
 use support::vault_admin::Admin;
+use support::wait_until;
 use vault_api_server::pki::TestPki;
 use vault_api_server::{RequestRecord, ServerConfig, TestCluster, TestVault};
 
@@ -120,15 +121,6 @@ impl ReadLoop {
         let failures = self.failures.lock().unwrap().clone();
         (reads, failures)
     }
-}
-
-fn wait_until(what: &str, deadline: Duration, mut condition: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !condition() {
-        assert!(started.elapsed() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    started.elapsed()
 }
 
 fn count(requests: &[RequestRecord], method: &str, path: &str) -> usize {

@@ -19,3 +19,17 @@ pub fn require_fuse() {
         "FUSE mount tests must run as root (they mount with allow_other)"
     );
 }
+
+/// Polls `condition` every 20 ms until it holds; fails the test after `deadline`. Returns how long it took.
+pub fn wait_until(
+    what: &str,
+    deadline: std::time::Duration,
+    mut condition: impl FnMut() -> bool,
+) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    while !condition() {
+        assert!(started.elapsed() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    started.elapsed()
+}
