@@ -212,11 +212,20 @@ fn units_cannot_authenticate(config: &Config, flags: &FlagOverrides) -> Option<&
                  inherit; put the token in vault.token_file to use mount units",
             )
         }
-        AuthMethod::Approle if config.vault.approle.secret_id_wrapped => Some(
+        _ if wrapped_secret_id(config) => Some(
             "a response-wrapped secret ID can be unwrapped only once, by the driver; mount units could not log in",
         ),
         _ => None,
     }
+}
+
+/// Whether `[vault]` or any rule logs in with a response-wrapped secret ID.
+fn wrapped_secret_id(config: &Config) -> bool {
+    (config.vault.auth == AuthMethod::Approle && config.vault.approle.secret_id_wrapped)
+        || config.rules.iter().any(|rule| {
+            rule.auth == Some(AuthMethod::Approle)
+                && rule.approle.as_ref().is_some_and(|a| a.secret_id_wrapped)
+        })
 }
 
 /// Non-secret environment a mount unit needs to load the same configuration.
