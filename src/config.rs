@@ -832,9 +832,10 @@ mod tests {
             .lines()
             .map(|line| match line.strip_prefix("# ") {
                 Some(rest)
-                    if rest.split_once(" = ").is_some_and(|(key, _)| {
-                        key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
-                    }) =>
+                    if rest.starts_with("[[")
+                        || rest.split_once(" = ").is_some_and(|(key, _)| {
+                            key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                        }) =>
                 {
                     rest
                 }
@@ -853,6 +854,8 @@ mod tests {
             assert_eq!(full.backend(), BackendKind::Vault);
             assert_eq!(full.vault.kv_version.get("secret/"), Some(&2));
             assert_eq!(full.vault.auth, AuthMethod::Approle);
+            assert_eq!(full.rules.len(), 2);
+            assert_eq!(full.mode, Mode(0o444));
             assert_eq!(full.vault.addr.len(), 2);
             Ok(())
         });
