@@ -131,6 +131,70 @@ impl Cli {
         })
     }
 
+    /// Reads a mount unit's argv as the driver writes it ([`Cli::replay_args`], then `serve-mount --volume V
+    /// --mountpoint M [--option KEY=VALUE]...`) without clap, whose parser is ~90 KiB of code that each of hundreds of
+    /// mount units would otherwise map (issue #6, target P5). `None` for anything else, even what clap would read
+    /// the same way: [`Cli::parse_args`] then reads it, so clap stays the judge of every other command line.
+    pub fn parse_mount_unit_args(args: &[OsString]) -> Option<Cli> {
+        let args: Vec<&str> = args
+            .iter()
+            .skip(1)
+            .map(|arg| arg.to_str())
+            .collect::<Option<_>>()?;
+        let (global, mount) = args.split_at(args.iter().position(|arg| *arg == "serve-mount")?);
+        let mut cli = Cli {
+            config: None,
+            addr: None,
+            backend: None,
+            store_opt: Vec::new(),
+            token_file: None,
+            root: None,
+            socket: None,
+            state_dir: None,
+            secrets_file: None,
+            log_level: None,
+            command: None,
+        };
+        for (flag, value) in flag_values(global)? {
+            match flag {
+                "--config" => set(&mut cli.config, path(value)?)?,
+                "--addr" => set(&mut cli.addr, value.to_owned())?,
+                "--backend" => set(
+                    &mut cli.backend,
+                    match value {
+                        "vault" => Backend::Vault,
+                        "file" => Backend::File,
+                        _ => return None,
+                    },
+                )?,
+                "--token-file" => set(&mut cli.token_file, path(value)?)?,
+                "--root" => set(&mut cli.root, path(value)?)?,
+                "--state-dir" => set(&mut cli.state_dir, path(value)?)?,
+                "--secrets-file" => set(&mut cli.secrets_file, path(value)?)?,
+                "--log-level" => set(&mut cli.log_level, value.to_owned())?,
+                "--store-opt" => cli.store_opt.push(parse_store_opt(value).ok()?),
+                _ => return None,
+            }
+        }
+        // Without --config, clap would read LIBSECRET_CONFIG.
+        cli.config.as_ref()?;
+        let (mut volume, mut mountpoint, mut options) = (None, None, Vec::new());
+        for (flag, value) in flag_values(mount.get(1..)?)? {
+            match flag {
+                "--volume" => set(&mut volume, value.to_owned())?,
+                "--mountpoint" => set(&mut mountpoint, path(value)?)?,
+                "--option" => options.push(parse_store_opt(value).ok()?),
+                _ => return None,
+            }
+        }
+        cli.command = Some(Command::ServeMount {
+            volume: volume?,
+            mountpoint: mountpoint?,
+            options,
+        });
+        Some(cli)
+    }
+
     /// The config file and whether it was named explicitly.
     pub fn config_path(&self) -> (PathBuf, bool) {
         match &self.config {
@@ -190,6 +254,32 @@ impl Cli {
     }
 }
 
+/// `--flag value` pairs, for [`Cli::parse_mount_unit_args`]; `None` when a value is missing or looks like a flag.
+fn flag_values<'a>(args: &[&'a str]) -> Option<Vec<(&'a str, &'a str)>> {
+    args.chunks(2)
+        .map(|pair| match pair {
+            [flag, value] if !value.starts_with('-') => Some((*flag, *value)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Sets a flag's value; `None` when it was already set (clap refuses that).
+fn set<T>(slot: &mut Option<T>, value: T) -> Option<()> {
+    match slot {
+        Some(_) => None,
+        None => {
+            *slot = Some(value);
+            Some(())
+        }
+    }
+}
+
+/// A path flag's value; `None` for an empty one (clap refuses that).
+fn path(value: &str) -> Option<PathBuf> {
+    (!value.is_empty()).then(|| PathBuf::from(value))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,6 +287,62 @@ mod tests {
     fn parse(args: &[&str]) -> Cli {
         let args = normalize_args(args.iter().map(OsString::from));
         Cli::try_parse_from(args).unwrap()
+    }
+
+    #[test]
+    fn mount_unit_args_are_read_without_clap_as_clap_reads_them() {
+        let argv =
+            |line: &str| -> Vec<OsString> { line.split_whitespace().map(OsString::from).collect() };
+        let drivers = [
+            "x",
+            "x --config /etc/l/config.toml --addr https://vault:8200 --backend file --token-file /etc/l/token \
+             -r /mnt/s --socket /run/x.sock --state-dir /var/lib/x --secrets-file /etc/x.json \
+             --log-level debug,hyper=warn --store-opt timeout=5s --store-opt token=hvs.x --store-opt namespace=a=b",
+        ];
+        for driver in drivers {
+            let driver = Cli::parse_args(argv(driver)).unwrap();
+            for options in ["", "--option uid=1000 --option mode=0440"] {
+                let mut unit = vec![OsString::from("x")];
+                unit.extend(driver.replay_args().into_iter().map(OsString::from));
+                unit.extend(argv(&format!(
+                    "serve-mount --volume secret/app-1 --mountpoint /m/a {options}"
+                )));
+                let fast = Cli::parse_mount_unit_args(&unit).expect("a mount unit's argv");
+                let clap = Cli::parse_args(unit).unwrap();
+                assert_eq!(format!("{fast:?}"), format!("{clap:?}"));
+            }
+        }
+        // Everything else is left to clap.
+        let unit = "serve-mount --volume v --mountpoint /m";
+        assert!(Cli::parse_mount_unit_args(&argv(&format!("x --config /c {unit}"))).is_some());
+        for line in [
+            format!("x {unit}"),
+            format!("x --config /c --addr a --addr b {unit}"),
+            format!("x --config /c --log-level -x {unit}"),
+            format!("x --config /c --log-level {unit}"),
+            format!("x -config /c {unit}"),
+            format!("x --config=/c {unit}"),
+            format!("x --config /c --backend vault2 {unit}"),
+            format!("x --config /c --store-opt =x {unit}"),
+            format!("x --config /c {unit} --help"),
+            format!("x --config /c {unit} --option novalue"),
+            format!("x --config /c {unit} --volume w"),
+            "x --config /c serve-mount --volume v".to_owned(),
+            "x --config /c man".to_owned(),
+        ] {
+            assert!(Cli::parse_mount_unit_args(&argv(&line)).is_none(), "{line}");
+        }
+        let empty_path = [
+            "x",
+            "--config",
+            "",
+            "serve-mount",
+            "--volume",
+            "v",
+            "--mountpoint",
+            "/m",
+        ];
+        assert!(Cli::parse_mount_unit_args(&empty_path.map(OsString::from)).is_none());
     }
 
     #[test]

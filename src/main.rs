@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -33,7 +34,8 @@ use docker_volume_libsecret::{hardening, logging, server};
 const EXIT_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
-    let cli = match Cli::parse_args(std::env::args_os()) {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let cli = match Cli::parse_mount_unit_args(&args).map_or_else(|| Cli::parse_args(args), Ok) {
         Ok(cli) => cli,
         Err(error) => error.exit(),
     };

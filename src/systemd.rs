@@ -26,6 +26,12 @@ const MAX_UNIT_NAME: usize = 255;
 /// The journald identifier of the driver and its mount units.
 pub use crate::logging::SYSLOG_IDENTIFIER;
 
+/// glibc's malloc settings for mount units, of which hundreds may run (issue #6, target P5): one arena (the FUSE
+/// thread would otherwise get its own), and the default mmap threshold kept fixed, since freeing fuser's 16 MiB
+/// buffer would raise it (and the trim threshold with it) so far that the heap would never be trimmed again.
+const MOUNT_UNIT_MALLOC: &str =
+    "GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_threshold=131072";
+
 #[zbus::proxy(
     interface = "org.freedesktop.systemd1.Manager",
     default_service = "org.freedesktop.systemd1",
@@ -229,6 +235,8 @@ impl SystemdMounter {
             argv.extend(["--option".to_owned(), format!("{key}={value}")]);
         }
         let exec_start = vec![(executable, argv, false)];
+        let mut environment = self.template.environment.clone();
+        environment.push(MOUNT_UNIT_MALLOC.to_owned());
         let timeout_usec =
             u64::try_from(self.template.start_timeout.as_micros()).unwrap_or(u64::MAX);
         let properties: Vec<(&str, Value<'_>)> = vec![
@@ -239,10 +247,7 @@ impl SystemdMounter {
             ("Type", Value::from("notify")),
             ("NotifyAccess", Value::from("main")),
             ("ExecStart", Value::from(exec_start)),
-            (
-                "Environment",
-                Value::from(self.template.environment.clone()),
-            ),
+            ("Environment", Value::from(environment)),
             ("SyslogIdentifier", Value::from(SYSLOG_IDENTIFIER)),
             ("CollectMode", Value::from("inactive-or-failed")),
             ("LimitCORE", Value::from(0u64)),
