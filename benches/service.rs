@@ -151,13 +151,18 @@ fn p4(host: &SystemdHost) {
     );
 }
 
-/// (VmRSS kB, Pss kB) of a process.
+/// (VmRSS, Pss) of a process, in KiB as the kernel reports them.
 fn memory_kb(host: &SystemdHost, pid: &str) -> (f64, f64) {
     let out = host.exec_ok(&format!(
         "grep VmRSS /proc/{pid}/status | awk '{{print $2}}'; grep '^Pss:' /proc/{pid}/smaps_rollup | awk '{{print $2}}'"
     ));
     let v: Vec<f64> = out.lines().filter_map(|l| l.trim().parse().ok()).collect();
     (v[0], v[1])
+}
+
+/// KiB to MB (10^6 bytes): the strict reading of the targets (4 MB is 3.81 MiB).
+fn megabytes(kib: f64) -> f64 {
+    kib * 1024.0 / 1e6
 }
 
 fn p5(host: &SystemdHost) {
@@ -200,10 +205,10 @@ fn p5(host: &SystemdHost) {
          per mount PSS {:.2} MB, RSS {:.2} MB (target <= 4 MB)",
         units.trim(),
         elapsed.as_secs_f64(),
-        driver / 1024.0,
-        idle / 1024.0,
-        pss / 1024.0,
-        rss / 1024.0
+        megabytes(driver),
+        megabytes(idle),
+        megabytes(pss),
+        megabytes(rss)
     );
 }
 

@@ -257,6 +257,24 @@ fn install_enable_and_read_a_secret_with_socket_activation_and_journald() {
         "{procs}"
     );
     assert!(!procs.contains(TOKEN) && !procs.contains(SECRET), "{procs}");
+    // Each process maps libc and the loader, nothing more: every other shared object costs each of hundreds of
+    // mount units its resident pages (libm.so.6 alone was 320 KB; src/pow.rs).
+    let libraries = host.exec_ok(
+        "for p in $(pgrep -f '^/usr/bin/docker-volume-libsecret'); do \
+           awk '$6 ~ /\\.so/ {print $6}' /proc/$p/maps | sort -u | tr '\\n' ' '; echo; done",
+    );
+    for line in libraries.lines() {
+        assert_eq!(
+            line.trim(),
+            "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 /usr/lib/x86_64-linux-gnu/libc.so.6",
+            "shared objects a driver process maps: {libraries}"
+        );
+    }
+    assert_eq!(
+        libraries.lines().count(),
+        2,
+        "the driver and one mount unit: {libraries}"
+    );
     // Nor the state directory, the unit properties, or what Docker shows about the volume and the container.
     let stored = host.exec_ok(
         "cat /var/lib/docker-volume-libsecret/*/*.json; systemctl show 'docker-volume-libsecret-mount-*'; \
