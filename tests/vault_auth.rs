@@ -91,6 +91,11 @@ async fn approle_logs_in_with_plain_and_wrapped_secret_ids() {
         count(&vault.requests(), "POST", "/v1/auth/approle/login"),
         1
     );
+    // The login reply holds the token's TTL and policies: no lookup-self is needed.
+    assert_eq!(
+        count(&vault.requests(), "GET", "/v1/auth/token/lookup-self"),
+        0
+    );
 
     // A wrapped secret ID: unwrapped once, then the wrapping token is spent.
     vault.reset_requests();
@@ -140,6 +145,11 @@ async fn a_short_lived_renewable_token_is_renewed_at_two_thirds_of_its_ttl() {
         ..VaultConfig::default()
     };
     let source = VaultSource::connect(&config).await.unwrap();
+    // One lookup-self at start: the token's TTL, renewability and policies.
+    assert_eq!(
+        count(&vault.requests(), "GET", "/v1/auth/token/lookup-self"),
+        1
+    );
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(10) {
         assert_eq!(read(&source, "secret/app/k").await.unwrap(), "v");

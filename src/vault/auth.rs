@@ -23,6 +23,8 @@ pub struct Login {
     /// Time to live when obtained; zero for a token that never expires (root tokens).
     pub ttl: Duration,
     pub renewable: bool,
+    /// The token's policies, for the start-up log line.
+    pub policies: Vec<String>,
 }
 
 /// Why a login failed.
@@ -74,6 +76,8 @@ pub(super) struct AuthBlock {
     pub lease_duration: u64,
     #[serde(default)]
     pub renewable: bool,
+    #[serde(default)]
+    pub policies: Vec<String>,
 }
 
 impl std::fmt::Debug for AuthBlock {
@@ -299,6 +303,7 @@ async fn post_login(
         token: auth.client_token,
         ttl: Duration::from_secs(auth.lease_duration),
         renewable: auth.renewable,
+        policies: auth.policies,
     })
 }
 
@@ -332,6 +337,7 @@ pub(super) async fn lookup(
         token,
         ttl: Duration::from_secs(info.ttl),
         renewable: info.renewable,
+        policies: info.policies,
     })
 }
 

@@ -83,14 +83,14 @@ impl Session {
         auth: Auth,
         namespace: Option<String>,
     ) -> Result<Arc<Session>, AuthError> {
+        // A token method's login is its lookup-self; a minted token's login reply says the same.
         let login = auth.login(&transport, namespace.as_deref()).await?;
-        let info = auth::lookup_info(&transport, namespace.as_deref(), &login.token).await?;
         tracing::info!(
             vault_addr = %transport.current_address(),
             auth = %auth.describe(),
-            policies = ?info.policies,
-            ttl_seconds = info.ttl,
-            renewable = info.renewable,
+            policies = ?login.policies,
+            ttl_seconds = login.ttl.as_secs(),
+            renewable = login.renewable,
             "Vault token accepted"
         );
         let (changed, _) = watch::channel(0);
