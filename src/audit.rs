@@ -196,7 +196,7 @@ impl Auditor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
+    use crate::testing::{FixedContainers, RecordingAuditSink};
 
     const ID_A: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
     const ID_B: &str = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
@@ -227,25 +227,10 @@ mod tests {
         }
     }
 
-    struct Fixed(HashMap<u32, String>);
-    impl ContainerResolver for Fixed {
-        fn container_of(&self, pid: u32) -> Option<String> {
-            self.0.get(&pid).cloned()
-        }
-    }
-
-    #[derive(Default, Clone)]
-    struct Collect(Arc<Mutex<Vec<AuditRecord>>>);
-    impl AuditSink for Collect {
-        fn emit(&self, record: &AuditRecord) {
-            self.0.lock().unwrap().push(record.clone());
-        }
-    }
-
     #[test]
     fn events_are_rate_limited_per_container_key_and_result() {
-        let sink = Collect::default();
-        let resolver = Fixed(HashMap::from([
+        let sink = RecordingAuditSink::default();
+        let resolver = FixedContainers(HashMap::from([
             (10, ID_A.to_owned()),
             (20, ID_B.to_owned()),
         ]));
@@ -277,7 +262,7 @@ mod tests {
             a,
             start + Duration::from_secs(61),
         );
-        let records = sink.0.lock().unwrap().clone();
+        let records = sink.records();
         let summary: Vec<(Option<&str>, &str, Outcome, u64)> = records
             .iter()
             .map(|r| {

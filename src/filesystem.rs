@@ -256,11 +256,11 @@ impl SecretFs {
     }
 
     /// Audits a lookup's result: refusals, missing secrets and outages (a successful lookup is audited by the
-    /// read that follows). Names no secret can have (the liveness probe) are not audited.
-    pub fn audit_lookup(
+    /// read that follows).
+    fn audit_lookup(
         &self,
-        parent: u64,
-        name: &OsStr,
+        dir: &VaultPath,
+        name: &str,
         result: &Result<NodeAttr, FsError>,
         requester: Requester,
     ) {
@@ -277,13 +277,7 @@ impl SecretFs {
             | Err(FsError::ReadOnly)
             | Err(FsError::StaleHandle) => return,
         };
-        let Some(file_name) = name.to_str().filter(|n| FileName::parse(n).is_ok()) else {
-            return;
-        };
-        let Ok(dir) = self.directory_path(parent) else {
-            return;
-        };
-        auditor.record(&format!("{dir}/{file_name}"), outcome, requester);
+        auditor.record(&format!("{dir}/{name}"), outcome, requester);
     }
 
     /// Audits a read (or an open) of file `ino`.
@@ -343,11 +337,33 @@ impl SecretFs {
     /// Resolves `name` in directory `parent`: a secret (in some view) or a folder of secrets.
     pub async fn lookup(&self, parent: u64, name: &OsStr) -> Result<NodeAttr, FsError> {
         let dir = self.directory_path(parent)?;
-        let file_name = name
-            .to_str()
-            .and_then(|name| FileName::parse(name).ok())
-            .ok_or(FsError::NotFound)?;
-        let secret_ref = file_name.secret_ref(&dir);
+        let (_, file_name) = parse_name(name)?;
+        self.resolve(parent, &dir, name, file_name).await
+    }
+
+    /// [`lookup`](Self::lookup), with its refusals, missing secrets and outages audited for `requester` when an
+    /// auditor is set. Names no secret can have (the liveness probe) are not audited.
+    pub async fn lookup_audited(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        requester: Requester,
+    ) -> Result<NodeAttr, FsError> {
+        let dir = self.directory_path(parent)?;
+        let (text, file_name) = parse_name(name)?;
+        let result = self.resolve(parent, &dir, name, file_name).await;
+        self.audit_lookup(&dir, text, &result, requester);
+        result
+    }
+
+    async fn resolve(
+        &self,
+        parent: u64,
+        dir: &VaultPath,
+        name: &OsStr,
+        file_name: FileName,
+    ) -> Result<NodeAttr, FsError> {
+        let secret_ref = file_name.secret_ref(dir);
         let plain = file_name.view == View::Default && file_name.version.is_none();
         let (key, content) = match self.cache.read_fresh(&secret_ref, Duration::MAX).await {
             Ok(secret) => {
@@ -499,6 +515,13 @@ impl SecretFs {
     }
 }
 
+/// A lookup's name as text and as a secret's file name; a name no secret can have is not found.
+fn parse_name(name: &OsStr) -> Result<(&str, FileName), FsError> {
+    let text = name.to_str().ok_or(FsError::NotFound)?;
+    let file_name = FileName::parse(text).map_err(|_| FsError::NotFound)?;
+    Ok((text, file_name))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -567,6 +590,53 @@ mod tests {
         assert_eq!(team.kind, NodeKind::Directory);
         assert_eq!(team.perm, 0o555);
         assert_eq!(cat(&fs, team.ino, "db").await.unwrap(), "nested");
+    }
+
+    #[tokio::test]
+    async fn audited_lookups_record_missing_and_refused_keys_by_path() {
+        use crate::audit::{Auditor, Outcome};
+        use crate::testing::{FixedContainers, RecordingAuditSink};
+        let source = source();
+        let (fs, _) = fs_with(source.clone());
+        let sink = RecordingAuditSink::default();
+        fs.set_auditor(Auditor::new(
+            "secret/app-1/",
+            Duration::from_secs(60),
+            Box::new(FixedContainers(HashMap::new())),
+            Box::new(sink.clone()),
+        ));
+        let reader = Requester { pid: 7, uid: 1000 };
+        let lookup = |name: &'static str| fs.lookup_audited(ROOT_INODE, OsStr::new(name), reader);
+
+        // Found: the read that follows is audited, not the lookup.
+        assert!(lookup("db-password").await.is_ok());
+        assert_eq!(lookup("missing").await.err(), Some(FsError::NotFound));
+        assert_eq!(lookup("db#nofield").await.err(), Some(FsError::NotFound));
+        // A name no secret can have (the liveness probe's) is not found and not audited.
+        assert_eq!(
+            lookup("\u{1}liveness-probe").await.err(),
+            Some(FsError::NotFound)
+        );
+        source.set_failure(Some(SourceError::Denied("policy".into())));
+        assert_eq!(lookup("other").await.err(), Some(FsError::PermissionDenied));
+
+        let seen: Vec<(String, Outcome, u32)> = sink
+            .records()
+            .into_iter()
+            .map(|r| (r.key, r.outcome, r.uid))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("secret/app-1/missing".to_owned(), Outcome::NotFound, 1000),
+                (
+                    "secret/app-1/db#nofield".to_owned(),
+                    Outcome::NotFound,
+                    1000
+                ),
+                ("secret/app-1/other".to_owned(), Outcome::Denied, 1000),
+            ]
+        );
     }
 
     #[tokio::test]

@@ -75,9 +75,7 @@ impl Filesystem for FuseAdapter {
         let name = name.to_owned();
         let requester = requester(req);
         self.runtime.spawn(async move {
-            let result = fs.lookup(parent.0, &name).await;
-            fs.audit_lookup(parent.0, &name, &result, requester);
-            match result {
+            match fs.lookup_audited(parent.0, &name, requester).await {
                 Ok(attr) => reply.entry(&ttl, &file_attr(&attr), Generation(0)),
                 Err(error) => reply.error(errno(&error)),
             }

@@ -1,12 +1,13 @@
 //! In-memory fakes for tests of the cores (also used by the integration tests under `tests/`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::audit::{AuditRecord, AuditSink, ContainerResolver};
 use crate::names::VaultPath;
 use crate::secret::{Secret, SecretSource, SourceError};
 
@@ -78,5 +79,30 @@ impl SecretSource for MemorySource {
         self.pause().await?;
         let prefix = format!("{}/", path.as_str());
         Ok(lock(&self.secrets).keys().any(|k| k.starts_with(&prefix)))
+    }
+}
+
+/// Containers by pid, for an [`crate::audit::Auditor`] under test.
+pub struct FixedContainers(pub HashMap<u32, String>);
+
+impl ContainerResolver for FixedContainers {
+    fn container_of(&self, pid: u32) -> Option<String> {
+        self.0.get(&pid).cloned()
+    }
+}
+
+/// An [`AuditSink`] that keeps what it is given; clones share the records.
+#[derive(Default, Clone)]
+pub struct RecordingAuditSink(Arc<Mutex<Vec<AuditRecord>>>);
+
+impl RecordingAuditSink {
+    pub fn records(&self) -> Vec<AuditRecord> {
+        lock(&self.0).clone()
+    }
+}
+
+impl AuditSink for RecordingAuditSink {
+    fn emit(&self, record: &AuditRecord) {
+        lock(&self.0).push(record.clone());
     }
 }
