@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use crate::audit::{AuditRecord, AuditSink, ContainerResolver};
 use crate::names::VaultPath;
 use crate::secret::{Secret, SecretSource, SourceError};
+use crate::volumes::{MountIds, RecordStore, StoreError, VolumeRecord};
 
 /// A [`SecretSource`] backed by a map, counting its reads, with an optional delay and forced error.
 #[derive(Default)]
@@ -104,5 +105,50 @@ impl RecordingAuditSink {
 impl AuditSink for RecordingAuditSink {
     fn emit(&self, record: &AuditRecord) {
         lock(&self.0).push(record.clone());
+    }
+}
+
+/// A [`RecordStore`] in memory; clones share the records, so a test can reopen a `Volumes` on the same store.
+#[derive(Default, Clone)]
+pub struct MemoryRecordStore {
+    records: Arc<Mutex<BTreeMap<String, VolumeRecord>>>,
+    mounts: Arc<Mutex<BTreeMap<String, MountIds>>>,
+}
+
+impl MemoryRecordStore {
+    /// Names of the stored volumes.
+    pub fn volume_names(&self) -> Vec<String> {
+        lock(&self.records).keys().cloned().collect()
+    }
+
+    /// Names of the volumes with stored mount IDs.
+    pub fn mounted_names(&self) -> Vec<String> {
+        lock(&self.mounts).keys().cloned().collect()
+    }
+}
+
+impl RecordStore for MemoryRecordStore {
+    fn load_all(&self) -> Result<Vec<VolumeRecord>, StoreError> {
+        Ok(lock(&self.records).values().cloned().collect())
+    }
+    fn save(&self, record: &VolumeRecord) -> Result<(), StoreError> {
+        lock(&self.records).insert(record.name.clone(), record.clone());
+        Ok(())
+    }
+    fn remove(&self, name: &str) -> Result<(), StoreError> {
+        lock(&self.records).remove(name);
+        Ok(())
+    }
+    fn load_mounts(&self) -> Result<Vec<(String, MountIds)>, StoreError> {
+        Ok(lock(&self.mounts).clone().into_iter().collect())
+    }
+    fn save_mounts(&self, name: &str, ids: &MountIds) -> Result<(), StoreError> {
+        let mut mounts = lock(&self.mounts);
+        if ids.is_empty() {
+            mounts.remove(name);
+        } else {
+            mounts.insert(name.to_owned(), ids.clone());
+        }
+        Ok(())
     }
 }

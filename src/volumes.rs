@@ -479,42 +479,8 @@ impl Volumes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::MemoryRecordStore as MemoryStore;
     use std::sync::{Arc, Mutex};
-
-    #[derive(Default, Clone)]
-    struct MemoryStore(
-        Arc<Mutex<BTreeMap<String, VolumeRecord>>>,
-        Arc<Mutex<BTreeMap<String, MountIds>>>,
-    );
-
-    impl RecordStore for MemoryStore {
-        fn load_all(&self) -> Result<Vec<VolumeRecord>, StoreError> {
-            Ok(self.0.lock().unwrap().values().cloned().collect())
-        }
-        fn save(&self, record: &VolumeRecord) -> Result<(), StoreError> {
-            self.0
-                .lock()
-                .unwrap()
-                .insert(record.name.clone(), record.clone());
-            Ok(())
-        }
-        fn remove(&self, name: &str) -> Result<(), StoreError> {
-            self.0.lock().unwrap().remove(name);
-            Ok(())
-        }
-        fn load_mounts(&self) -> Result<Vec<(String, MountIds)>, StoreError> {
-            Ok(self.1.lock().unwrap().clone().into_iter().collect())
-        }
-        fn save_mounts(&self, name: &str, ids: &MountIds) -> Result<(), StoreError> {
-            let mut mounts = self.1.lock().unwrap();
-            if ids.is_empty() {
-                mounts.remove(name);
-            } else {
-                mounts.insert(name.to_owned(), ids.clone());
-            }
-            Ok(())
-        }
-    }
 
     /// Counts live mounts so tests can see exactly when the filesystem comes and goes. `outlives` makes its mounts
     /// behave like systemd units: they survive the driver and can be adopted.
@@ -675,7 +641,7 @@ mod tests {
         assert!(!volumes.unmount("secret/a", "A").unwrap());
         assert!(volumes.unmount("secret/a", "B").unwrap());
         assert!(mounter.live.lock().unwrap().is_empty());
-        assert!(store.1.lock().unwrap().is_empty());
+        assert!(store.mounted_names().is_empty());
     }
 
     #[test]
@@ -685,7 +651,7 @@ mod tests {
         mounter.live.lock().unwrap().clear(); // the reboot
         let mut volumes = reopen(&store, &mounter);
         assert_eq!(volumes.get("secret/a").unwrap().mount_ids, 0);
-        assert!(store.1.lock().unwrap().is_empty());
+        assert!(store.mounted_names().is_empty());
         // Docker mounts again with the old ID for a restart-policy container.
         volumes.mount("secret/a", "A").unwrap();
         assert_eq!(mounter.live.lock().unwrap().len(), 1);
@@ -709,7 +675,7 @@ mod tests {
         volumes.mount("secret/a", "A").unwrap();
         volumes.shutdown();
         assert!(mounter.live.lock().unwrap().is_empty());
-        assert!(store.1.lock().unwrap().is_empty());
+        assert!(store.mounted_names().is_empty());
     }
 
     #[test]
@@ -823,7 +789,7 @@ mod tests {
             volumes.create("secret/a", options, String::new()),
             Err(VolumeError::UnknownOption { .. })
         ));
-        assert!(store.0.lock().unwrap().is_empty());
+        assert!(store.volume_names().is_empty());
         created(&mut volumes, "secret/a");
         volumes.mount("secret/a", "A").unwrap();
         assert!(matches!(

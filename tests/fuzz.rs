@@ -21,8 +21,9 @@ use docker_volume_libsecret::names::{
 };
 use docker_volume_libsecret::plugin::{Plugin, Reply};
 use docker_volume_libsecret::secret::Secret;
+use docker_volume_libsecret::testing::MemoryRecordStore;
 use docker_volume_libsecret::volumes::{
-    ActiveMount, MountIds, Mounter, RecordStore, StoreError, VolumeOptions, VolumeRecord, Volumes,
+    ActiveMount, Mounter, VolumeOptions, VolumeRecord, Volumes,
 };
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
@@ -93,41 +94,6 @@ impl Drop for Tally {
 
 // ---------------------------------------------------------------------------------------------------------------
 // In-memory fakes of the public traits
-
-#[derive(Default, Clone)]
-struct MemoryStore {
-    records: Arc<Mutex<BTreeMap<String, VolumeRecord>>>,
-    mounts: Arc<Mutex<BTreeMap<String, MountIds>>>,
-}
-
-impl RecordStore for MemoryStore {
-    fn load_all(&self) -> Result<Vec<VolumeRecord>, StoreError> {
-        Ok(self.records.lock().unwrap().values().cloned().collect())
-    }
-    fn save(&self, record: &VolumeRecord) -> Result<(), StoreError> {
-        self.records
-            .lock()
-            .unwrap()
-            .insert(record.name.clone(), record.clone());
-        Ok(())
-    }
-    fn remove(&self, name: &str) -> Result<(), StoreError> {
-        self.records.lock().unwrap().remove(name);
-        Ok(())
-    }
-    fn load_mounts(&self) -> Result<Vec<(String, MountIds)>, StoreError> {
-        Ok(self.mounts.lock().unwrap().clone().into_iter().collect())
-    }
-    fn save_mounts(&self, name: &str, ids: &MountIds) -> Result<(), StoreError> {
-        let mut mounts = self.mounts.lock().unwrap();
-        if ids.is_empty() {
-            mounts.remove(name);
-        } else {
-            mounts.insert(name.to_owned(), ids.clone());
-        }
-        Ok(())
-    }
-}
 
 /// Tracks live mountpoints, and records every way a mount request breaks an invariant (checked after each call).
 #[derive(Default, Clone)]
@@ -203,7 +169,7 @@ struct Harness {
 fn harness() -> Harness {
     let mounter = FakeMounter::default();
     let volumes = Volumes::open(
-        Box::new(MemoryStore::default()),
+        Box::new(MemoryRecordStore::default()),
         Box::new(mounter.clone()),
         PathBuf::from(MOUNT_ROOT),
     )
