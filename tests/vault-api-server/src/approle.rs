@@ -6,65 +6,49 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Map, Value};
 
 use crate::http::{Op, Reply};
-use crate::tokens::{NewToken, TokenStore};
-use crate::util;
+use crate::token_params::{Keys, TokenParams};
+use crate::tokens::TokenStore;
+use crate::util::{self, dur, num};
+
+/// AppRole's legacy `period` and `policies` are read after, so override,
+/// `token_period` and `token_policies`; it has no legacy `ttl`/`max_ttl`.
+static TOKEN_KEYS: Keys = Keys {
+    ttl: &["token_ttl"],
+    max_ttl: &["token_max_ttl"],
+    period: &["token_period", "period"],
+    policies: &["token_policies", "policies"],
+};
 
 #[derive(Debug, Clone)]
 struct Role {
     role_id: String,
-    token_ttl: u64,
-    token_max_ttl: u64,
-    token_policies: Vec<String>,
-    token_num_uses: u64,
-    token_period: u64,
-    token_explicit_max_ttl: u64,
-    token_no_default_policy: bool,
-    /// `service`, `batch`, `default`, `default-service` or `default-batch`.
-    token_type: String,
     bind_secret_id: bool,
     secret_id_ttl: u64,
     secret_id_num_uses: u64,
-    entity_id: String,
+    token: TokenParams,
 }
 
 impl Role {
     fn new() -> Role {
         Role {
             role_id: util::uuid(),
-            token_ttl: 0,
-            token_max_ttl: 0,
-            token_policies: Vec::new(),
-            token_num_uses: 0,
-            token_period: 0,
-            token_explicit_max_ttl: 0,
-            token_no_default_policy: false,
-            token_type: "default".into(),
             bind_secret_id: true,
             secret_id_ttl: 0,
             secret_id_num_uses: 0,
-            entity_id: util::uuid(),
+            token: TokenParams::new(&TOKEN_KEYS),
         }
     }
 
     fn describe(&self) -> Value {
-        json!({
+        self.token.describe(json!({
             "bind_secret_id": self.bind_secret_id,
             "local_secret_ids": false,
             "secret_id_bound_cidrs": null,
             "secret_id_num_uses": self.secret_id_num_uses,
             "secret_id_ttl": self.secret_id_ttl,
-            "token_bound_cidrs": [],
-            "token_explicit_max_ttl": self.token_explicit_max_ttl,
-            "token_max_ttl": self.token_max_ttl,
-            "token_no_default_policy": self.token_no_default_policy,
-            "token_num_uses": self.token_num_uses,
-            "token_period": self.token_period,
-            "token_policies": self.token_policies,
-            "token_ttl": self.token_ttl,
-            "token_type": self.token_type,
-            "policies": self.token_policies,
-            "period": self.token_period,
-        })
+            "policies": self.token.policies,
+            "period": self.token.period,
+        }))
     }
 }
 
@@ -123,91 +107,18 @@ impl AppRoles {
     }
 }
 
-pub(crate) fn dur(body: &Map<String, Value>, key: &str, into: &mut u64) -> Result<(), Reply> {
-    if let Some(v) = body.get(key) {
-        *into = util::parse_duration(v).map_err(|e| Reply::error(400, &e))?;
-    }
-    Ok(())
-}
-
-pub(crate) fn num(body: &Map<String, Value>, key: &str, into: &mut u64) -> Result<(), Reply> {
-    if let Some(v) = body.get(key) {
-        *into = v
-            .as_u64()
-            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-            .ok_or_else(|| Reply::error(400, &format!("invalid {key}")))?;
-    }
-    Ok(())
-}
-
-pub(crate) fn str_list(v: &Value) -> Vec<String> {
-    match v {
-        Value::Array(a) => a
-            .iter()
-            .filter_map(Value::as_str)
-            .map(str::to_string)
-            .collect(),
-        Value::String(s) => s
-            .split(',')
-            .map(|p| p.trim().to_string())
-            .filter(|p| !p.is_empty())
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
+/// Apply a role write in place: the AppRole keys, then the token keys;
+/// keys before an invalid one stay applied.
 fn update_role(role: &mut Role, body: &Map<String, Value>) -> Result<(), Reply> {
-    dur(body, "token_ttl", &mut role.token_ttl)?;
-    dur(body, "token_max_ttl", &mut role.token_max_ttl)?;
-    dur(body, "token_period", &mut role.token_period)?;
-    dur(body, "period", &mut role.token_period)?;
-    dur(
-        body,
-        "token_explicit_max_ttl",
-        &mut role.token_explicit_max_ttl,
-    )?;
     dur(body, "secret_id_ttl", &mut role.secret_id_ttl)?;
-    num(body, "token_num_uses", &mut role.token_num_uses)?;
     num(body, "secret_id_num_uses", &mut role.secret_id_num_uses)?;
-    for key in ["token_policies", "policies"] {
-        if let Some(v) = body.get(key) {
-            role.token_policies = str_list(v);
-        }
-    }
     if let Some(b) = body.get("bind_secret_id").and_then(Value::as_bool) {
         role.bind_secret_id = b;
-    }
-    if let Some(b) = body.get("token_no_default_policy").and_then(Value::as_bool) {
-        role.token_no_default_policy = b;
     }
     if let Some(id) = body.get("role_id").and_then(Value::as_str) {
         role.role_id = id.to_string();
     }
-    if let Some(v) = body.get("token_type") {
-        role.token_type = parse_token_type(v)?;
-    }
-    Ok(())
-}
-
-/// Parse a role's `token_type`: `service`, `batch`, `default`,
-/// `default-service`, `default-batch` (empty = `default`).
-pub(crate) fn parse_token_type(v: &Value) -> Result<String, Reply> {
-    match v.as_str().map(str::trim) {
-        Some("") => Ok("default".into()),
-        Some(t @ ("service" | "batch" | "default" | "default-service" | "default-batch")) => {
-            Ok(t.to_string())
-        }
-        _ => Err(Reply::error(
-            400,
-            &format!("invalid 'token_type' value {v}"),
-        )),
-    }
-}
-
-/// Whether a role's `token_type` yields batch tokens (the mount default is
-/// `default-service`).
-pub(crate) fn is_batch(token_type: &str) -> bool {
-    matches!(token_type, "batch" | "default-batch")
+    role.token.update(body)
 }
 
 /// Handle `auth/<mount>/<inner>`; ACL checks were done by the caller
@@ -401,25 +312,11 @@ fn login(
         }
     }
     meta.insert("role_name".to_string(), role_name.clone());
-    let token = tokens.create(NewToken {
-        policies: role.token_policies.clone(),
-        no_default_policy: role.token_no_default_policy,
-        meta: Some(meta),
-        display_name: mount_name.to_string(),
-        ttl: (role.token_ttl > 0).then_some(role.token_ttl),
-        max_ttl: role.token_max_ttl,
-        explicit_max_ttl: role.token_explicit_max_ttl,
-        period: role.token_period,
-        num_uses: role.token_num_uses,
-        renewable: true,
-        orphan: true,
-        parent: None,
-        path: format!("auth/{mount_name}/login"),
-        entity_id: role.entity_id.clone(),
-        role: None,
-        id: None,
-        renew_ttl: role.token_ttl,
-        batch: is_batch(&role.token_type),
-    });
+    let token = role.token.issue(
+        tokens,
+        meta,
+        mount_name.to_string(),
+        format!("auth/{mount_name}/login"),
+    );
     Reply::auth(token.auth_block(), "approle", Vec::new())
 }

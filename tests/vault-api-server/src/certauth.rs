@@ -6,15 +6,24 @@ use std::collections::{BTreeMap, HashMap};
 use rustls::pki_types::CertificateDer;
 use serde_json::{json, Map, Value};
 
-use crate::approle::{dur, is_batch, num, parse_token_type, str_list};
 use crate::http::{Op, Reply};
 use crate::tls;
-use crate::tokens::{NewToken, TokenStore};
-use crate::util;
+use crate::token_params::{Keys, TokenParams};
+use crate::tokens::TokenStore;
+use crate::util::str_list;
 
 pub(crate) const INVALID_CERT: &str = "invalid certificate or no client certificate supplied";
 const NO_MATCHING_CHAIN: &str =
     "no chain matching all constraints could be found for this login certificate";
+
+/// Cert roles take the legacy `ttl`, `max_ttl`, `period` and `policies`
+/// too; the `token_*` spelling wins when a write has both.
+static TOKEN_KEYS: Keys = Keys {
+    ttl: &["ttl", "token_ttl"],
+    max_ttl: &["max_ttl", "token_max_ttl"],
+    period: &["period", "token_period"],
+    policies: &["policies", "token_policies"],
+};
 
 /// A role (`auth/<m>/certs/<name>`).
 #[derive(Debug, Clone)]
@@ -22,15 +31,7 @@ struct CertRole {
     certificate: String,
     display_name: String,
     allowed_common_names: Vec<String>,
-    token_policies: Vec<String>,
-    token_ttl: u64,
-    token_max_ttl: u64,
-    token_period: u64,
-    token_explicit_max_ttl: u64,
-    token_num_uses: u64,
-    token_no_default_policy: bool,
-    token_type: String,
-    entity_id: String,
+    token: TokenParams,
 }
 
 impl CertRole {
@@ -39,20 +40,12 @@ impl CertRole {
             certificate: String::new(),
             display_name: String::new(),
             allowed_common_names: Vec::new(),
-            token_policies: Vec::new(),
-            token_ttl: 0,
-            token_max_ttl: 0,
-            token_period: 0,
-            token_explicit_max_ttl: 0,
-            token_num_uses: 0,
-            token_no_default_policy: false,
-            token_type: "default".into(),
-            entity_id: util::uuid(),
+            token: TokenParams::new(&TOKEN_KEYS),
         }
     }
 
     fn describe(&self) -> Value {
-        json!({
+        self.token.describe(json!({
             "certificate": self.certificate,
             "display_name": self.display_name,
             "allowed_common_names": self.allowed_common_names,
@@ -64,20 +57,11 @@ impl CertRole {
             "required_extensions": [],
             "allowed_metadata_extensions": [],
             "ocsp_enabled": false,
-            "token_bound_cidrs": [],
-            "token_explicit_max_ttl": self.token_explicit_max_ttl,
-            "token_max_ttl": self.token_max_ttl,
-            "token_no_default_policy": self.token_no_default_policy,
-            "token_num_uses": self.token_num_uses,
-            "token_period": self.token_period,
-            "token_policies": self.token_policies,
-            "token_ttl": self.token_ttl,
-            "token_type": self.token_type,
-            "policies": self.token_policies,
-            "ttl": self.token_ttl,
-            "max_ttl": self.token_max_ttl,
-            "period": self.token_period,
-        })
+            "policies": self.token.policies,
+            "ttl": self.token.ttl,
+            "max_ttl": self.token.max_ttl,
+            "period": self.token.period,
+        }))
     }
 
     fn update(&mut self, body: &Map<String, Value>) -> Result<(), Reply> {
@@ -94,30 +78,8 @@ impl CertRole {
         if let Some(v) = body.get("allowed_common_names") {
             self.allowed_common_names = str_list(v);
         }
-        dur(body, "ttl", &mut self.token_ttl)?;
-        dur(body, "token_ttl", &mut self.token_ttl)?;
-        dur(body, "max_ttl", &mut self.token_max_ttl)?;
-        dur(body, "token_max_ttl", &mut self.token_max_ttl)?;
-        dur(body, "period", &mut self.token_period)?;
-        dur(body, "token_period", &mut self.token_period)?;
-        dur(
-            body,
-            "token_explicit_max_ttl",
-            &mut self.token_explicit_max_ttl,
-        )?;
-        num(body, "token_num_uses", &mut self.token_num_uses)?;
-        for key in ["policies", "token_policies"] {
-            if let Some(v) = body.get(key) {
-                self.token_policies = str_list(v);
-            }
-        }
-        if let Some(b) = body.get("token_no_default_policy").and_then(Value::as_bool) {
-            self.token_no_default_policy = b;
-        }
-        if let Some(v) = body.get("token_type") {
-            self.token_type = parse_token_type(v)?;
-        }
-        if self.token_max_ttl > 0 && self.token_ttl > self.token_max_ttl {
+        self.token.update(body)?;
+        if self.token.max_ttl > 0 && self.token.ttl > self.token.max_ttl {
             return Err(Reply::error(
                 400,
                 "\"token_ttl\" value must be less than \"token_max_ttl\" value",
@@ -369,26 +331,12 @@ fn login(
     } else {
         role.display_name.as_str()
     };
-    let token = tokens.create(NewToken {
-        policies: role.token_policies.clone(),
-        no_default_policy: role.token_no_default_policy,
-        meta: Some(meta),
-        display_name: format!("{mount_name}-{display}"),
-        ttl: (role.token_ttl > 0).then_some(role.token_ttl),
-        max_ttl: role.token_max_ttl,
-        explicit_max_ttl: role.token_explicit_max_ttl,
-        period: role.token_period,
-        num_uses: role.token_num_uses,
-        renewable: true,
-        orphan: true,
-        parent: None,
-        path: format!("auth/{mount_name}/login"),
-        entity_id: role.entity_id.clone(),
-        role: None,
-        id: None,
-        renew_ttl: role.token_ttl,
-        batch: is_batch(&role.token_type),
-    });
+    let token = role.token.issue(
+        tokens,
+        meta,
+        format!("{mount_name}-{display}"),
+        format!("auth/{mount_name}/login"),
+    );
     Reply::auth(token.auth_block(), "cert", Vec::new())
 }
 

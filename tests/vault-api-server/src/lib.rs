@@ -30,6 +30,7 @@ mod http;
 pub mod pki;
 mod store;
 mod tls;
+mod token_params;
 mod tokens;
 mod util;
 

@@ -1,8 +1,10 @@
-//! Small helpers: durations, times, ids, percent-decoding.
+//! Small helpers: durations, times, ids, percent-decoding, request-body fields.
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
+
+use crate::http::Reply;
 
 /// Default and maximum lease TTL of the system and every mount (768h).
 pub(crate) const DEFAULT_TTL: u64 = 2_764_800;
@@ -85,6 +87,45 @@ pub(crate) fn parse_duration_str(s: &str) -> Result<u64, String> {
         return Err(bad());
     }
     Ok(total as u64)
+}
+
+/// Read `body[key]`, if present, as a duration into `into`; a bad value is
+/// the 400 Vault gives.
+pub(crate) fn dur(body: &Map<String, Value>, key: &str, into: &mut u64) -> Result<(), Reply> {
+    if let Some(v) = body.get(key) {
+        *into = parse_duration(v).map_err(|e| Reply::error(400, &e))?;
+    }
+    Ok(())
+}
+
+/// Read `body[key]`, if present, as a count (a number or a numeric string)
+/// into `into`.
+pub(crate) fn num(body: &Map<String, Value>, key: &str, into: &mut u64) -> Result<(), Reply> {
+    if let Some(v) = body.get(key) {
+        *into = v
+            .as_u64()
+            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+            .ok_or_else(|| Reply::error(400, &format!("invalid {key}")))?;
+    }
+    Ok(())
+}
+
+/// A list field: a JSON array of strings or a comma-separated string, as
+/// Vault accepts both; anything else is empty.
+pub(crate) fn str_list(v: &Value) -> Vec<String> {
+    match v {
+        Value::Array(a) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect(),
+        Value::String(s) => s
+            .split(',')
+            .map(|p| p.trim().to_string())
+            .filter(|p| !p.is_empty())
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// Go's `time.Duration.String()` for whole seconds: `1h0m0s`, `10m0s`, `5s`.
