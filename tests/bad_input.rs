@@ -7,17 +7,15 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
-use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use docker_volume_libsecret::names::escape_component;
 use serde_json::{json, Value};
 use support::driver::Driver;
-use support::plugin_client::{call, err_of};
+use support::plugin_client::{call, err_of, request};
 
 /// A driver on its own socket, file backend, in-process FUSE mounts under a temporary mount root.
 struct Host {
@@ -124,41 +122,13 @@ impl Host {
 /// fails the test quickly instead of hanging it. Returns the status and the JSON reply.
 fn post(socket: &Path, method: &str, endpoint: &str, body: &[u8]) -> (u16, Value) {
     let started = Instant::now();
-    let mut stream = UnixStream::connect(socket).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(15)))
-        .unwrap();
-    stream
-        .set_write_timeout(Some(Duration::from_secs(15)))
-        .unwrap();
-    let head = format!(
-        "{method} {endpoint} HTTP/1.1\r\nHost: plugin.moby.localhost\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).unwrap();
-    // A server may answer (413) before reading all of an oversized body; the rest then fails to send.
-    let _ = stream.write_all(body);
-    let mut reply = Vec::new();
-    let _ = stream.read_to_end(&mut reply);
+    let reply = request(socket, method, endpoint, body, Duration::from_secs(15));
     assert!(
         started.elapsed() < Duration::from_secs(14),
         "{endpoint}: no answer within the time bound ({:?})",
         started.elapsed()
     );
-    let text = String::from_utf8_lossy(&reply);
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no HTTP status in the reply to {endpoint}: {text:?}"));
-    let json = text
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body)
-        .unwrap_or_default();
-    let value = serde_json::from_str(json)
-        .unwrap_or_else(|e| panic!("the reply to {endpoint} is not JSON ({e}): {text:?}"));
-    (status, value)
+    reply
 }
 
 /// Mount points in /proc/self/mountinfo (field 5, octal escapes undone).

@@ -7,13 +7,24 @@ use std::time::Duration;
 
 /// POSTs `body` to `endpoint` (such as `/VolumeDriver.Mount`); returns the status and the JSON reply.
 pub fn call_raw(socket: &Path, endpoint: &str, body: &[u8]) -> (u16, serde_json::Value) {
+    request(socket, "POST", endpoint, body, Duration::from_secs(60))
+}
+
+/// One HTTP request over the socket, each read and write bounded by `timeout`; returns the status and the JSON
+/// reply.
+pub fn request(
+    socket: &Path,
+    method: &str,
+    endpoint: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> (u16, serde_json::Value) {
     let mut stream = UnixStream::connect(socket)
         .unwrap_or_else(|e| panic!("connecting to the plugin socket {}: {e}", socket.display()));
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
+    stream.set_read_timeout(Some(timeout)).unwrap();
+    stream.set_write_timeout(Some(timeout)).unwrap();
     let head = format!(
-        "POST {endpoint} HTTP/1.1\r\nHost: plugin.moby.localhost\r\n\
+        "{method} {endpoint} HTTP/1.1\r\nHost: plugin.moby.localhost\r\n\
          Accept: application/vnd.docker.plugins.v1.2+json\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
@@ -34,7 +45,7 @@ pub fn call_raw(socket: &Path, endpoint: &str, body: &[u8]) -> (u16, serde_json:
         .map(|(_, body)| body)
         .unwrap_or_default();
     let value = serde_json::from_str(json)
-        .unwrap_or_else(|e| panic!("reply to {endpoint} is not JSON ({e}): {json:?}"));
+        .unwrap_or_else(|e| panic!("reply to {endpoint} is not JSON ({e}): {text:?}"));
     (status, value)
 }
 
