@@ -1,9 +1,17 @@
-//! Access rules: which Vault paths may be volumes, and with which credentials they are read.
+//! Access rules: which Vault paths may be read, in which namespace, and with which credentials.
 //!
-//! Rules are tried in order and the first that matches a volume's path decides. A rule's `path` is a prefix
-//! (`secret/app-1` matches `secret/app-1` and everything below it, segment by segment) unless it holds a wildcard:
-//! then it is a glob over the whole path, where `*` matches within one segment and `**` any number of segments.
-//! With no rules at all, every path is allowed (the original tool's behaviour) and a warning is logged at start.
+//! Rules are decided for every secret a lookup resolves to, not only for the volume: the full path that goes to
+//! Vault (the volume's prefix joined with the nested name, without `#field` or `@version`) and the namespace it is
+//! read in. The first rule that matches both decides. So a volume over `secret` reads `secret/admin/root` only if
+//! the rule that matches `secret/admin/root` allows it, and with that rule's credentials: a parent volume neither
+//! escapes a deny rule nor borrows broader credentials.
+//!
+//! A rule's `path` is a prefix (`secret/app-1` matches `secret/app-1` and everything below it, segment by segment)
+//! unless it holds a wildcard: then it is a glob over the whole path, where `*` matches within one segment and `**`
+//! any number of segments. A rule's `namespace` (a child of `vault.namespace`, as the `namespace` volume option
+//! names it) is matched exactly, or as a glob over its segments; a rule without one covers only the configured
+//! `vault.namespace`. With no rules at all, every path of the configured namespace is allowed (the original tool's
+//! behaviour, with a warning at start), and no other namespace.
 
 use std::fmt;
 
@@ -13,12 +21,14 @@ use crate::names::VaultPath;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
     pub path: String,
+    /// The child namespace this rule covers; `None`: the configured `vault.namespace` only.
+    pub namespace: Option<String>,
     pub allow: bool,
     /// Whether the rule reads with its own credentials rather than the `[vault]` ones.
     pub own_auth: bool,
 }
 
-/// Which credentials read a volume: the `[vault]` ones, or those of rule N.
+/// Which credentials read a secret: the `[vault]` ones, or those of rule N.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AuthScope {
     Default,
@@ -34,22 +44,52 @@ impl fmt::Display for AuthScope {
     }
 }
 
-/// Why a volume is refused.
+/// What was decided for an allowed path: the credentials, and the rule that allowed it (none without rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    pub scope: AuthScope,
+    pub rule: Option<usize>,
+}
+
+/// `" in namespace \"x\""`, or nothing for the configured namespace.
+fn in_namespace(namespace: &Option<String>) -> String {
+    namespace
+        .as_deref()
+        .map(|ns| format!(" in namespace {ns:?}"))
+        .unwrap_or_default()
+}
+
+/// Why a path is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AccessError {
-    #[error("volume {volume:?} is refused by access rule rules[{index}] (path {pattern:?}, allow = false) in {rule_set}")]
+    #[error("Vault path {path:?}{ns} is refused by access rule rules[{index}] (path {pattern:?}, allow = false) in {rule_set}", ns = in_namespace(namespace))]
     Denied {
-        volume: String,
+        path: String,
+        namespace: Option<String>,
         index: usize,
         pattern: String,
         rule_set: String,
     },
-    #[error("volume {volume:?} matches no access rule in {rule_set}; the rules allow: {allowed}")]
+    #[error("Vault path {path:?}{ns} matches no access rule in {rule_set}; the rules allow: {allowed}", ns = in_namespace(namespace))]
     NoRule {
-        volume: String,
+        path: String,
+        namespace: Option<String>,
         rule_set: String,
         allowed: String,
     },
+    #[error("namespace {namespace:?} is not allowed: no access rule names it (rules without `namespace` cover only vault.namespace); add a [[rules]] entry with namespace = {namespace:?}")]
+    NamespaceWithoutRules { namespace: String },
+}
+
+impl AccessError {
+    /// The rule that refused, for audit lines (`rules[0]`), or why none allowed.
+    pub fn rule(&self) -> String {
+        match self {
+            AccessError::Denied { index, .. } => format!("rules[{index}]"),
+            AccessError::NoRule { .. } => "no-rule".to_owned(),
+            AccessError::NamespaceWithoutRules { .. } => "no-namespace-rule".to_owned(),
+        }
+    }
 }
 
 /// The ordered rule set.
@@ -60,7 +100,9 @@ pub struct AccessRules {
     origin: String,
 }
 
-/// Whether `pattern` (a prefix or a glob) matches `path`.
+/// Whether `pattern` (a prefix or a glob) covers `path`: matches it or one of its ancestors. Every rule covers what
+/// it matches and everything below, so a path gets the same answer whether it is a volume of its own or a secret
+/// reached through a parent volume (`secret/team-*` covers `secret/team-a/db` either way).
 pub fn matches(pattern: &str, path: &str) -> bool {
     let pattern = pattern.trim_matches('/');
     if !pattern.contains('*') {
@@ -68,7 +110,42 @@ pub fn matches(pattern: &str, path: &str) -> bool {
     }
     let pattern: Vec<&str> = pattern.split('/').collect();
     let path: Vec<&str> = path.split('/').collect();
-    glob_segments(&pattern, &path)
+    (1..=path.len()).any(|depth| glob_segments(&pattern, &path[..depth]))
+}
+
+/// Whether a rule's namespace covers `namespace` (both `None`: the configured one). Exact, or a glob over segments;
+/// never a prefix, so a rule for `team-a` does not cover `team-a/child`.
+fn namespace_matches(rule: Option<&str>, namespace: Option<&str>) -> bool {
+    match (rule, namespace) {
+        (None, None) => true,
+        (Some(rule), Some(namespace)) => {
+            let rule: Vec<&str> = rule.trim_matches('/').split('/').collect();
+            let namespace: Vec<&str> = namespace.trim_matches('/').split('/').collect();
+            glob_segments(&rule, &namespace)
+        }
+        _ => false,
+    }
+}
+
+/// Whether some path at or below `prefix` could be covered by `pattern`: used to log in, before any read, with every
+/// set of credentials a volume may need. It may say yes too often (an unused login), never too rarely.
+pub fn may_match_below(pattern: &str, prefix: &str) -> bool {
+    let pattern: Vec<&str> = pattern.trim_matches('/').split('/').collect();
+    let prefix: Vec<&str> = prefix.split('/').collect();
+    for (index, segment) in pattern.iter().enumerate() {
+        if *segment == "**" {
+            return true;
+        }
+        let Some(name) = prefix.get(index) else {
+            // The pattern goes deeper than the prefix: paths below the prefix can still match it.
+            return true;
+        };
+        if !glob_segment(segment, name) {
+            return false;
+        }
+    }
+    // The pattern matched the prefix or one of its ancestors: it covers everything below.
+    true
 }
 
 fn glob_segments(pattern: &[&str], path: &[&str]) -> bool {
@@ -112,7 +189,7 @@ impl AccessRules {
         }
     }
 
-    /// No rules: everything is allowed with the `[vault]` credentials.
+    /// No rules: everything in the configured namespace is allowed with the `[vault]` credentials.
     pub fn allow_all() -> Self {
         AccessRules::default()
     }
@@ -125,41 +202,93 @@ impl AccessRules {
         &self.rules
     }
 
-    /// The credentials `path` is read with, or why it may not be a volume.
-    pub fn decide(&self, path: &VaultPath) -> Result<AuthScope, AccessError> {
+    /// The credentials `path` is read with in `namespace` (a child of `vault.namespace`; `None`: that one), or why
+    /// it may not be read. Called for every secret a lookup resolves to, and for a volume's own path.
+    pub fn decide(&self, namespace: Option<&str>, path: &VaultPath) -> Result<Grant, AccessError> {
         if self.rules.is_empty() {
-            return Ok(AuthScope::Default);
+            return match namespace {
+                None => Ok(Grant {
+                    scope: AuthScope::Default,
+                    rule: None,
+                }),
+                Some(namespace) => Err(AccessError::NamespaceWithoutRules {
+                    namespace: namespace.to_owned(),
+                }),
+            };
         }
-        let volume = path.as_str();
-        match self
-            .rules
-            .iter()
-            .enumerate()
-            .find(|(_, rule)| matches(&rule.path, volume))
-        {
-            Some((index, rule)) if rule.allow => Ok(if rule.own_auth {
-                AuthScope::Rule(index)
-            } else {
-                AuthScope::Default
+        let text = path.as_str();
+        let found = self.rules.iter().enumerate().find(|(_, rule)| {
+            namespace_matches(rule.namespace.as_deref(), namespace) && matches(&rule.path, text)
+        });
+        match found {
+            Some((index, rule)) if rule.allow => Ok(Grant {
+                scope: if rule.own_auth {
+                    AuthScope::Rule(index)
+                } else {
+                    AuthScope::Default
+                },
+                rule: Some(index),
             }),
             Some((index, rule)) => Err(AccessError::Denied {
-                volume: volume.to_owned(),
+                path: text.to_owned(),
+                namespace: namespace.map(str::to_owned),
                 index,
                 pattern: rule.path.clone(),
                 rule_set: self.origin.clone(),
             }),
             None => Err(AccessError::NoRule {
-                volume: volume.to_owned(),
+                path: text.to_owned(),
+                namespace: namespace.map(str::to_owned),
                 rule_set: self.origin.clone(),
-                allowed: self
-                    .rules
-                    .iter()
-                    .filter(|rule| rule.allow)
-                    .map(|rule| rule.path.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                allowed: self.describe_allowed(),
             }),
         }
+    }
+
+    fn describe_allowed(&self) -> String {
+        let allowed: Vec<String> = self
+            .rules
+            .iter()
+            .filter(|rule| rule.allow)
+            .map(|rule| match &rule.namespace {
+                Some(ns) => format!("{} (namespace {ns})", rule.path),
+                None => rule.path.clone(),
+            })
+            .collect();
+        if allowed.is_empty() {
+            "nothing".to_owned()
+        } else {
+            allowed.join(", ")
+        }
+    }
+
+    /// Every set of credentials a read at or below `prefix` in `namespace` may be decided to use: what a mount unit
+    /// logs in with before it serves the volume.
+    pub fn scopes_below(&self, namespace: Option<&str>, prefix: &VaultPath) -> Vec<AuthScope> {
+        if self.rules.is_empty() {
+            return vec![AuthScope::Default];
+        }
+        let mut scopes = Vec::new();
+        for (index, rule) in self.rules.iter().enumerate() {
+            if !namespace_matches(rule.namespace.as_deref(), namespace)
+                || !may_match_below(&rule.path, prefix.as_str())
+            {
+                continue;
+            }
+            let scope = if rule.own_auth {
+                AuthScope::Rule(index)
+            } else {
+                AuthScope::Default
+            };
+            if rule.allow && !scopes.contains(&scope) {
+                scopes.push(scope);
+            }
+            // A rule covering the whole volume decides every path below it: later rules never match there.
+            if matches(&rule.path, prefix.as_str()) {
+                break;
+            }
+        }
+        scopes
     }
 }
 
@@ -171,13 +300,32 @@ mod tests {
         VaultPath::from_volume_name(p).unwrap()
     }
 
+    fn rule(path: &str, allow: bool, own_auth: bool) -> Rule {
+        Rule {
+            path: path.into(),
+            namespace: None,
+            allow,
+            own_auth,
+        }
+    }
+
+    fn scope_of(
+        rules: &AccessRules,
+        namespace: Option<&str>,
+        p: &str,
+    ) -> Result<AuthScope, AccessError> {
+        rules.decide(namespace, &path(p)).map(|grant| grant.scope)
+    }
+
     #[test]
     fn prefixes_match_whole_segments_and_globs_match_the_whole_path() {
         assert!(matches("secret/app-1", "secret/app-1"));
         assert!(matches("secret/app-1/", "secret/app-1/db"));
         assert!(!matches("secret/app", "secret/app-1"));
         assert!(matches("secret/app-*", "secret/app-1"));
-        assert!(!matches("secret/app-*", "secret/app-1/db"));
+        // A glob covers what is below what it matches, as a prefix does.
+        assert!(matches("secret/app-*", "secret/app-1/db"));
+        assert!(!matches("secret/app-*", "secret/other/app-1"));
         assert!(matches("secret/*/db", "secret/app-1/db"));
         assert!(matches("secret/**", "secret/a/b/c"));
         assert!(matches("secret/**/db", "secret/db"));
@@ -191,51 +339,175 @@ mod tests {
     fn the_first_matching_rule_decides_and_no_match_is_refused_naming_the_rule_set() {
         let rules = AccessRules::new(
             vec![
-                Rule {
-                    path: "secret/admin".into(),
-                    allow: false,
-                    own_auth: false,
-                },
-                Rule {
-                    path: "secret/team-a/*".into(),
-                    allow: true,
-                    own_auth: true,
-                },
-                Rule {
-                    path: "secret/shared".into(),
-                    allow: true,
-                    own_auth: false,
-                },
-                Rule {
-                    path: "secret/**".into(),
-                    allow: false,
-                    own_auth: false,
-                },
+                rule("secret/admin", false, false),
+                rule("secret/team-a/*", true, true),
+                rule("secret/shared", true, false),
+                rule("secret/**", false, false),
             ],
             "config.toml [[rules]]",
         );
         assert_eq!(
-            rules.decide(&path("secret/team-a/app")),
+            scope_of(&rules, None, "secret/team-a/app"),
             Ok(AuthScope::Rule(1))
         );
         assert_eq!(
-            rules.decide(&path("secret/shared/x")),
-            Ok(AuthScope::Default)
+            rules.decide(None, &path("secret/shared/x")),
+            Ok(Grant {
+                scope: AuthScope::Default,
+                rule: Some(2)
+            })
         );
-        let denied = rules.decide(&path("secret/admin/root")).unwrap_err();
+        let denied = rules.decide(None, &path("secret/admin/root")).unwrap_err();
         assert!(
             matches!(denied, AccessError::Denied { index: 0, .. }),
             "{denied}"
         );
-        assert!(rules.decide(&path("secret/team-b")).is_err());
-        let none = rules.decide(&path("kv/x")).unwrap_err().to_string();
+        assert_eq!(denied.rule(), "rules[0]");
+        assert!(rules.decide(None, &path("secret/team-b")).is_err());
+        let none = rules.decide(None, &path("kv/x")).unwrap_err().to_string();
         assert!(
             none.contains("config.toml [[rules]]") && none.contains("secret/team-a/*"),
             "{none}"
         );
         assert_eq!(
-            AccessRules::allow_all().decide(&path("any/thing")),
+            AccessRules::allow_all().decide(None, &path("any/thing")),
+            Ok(Grant {
+                scope: AuthScope::Default,
+                rule: None
+            })
+        );
+    }
+
+    /// The attack of issue 11: a parent volume must not read below a deny rule, nor with broader credentials than
+    /// the rule of the path it reads.
+    #[test]
+    fn a_path_reached_through_a_parent_is_decided_by_its_own_rule() {
+        let rules = AccessRules::new(
+            vec![
+                rule("secret/admin", false, false),
+                rule("secret/app-1", true, true),
+                rule("secret/team-*/db", false, false),
+                rule("secret", true, false),
+            ],
+            "rules",
+        );
+        // The volume `secret` is allowed, but what it resolves to is decided path by path.
+        assert_eq!(scope_of(&rules, None, "secret"), Ok(AuthScope::Default));
+        assert!(matches!(
+            rules.decide(None, &path("secret/admin/root")),
+            Err(AccessError::Denied { index: 0, .. })
+        ));
+        assert_eq!(
+            scope_of(&rules, None, "secret/app-1/db"),
+            Ok(AuthScope::Rule(1))
+        );
+        // Globs give the same answer whichever volume the path is reached through: the decision sees the full path.
+        assert!(matches!(
+            rules.decide(None, &path("secret/team-x/db")),
+            Err(AccessError::Denied { index: 2, .. })
+        ));
+        assert!(matches!(
+            rules.decide(None, &path("secret/team-x/db/password")),
+            Err(AccessError::Denied { index: 2, .. })
+        ));
+        assert_eq!(
+            scope_of(&rules, None, "secret/team-x/other"),
             Ok(AuthScope::Default)
         );
+        // A mount unit of `secret` logs in for every scope a read below it may use.
+        assert_eq!(
+            rules.scopes_below(None, &path("secret")),
+            vec![AuthScope::Rule(1), AuthScope::Default]
+        );
+        assert_eq!(
+            rules.scopes_below(None, &path("secret/app-1")),
+            vec![AuthScope::Rule(1)]
+        );
+        assert_eq!(
+            rules.scopes_below(None, &path("secret/other")),
+            vec![AuthScope::Default]
+        );
+    }
+
+    #[test]
+    fn namespaces_are_part_of_the_match() {
+        let mut team = rule("secret/app-1", true, true);
+        team.namespace = Some("team-*".into());
+        let rules = AccessRules::new(vec![team, rule("secret/app-1", true, false)], "rules");
+        // A rule without a namespace covers only the configured one.
+        assert_eq!(
+            scope_of(&rules, None, "secret/app-1"),
+            Ok(AuthScope::Default)
+        );
+        assert_eq!(
+            scope_of(&rules, Some("team-a"), "secret/app-1"),
+            Ok(AuthScope::Rule(0))
+        );
+        let finance = rules
+            .decide(Some("finance"), &path("secret/app-1"))
+            .unwrap_err();
+        assert!(matches!(finance, AccessError::NoRule { .. }), "{finance}");
+        assert!(finance.to_string().contains("\"finance\""), "{finance}");
+        // A namespace glob is matched segment by segment, never as a prefix.
+        assert!(rules
+            .decide(Some("team-a/child"), &path("secret/app-1"))
+            .is_err());
+        assert_eq!(
+            rules.scopes_below(Some("team-b"), &path("secret")),
+            vec![AuthScope::Rule(0)]
+        );
+        assert!(rules
+            .scopes_below(Some("finance"), &path("secret"))
+            .is_empty());
+        // Without rules, only the configured namespace is served.
+        assert!(matches!(
+            AccessRules::allow_all().decide(Some("finance"), &path("secret/x")),
+            Err(AccessError::NamespaceWithoutRules { .. })
+        ));
+    }
+
+    #[test]
+    fn may_match_below_never_misses_a_path_a_rule_matches() {
+        let patterns = [
+            "secret",
+            "secret/app-1",
+            "secret/*",
+            "secret/*/db",
+            "secret/**",
+            "secret/**/db",
+            "*/x",
+            "kv",
+            "secret/app-*/**",
+        ];
+        let paths = [
+            "secret",
+            "secret/app-1",
+            "secret/app-1/db",
+            "secret/x/db",
+            "secret/a/b/db",
+            "kv/x",
+            "k/x",
+            "secret/app-2/q/r",
+        ];
+        for pattern in patterns {
+            for full in paths {
+                if !matches(pattern, full) {
+                    continue;
+                }
+                // Every prefix of a matched path must be reported as possibly matching below.
+                let segments: Vec<&str> = full.split('/').collect();
+                for depth in 1..=segments.len() {
+                    let prefix = segments[..depth].join("/");
+                    assert!(
+                        may_match_below(pattern, &prefix),
+                        "{pattern} matches {full} but not below {prefix}"
+                    );
+                }
+            }
+        }
+        assert!(may_match_below("secret/*", "secret/a/b"));
+        assert!(!may_match_below("secret/*/db", "secret/a/b"));
+        assert!(!may_match_below("kv/**", "secret"));
+        assert!(!may_match_below("secret/app-1", "secret/app-2"));
     }
 }

@@ -120,7 +120,11 @@ pub struct RuleConfig {
     /// A Vault path prefix (`secret/app-1` covers it and everything below), or a glob over the whole path (`*`
     /// within one segment, `**` across segments).
     pub path: String,
-    /// Whether volumes matching this rule are allowed (true) or refused (false).
+    /// The child namespace of `vault.namespace` this rule covers, as the `namespace` volume option names it
+    /// (`team-a`; `*` within a segment as a glob). Unset: only `vault.namespace` itself. A volume's `namespace`
+    /// option is refused unless a rule covers it.
+    pub namespace: Option<String>,
+    /// Whether paths matching this rule may be read (true) or are refused (false).
     #[serde(default = "allowed")]
     pub allow: bool,
     /// This rule's own auth method; unset: the `[vault]` credentials. Give each rule credentials whose Vault
@@ -574,6 +578,10 @@ impl Config {
             .iter()
             .map(|rule| crate::access::Rule {
                 path: rule.path.clone(),
+                namespace: rule
+                    .namespace
+                    .as_deref()
+                    .map(|ns| ns.trim_matches('/').to_owned()),
                 allow: rule.allow,
                 own_auth: rule.auth.is_some(),
             })
@@ -611,6 +619,12 @@ impl Config {
                     "key `{key}.path`: {:?} is not a Vault path prefix or glob",
                     rule.path
                 )));
+            }
+            if let Some(namespace) = &rule.namespace {
+                // A glob's `*` stands for namespace characters.
+                crate::names::validate_namespace(&namespace.replace('*', "x")).map_err(
+                    |reason| ConfigError::Invalid(format!("key `{key}.namespace`: {reason}")),
+                )?;
             }
             let Some(auth) = rule.auth else {
                 if rule.token_file.is_some() || rule.approle.is_some() || rule.cert.is_some() {
@@ -926,15 +940,24 @@ mod tests {
                 path = "secret/team-a/*"
                 auth = "approle"
                 approle = { role_id_file = "/r", secret_id_file = "/s" }
+                [[rules]]
+                path = "secret/app-1"
+                namespace = "team-*"
                 "#,
             )?;
             let config =
                 Config::load(Path::new("config.toml"), true, &FlagOverrides::default()).unwrap();
             let rules = config.access_rules();
-            assert_eq!(rules.rules().len(), 2);
+            assert_eq!(rules.rules().len(), 3);
+            let app = VaultPath::from_volume_name("secret/app-1/db").unwrap();
+            assert!(rules.decide(Some("team-b"), &app).is_ok());
+            assert!(rules.decide(None, &app).is_err());
             let scope = crate::access::AuthScope::Rule(1);
             let path = VaultPath::from_volume_name("secret/team-a/app").unwrap();
-            assert_eq!(rules.decide(&path), Ok(scope));
+            assert_eq!(
+                rules.decide(None, &path).map(|grant| grant.scope),
+                Ok(scope)
+            );
             let vault = config.vault_for(scope);
             assert_eq!(vault.auth, AuthMethod::Approle);
             assert_eq!(vault.token_file, None);
@@ -946,6 +969,10 @@ mod tests {
                 ("path = \"secret/a\"\ntoken_file = \"/t\"", "rules[0].auth"),
                 ("path = \"secret/a\"\nauth = \"token\"", "rules[0].auth"),
                 ("path = \"secret/a\"\ncolour = 1", "rules"),
+                (
+                    "path = \"secret/a\"\nnamespace = \"../up\"",
+                    "rules[0].namespace",
+                ),
             ] {
                 jail.create_file(
                     "config.toml",
