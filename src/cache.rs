@@ -133,6 +133,11 @@ impl SecretCache {
         self.bounded(self.source.is_folder(path)).await
     }
 
+    /// Whether `path` may be served at all (its engine is KV), with the same timeout as reads.
+    pub async fn check_served(&self, path: &VaultPath) -> Result<(), SourceError> {
+        self.bounded(self.source.check_served(path)).await
+    }
+
     /// Runs a source call, giving up after the configured timeout.
     async fn bounded<T>(
         &self,
@@ -156,6 +161,9 @@ fn log_source_error(path: &SecretRef, error: &SourceError) {
         }
         SourceError::Denied(reason) => {
             tracing::warn!(vault_path = %path, status = "denied", reason = %reason, "secret read failed")
+        }
+        SourceError::Refused(reason) => {
+            tracing::warn!(vault_path = %path, status = "refused", reason = %reason, "secret read refused")
         }
         SourceError::Unavailable(reason) => {
             tracing::warn!(vault_path = %path, status = "unavailable", reason = %reason, "secret read failed")

@@ -17,6 +17,10 @@ pub enum SourceError {
     /// The source refused (Vault 403). The reason is the server's text, which never holds a secret.
     #[error("permission denied: {0}")]
     Denied(String),
+    /// The driver itself refuses to serve the path: it belongs to a secrets engine that is not KV (cubbyhole, sys,
+    /// database, ...), or names a namespace in the path. The text says which and why.
+    #[error("refused: {0}")]
+    Refused(String),
     /// The source could not be asked: unreachable, sealed, 5xx, timed out, malformed answer.
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -106,6 +110,12 @@ pub trait SecretSource: Send + Sync + 'static {
     /// Reads one version of the secret at `path` (KV v2). A source without versions has none of them.
     async fn read_version(&self, _path: &VaultPath, _version: u64) -> Result<Secret, SourceError> {
         Err(SourceError::NotFound)
+    }
+
+    /// Whether `path` may be served as files at all (Vault: it lies in a KV mount), asked at Create and Mount. The
+    /// same check is made again on every read. A source without engines serves everything.
+    async fn check_served(&self, _path: &VaultPath) -> Result<(), SourceError> {
+        Ok(())
     }
 
     /// Whether `path` is a folder holding at least one secret (used only to resolve a nested name such as

@@ -3,6 +3,13 @@
 //! [`transport`] reaches the Vault nodes (TLS, HA failover, standby redirects), [`auth`] obtains tokens (token,
 //! AppRole, cert) and [`session`] keeps the token alive. KV v1 and v2 are both served. The version of each mount is read once from `sys/internal/ui/mounts/<path>` (as the
 //! Vault CLI does) unless the config names it; a server without that endpoint (404) is taken as KV v1.
+//!
+//! Only KV engines are served as files. The engine type comes with the mount detection and is checked on every
+//! read: cubbyhole (the driver token's own private storage), sys, auth, identity, and every dynamic engine
+//! (database, pki, aws, ...) are refused, since reading them would leak the driver's own state or mint a credential
+//! per read that nobody revokes. Vault's fixed non-KV paths (`sys/`, `auth/`, `cubbyhole/`, `identity/`) are refused
+//! without asking, also on servers without mount detection. A namespace written into the path (`team-a/secret`) is
+//! refused too: namespaces are named with the `namespace` volume option, where the access rules see them.
 
 mod auth;
 mod session;
@@ -54,13 +61,23 @@ struct KeyList {
     keys: Vec<String>,
 }
 
-/// `sys/internal/ui/mounts/<path>`'s `data`: which mount owns a path, and its options.
+/// `sys/internal/ui/mounts/<path>`'s `data`: which mount owns a path, its engine type and its options.
 #[derive(Debug, Deserialize)]
 struct UiMount {
     path: String,
+    #[serde(default, rename = "type")]
+    engine: Option<String>,
+    #[serde(default)]
+    accessor: Option<String>,
     #[serde(default)]
     options: Option<HashMap<String, String>>,
 }
+
+/// Paths that are Vault's own, never a KV engine, whatever a server without mount detection says.
+const NOT_KV_PATHS: [&str; 4] = ["sys", "auth", "cubbyhole", "identity"];
+
+/// The engine types served as files: KV v1 and v2, and `generic` (KV v1's old name).
+const KV_ENGINES: [&str; 2] = ["kv", "generic"];
 
 /// A KV mount and its version.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +85,13 @@ struct KvMount {
     /// The mount path without slashes, such as `secret` or `team/kv`.
     mount: String,
     version: u8,
+}
+
+/// A mount as detected: KV and served, or refused with the reason (kept, so a refused engine costs one request).
+#[derive(Debug, Clone)]
+struct DetectedMount {
+    mount: String,
+    served: Result<KvMount, String>,
 }
 
 /// Why the Vault backend could not start. Each message says what to fix.
@@ -121,7 +145,7 @@ pub struct VaultSource {
     /// The namespace reads happen in: the configured one, joined with a volume's own.
     namespace: Option<String>,
     overrides: BTreeMap<String, u8>,
-    mounts: Mutex<HashMap<String, KvMount>>,
+    mounts: Mutex<HashMap<String, DetectedMount>>,
 }
 
 fn describe_client_error(error: &ClientError) -> String {
@@ -169,6 +193,14 @@ fn status_of(error: &ClientError) -> Option<u16> {
             source: rustify::errors::ClientError::ServerResponseError { code, .. },
         } => Some(*code),
         _ => None,
+    }
+}
+
+/// `child` below `parent` (none: the root namespace).
+fn join_namespace(parent: Option<&str>, child: &str) -> String {
+    match parent {
+        Some(parent) => format!("{}/{}", parent.trim_matches('/'), child.trim_matches('/')),
+        None => child.trim_matches('/').to_owned(),
     }
 }
 
@@ -225,10 +257,7 @@ impl VaultSource {
     /// The same login reading in the child namespace `child` of the configured one (a volume's `namespace`
     /// option). Tokens from a parent namespace work in its children.
     pub fn in_namespace(&self, child: &str) -> VaultSource {
-        let namespace = match &self.namespace {
-            Some(parent) => format!("{}/{}", parent.trim_matches('/'), child.trim_matches('/')),
-            None => child.trim_matches('/').to_owned(),
-        };
+        let namespace = join_namespace(self.namespace.as_deref(), child);
         VaultSource {
             session: self.session.clone(),
             namespace: Some(namespace),
@@ -260,9 +289,15 @@ impl VaultSource {
         serde_json::from_value(data).map_err(|source| ClientError::JsonParseError { source })
     }
 
-    /// The KV mount owning `path`: from the config override, the memo, or Vault.
+    /// The KV mount owning `path`: from the config override, the memo, or Vault. A path outside KV is refused.
     async fn mount_of(&self, path: &VaultPath) -> Result<KvMount, SourceError> {
         let text = path.as_str();
+        let first = path.segments().next().unwrap_or_default().to_owned();
+        if NOT_KV_PATHS.contains(&first.as_str()) {
+            return Err(SourceError::Refused(format!(
+                "{first}/ is Vault's {first} path, not a KV secrets engine; only kv and generic mounts are served as files"
+            )));
+        }
         if let Some((mount, version)) = self
             .overrides
             .iter()
@@ -274,46 +309,114 @@ impl VaultSource {
                 version: *version,
             });
         }
-        let first = path.segments().next().unwrap_or_default().to_owned();
-        if let Some(known) = self
+        let known = self
             .mounts
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .filter(|m| text.starts_with(&format!("{}/", m.mount)))
+            .filter(|m| text == m.mount || text.starts_with(&format!("{}/", m.mount)))
             .max_by_key(|m| m.mount.len())
-        {
-            return Ok(known.clone());
-        }
-        let mount = match self
+            .cloned();
+        let detected = match known {
+            Some(known) => known,
+            None => self.detect_mount(path, first).await?,
+        };
+        detected.served.map_err(SourceError::Refused)
+    }
+
+    /// Asks Vault which mount owns `path` and remembers the answer.
+    async fn detect_mount(
+        &self,
+        path: &VaultPath,
+        first: String,
+    ) -> Result<DetectedMount, SourceError> {
+        let text = path.as_str();
+        let detected = match self
             .get::<UiMount>(format!("sys/internal/ui/mounts/{text}"), None)
             .await
         {
-            Ok(info) => KvMount {
-                mount: info.path.trim_matches('/').to_owned(),
-                version: match info
-                    .options
-                    .as_ref()
-                    .and_then(|o| o.get("version"))
-                    .map(String::as_str)
-                {
-                    Some("2") => 2,
-                    _ => 1,
-                },
-            },
+            Ok(info) => {
+                let mount = info.path.trim_matches('/').to_owned();
+                let served = match info.engine.as_deref() {
+                    _ if self.names_a_namespace(path, &mount, info.accessor.as_deref()).await? => Err(format!(
+                        "{first}/ in {text:?} is a Vault namespace; name it with the volume option \
+                         -o namespace={first} (and an access rule for it), not in the volume name"
+                    )),
+                    Some(engine) if KV_ENGINES.contains(&engine) => Ok(KvMount {
+                        mount: mount.clone(),
+                        version: match info.options.as_ref().and_then(|o| o.get("version")).map(String::as_str) {
+                            Some("2") => 2,
+                            _ => 1,
+                        },
+                    }),
+                    Some(engine) => Err(format!(
+                        "{mount}/ is a {engine:?} secrets engine, not KV; only kv and generic mounts are served as files"
+                    )),
+                    None => Err(format!("Vault did not say which engine {mount}/ is; only kv and generic mounts are served")),
+                };
+                DetectedMount { mount, served }
+            }
             // Old servers (and some Vault-API servers) lack the endpoint: the CLI's rule is KV v1, first segment.
-            Err(error) if status_of(&error) == Some(404) => KvMount {
-                mount: first,
-                version: 1,
+            Err(error) if status_of(&error) == Some(404) => DetectedMount {
+                mount: first.clone(),
+                served: Ok(KvMount {
+                    mount: first,
+                    version: 1,
+                }),
             },
             Err(error) => return Err(source_error(error)),
         };
-        tracing::info!(vault_addr = %self.addr(), namespace = self.namespace.as_deref().unwrap_or(""), mount = %mount.mount, kv_version = mount.version, "KV mount detected");
+        match &detected.served {
+            Ok(kv) => {
+                tracing::info!(vault_addr = %self.addr(), namespace = self.namespace.as_deref().unwrap_or(""), mount = %kv.mount, kv_version = kv.version, "KV mount detected")
+            }
+            Err(reason) => {
+                tracing::warn!(vault_addr = %self.addr(), namespace = self.namespace.as_deref().unwrap_or(""), mount = %detected.mount, %reason, "mount refused")
+            }
+        }
         self.mounts
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(mount.mount.clone(), mount.clone());
-        Ok(mount)
+            .insert(detected.mount.clone(), detected.clone());
+        Ok(detected)
+    }
+
+    /// Whether `path`'s first segment is a namespace rather than part of a mount path: only asked when the mount
+    /// Vault reported spans several segments (`team-a/secret/`), by asking for the rest of the path inside that
+    /// namespace. The same mount (accessor) answering there means the segment is a namespace.
+    async fn names_a_namespace(
+        &self,
+        path: &VaultPath,
+        mount: &str,
+        accessor: Option<&str>,
+    ) -> Result<bool, SourceError> {
+        let (Some((first, rest)), true) = (path.as_str().split_once('/'), mount.contains('/'))
+        else {
+            return Ok(false);
+        };
+        let namespace = join_namespace(self.namespace.as_deref(), first);
+        let probe = self
+            .session
+            .exec(Some(&namespace), || ReadRequest {
+                path: format!("sys/internal/ui/mounts/{rest}"),
+                version: None,
+            })
+            .await;
+        match probe {
+            Ok(envelope) => {
+                let inside: Option<UiMount> = envelope
+                    .data
+                    .and_then(|data| serde_json::from_value(data).ok());
+                Ok(inside.is_some_and(|inside| {
+                    inside.accessor.is_some() && inside.accessor.as_deref() == accessor
+                }))
+            }
+            // No such namespace (4xx): the segment belongs to the mount path.
+            Err(error) if status_of(&error).is_some_and(|status| (400..500).contains(&status)) => {
+                Ok(false)
+            }
+            Err(error) => Err(source_error(error)),
+        }
     }
 
     /// Reads a KV v1 secret, or the latest or a pinned version of a KV v2 secret. Versions exist only on KV v2.
@@ -358,6 +461,10 @@ impl SecretSource for VaultSource {
 
     async fn read_version(&self, path: &VaultPath, version: u64) -> Result<Secret, SourceError> {
         self.read_kv(path, Some(version)).await
+    }
+
+    async fn check_served(&self, path: &VaultPath) -> Result<(), SourceError> {
+        self.mount_of(path).await.map(|_| ())
     }
 
     async fn is_folder(&self, path: &VaultPath) -> Result<bool, SourceError> {
