@@ -57,6 +57,8 @@ pub struct AuditRecord {
     pub container: Option<String>,
     /// How many identical events were suppressed since the last line for this (container, key, result).
     pub repeated: u64,
+    /// Why a lookup was refused, when the driver refused it: the access rule, or the engine that is not KV.
+    pub reason: Option<String>,
 }
 
 /// Where audit lines go.
@@ -78,6 +80,7 @@ impl AuditSink for LogSink {
             audit_uid = record.uid,
             audit_container = %record.container.as_deref().unwrap_or("-"),
             audit_repeated = record.repeated,
+            audit_reason = record.reason.as_deref().unwrap_or("-"),
             "secret access"
         );
     }
@@ -155,7 +158,29 @@ impl Auditor {
         self.record_at(key, outcome, requester, Instant::now());
     }
 
+    /// [`record`](Self::record) with the reason the driver refused the lookup (the rule that denied it).
+    pub fn record_because(
+        &self,
+        key: &str,
+        outcome: Outcome,
+        reason: Option<&str>,
+        requester: Requester,
+    ) {
+        self.record_detailed(key, outcome, reason, requester, Instant::now());
+    }
+
     fn record_at(&self, key: &str, outcome: Outcome, requester: Requester, now: Instant) {
+        self.record_detailed(key, outcome, None, requester, now);
+    }
+
+    fn record_detailed(
+        &self,
+        key: &str,
+        outcome: Outcome,
+        reason: Option<&str>,
+        requester: Requester,
+        now: Instant,
+    ) {
         let container = self.resolver.container_of(requester.pid);
         let event = (container.clone(), key.to_owned(), outcome);
         let repeated = {
@@ -189,6 +214,7 @@ impl Auditor {
             uid: requester.uid,
             container,
             repeated,
+            reason: reason.map(str::to_owned),
         });
     }
 }

@@ -34,6 +34,9 @@ pub enum FsError {
     IsADirectory,
     #[error("permission denied by the secret source")]
     PermissionDenied,
+    /// The driver refuses the path itself: an access rule, or an engine that is not KV. `reason` names which.
+    #[error("refused: {reason}")]
+    Refused { reason: String },
     #[error("the secret source is unavailable")]
     SourceUnavailable,
     #[error("read-only file system")]
@@ -49,7 +52,7 @@ impl FsError {
             FsError::NotFound => libc_errno::ENOENT,
             FsError::NotADirectory => libc_errno::ENOTDIR,
             FsError::IsADirectory => libc_errno::EISDIR,
-            FsError::PermissionDenied => libc_errno::EACCES,
+            FsError::PermissionDenied | FsError::Refused { .. } => libc_errno::EACCES,
             FsError::SourceUnavailable => libc_errno::EIO,
             FsError::ReadOnly => libc_errno::EROFS,
             FsError::StaleHandle => libc_errno::EBADF,
@@ -67,6 +70,7 @@ impl From<SourceError> for FsError {
         match error {
             SourceError::NotFound => FsError::NotFound,
             SourceError::Denied(_) => FsError::PermissionDenied,
+            SourceError::Refused(reason) => FsError::Refused { reason },
             SourceError::Unavailable(_) => FsError::SourceUnavailable,
         }
     }
@@ -103,6 +107,35 @@ impl Default for FsOptions {
         }
     }
 }
+
+/// Decides every secret path a volume resolves to, and names the cache that reads it: the one of the credentials of
+/// the rule that matched that path (not the volume's). A refusal carries the rule, for EACCES and the audit line.
+pub trait SecretRouter: Send + Sync {
+    fn route(&self, path: &VaultPath) -> Result<Arc<SecretCache>, RouteError>;
+}
+
+/// Why a path has no cache to read it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// The access rules refuse the path.
+    #[error(transparent)]
+    Refused(#[from] crate::access::AccessError),
+    /// The credentials the path's rule names could not be used (not logged in, no such namespace view).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// One cache for every path: a source without access rules (tests, and the file backend's single view).
+pub struct EveryPath(pub Arc<SecretCache>);
+
+impl SecretRouter for EveryPath {
+    fn route(&self, _path: &VaultPath) -> Result<Arc<SecretCache>, RouteError> {
+        Ok(self.0.clone())
+    }
+}
+
+/// Most (inode, pid) read positions remembered to tell a continuing read from a new open.
+const MAX_READ_POSITIONS: usize = 4096;
 
 /// Tells the kernel to drop a cached name, so the next access looks it up again.
 pub trait Invalidator: Send + Sync {
@@ -230,21 +263,30 @@ impl InodeTable {
 pub struct SecretFs {
     root: VaultPath,
     serving_stale: std::sync::atomic::AtomicBool,
-    cache: Arc<SecretCache>,
+    router: Arc<dyn SecretRouter>,
     options: FsOptions,
     inodes: Mutex<InodeTable>,
+    /// Where each (inode, pid)'s last read ended: a read starting there continues an open already audited.
+    read_positions: Mutex<HashMap<(u64, u32), u64>>,
     invalidator: OnceLock<Box<dyn Invalidator>>,
     auditor: OnceLock<Auditor>,
 }
 
 impl SecretFs {
+    /// A filesystem reading every path through `cache`, with no access rules.
     pub fn new(root: VaultPath, cache: Arc<SecretCache>, options: FsOptions) -> Self {
+        SecretFs::routed(root, Arc::new(EveryPath(cache)), options)
+    }
+
+    /// A filesystem whose every secret path is decided, and read, by `router`.
+    pub fn routed(root: VaultPath, router: Arc<dyn SecretRouter>, options: FsOptions) -> Self {
         SecretFs {
             root: root.clone(),
             serving_stale: std::sync::atomic::AtomicBool::new(false),
-            cache,
+            router,
             options,
             inodes: Mutex::new(InodeTable::new(root)),
+            read_positions: Mutex::new(HashMap::new()),
             invalidator: OnceLock::new(),
             auditor: OnceLock::new(),
         }
@@ -267,17 +309,18 @@ impl SecretFs {
         let Some(auditor) = self.auditor.get() else {
             return;
         };
-        let outcome = match result {
-            Err(FsError::PermissionDenied) => Outcome::Denied,
-            Err(FsError::NotFound) => Outcome::NotFound,
-            Err(FsError::SourceUnavailable) => Outcome::Unavailable,
+        let (outcome, reason) = match result {
+            Err(FsError::PermissionDenied) => (Outcome::Denied, None),
+            Err(FsError::Refused { reason }) => (Outcome::Denied, Some(reason.as_str())),
+            Err(FsError::NotFound) => (Outcome::NotFound, None),
+            Err(FsError::SourceUnavailable) => (Outcome::Unavailable, None),
             Ok(_)
             | Err(FsError::NotADirectory)
             | Err(FsError::IsADirectory)
             | Err(FsError::ReadOnly)
             | Err(FsError::StaleHandle) => return,
         };
-        auditor.record(&format!("{dir}/{name}"), outcome, requester);
+        auditor.record_because(&format!("{dir}/{name}"), outcome, reason, requester);
     }
 
     /// Audits a read (or an open) of file `ino`.
@@ -364,14 +407,17 @@ impl SecretFs {
         file_name: FileName,
     ) -> Result<NodeAttr, FsError> {
         let secret_ref = file_name.secret_ref(dir);
+        // The full path that goes to Vault is decided here, for every lookup: a parent volume gets no more than
+        // the path's own rule allows, and reads with that rule's credentials.
+        let cache = self.route(&secret_ref.path)?;
         let plain = file_name.view == View::Default && file_name.version.is_none();
-        let (key, content) = match self.cache.read_fresh(&secret_ref, Duration::MAX).await {
+        let (key, content) = match cache.read_fresh(&secret_ref, Duration::MAX).await {
             Ok(secret) => {
                 let content = secret.render(&file_name.view).ok_or(FsError::NotFound)?;
                 (NodeKey::File(secret_ref, file_name.view), Some(content))
             }
             Err(SourceError::NotFound) if plain => {
-                if self.cache.is_folder(&secret_ref.path).await? {
+                if cache.is_folder(&secret_ref.path).await? {
                     (NodeKey::Directory(secret_ref.path), None)
                 } else {
                     return Err(FsError::NotFound);
@@ -381,6 +427,18 @@ impl SecretFs {
         };
         let (ino, size) = self.inodes().remember(key.clone(), parent, name, content);
         Ok(self.attr(ino, &key, size))
+    }
+
+    fn route(&self, path: &VaultPath) -> Result<Arc<SecretCache>, FsError> {
+        self.router.route(path).map_err(|error| match error {
+            RouteError::Refused(refusal) => FsError::Refused {
+                reason: refusal.to_string(),
+            },
+            RouteError::Unavailable(reason) => {
+                tracing::warn!(vault_path = %path, %reason, "no credentials to read this path with");
+                FsError::SourceUnavailable
+            }
+        })
     }
 
     /// Attributes from memory; never asks the source.
@@ -409,6 +467,34 @@ impl SecretFs {
         Ok(SecretBytes::new(content[start..end].to_vec()))
     }
 
+    /// [`read`](Self::read), auditing each open once whatever offset it starts at: a read that does not continue
+    /// where the same process's last read of this inode ended starts a new open. (Opens themselves do not reach
+    /// the driver on the fast path, so reads are what is audited.)
+    pub fn read_audited(
+        &self,
+        ino: u64,
+        offset: u64,
+        size: u32,
+        requester: Requester,
+    ) -> Result<SecretBytes, FsError> {
+        let bytes = self.read(ino, offset, size)?;
+        let continues = {
+            let mut positions = self
+                .read_positions
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if positions.len() >= MAX_READ_POSITIONS {
+                positions.clear();
+            }
+            let end = offset.saturating_add(bytes.len() as u64);
+            positions.insert((ino, requester.pid), end) == Some(offset)
+        };
+        if !continues {
+            self.audit_read(ino, requester);
+        }
+        Ok(bytes)
+    }
+
     /// Reads every secret in use again (at most once per path) and retires the names whose content changed or
     /// whose secret is gone, invalidating the kernel's entries. A source that cannot answer changes nothing: the
     /// last value keeps being served. Returns how many names were retired.
@@ -435,7 +521,11 @@ impl SecretFs {
         for (path, nodes) in by_path {
             // Within stale_ttl of an outage the cache answers with the last value; an error means the secret is
             // gone, denied, or unreachable for longer than that: its names are retired, so readers get the error.
-            let latest = match self.cache.read_or_stale(&path, max_age).await {
+            let latest = match self.route(&path.path) {
+                Ok(cache) => cache.read_or_stale(&path, max_age).await,
+                Err(error) => Err(SourceError::Refused(error.to_string())),
+            };
+            let latest = match latest {
                 Ok((secret, stale)) => {
                     stale_paths += usize::from(stale);
                     Some(secret)

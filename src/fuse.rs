@@ -122,12 +122,14 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        // A read that fills the page cache from the start; later readers are served by the kernel (or audited at
-        // open with audit_every_open).
-        if offset == 0 && !self.audit_every_open {
-            self.fs.audit_read(ino.0, requester(req));
-        }
-        match self.fs.read(ino.0, offset, size) {
+        // Reads fill the page cache; later readers are served by the kernel. Each open that reaches the driver is
+        // audited once, at whatever offset it reads first (with audit_every_open, the open itself was audited).
+        let read = if self.audit_every_open {
+            self.fs.read(ino.0, offset, size)
+        } else {
+            self.fs.read_audited(ino.0, offset, size, requester(req))
+        };
+        match read {
             Ok(bytes) => reply.data(&bytes),
             Err(error) => reply.error(errno(&error)),
         }

@@ -332,19 +332,20 @@ async fn serve(config: Config, cli: &Cli, flags: &FlagOverrides) -> anyhow::Resu
         );
     }
     let caches = Arc::new(open_caches(&config, &all_scopes(&config)).await?);
-    let mounter = choose_mounter(&config, cli, flags, caches).await?;
+    let mounter = choose_mounter(&config, cli, flags, caches.clone()).await?;
     for path in clean_stale_mounts(&config.mount_root) {
         tracing::info!(mountpoint = %path.display(), "removed a leftover mountpoint");
     }
     let store = DirRecordStore::open(&config.state_dir).context("state directory")?;
     let mount_root = config.mount_root.clone();
+    let access = config.access_rules();
     // Adoption asks systemd about units, which blocks: keep it off the async threads.
-    let mut volumes =
-        tokio::task::spawn_blocking(move || Volumes::open(Box::new(store), mounter, mount_root))
-            .await
-            .context("loading volume records")?
-            .context("loading volume records")?;
-    volumes.set_access(config.access_rules());
+    let volumes = tokio::task::spawn_blocking(move || {
+        Volumes::open_with_access(Box::new(store), mounter, mount_root, access)
+    })
+    .await
+    .context("loading volume records")?
+    .context("loading volume records")?;
     let (volume_count, mount_count) = volumes.counts();
     let volumes = Arc::new(Mutex::new(volumes));
     let (listener, activated) = server::listener(&config.socket)
@@ -361,7 +362,8 @@ async fn serve(config: Config, cli: &Cli, flags: &FlagOverrides) -> anyhow::Resu
     let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
     let health = tokio::spawn(report_health(volumes.clone()));
 
-    server::run(listener, Plugin::new(volumes.clone()), shutdown_signal()).await;
+    let plugin = Plugin::new(volumes.clone()).with_gate(caches);
+    server::run(listener, plugin, shutdown_signal()).await;
 
     health.abort();
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
@@ -385,21 +387,23 @@ async fn serve_mount(
     let vault_path =
         VaultPath::from_volume_name(&volume).with_context(|| format!("volume {volume:?}"))?;
     let options = VolumeOptions::parse(&options).context("volume options")?;
-    let scope = config
-        .access_rules()
-        .decide(&vault_path)
+    let namespace = options.namespace.as_deref();
+    // Every read below the volume is decided by its own rule, so the unit logs in with each set of credentials
+    // those rules may name (and none other).
+    let access = config.access_rules();
+    access
+        .decide(namespace, &vault_path)
         .context("access rules")?;
-    let cache = open_caches(&config, &[scope])
-        .await?
-        .for_volume(&vault_path, options.namespace.as_deref())
-        .map_err(anyhow::Error::msg)?;
+    let scopes = access.scopes_below(namespace, &vault_path);
+    let caches = Arc::new(open_caches(&config, &scopes).await?);
+    let router = caches.router(namespace);
     // The driver starts this unit only when no live server has the volume: anything mounted here is dead.
     detach(&mountpoint).map_err(anyhow::Error::msg)?;
     prepare_mountpoint(&mountpoint).map_err(anyhow::Error::msg)?;
     let mount = mount_volume(
         &volume,
         &vault_path,
-        cache,
+        router,
         options.fs_options(&config.fs_options()),
         &mountpoint,
         tokio::runtime::Handle::current(),

@@ -7,10 +7,11 @@ use std::sync::{Arc, Mutex};
 
 use crate::access::{AccessRules, AuthScope};
 use crate::cache::SecretCache;
-use crate::filesystem::{FsOptions, SecretFs};
+use crate::filesystem::{FsOptions, RouteError, SecretFs, SecretRouter};
 use crate::fuse::{self, FuseMount};
 use crate::names::{escape_component, VaultPath};
-use crate::volumes::{ActiveMount, Mounter, VolumeOptions, VolumeRecord};
+use crate::secret::SourceError;
+use crate::volumes::{ActiveMount, Mounter, VolumeError, VolumeGate, VolumeOptions, VolumeRecord};
 
 /// Makes the cache for a child namespace of a scope: a view of the same backend and login in that namespace.
 pub type NamespaceCacheFactory =
@@ -18,7 +19,8 @@ pub type NamespaceCacheFactory =
 
 /// The secret caches volumes read through: one per set of credentials (the `[vault]` ones, and each access rule
 /// with its own), and one per volume `namespace` option under those, made on first use and shared by every volume
-/// reading with the same credentials in the same namespace.
+/// reading with the same credentials in the same namespace. Which cache reads a path is decided per path, by the
+/// access rules ([`VolumeRouter`]).
 pub struct VolumeCaches {
     access: AccessRules,
     roots: HashMap<AuthScope, Arc<SecretCache>>,
@@ -49,13 +51,21 @@ impl VolumeCaches {
         )
     }
 
-    /// The cache volume `path` reads through, in `namespace` (`None`: the configured one).
-    pub fn for_volume(
+    /// What a volume reading in `namespace` (`None`: the configured one) reads through: every path it resolves
+    /// to is decided by the access rules and read with the credentials of the rule that matched it.
+    pub fn router(self: &Arc<Self>, namespace: Option<&str>) -> Arc<VolumeRouter> {
+        Arc::new(VolumeRouter {
+            caches: self.clone(),
+            namespace: namespace.map(str::to_owned),
+        })
+    }
+
+    /// The cache of `scope` in `namespace`.
+    fn cache_of(
         &self,
-        path: &VaultPath,
+        scope: AuthScope,
         namespace: Option<&str>,
     ) -> Result<Arc<SecretCache>, String> {
-        let scope = self.access.decide(path).map_err(|e| e.to_string())?;
         let root = self
             .roots
             .get(&scope)
@@ -74,6 +84,59 @@ impl VolumeCaches {
         );
         caches.insert(key, cache.clone());
         Ok(cache)
+    }
+}
+
+#[async_trait::async_trait]
+impl VolumeGate for VolumeCaches {
+    /// The volume's own path must be allowed by the rules, and lie in a KV engine. When Vault cannot answer, the
+    /// engine is left to the reads, which check it again each time: Create and Mount never wait for Vault.
+    async fn admit(
+        &self,
+        name: &str,
+        path: &VaultPath,
+        namespace: Option<&str>,
+    ) -> Result<(), VolumeError> {
+        let grant = self.access.decide(namespace, path).map_err(|refusal| {
+            tracing::warn!(volume = %name, reason = %refusal, "volume refused by the access rules");
+            VolumeError::from(refusal)
+        })?;
+        let cache = self
+            .cache_of(grant.scope, namespace)
+            .map_err(|reason| VolumeError::Mount {
+                name: name.to_owned(),
+                reason,
+            })?;
+        match cache.check_served(path).await {
+            Ok(()) => Ok(()),
+            Err(SourceError::Refused(reason)) => {
+                tracing::warn!(volume = %name, %reason, "volume refused: not a KV engine");
+                Err(VolumeError::NotServed {
+                    name: name.to_owned(),
+                    reason,
+                })
+            }
+            Err(error) => {
+                tracing::info!(volume = %name, %error, "engine not checked now (Vault did not answer); every read checks it");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// One volume's view of [`VolumeCaches`]: decides each path in the volume's namespace.
+pub struct VolumeRouter {
+    caches: Arc<VolumeCaches>,
+    namespace: Option<String>,
+}
+
+impl SecretRouter for VolumeRouter {
+    fn route(&self, path: &VaultPath) -> Result<Arc<SecretCache>, RouteError> {
+        let namespace = self.namespace.as_deref();
+        let grant = self.caches.access.decide(namespace, path)?;
+        self.caches
+            .cache_of(grant.scope, namespace)
+            .map_err(RouteError::Unavailable)
     }
 }
 
@@ -126,13 +189,13 @@ impl ActiveMount for InProcessMount {
 pub fn mount_volume(
     name: &str,
     path: &VaultPath,
-    cache: Arc<SecretCache>,
+    router: Arc<dyn SecretRouter>,
     fs_options: FsOptions,
     mountpoint: &Path,
     runtime: tokio::runtime::Handle,
 ) -> std::io::Result<FuseMount> {
     let audit_window = fs_options.audit_window;
-    let fs = Arc::new(SecretFs::new(path.clone(), cache, fs_options));
+    let fs = Arc::new(SecretFs::routed(path.clone(), router, fs_options));
     if let Some(window) = audit_window {
         fs.set_auditor(crate::audit::Auditor::for_volume(name, window));
     }
@@ -157,12 +220,12 @@ impl Mounter for InProcessMounter {
     ) -> Result<Box<dyn ActiveMount>, String> {
         prepare_mountpoint(mountpoint)?;
         let options = VolumeOptions::parse(&record.options).map_err(|e| e.to_string())?;
-        let cache = self.caches.for_volume(path, options.namespace.as_deref())?;
+        let router = self.caches.router(options.namespace.as_deref());
         let fs_options = options.fs_options(&self.fs_options);
         let mount = mount_volume(
             &record.name,
             path,
-            cache,
+            router,
             fs_options,
             mountpoint,
             self.runtime.clone(),
@@ -242,4 +305,281 @@ pub fn clean_stale_mounts(mount_root: &Path) -> Vec<PathBuf> {
         }
     }
     cleaned
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access::Rule;
+    use crate::audit::{Auditor, Outcome, Requester};
+    use crate::filesystem::{FsError, ROOT_INODE};
+    use crate::testing::{FixedContainers, MemorySource, RecordingAuditSink};
+    use serde_json::json;
+    use std::ffi::OsStr;
+    use std::time::Duration;
+
+    fn rule(path: &str, allow: bool, own_auth: bool) -> Rule {
+        Rule {
+            path: path.into(),
+            namespace: None,
+            allow,
+            own_auth,
+        }
+    }
+
+    fn path(p: &str) -> VaultPath {
+        VaultPath::from_volume_name(p).unwrap()
+    }
+
+    fn cache(source: &Arc<MemorySource>) -> Arc<SecretCache> {
+        Arc::new(SecretCache::new(
+            source.clone(),
+            Duration::from_secs(30),
+            Duration::from_secs(2),
+        ))
+    }
+
+    /// Two sets of credentials: `[vault]`'s reads everything, app-1's only its own prefix (as Vault would enforce).
+    fn sources() -> (Arc<MemorySource>, Arc<MemorySource>) {
+        let broad = Arc::new(MemorySource::default());
+        broad.put("secret/admin/root", json!({"value": "root-pw"}));
+        broad.put(
+            "secret/app-1/db",
+            json!({"value": "read-with-the-broad-token"}),
+        );
+        broad.put("secret/shared/x", json!({"value": "shared"}));
+        let app1 = Arc::new(MemorySource::default());
+        app1.put(
+            "secret/app-1/db",
+            json!({"value": "read-with-app-1s-own-token", "user": "u"}),
+        );
+        (broad, app1)
+    }
+
+    fn caches(
+        rules: Vec<Rule>,
+        broad: &Arc<MemorySource>,
+        app1: &Arc<MemorySource>,
+    ) -> Arc<VolumeCaches> {
+        Arc::new(VolumeCaches::new(
+            AccessRules::new(rules, "test [[rules]]"),
+            HashMap::from([
+                (AuthScope::Default, cache(broad)),
+                (AuthScope::Rule(1), cache(app1)),
+            ]),
+            Box::new(|_, _| Err("no namespaces here".to_owned())),
+        ))
+    }
+
+    async fn cat(
+        fs: &SecretFs,
+        parent: u64,
+        name: &str,
+        who: Requester,
+    ) -> Result<String, FsError> {
+        let attr = fs.lookup_audited(parent, OsStr::new(name), who).await?;
+        let bytes = fs.read_audited(attr.ino, 0, 4096, who)?;
+        Ok(String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    /// Issue 11's attack, through the filesystem core: a volume over a parent path reads each secret as the rule of
+    /// that secret's own path decides.
+    #[tokio::test]
+    async fn every_path_below_a_parent_volume_is_decided_by_its_own_rule() {
+        let (broad, app1) = sources();
+        let caches = caches(
+            vec![
+                rule("secret/admin", false, false),
+                rule("secret/app-1", true, true),
+                rule("secret", true, false),
+            ],
+            &broad,
+            &app1,
+        );
+        let fs = SecretFs::routed(path("secret"), caches.router(None), FsOptions::default());
+        let sink = RecordingAuditSink::default();
+        fs.set_auditor(Auditor::new(
+            "secret",
+            Duration::from_secs(60),
+            Box::new(FixedContainers(HashMap::new())),
+            Box::new(sink.clone()),
+        ));
+        let who = Requester { pid: 9, uid: 0 };
+
+        // The deny rule holds below the parent: the folder and everything in it, in every view.
+        let admin = fs
+            .lookup_audited(ROOT_INODE, OsStr::new("admin"), who)
+            .await;
+        assert!(
+            matches!(admin, Err(FsError::Refused { ref reason }) if reason.contains("rules[0]")),
+            "{admin:?}"
+        );
+        assert_eq!(
+            admin.unwrap_err().errno(),
+            crate::filesystem::libc_errno::EACCES
+        );
+        let reads_before = broad.reads();
+        for name in ["admin#", "admin@1", "admin#value"] {
+            assert!(matches!(
+                fs.lookup_audited(ROOT_INODE, OsStr::new(name), who).await,
+                Err(FsError::Refused { .. })
+            ));
+        }
+        assert_eq!(
+            broad.reads(),
+            reads_before,
+            "a refused path never reaches Vault"
+        );
+
+        // app-1's secrets are read with app-1's own credentials, not the broad ones, also through the parent.
+        let app = fs.lookup(ROOT_INODE, OsStr::new("app-1")).await.unwrap();
+        assert_eq!(
+            cat(&fs, app.ino, "db", who).await.unwrap(),
+            "read-with-app-1s-own-token"
+        );
+        assert_eq!(cat(&fs, app.ino, "db#user", who).await.unwrap(), "u");
+        assert_eq!(
+            broad.reads(),
+            reads_before,
+            "the broad credentials never read app-1's secrets"
+        );
+        let shared = fs.lookup(ROOT_INODE, OsStr::new("shared")).await.unwrap();
+        assert_eq!(cat(&fs, shared.ino, "x", who).await.unwrap(), "shared");
+
+        let records = sink.records();
+        let denied: Vec<_> = records
+            .iter()
+            .filter(|r| r.outcome == Outcome::Denied)
+            .collect();
+        assert!(!denied.is_empty());
+        assert!(
+            denied.iter().all(|r| r.key.starts_with("secret/admin")
+                && r.reason
+                    .as_deref()
+                    .is_some_and(|why| why.contains("rules[0]"))),
+            "{denied:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_nested_secret_is_read_with_the_credentials_of_its_rule() {
+        let (broad, app1) = sources();
+        let caches = caches(
+            vec![
+                rule("secret/admin", false, false),
+                rule("secret/app-1", true, true),
+                rule("secret", true, false),
+            ],
+            &broad,
+            &app1,
+        );
+        // A volume over `secret/app-1` and one over `secret` resolving `app-1/db` read the same, with app-1's login.
+        let own = SecretFs::routed(
+            path("secret/app-1"),
+            caches.router(None),
+            FsOptions::default(),
+        );
+        let who = Requester { pid: 9, uid: 0 };
+        assert_eq!(
+            cat(&own, ROOT_INODE, "db", who).await.unwrap(),
+            "read-with-app-1s-own-token"
+        );
+        let router = caches.router(None);
+        let via_parent = router.route(&path("secret/app-1/db")).unwrap();
+        assert_eq!(
+            via_parent
+                .read(&path("secret/app-1/db"))
+                .await
+                .unwrap()
+                .render(&crate::names::View::Default)
+                .unwrap()
+                .to_vec(),
+            b"read-with-app-1s-own-token"
+        );
+        assert_eq!(
+            broad.reads(),
+            0,
+            "the broad credentials never read app-1's secrets"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_namespace_no_rule_names_is_refused_and_the_gate_refuses_non_kv_engines() {
+        let (broad, app1) = sources();
+        let caches = caches(
+            vec![
+                rule("secret/admin", false, false),
+                rule("secret/app-1", true, true),
+            ],
+            &broad,
+            &app1,
+        );
+        let router = caches.router(Some("finance"));
+        assert!(matches!(
+            router.route(&path("secret/app-1/db")),
+            Err(RouteError::Refused(_))
+        ));
+        let refused = caches
+            .admit("secret/app-1", &path("secret/app-1"), Some("finance"))
+            .await;
+        assert!(
+            matches!(refused, Err(VolumeError::Refused(_))),
+            "{refused:?}"
+        );
+        assert!(caches
+            .admit("secret/app-1", &path("secret/app-1"), None)
+            .await
+            .is_ok());
+
+        app1.set_failure(Some(SourceError::Refused(
+            "cubbyhole/ is Vault's cubbyhole path".into(),
+        )));
+        let refused = caches
+            .admit("secret/app-1", &path("secret/app-1"), None)
+            .await;
+        assert!(
+            matches!(refused, Err(VolumeError::NotServed { ref reason, .. }) if reason.contains("cubbyhole")),
+            "{refused:?}"
+        );
+        // Vault not answering does not keep a volume from being created or mounted: reads check again.
+        app1.set_failure(Some(SourceError::Unavailable("sealed".into())));
+        assert!(caches
+            .admit("secret/app-1", &path("secret/app-1"), None)
+            .await
+            .is_ok());
+    }
+
+    #[test]
+    fn an_open_is_audited_once_at_whatever_offset_it_starts() {
+        let source = Arc::new(MemorySource::default());
+        source.put("secret/big", json!({"value": "x".repeat(10_000)}));
+        let fs = SecretFs::new(path("secret"), cache(&source), FsOptions::default());
+        let sink = RecordingAuditSink::default();
+        fs.set_auditor(Auditor::new(
+            "secret",
+            Duration::ZERO,
+            Box::new(FixedContainers(HashMap::new())),
+            Box::new(sink.clone()),
+        ));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let attr = runtime
+            .block_on(fs.lookup(ROOT_INODE, OsStr::new("big")))
+            .unwrap();
+        let reader = Requester { pid: 5, uid: 0 };
+        // A first read in the middle of the file is an open of its own.
+        fs.read_audited(attr.ino, 8192, 4096, reader).unwrap();
+        assert_eq!(sink.records().len(), 1);
+        // Reading on from where it stopped is the same open.
+        fs.read_audited(attr.ino, 10_000, 4096, reader).unwrap();
+        assert_eq!(sink.records().len(), 1);
+        // Back at the start, or another process: new opens.
+        fs.read_audited(attr.ino, 0, 4096, reader).unwrap();
+        fs.read_audited(attr.ino, 4096, 4096, reader).unwrap();
+        fs.read_audited(attr.ino, 4096, 4096, Requester { pid: 6, uid: 0 })
+            .unwrap();
+        assert_eq!(sink.records().len(), 3);
+    }
 }

@@ -8,7 +8,8 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::volumes::{VolumeError, VolumeInfo, Volumes};
+use crate::names::VaultPath;
+use crate::volumes::{VolumeError, VolumeGate, VolumeInfo, VolumeOptions, Volumes};
 
 /// The protocol's error edge: everything becomes `{"Err": "..."}` with a status.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +87,8 @@ fn parse<T: DeserializeOwned>(method: &str, body: &[u8]) -> Result<T, PluginErro
 #[derive(Clone)]
 pub struct Plugin {
     volumes: Arc<Mutex<Volumes>>,
+    /// Admits volumes at Create and Mount by their engine (none: every engine, as for the file backend).
+    gate: Option<Arc<dyn VolumeGate>>,
 }
 
 fn now_rfc3339() -> String {
@@ -105,7 +108,41 @@ fn volume_json(info: &VolumeInfo) -> Value {
 
 impl Plugin {
     pub fn new(volumes: Arc<Mutex<Volumes>>) -> Self {
-        Plugin { volumes }
+        Plugin {
+            volumes,
+            gate: None,
+        }
+    }
+
+    /// Also asks `gate` before every Create and Mount.
+    pub fn with_gate(mut self, gate: Arc<dyn VolumeGate>) -> Self {
+        self.gate = Some(gate);
+        self
+    }
+
+    /// Asks the gate about volume `name` with `options`. A bad name or option is left for the volume core to
+    /// report, with its own message.
+    async fn admit(
+        &self,
+        method: &str,
+        name: &str,
+        options: &BTreeMap<String, String>,
+    ) -> Result<(), PluginError> {
+        let Some(gate) = &self.gate else {
+            return Ok(());
+        };
+        let (Ok(path), Ok(parsed)) = (
+            VaultPath::from_volume_name(name),
+            VolumeOptions::parse(options),
+        ) else {
+            return Ok(());
+        };
+        gate.admit(name, &path, parsed.namespace.as_deref())
+            .await
+            .map_err(|source| PluginError::Volume {
+                method: method.to_owned(),
+                source,
+            })
     }
 
     /// Runs `f` on the volumes off the async threads: mounting waits for the kernel.
@@ -170,6 +207,7 @@ impl Plugin {
                 let request: CreateRequest = parse(method, body)?;
                 let name = request.name.clone();
                 let options = request.opts.unwrap_or_default();
+                self.admit(method, &name, &options).await?;
                 self.with_volumes(method, move |v| {
                     v.create(&request.name, options, now_rfc3339())
                 })
@@ -188,6 +226,11 @@ impl Plugin {
             "VolumeDriver.Mount" => {
                 let request: MountRequest = parse(method, body)?;
                 let (name, id) = (request.name.clone(), request.id.clone());
+                let lookup = name.clone();
+                let options = self
+                    .with_volumes(method, move |v| v.options_of(&lookup))
+                    .await?;
+                self.admit(method, &name, &options).await?;
                 let mountpoint = self
                     .with_volumes(method, move |v| v.mount(&request.name, &request.id))
                     .await?;

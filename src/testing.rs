@@ -76,6 +76,10 @@ impl SecretSource for MemorySource {
         }
     }
 
+    async fn check_served(&self, _path: &VaultPath) -> Result<(), SourceError> {
+        self.pause().await
+    }
+
     async fn is_folder(&self, path: &VaultPath) -> Result<bool, SourceError> {
         self.pause().await?;
         let prefix = format!("{}/", path.as_str());

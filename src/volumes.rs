@@ -40,7 +40,15 @@ pub enum VolumeError {
     #[error("could not mount volume {name:?}: {reason}")]
     Mount { name: String, reason: String },
     #[error(transparent)]
-    Refused(#[from] crate::access::AccessError),
+    Refused(Box<crate::access::AccessError>),
+    #[error("volume {name:?} is not served: {reason}")]
+    NotServed { name: String, reason: String },
+}
+
+impl From<crate::access::AccessError> for VolumeError {
+    fn from(refusal: crate::access::AccessError) -> Self {
+        VolumeError::Refused(Box::new(refusal))
+    }
 }
 
 /// Errors of the record store.
@@ -218,6 +226,18 @@ pub trait ActiveMount: Send {
     fn outlives_driver(&self) -> bool;
 }
 
+/// Admits a volume at Create and Mount by what only the secret source knows (its engine type). Asked before the
+/// volumes are locked, since it may wait for Vault.
+#[async_trait::async_trait]
+pub trait VolumeGate: Send + Sync {
+    async fn admit(
+        &self,
+        name: &str,
+        path: &VaultPath,
+        namespace: Option<&str>,
+    ) -> Result<(), VolumeError>;
+}
+
 /// Mounts a volume's filesystem at a mountpoint.
 pub trait Mounter: Send + Sync {
     fn mount(
@@ -265,6 +285,22 @@ impl Volumes {
         mounter: Box<dyn Mounter>,
         mount_root: PathBuf,
     ) -> Result<Self, StoreError> {
+        Self::open_with_access(
+            store,
+            mounter,
+            mount_root,
+            crate::access::AccessRules::allow_all(),
+        )
+    }
+
+    /// [`open`](Self::open) under `access`: a running mount whose volume the rules now refuse is stopped, not
+    /// adopted, so a rule added while the driver was down also holds for containers that were running.
+    pub fn open_with_access(
+        store: Box<dyn RecordStore>,
+        mounter: Box<dyn Mounter>,
+        mount_root: PathBuf,
+        access: crate::access::AccessRules,
+    ) -> Result<Self, StoreError> {
         let records: BTreeMap<String, VolumeRecord> = store
             .load_all()?
             .into_iter()
@@ -276,19 +312,30 @@ impl Volumes {
             mount_root,
             records,
             mounts: HashMap::new(),
-            access: crate::access::AccessRules::allow_all(),
+            access,
         };
         for (name, ids) in volumes.store.load_mounts()? {
             let adopted = volumes
                 .records
                 .get(&name)
                 .and_then(|record| volumes.mounter.adopt(record, &volumes.mountpoint_of(&name)));
-            match adopted {
-                Some(active) if !ids.is_empty() => {
+            let refusal = volumes.records.get(&name).and_then(|record| {
+                let namespace = VolumeOptions::parse(&record.options).ok()?.namespace;
+                volumes.check_access(&name, namespace.as_deref()).err()
+            });
+            match (adopted, refusal) {
+                (Some(active), Some(refusal)) => {
+                    tracing::warn!(volume = %name, reason = %refusal, "stopping a running mount the access rules now refuse");
+                    if let Err(reason) = active.unmount() {
+                        tracing::warn!(volume = %name, %reason, "could not stop the refused mount");
+                    }
+                    volumes.store.save_mounts(&name, &MountIds::new())?;
+                }
+                (Some(active), None) if !ids.is_empty() => {
                     tracing::info!(volume = %name, mount_ids = ids.len(), "adopted a running mount");
                     volumes.mounts.insert(name, MountState { ids, active });
                 }
-                _ => {
+                (_, _) => {
                     tracing::info!(volume = %name, "forgot mount IDs of a mount that is gone");
                     volumes.store.save_mounts(&name, &MountIds::new())?;
                 }
@@ -315,11 +362,11 @@ impl Volumes {
         self.access = access;
     }
 
-    fn check_access(&self, name: &str) -> Result<(), VolumeError> {
+    fn check_access(&self, name: &str, namespace: Option<&str>) -> Result<(), VolumeError> {
         let path = Self::vault_path(name)?;
-        self.access.decide(&path).map(|_| ()).map_err(|refusal| {
+        self.access.decide(namespace, &path).map(|_| ()).map_err(|refusal| {
             tracing::warn!(volume = %name, reason = %refusal, "volume refused by the access rules");
-            VolumeError::Refused(refusal)
+            VolumeError::from(refusal)
         })
     }
 
@@ -331,8 +378,8 @@ impl Volumes {
         now_rfc3339: String,
     ) -> Result<(), VolumeError> {
         Self::vault_path(name)?;
-        VolumeOptions::parse(&options)?;
-        self.check_access(name)?;
+        let parsed = VolumeOptions::parse(&options)?;
+        self.check_access(name, parsed.namespace.as_deref())?;
         if self.records.contains_key(name) {
             return Ok(());
         }
@@ -361,11 +408,12 @@ impl Volumes {
 
     /// Mounts for mount ID `id`; the first user mounts the filesystem, later ones share it.
     pub fn mount(&mut self, name: &str, id: &str) -> Result<PathBuf, VolumeError> {
-        self.check_access(name)?;
         let record = self
             .records
             .get(name)
             .ok_or_else(|| VolumeError::NotFound(name.to_owned()))?;
+        let namespace = VolumeOptions::parse(&record.options)?.namespace;
+        self.check_access(name, namespace.as_deref())?;
         let mountpoint = self.mountpoint_of(name);
         let mut state = match self.mounts.remove(name) {
             // A dead server's mountpoint is never handed out: serve it again, keeping the counts.
@@ -430,6 +478,14 @@ impl Volumes {
                 })?;
         }
         Ok(true)
+    }
+
+    /// The options volume `name` was created with.
+    pub fn options_of(&self, name: &str) -> Result<BTreeMap<String, String>, VolumeError> {
+        self.records
+            .get(name)
+            .map(|record| record.options.clone())
+            .ok_or_else(|| VolumeError::NotFound(name.to_owned()))
     }
 
     pub fn get(&self, name: &str) -> Result<VolumeInfo, VolumeError> {
@@ -641,6 +697,36 @@ mod tests {
         assert!(!volumes.unmount("secret/a", "A").unwrap());
         assert!(volumes.unmount("secret/a", "B").unwrap());
         assert!(mounter.live.lock().unwrap().is_empty());
+        assert!(store.mounted_names().is_empty());
+    }
+
+    #[test]
+    fn a_running_mount_the_rules_now_refuse_is_stopped_not_adopted() {
+        let (store, mounter, mut volumes) = units_with_one_mount();
+        volumes.shutdown();
+        assert_eq!(mounter.live.lock().unwrap().len(), 1);
+        // The operator adds a deny rule for the volume while the driver is down.
+        let access = crate::access::AccessRules::new(
+            vec![crate::access::Rule {
+                path: "secret/a".into(),
+                namespace: None,
+                allow: false,
+                own_auth: false,
+            }],
+            "test",
+        );
+        let volumes = Volumes::open_with_access(
+            Box::new(store.clone()),
+            Box::new(mounter.clone()),
+            PathBuf::from("/run/test/mounts"),
+            access,
+        )
+        .unwrap();
+        assert!(
+            mounter.live.lock().unwrap().is_empty(),
+            "the refused unit is stopped"
+        );
+        assert_eq!(volumes.get("secret/a").unwrap().mount_ids, 0);
         assert!(store.mounted_names().is_empty());
     }
 
