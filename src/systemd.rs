@@ -255,11 +255,70 @@ impl SystemdMounter {
             // Stop after dockerd at shutdown, so containers keep their secrets until they end.
             ("Before", Value::from(vec!["docker.service".to_owned()])),
         ];
+        let mut properties = properties;
+        properties.extend(mount_unit_hardening());
         self.manager
             .start_transient_unit(unit, "replace", &properties, &[])
             .await?;
         self.wait_active(unit).await
     }
+}
+
+/// Linux capability numbers (linux/capability.h) a mount unit keeps.
+const CAP_IPC_LOCK: u64 = 14;
+const CAP_SYS_ADMIN: u64 = 21;
+
+/// How much memory and how many tasks one mount unit may use: far above what one serves (about 4 MB and a few
+/// threads), low enough that a container flooding its mount cannot take the host's memory or pids.
+pub const MOUNT_UNIT_MEMORY_MAX: u64 = 128 * 1024 * 1024;
+pub const MOUNT_UNIT_TASKS_MAX: u64 = 32;
+
+/// The service unit's hardening, for mount units, which parse every FUSE request a container sends. Nothing here
+/// creates a mount namespace (no ProtectSystem, PrivateTmp, PrivateDevices, ...): the FUSE mount must stay
+/// visible to dockerd. What is left: no new privileges; only the capabilities mounting (CAP_SYS_ADMIN) and locking
+/// secrets in memory (CAP_IPC_LOCK) need; the service's system call filter; Unix and IP sockets only (journald,
+/// sd_notify, Vault); /dev/fuse as the one device; no namespaces, realtime, set-uid files, personality changes or
+/// writable-executable memory; and memory and task limits.
+pub fn mount_unit_hardening() -> Vec<(&'static str, Value<'static>)> {
+    let strings = |items: &[&str]| {
+        items
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect::<Vec<String>>()
+    };
+    vec![
+        ("NoNewPrivileges", Value::from(true)),
+        (
+            "CapabilityBoundingSet",
+            Value::from((1u64 << CAP_SYS_ADMIN) | (1u64 << CAP_IPC_LOCK)),
+        ),
+        ("AmbientCapabilities", Value::from(0u64)),
+        ("DevicePolicy", Value::from("closed")),
+        (
+            "DeviceAllow",
+            Value::from(vec![("/dev/fuse".to_owned(), "rw".to_owned())]),
+        ),
+        ("LockPersonality", Value::from(true)),
+        ("MemoryDenyWriteExecute", Value::from(true)),
+        ("RestrictRealtime", Value::from(true)),
+        ("RestrictSUIDSGID", Value::from(true)),
+        // The namespace types a unit may create: none.
+        ("RestrictNamespaces", Value::from(0u64)),
+        (
+            "RestrictAddressFamilies",
+            Value::from((true, strings(&["AF_UNIX", "AF_INET", "AF_INET6"]))),
+        ),
+        ("SystemCallArchitectures", Value::from(strings(&["native"]))),
+        (
+            "SystemCallFilter",
+            Value::from((true, strings(&["@system-service", "@mount"]))),
+        ),
+        ("SystemCallErrorNumber", Value::from(nix::libc::EPERM)),
+        ("KeyringMode", Value::from("private")),
+        ("UMask", Value::from(0o077u32)),
+        ("MemoryMax", Value::from(MOUNT_UNIT_MEMORY_MAX)),
+        ("TasksMax", Value::from(MOUNT_UNIT_TASKS_MAX)),
+    ]
 }
 
 /// A volume served by a mount unit.

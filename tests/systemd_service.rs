@@ -248,6 +248,7 @@ fn install_enable_and_read_a_secret_with_socket_activation_and_journald() {
         "docker run -d --name holder --volume-driver libsecret -v secret/app-1/:/secrets {TEST_IMAGE} sleep 1000"
     ));
     assert_eq!(host.mount_units().len(), 1);
+    check_mount_unit_hardening(&host);
     let procs = host.exec_ok(
         "for p in $(pgrep -f '^/usr/bin/docker-volume-libsecret'); do tr '\\0' ' ' < /proc/$p/cmdline; echo; \
          tr '\\0' '\\n' < /proc/$p/environ; done",
@@ -294,6 +295,69 @@ fn install_enable_and_read_a_secret_with_socket_activation_and_journald() {
     );
     let leftovers = host.exec_ok("ls -A /run/docker-volume-libsecret/mounts");
     assert!(leftovers.trim().is_empty(), "mountpoints left: {leftovers}");
+}
+
+/// A mount unit parses every FUSE request a container sends: it carries the service's hardening (without anything
+/// that creates a mount namespace), and still serves its secret. Prints `systemd-analyze security` of both.
+fn check_mount_unit_hardening(host: &Host) {
+    let unit = host.mount_units().remove(0);
+    let shown = host.exec_ok(&format!(
+        "systemctl show -p NoNewPrivileges -p CapabilityBoundingSet -p AmbientCapabilities -p RestrictAddressFamilies \
+         -p SystemCallFilter -p SystemCallArchitectures -p RestrictNamespaces -p MemoryMax -p TasksMax \
+         -p DevicePolicy -p DeviceAllow -p LockPersonality -p MemoryDenyWriteExecute -p RestrictRealtime \
+         -p RestrictSUIDSGID -p PrivateTmp -p ProtectSystem -p PrivateDevices -p UMask '{unit}'"
+    ));
+    for wanted in [
+        "NoNewPrivileges=yes",
+        "CapabilityBoundingSet=cap_ipc_lock cap_sys_admin",
+        "AmbientCapabilities=\n",
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+        "SystemCallArchitectures=native",
+        "RestrictNamespaces=yes",
+        "MemoryMax=134217728",
+        "TasksMax=32",
+        "DevicePolicy=closed",
+        "DeviceAllow=/dev/fuse rw",
+        "LockPersonality=yes",
+        "MemoryDenyWriteExecute=yes",
+        "RestrictRealtime=yes",
+        "RestrictSUIDSGID=yes",
+        "UMask=0077",
+        // Nothing that would hide the FUSE mount from dockerd in a namespace of its own.
+        "PrivateTmp=no",
+        "ProtectSystem=no",
+        "PrivateDevices=no",
+    ] {
+        assert!(
+            format!("{shown}\n").contains(wanted),
+            "{wanted:?} missing from {unit}:\n{shown}"
+        );
+    }
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("SystemCallFilter=") && l.contains("mount")),
+        "{shown}"
+    );
+    // The hardened unit still serves: the holder container reads its secret through it.
+    let read = host.exec_ok("docker exec holder cat /secrets/db-password");
+    assert_eq!(read, SECRET);
+    let exposure = |unit: &str| -> f64 {
+        let report = host.exec_ok(&format!(
+            "systemd-analyze security --no-pager '{unit}' | tail -n 1"
+        ));
+        println!("systemd-analyze security {unit}: {}", report.trim());
+        report
+            .split_whitespace()
+            .find_map(|word| word.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no exposure score in {report:?}"))
+    };
+    let service = exposure(DRIVER);
+    let mount = exposure(&unit);
+    assert!(
+        mount <= service,
+        "a mount unit ({mount}) is less hardened than the service ({service})"
+    );
 }
 
 #[test]

@@ -120,6 +120,15 @@ impl Driver {
 impl Drop for Driver {
     fn drop(&mut self) {
         self.stop();
+        // A failing test shows what the driver said (it never logs a secret value).
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- last lines of the driver log ---");
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
     }
 }
 
