@@ -411,10 +411,10 @@ impl VaultSource {
                     inside.accessor.is_some() && inside.accessor.as_deref() == accessor
                 }))
             }
-            // No such namespace (4xx): the segment belongs to the mount path.
-            Err(error) if status_of(&error).is_some_and(|status| (400..500).contains(&status)) => {
-                Ok(false)
-            }
+            // No such namespace: the segment belongs to the mount path.
+            Err(error) if status_of(&error) == Some(404) => Ok(false),
+            // The namespace exists but the token may not look inside: it cannot be told apart, so it is refused.
+            Err(error) if status_of(&error) == Some(403) => Ok(true),
             Err(error) => Err(source_error(error)),
         }
     }
