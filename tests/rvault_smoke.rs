@@ -1,5 +1,7 @@
 //! Proves the RustyVault test harness (tests/support/rvault.rs) works against the real `rvault`.
 
+#[path = "support/http.rs"]
+mod http;
 #[path = "support/rvault.rs"]
 mod rvault;
 

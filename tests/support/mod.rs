@@ -3,6 +3,8 @@
 
 pub mod docker;
 pub mod driver;
+pub mod http;
+pub mod openbao;
 pub mod plugin_client;
 pub mod rvault;
 pub mod systemd_host;

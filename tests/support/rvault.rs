@@ -20,13 +20,14 @@
 //! - KV v2 is not supported by rvault.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+
+pub use super::http::free_port;
 
 /// A running RustyVault server, initialised, unsealed, with KV v1 mounted at `secret/`.
 /// Killed (and its storage removed) on drop.
@@ -343,125 +344,10 @@ fn is_executable(p: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0 to find a free port")
-}
-
-/// A minimal blocking HTTP/1.1 client (`http://` only, `Connection: close`).
-///
-/// Sends `body` as JSON and the token as `X-Vault-Token`. Returns the status code and the
-/// body parsed as JSON: `Value::Null` for an empty body, `Value::String` for a body that is
-/// not JSON. Panics on connection or protocol errors (10 s timeouts).
+/// A minimal blocking HTTP/1.1 client (`http://` only, `Connection: close`): [`super::http::request`] with the
+/// token as `X-Vault-Token`. Returns the status code and the body parsed as JSON (`Value::Null` for an empty body,
+/// `Value::String` for a body that is not JSON). Panics on connection or protocol errors (10 s timeouts).
 pub fn http(method: &str, url: &str, token: Option<&str>, body: Option<&Value>) -> (u16, Value) {
-    let rest = url
-        .strip_prefix("http://")
-        .unwrap_or_else(|| panic!("http(): only http:// URLs are supported, got {url}"));
-    let (host_port, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let host_port = if host_port.contains(':') {
-        host_port.to_string()
-    } else {
-        format!("{host_port}:80")
-    };
-    let addr = host_port
-        .to_socket_addrs()
-        .unwrap_or_else(|e| panic!("http(): cannot resolve {host_port}: {e}"))
-        .next()
-        .unwrap_or_else(|| panic!("http(): no address for {host_port}"));
-    let timeout = Duration::from_secs(10);
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)
-        .unwrap_or_else(|e| panic!("http(): {method} {url}: connect: {e}"));
-    stream.set_read_timeout(Some(timeout)).unwrap();
-    stream.set_write_timeout(Some(timeout)).unwrap();
-
-    let payload = body.map(|b| b.to_string()).unwrap_or_default();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host_port}\r\nConnection: close\r\nAccept: application/json\r\n"
-    );
-    if let Some(t) = token {
-        req.push_str(&format!("X-Vault-Token: {t}\r\n"));
-    }
-    if body.is_some() {
-        req.push_str("Content-Type: application/json\r\n");
-    }
-    req.push_str(&format!("Content-Length: {}\r\n\r\n", payload.len()));
-    req.push_str(&payload);
-    stream
-        .write_all(req.as_bytes())
-        .unwrap_or_else(|e| panic!("http(): {method} {url}: write: {e}"));
-
-    let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .unwrap_or_else(|e| panic!("http(): {method} {url}: read: {e}"));
-
-    let head_end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| {
-            panic!(
-                "http(): {method} {url}: malformed response: {:?}",
-                String::from_utf8_lossy(&raw)
-            )
-        });
-    let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
-    let mut body_bytes = raw[head_end + 4..].to_vec();
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status: u16 = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("http(): {method} {url}: bad status line {status_line:?}"));
-    let mut chunked = false;
-    let mut content_length: Option<usize> = None;
-    for line in lines {
-        if let Some((name, value)) = line.split_once(':') {
-            let name = name.trim().to_ascii_lowercase();
-            let value = value.trim();
-            if name == "transfer-encoding" && value.to_ascii_lowercase().contains("chunked") {
-                chunked = true;
-            } else if name == "content-length" {
-                content_length = value.parse().ok();
-            }
-        }
-    }
-    if chunked {
-        body_bytes = dechunk(&body_bytes);
-    } else if let Some(n) = content_length {
-        body_bytes.truncate(n);
-    }
-
-    let value = if body_bytes.iter().all(u8::is_ascii_whitespace) {
-        Value::Null
-    } else {
-        serde_json::from_slice(&body_bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body_bytes).into_owned()))
-    };
-    (status, value)
-}
-
-fn dechunk(mut data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(eol) = data.windows(2).position(|w| w == b"\r\n") {
-        let size_field = String::from_utf8_lossy(&data[..eol]);
-        let size_hex = size_field.split(';').next().unwrap_or("").trim();
-        let Ok(size) = usize::from_str_radix(size_hex, 16) else {
-            break;
-        };
-        data = &data[eol + 2..];
-        if size == 0 || data.len() < size {
-            out.extend_from_slice(&data[..size.min(data.len())]);
-            break;
-        }
-        out.extend_from_slice(&data[..size]);
-        data = data.get(size + 2..).unwrap_or_default();
-    }
-    out
+    let headers: Vec<(&str, &str)> = token.map(|t| ("X-Vault-Token", t)).into_iter().collect();
+    super::http::request(method, url, &headers, body)
 }

