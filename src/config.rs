@@ -868,7 +868,7 @@ mod tests {
             assert_eq!(full.backend(), BackendKind::Vault);
             assert_eq!(full.vault.kv_version.get("secret/"), Some(&2));
             assert_eq!(full.vault.auth, AuthMethod::Approle);
-            assert_eq!(full.rules.len(), 2);
+            assert_eq!(full.rules.len(), 3);
             assert_eq!(full.mode, Mode(0o444));
             assert_eq!(full.vault.addr.len(), 2);
             Ok(())

@@ -423,6 +423,15 @@ impl SecretFs {
                     return Err(FsError::NotFound);
                 }
             }
+            // A policy may grant a subtree (`secret/data/app-1/*`) but not a secret at its root: the name is still
+            // a folder if the same credentials may list it.
+            Err(denied @ SourceError::Denied(_)) if plain => {
+                if cache.is_folder(&secret_ref.path).await.unwrap_or(false) {
+                    (NodeKey::Directory(secret_ref.path), None)
+                } else {
+                    return Err(denied.into());
+                }
+            }
             Err(error) => return Err(error.into()),
         };
         let (ino, size) = self.inodes().remember(key.clone(), parent, name, content);

@@ -85,7 +85,10 @@ fn setup() -> Setup {
     let bao = OpenBao::start();
     for (path, data) in [
         ("admin/root", json!({"value": "root-password"})),
-        ("app-1/db", json!({"value": "app-1-password", "user": "app1"})),
+        (
+            "app-1/db",
+            json!({"value": "app-1-password", "user": "app1"}),
+        ),
         ("team-x/db", json!({"value": "team-x-db-password"})),
         ("team-x/ok", json!({"value": "team-x-ok"})),
         ("shared/x", json!({"value": "shared-value"})),
@@ -264,7 +267,10 @@ fn a_parent_volume_neither_escapes_a_deny_rule_nor_borrows_broader_credentials()
     assert_eq!(read(&parent, "shared/x").unwrap(), "shared-value");
     let shared = readers(&s.bao, mark, "secret/data/shared/x");
     assert!(
-        !shared.is_empty() && shared.iter().all(|r| r.policies.iter().any(|p| p == "broad")),
+        !shared.is_empty()
+            && shared
+                .iter()
+                .all(|r| r.policies.iter().any(|p| p == "broad")),
         "{shared:?}"
     );
 }
@@ -317,7 +323,10 @@ fn namespaces_are_decided_by_the_rules_whether_named_as_an_option_or_in_the_path
         .bao
         .audit_requests_since(mark)
         .into_iter()
-        .filter(|r| r.path.contains("data/app-1") && (r.namespace == "finance" || r.path.starts_with("finance/")))
+        .filter(|r| {
+            r.path.contains("data/app-1")
+                && (r.namespace == "finance" || r.path.starts_with("finance/"))
+        })
         .collect();
     assert!(finance.is_empty(), "finance's secret was read: {finance:?}");
 }

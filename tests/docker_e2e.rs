@@ -73,6 +73,11 @@ impl Host {
 
     /// Starts the driver with `flags` plus this test's mount root and state directory, and `env`.
     fn launch(&mut self, flags: &[&str], env: &[(&str, &str)]) {
+        self.launch_with_config(Path::new("/dev/null"), flags, env);
+    }
+
+    /// [`launch`](Self::launch) reading the config file `config`.
+    fn launch_with_config(&mut self, config: &Path, flags: &[&str], env: &[(&str, &str)]) {
         self.launches += 1;
         let state = self.dir.path().join("state");
         let root = self.mount_root();
@@ -87,7 +92,13 @@ impl Host {
             "--state-dir",
             state.to_str().unwrap(),
         ]);
-        self.driver = Some(Driver::start_with_env(&args, Path::new(SOCKET), &log, env));
+        self.driver = Some(Driver::start_with_config(
+            config,
+            &args,
+            Path::new(SOCKET),
+            &log,
+            env,
+        ));
     }
 
     /// Starts the driver configured by `LIBSECRET_*` variables only.
@@ -555,7 +566,22 @@ fn a_per_volume_refresh_interval_brings_rotation_to_a_running_container() {
 
 #[test]
 fn a_namespace_volume_option_reads_in_that_child_namespace() {
-    let mut host = Host::start();
+    let mut host = Host::without_driver(ServerConfig::default());
+    // The namespace option is refused unless a rule names the namespace.
+    let config = host.dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "[[rules]]\npath = \"secret/ns-app\"\nnamespace = \"team-a\"\n\n[[rules]]\npath = \"secret\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let addr = host.vault.addr();
+    let token = format!("token={}", host.vault.root_token());
+    host.launch_with_config(
+        &config,
+        &["--addr", &addr, "--backend", "vault", "--store-opt", &token],
+        &[],
+    );
     host.vault.put(
         "team-a/secret/ns-app/db-password",
         json!({"value": "team-a-password"}),
@@ -583,6 +609,22 @@ fn a_namespace_volume_option_reads_in_that_child_namespace() {
         .iter()
         .any(|r| r.path == "/v1/secret/data/ns-app/db-password"
             && r.namespace.as_deref() == Some("team-a")));
+
+    let unnamed = host.volume("secret/ns-other");
+    let (code, _, err) = docker(&[
+        "volume",
+        "create",
+        "-d",
+        "libsecret",
+        "-o",
+        "namespace=team-b",
+        &unnamed,
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("team-b") && err.contains("access rule"),
+        "{err}"
+    );
 
     let bad = host.volume("secret/ns-bad");
     let (code, _, err) = docker(&[
