@@ -18,6 +18,7 @@ use zeroize::Zeroize;
 
 use super::VaultSetupError;
 use crate::config::VaultConfig;
+use crate::root_only::{read_root_only, Keep};
 
 /// The most redirects one request follows (a standby points at the active node: one is normal).
 const MAX_REDIRECTS: usize = 3;
@@ -144,9 +145,11 @@ fn identity(config: &VaultConfig) -> Result<Option<reqwest::Identity>, VaultSetu
     };
     let mut pem = read_file(cert, "vault.client_cert")?;
     pem.push(b'\n');
-    let mut key_pem = zeroize::Zeroizing::new(read_file(key, "vault.client_key")?);
+    let key_pem = read_root_only(key, Keep::OwnerOnly).map_err(|e| VaultSetupError::Tls {
+        reason: format!("vault.client_key {}: {e}", key.display()),
+    })?;
     pem.extend_from_slice(&key_pem);
-    key_pem.zeroize();
+    drop(key_pem);
     let identity = reqwest::Identity::from_pem(&pem).map_err(|e| VaultSetupError::Tls {
         reason: format!(
             "vault.client_cert {} with vault.client_key {}: {e}",
