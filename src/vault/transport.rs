@@ -175,6 +175,29 @@ fn parse_address(address: &str) -> Result<Url, VaultSetupError> {
     Ok(url)
 }
 
+/// The addresses a token would cross the network to unencrypted: `http://` to anything but this host (127.0.0.0/8,
+/// `::1`, `localhost`). A Vault Agent or proxy on loopback is a normal set-up; anything else exposes the token to
+/// whoever is on the network path.
+fn plaintext_remote_addresses(urls: &[Url]) -> Vec<&Url> {
+    urls.iter()
+        .filter(|url| url.scheme() == "http" && !is_loopback(url))
+        .collect()
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+        Some(url::Host::Domain(name)) => {
+            let name = name.strip_suffix('.').unwrap_or(name);
+            name.eq_ignore_ascii_case("localhost")
+        }
+        None => false,
+    }
+}
+
 /// The origin (`scheme://host:port`) of a URL, for comparing redirect targets with the configured nodes.
 fn origin(url: &Url) -> String {
     format!(
@@ -198,6 +221,15 @@ impl Transport {
                 addr: String::new(),
                 reason: "no address: set vault.addr (or VAULT_ADDR, --addr)".to_owned(),
             });
+        }
+        let plaintext = plaintext_remote_addresses(&urls);
+        if !plaintext.is_empty() {
+            let addresses: Vec<&str> = plaintext.iter().map(|url| url.as_str()).collect();
+            tracing::warn!(
+                vault_addr = %addresses.join(", "),
+                "vault.addr uses plain http:// to another host: the Vault token and login credentials cross the \
+                 network unencrypted, readable by anyone on the path; use https://"
+            );
         }
         let mut builder = reqwest::ClientBuilder::new()
             .tls_backend_rustls()
@@ -347,5 +379,59 @@ impl Transport {
             }
         }
         Err(last_error.unwrap_or(ClientError::ResponseEmptyError))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plaintext_remote(addresses: &[&str]) -> Vec<String> {
+        let urls: Vec<Url> = addresses
+            .iter()
+            .map(|a| parse_address(a).unwrap())
+            .collect();
+        plaintext_remote_addresses(&urls)
+            .into_iter()
+            .map(|url| url.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn plain_http_to_another_host_is_flagged_and_loopback_is_not() {
+        for local in [
+            "http://127.0.0.1:8200",
+            "http://127.8.9.10:8200",
+            "http://[::1]:8200",
+            "http://[::ffff:127.0.0.1]:8200",
+            "http://localhost:8200",
+            "http://LocalHost.:8200",
+            "https://vault.example.com:8200",
+            "https://10.0.0.5:8200",
+        ] {
+            assert_eq!(plaintext_remote(&[local]), Vec::<String>::new(), "{local}");
+        }
+        for remote in [
+            "http://vault.example.com:8200",
+            "http://10.0.0.5:8200",
+            "http://128.0.0.1:8200",
+            "http://[fe80::1]:8200",
+            "http://localhost.example.com:8200",
+            "http://0.0.0.0:8200",
+        ] {
+            assert_eq!(plaintext_remote(&[remote]).len(), 1, "{remote}");
+        }
+    }
+
+    #[test]
+    fn every_node_of_an_ha_list_is_judged() {
+        assert_eq!(
+            plaintext_remote(&[
+                "https://vault-1.example.com:8200",
+                "http://127.0.0.1:8200",
+                "http://vault-3.example.com:8200",
+            ]),
+            vec!["http://vault-3.example.com:8200/".to_owned()]
+        );
     }
 }
