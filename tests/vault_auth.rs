@@ -334,3 +334,43 @@ async fn credential_files_must_be_root_only() {
             .unwrap_or_else(|e| panic!("{key} at 0600, owned by root: {e}"));
     }
 }
+
+/// Two nodes on different hosts (127.0.0.1 and 127.0.0.2) whose certificates carry only the name `vault.test`: with
+/// `tls_server_name`, each node is still reached at its own host, in order, and the second serves when the first
+/// stops.
+#[tokio::test]
+async fn with_tls_server_name_every_ha_node_keeps_its_own_address() {
+    let pki = vault_api_server::pki::TestPki::generate(&["vault.test"]);
+    let dir = tempfile::tempdir().unwrap();
+    pki.write_to(dir.path()).unwrap();
+    let tls = ServerConfig {
+        tls: Some(pki.tls_settings(false)),
+        ..ServerConfig::default()
+    };
+    let on = |ip: [u8; 4]| std::net::SocketAddr::from((ip, 0));
+    let first = TestVault::start_on(on([127, 0, 0, 1]), tls.clone())
+        .await
+        .unwrap();
+    let second = TestVault::start_on(on([127, 0, 0, 2]), tls).await.unwrap();
+    first.put("secret/app/k", json!({"value": "from the first node"}));
+    second.put("secret/app/k", json!({"value": "from the second node"}));
+    let config = VaultConfig {
+        addr: vec![first.addr(), second.addr()],
+        token: Some(Credential::new(first.root_token().to_owned())),
+        ca_cert: Some(dir.path().join("ca.pem")),
+        tls_server_name: Some("vault.test".to_owned()),
+        timeout: Duration::from_secs(2),
+        ..VaultConfig::default()
+    };
+    assert!(config.addr[1].contains("127.0.0.2"), "{:?}", config.addr);
+    let source = VaultSource::connect(&config).await.unwrap();
+    assert_eq!(
+        read(&source, "secret/app/k").await.unwrap(),
+        "from the first node"
+    );
+    first.stop_listening().await;
+    assert_eq!(
+        read(&source, "secret/app/k").await.unwrap(),
+        "from the second node"
+    );
+}
