@@ -103,19 +103,24 @@ impl ContainerResolver for ProcCgroups {
 
 /// The container ID in a `/proc/<pid>/cgroup` text: a 64-hex-digit cgroup path segment, as Docker (`/docker/<id>`
 /// with the cgroupfs driver, `docker-<id>.scope` with the systemd driver), containerd (`cri-containerd-<id>.scope`),
-/// CRI-O (`crio-<id>.scope`) and Podman (`libpod-<id>.scope`) name them. The innermost one wins.
+/// CRI-O (`crio-<id>.scope`) and Podman (`libpod-<id>.scope`) name them.
+///
+/// The outermost one (the first from the root) wins: a container allowed to write its cgroup can create sub-cgroups
+/// named after any other container's ID and move into them, but it cannot leave the cgroup its runtime made for it.
 pub fn container_id_from_cgroup(text: &str) -> Option<String> {
     text.lines()
         .filter_map(|line| line.splitn(3, ':').nth(2))
-        .flat_map(|path| path.rsplit('/'))
-        .find_map(|segment| {
-            let id = segment.strip_suffix(".scope").unwrap_or(segment);
-            let id = ["docker-", "cri-containerd-", "crio-", "libpod-"]
-                .iter()
-                .find_map(|prefix| id.strip_prefix(prefix))
-                .unwrap_or(id);
-            (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_owned())
-        })
+        .find_map(|path| path.split('/').find_map(container_id_of_segment))
+}
+
+/// The container ID one cgroup path segment names, if it names one.
+fn container_id_of_segment(segment: &str) -> Option<String> {
+    let id = segment.strip_suffix(".scope").unwrap_or(segment);
+    let id = ["docker-", "cri-containerd-", "crio-", "libpod-"]
+        .iter()
+        .find_map(|prefix| id.strip_prefix(prefix))
+        .unwrap_or(id);
+    (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_owned())
 }
 
 type EventKey = (Option<String>, String, Outcome);
@@ -234,6 +239,7 @@ mod tests {
             format!("0::/system.slice/docker-{ID_A}.scope\n"),
             format!("12:pids:/docker/{ID_A}\n11:memory:/docker/{ID_A}\n"),
             format!("0::/kubepods.slice/kubepods-pod1.slice/cri-containerd-{ID_A}.scope\n"),
+            format!("0::/kubepods.slice/kubepods-pod1.slice/crio-{ID_A}.scope\n"),
             format!("0::/machine.slice/libpod-{ID_A}.scope/container\n"),
         ] {
             assert_eq!(
@@ -250,6 +256,30 @@ mod tests {
             "garbage",
         ] {
             assert_eq!(container_id_from_cgroup(text), None, "{text}");
+        }
+    }
+
+    /// A container that can write its cgroup makes a sub-cgroup named after another container (ID_B) and moves into
+    /// it: its reads are still blamed on itself (ID_A), in every layout.
+    #[test]
+    fn a_sub_cgroup_named_after_another_container_does_not_move_the_blame() {
+        for text in [
+            format!("0::/docker/{ID_A}/{ID_B}\n"),
+            format!("0::/docker/{ID_A}/docker-{ID_B}.scope\n"),
+            format!("0::/system.slice/docker-{ID_A}.scope/docker-{ID_B}.scope\n"),
+            format!("0::/system.slice/docker-{ID_A}.scope/{ID_B}\n"),
+            format!("12:pids:/docker/{ID_A}/{ID_B}\n11:memory:/docker/{ID_A}\n"),
+            format!(
+                "0::/kubepods.slice/kubepods-pod1.slice/cri-containerd-{ID_A}.scope/cri-containerd-{ID_B}.scope\n"
+            ),
+            format!("0::/kubepods.slice/kubepods-pod1.slice/crio-{ID_A}.scope/crio-{ID_B}.scope\n"),
+            format!("0::/machine.slice/libpod-{ID_A}.scope/container/libpod-{ID_B}.scope\n"),
+        ] {
+            assert_eq!(
+                container_id_from_cgroup(&text).as_deref(),
+                Some(ID_A),
+                "{text}"
+            );
         }
     }
 

@@ -8,12 +8,12 @@
 //! The file is read again on every cache miss, so edits show up within `cache_ttl` without a restart.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
 use crate::names::VaultPath;
+use crate::root_only::{read_root_only, Keep};
 use crate::secret::{Secret, SecretSource, SourceError};
 
 pub struct FileSource {
@@ -52,17 +52,9 @@ impl FileSource {
         for file in self.files()? {
             let unavailable =
                 |reason: String| SourceError::Unavailable(format!("{}: {reason}", file.display()));
-            let metadata = std::fs::metadata(&file).map_err(|e| unavailable(e.to_string()))?;
-            // Someone other than root who can write this file could hand containers any "secret".
-            if metadata.uid() != 0 && metadata.uid() != nix::unistd::geteuid().as_raw() {
-                return Err(unavailable("not owned by root".to_owned()));
-            }
-            if metadata.mode() & 0o022 != 0 {
-                return Err(unavailable(
-                    "writable by group or others; chmod 600 it".to_owned(),
-                ));
-            }
-            let text = std::fs::read_to_string(&file).map_err(|e| unavailable(e.to_string()))?;
+            let bytes = read_root_only(&file, Keep::UnwritableByOthers)
+                .map_err(|e| unavailable(e.to_string()))?;
+            let text = std::str::from_utf8(&bytes).map_err(|e| unavailable(e.to_string()))?;
             let table: toml::Table = text
                 .parse()
                 .map_err(|e: toml::de::Error| unavailable(e.message().to_owned()))?;

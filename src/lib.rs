@@ -2,7 +2,8 @@
 //!
 //! Cores (kernel-free, tested with fakes): [`names`], [`secret`], [`cache`], [`filesystem`], [`volumes`],
 //! [`plugin`], [`config`]. Thin edges: [`server`] (HTTP over the plugin socket), [`fuse`], [`vault`],
-//! [`file_source`], [`mounter`], [`state`].
+//! [`file_source`], [`mounter`], [`state`], [`root_only`] (the ownership and mode checks of secret and
+//! credential files).
 #![forbid(unsafe_code)]
 
 pub mod access;
@@ -18,6 +19,7 @@ pub mod logging;
 pub mod mounter;
 pub mod names;
 pub mod plugin;
+pub mod root_only;
 pub mod secret;
 pub mod server;
 pub mod state;

@@ -200,6 +200,36 @@ fn an_unreachable_vault_fails_fast_and_an_argv_token_is_warned_about_not_echoed(
         "the warning recommends token_file: {output}"
     );
     assert!(!output.contains("hvs.argv-secret-value"), "{output}");
+    assert!(
+        !output.contains("plain http://"),
+        "loopback is not warned about: {output}"
+    );
+}
+
+#[test]
+fn plain_http_to_another_host_is_warned_about_at_start() {
+    // TEST-NET-1: never routed, so the start fails after the (short) timeout, having warned first.
+    let (code, output) = run_once(
+        &[
+            "--config",
+            "/dev/null",
+            "--addr",
+            "https://127.0.0.1:1,http://192.0.2.1:8200",
+            "--backend",
+            "vault",
+            "--store-opt",
+            "timeout=1s",
+        ],
+        &[("VAULT_TOKEN", "hvs.plaintext-secret-value")],
+    );
+    assert_eq!(code, 1, "{output}");
+    let warning = output
+        .lines()
+        .find(|line| line.contains("plain http://"))
+        .unwrap_or_else(|| panic!("no plaintext warning: {output}"));
+    assert!(warning.contains("http://192.0.2.1:8200"), "{warning}");
+    assert!(!warning.contains("127.0.0.1"), "{warning}");
+    assert!(!output.contains("hvs.plaintext-secret-value"), "{output}");
 }
 
 #[test]

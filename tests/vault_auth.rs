@@ -258,3 +258,119 @@ async fn a_volume_namespace_is_a_child_of_the_configured_one() {
         vec![Some("org".to_owned()), Some("org/team-a".to_owned())]
     );
 }
+
+/// The ways a credential file can be open to someone else than root: a group or other bit, or another owner.
+fn expose(path: &Path, how: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    match how {
+        "0640" => std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o640)).unwrap(),
+        "0604" => std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o604)).unwrap(),
+        "uid 65534" => {
+            nix::unistd::chown(path, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap()
+        }
+        other => panic!("no such exposure {other}"),
+    }
+}
+
+fn restore(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    nix::unistd::chown(path, Some(nix::unistd::Uid::from_raw(0)), None).unwrap();
+}
+
+/// Token file, AppRole role and secret ID files and the TLS client key: each is refused, naming its key and path,
+/// unless root owns it with mode 0600; the same file at 0600 logs in. Needs root (chown).
+#[tokio::test]
+async fn credential_files_must_be_root_only() {
+    let vault = TestVault::start(ServerConfig::default()).await.unwrap();
+    let admin = Admin::new(&vault.addr(), vault.root_token());
+    let role_id = admin.approle("app", &["default"], "1h", "service").await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = write_secret_file(
+        dir.path(),
+        "token",
+        &vault.create_token(&["root"], None, true),
+    );
+    let role_id_file = write_secret_file(dir.path(), "role-id", &role_id);
+    let secret_id_file = write_secret_file(dir.path(), "secret-id", &admin.secret_id("app").await);
+    let pki = vault_api_server::pki::TestPki::generate(&["localhost"]);
+    pki.write_to(dir.path()).unwrap();
+    let client_key = dir.path().join("client-key.pem");
+
+    let token = VaultConfig {
+        addr: vec![vault.addr()],
+        token_file: Some(token_file.clone()),
+        timeout: Duration::from_secs(2),
+        ..VaultConfig::default()
+    };
+    let approle = approle_config(&vault.addr(), role_id_file.clone(), secret_id_file.clone());
+    // Over plain HTTP the client certificate is never presented, but its key is still read at start.
+    let with_client_key = VaultConfig {
+        client_cert: Some(dir.path().join("client.pem")),
+        client_key: Some(client_key.clone()),
+        ..token.clone()
+    };
+    let cases = [
+        ("vault.token_file", &token_file, &token),
+        ("vault.approle.role_id_file", &role_id_file, &approle),
+        ("vault.approle.secret_id_file", &secret_id_file, &approle),
+        ("vault.client_key", &client_key, &with_client_key),
+    ];
+    for (key, file, config) in cases {
+        let secret = std::fs::read_to_string(file).unwrap();
+        for how in ["0640", "0604", "uid 65534"] {
+            expose(file, how);
+            let error = match VaultSource::connect(config).await {
+                Err(error) => error.to_string(),
+                Ok(_) => panic!("{key} with {how} was accepted"),
+            };
+            let named = format!("{key} {}", file.display());
+            assert!(error.contains(&named), "{key} with {how}: {error}");
+            assert!(!error.contains(secret.trim()), "{key} with {how}: {error}");
+            restore(file);
+        }
+        VaultSource::connect(config)
+            .await
+            .unwrap_or_else(|e| panic!("{key} at 0600, owned by root: {e}"));
+    }
+}
+
+/// Two nodes on different hosts (127.0.0.1 and 127.0.0.2) whose certificates carry only the name `vault.test`: with
+/// `tls_server_name`, each node is still reached at its own host, in order, and the second serves when the first
+/// stops.
+#[tokio::test]
+async fn with_tls_server_name_every_ha_node_keeps_its_own_address() {
+    let pki = vault_api_server::pki::TestPki::generate(&["vault.test"]);
+    let dir = tempfile::tempdir().unwrap();
+    pki.write_to(dir.path()).unwrap();
+    let tls = ServerConfig {
+        tls: Some(pki.tls_settings(false)),
+        ..ServerConfig::default()
+    };
+    let on = |ip: [u8; 4]| std::net::SocketAddr::from((ip, 0));
+    let first = TestVault::start_on(on([127, 0, 0, 1]), tls.clone())
+        .await
+        .unwrap();
+    let second = TestVault::start_on(on([127, 0, 0, 2]), tls).await.unwrap();
+    first.put("secret/app/k", json!({"value": "from the first node"}));
+    second.put("secret/app/k", json!({"value": "from the second node"}));
+    let config = VaultConfig {
+        addr: vec![first.addr(), second.addr()],
+        token: Some(Credential::new(first.root_token().to_owned())),
+        ca_cert: Some(dir.path().join("ca.pem")),
+        tls_server_name: Some("vault.test".to_owned()),
+        timeout: Duration::from_secs(2),
+        ..VaultConfig::default()
+    };
+    assert!(config.addr[1].contains("127.0.0.2"), "{:?}", config.addr);
+    let source = VaultSource::connect(&config).await.unwrap();
+    assert_eq!(
+        read(&source, "secret/app/k").await.unwrap(),
+        "from the first node"
+    );
+    first.stop_listening().await;
+    assert_eq!(
+        read(&source, "secret/app/k").await.unwrap(),
+        "from the second node"
+    );
+}

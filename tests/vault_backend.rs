@@ -276,6 +276,11 @@ async fn the_token_file_is_read_and_the_namespace_is_sent() {
     let dir = tempfile::tempdir().unwrap();
     let token_file: PathBuf = dir.path().join("token");
     std::fs::write(&token_file, format!("{}\n", vault.root_token())).unwrap();
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let source = VaultSource::connect(&VaultConfig {
         addr: vec![vault.addr()],
         token_file: Some(token_file),

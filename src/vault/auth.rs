@@ -16,6 +16,7 @@ use zeroize::Zeroizing;
 use super::transport::Transport;
 use super::{describe_client_error, status_of};
 use crate::config::{AuthMethod, VaultConfig};
+use crate::root_only::{read_root_only, Keep};
 
 /// A token and what Vault said about it.
 pub struct Login {
@@ -110,12 +111,14 @@ pub enum Auth {
     },
 }
 
-/// Reads a credential file: trimmed, non-empty, and only characters a header may carry.
+/// Reads a credential file: root-only, trimmed, non-empty, and only characters a header may carry.
 fn read_credential(path: &Path, key: &str) -> Result<Zeroizing<String>, AuthError> {
-    let text = Zeroizing::new(
-        std::fs::read_to_string(path)
-            .map_err(|e| AuthError::Credential(format!("{key} {}: {e}", path.display())))?,
-    );
+    let refused = |reason: &dyn std::fmt::Display| {
+        AuthError::Credential(format!("{key} {}: {reason}", path.display()))
+    };
+    let bytes = read_root_only(path, Keep::OwnerOnly).map_err(|e| refused(&e))?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| refused(&"holds characters a Vault credential never has"))?;
     let value = Zeroizing::new(text.trim().to_owned());
     if value.is_empty() {
         return Err(AuthError::Credential(format!(

@@ -5,6 +5,7 @@
 //! answer with a 307 redirect to the active node; it is followed only to one of the configured addresses, so the
 //! token is never sent to a host the operator did not name.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -18,15 +19,38 @@ use zeroize::Zeroize;
 
 use super::VaultSetupError;
 use crate::config::VaultConfig;
+use crate::root_only::{read_root_only, Keep};
 
 /// The most redirects one request follows (a standby points at the active node: one is normal).
 const MAX_REDIRECTS: usize = 3;
 
-/// One Vault node: its address and a client bound to it. Nodes share one connection pool.
+/// One Vault node: its address as configured and a client bound to it.
 struct Node {
     address: String,
     http: HttpClient,
     settings: VaultClientSettings,
+}
+
+impl Node {
+    fn new(target: Target, client: reqwest::Client, config: &VaultConfig) -> Node {
+        let base = target.url.as_str().trim_end_matches('/').to_owned();
+        Node {
+            http: HttpClient::new(&base, client),
+            settings: VaultClientSettings {
+                address: target.url,
+                ca_certs: Vec::new(),
+                identity: None,
+                timeout: Some(config.timeout),
+                token: String::new(),
+                verify: !config.tls_skip_verify,
+                version: 1,
+                wrapping: false,
+                namespace: None,
+                proxy: None,
+            },
+            address: target.configured,
+        }
+    }
 }
 
 /// The Vault nodes and the HTTP client that reaches them.
@@ -144,9 +168,11 @@ fn identity(config: &VaultConfig) -> Result<Option<reqwest::Identity>, VaultSetu
     };
     let mut pem = read_file(cert, "vault.client_cert")?;
     pem.push(b'\n');
-    let mut key_pem = zeroize::Zeroizing::new(read_file(key, "vault.client_key")?);
+    let key_pem = read_root_only(key, Keep::OwnerOnly).map_err(|e| VaultSetupError::Tls {
+        reason: format!("vault.client_key {}: {e}", key.display()),
+    })?;
     pem.extend_from_slice(&key_pem);
-    key_pem.zeroize();
+    drop(key_pem);
     let identity = reqwest::Identity::from_pem(&pem).map_err(|e| VaultSetupError::Tls {
         reason: format!(
             "vault.client_cert {} with vault.client_key {}: {e}",
@@ -172,6 +198,29 @@ fn parse_address(address: &str) -> Result<Url, VaultSetupError> {
     Ok(url)
 }
 
+/// The addresses a token would cross the network to unencrypted: `http://` to anything but this host (127.0.0.0/8,
+/// `::1`, `localhost`). A Vault Agent or proxy on loopback is a normal set-up; anything else exposes the token to
+/// whoever is on the network path.
+fn plaintext_remote_addresses(urls: &[Url]) -> Vec<&Url> {
+    urls.iter()
+        .filter(|url| url.scheme() == "http" && !is_loopback(url))
+        .collect()
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+        Some(url::Host::Domain(name)) => {
+            let name = name.strip_suffix('.').unwrap_or(name);
+            name.eq_ignore_ascii_case("localhost")
+        }
+        None => false,
+    }
+}
+
 /// The origin (`scheme://host:port`) of a URL, for comparing redirect targets with the configured nodes.
 fn origin(url: &Url) -> String {
     format!(
@@ -182,68 +231,105 @@ fn origin(url: &Url) -> String {
     )
 }
 
-impl Transport {
-    /// Builds the HTTP client from the TLS settings and the node list from `vault.addr`.
-    pub fn new(config: &VaultConfig) -> Result<Transport, VaultSetupError> {
-        let mut urls = config
-            .addr
-            .iter()
-            .map(|address| parse_address(address))
-            .collect::<Result<Vec<_>, _>>()?;
-        if urls.is_empty() {
-            return Err(VaultSetupError::Address {
-                addr: String::new(),
-                reason: "no address: set vault.addr (or VAULT_ADDR, --addr)".to_owned(),
+/// Where one node's requests go.
+struct Target {
+    /// The address as configured, for logs and messages.
+    configured: String,
+    /// The URL requests use: with `tls_server_name`, the configured one with that name as its host.
+    url: Url,
+    /// With `tls_server_name`: the name, and the configured host's addresses it must resolve to.
+    resolve: Option<(String, Vec<SocketAddr>)>,
+}
+
+impl Target {
+    /// With `server_name`, the certificate is verified for that name while connecting to the configured host: the URL
+    /// carries the name, and the name resolves to the configured host's addresses.
+    fn new(url: Url, server_name: Option<&str>) -> Result<Target, VaultSetupError> {
+        let configured = url.as_str().trim_end_matches('/').to_owned();
+        let Some(name) = server_name else {
+            return Ok(Target {
+                configured,
+                url,
+                resolve: None,
             });
-        }
+        };
+        let addrs = url
+            .socket_addrs(|| Some(8200))
+            .map_err(|e| VaultSetupError::Address {
+                addr: configured.clone(),
+                reason: format!("resolving {}: {e}", url.host_str().unwrap_or_default()),
+            })?;
+        let mut named = url;
+        named
+            .set_host(Some(name))
+            .map_err(|e| VaultSetupError::Address {
+                addr: configured.clone(),
+                reason: format!("vault.tls_server_name {name:?}: {e}"),
+            })?;
+        Ok(Target {
+            configured,
+            url: named,
+            resolve: Some((name.to_owned(), addrs)),
+        })
+    }
+}
+
+/// What every node's HTTP client is built from.
+struct ClientSettings {
+    timeout: Duration,
+    /// Trusted instead of the system's CA store; `None`: the system's.
+    cas: Option<Vec<reqwest::Certificate>>,
+    identity: Option<reqwest::Identity>,
+    skip_verify: bool,
+    /// The origins of every node, the only ones a redirect is followed to.
+    allowed: Vec<String>,
+}
+
+impl ClientSettings {
+    fn new(config: &VaultConfig, targets: &[Target]) -> Result<ClientSettings, VaultSetupError> {
+        let cas = trusted_cas(config)?;
+        let cas = if !cas.is_empty() {
+            // A private CA replaces the system store: Vault behind a private CA should not also trust public ones.
+            Some(cas)
+        } else if targets.iter().all(|t| t.url.scheme() == "http") {
+            // Plain HTTP: skip loading the system's CA store (memory in every mount unit).
+            Some(Vec::new())
+        } else {
+            None
+        };
+        Ok(ClientSettings {
+            timeout: config.timeout,
+            cas,
+            identity: identity(config)?,
+            skip_verify: config.tls_skip_verify,
+            allowed: targets.iter().map(|t| origin(&t.url)).collect(),
+        })
+    }
+
+    /// A client; with `resolve`, one whose DNS answer for the name is the given addresses.
+    fn build(
+        &self,
+        resolve: Option<&(String, Vec<SocketAddr>)>,
+    ) -> Result<reqwest::Client, VaultSetupError> {
         let mut builder = reqwest::ClientBuilder::new()
             .tls_backend_rustls()
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout.min(Duration::from_secs(5)))
+            .timeout(self.timeout)
+            .connect_timeout(self.timeout.min(Duration::from_secs(5)))
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(4);
-        let cas = trusted_cas(config)?;
-        if !cas.is_empty() {
-            // A private CA replaces the system store: Vault behind a private CA should not also trust public ones.
-            builder = builder.tls_certs_only(cas);
-        } else if urls.iter().all(|url| url.scheme() == "http") {
-            // Plain HTTP: skip loading the system's CA store (memory in every mount unit).
-            builder = builder.tls_certs_only(Vec::new());
+        if let Some(cas) = &self.cas {
+            builder = builder.tls_certs_only(cas.clone());
         }
-        if let Some(identity) = identity(config)? {
-            builder = builder.identity(identity);
+        if let Some(identity) = &self.identity {
+            builder = builder.identity(identity.clone());
         }
-        if config.tls_skip_verify {
-            tracing::warn!(
-                "vault.tls_skip_verify is on: Vault's TLS certificate is NOT verified, so anyone on the network path \
-                 can impersonate Vault and collect the token; use vault.ca_cert instead"
-            );
+        if self.skip_verify {
             builder = builder.tls_danger_accept_invalid_certs(true);
         }
-        if let Some(name) = &config.tls_server_name {
-            // Verify the certificate for `name` while connecting to the configured host: the URL carries the name,
-            // and the name resolves to the configured host's addresses.
-            for url in &mut urls {
-                let Some(host) = url.host_str().map(str::to_owned) else {
-                    continue;
-                };
-                let port = url.port_or_known_default().unwrap_or(8200);
-                let addrs: Vec<std::net::SocketAddr> =
-                    std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
-                        .map_err(|e| VaultSetupError::Address {
-                            addr: url.to_string(),
-                            reason: format!("resolving {host}: {e}"),
-                        })?
-                        .collect();
-                builder = builder.resolve_to_addrs(name, &addrs);
-                url.set_host(Some(name))
-                    .map_err(|e| VaultSetupError::Address {
-                        addr: url.to_string(),
-                        reason: format!("vault.tls_server_name {name:?}: {e}"),
-                    })?;
-            }
+        if let Some((name, addrs)) = resolve {
+            builder = builder.resolve_to_addrs(name, addrs);
         }
-        let allowed: Vec<String> = urls.iter().map(origin).collect();
+        let allowed = self.allowed.clone();
         builder = builder.redirect(reqwest::redirect::Policy::custom(move |attempt| {
             if attempt.previous().len() > MAX_REDIRECTS {
                 attempt.error("too many redirects between Vault nodes")
@@ -254,31 +340,62 @@ impl Transport {
                 attempt.stop()
             }
         }));
-        let client = builder.build().map_err(|e| VaultSetupError::Tls {
+        builder.build().map_err(|e| VaultSetupError::Tls {
             reason: super::error_chain(&e),
-        })?;
-        let nodes = urls
+        })
+    }
+}
+
+impl Transport {
+    /// Builds the HTTP client from the TLS settings and the node list from `vault.addr`.
+    pub fn new(config: &VaultConfig) -> Result<Transport, VaultSetupError> {
+        let urls = config
+            .addr
+            .iter()
+            .map(|address| parse_address(address))
+            .collect::<Result<Vec<_>, _>>()?;
+        if urls.is_empty() {
+            return Err(VaultSetupError::Address {
+                addr: String::new(),
+                reason: "no address: set vault.addr (or VAULT_ADDR, --addr)".to_owned(),
+            });
+        }
+        let plaintext = plaintext_remote_addresses(&urls);
+        if !plaintext.is_empty() {
+            let addresses: Vec<&str> = plaintext.iter().map(|url| url.as_str()).collect();
+            tracing::warn!(
+                vault_addr = %addresses.join(", "),
+                "vault.addr uses plain http:// to another host: the Vault token and login credentials cross the \
+                 network unencrypted, readable by anyone on the path; use https://"
+            );
+        }
+        if config.tls_skip_verify {
+            tracing::warn!(
+                "vault.tls_skip_verify is on: Vault's TLS certificate is NOT verified, so anyone on the network path \
+                 can impersonate Vault and collect the token; use vault.ca_cert instead"
+            );
+        }
+        let targets = urls
             .into_iter()
-            .map(|url| {
-                let address = url.as_str().trim_end_matches('/').to_owned();
-                Node {
-                    http: HttpClient::new(&address, client.clone()),
-                    settings: VaultClientSettings {
-                        address: url,
-                        ca_certs: Vec::new(),
-                        identity: None,
-                        timeout: Some(config.timeout),
-                        token: String::new(),
-                        verify: !config.tls_skip_verify,
-                        version: 1,
-                        wrapping: false,
-                        namespace: None,
-                        proxy: None,
-                    },
-                    address,
-                }
+            .map(|url| Target::new(url, config.tls_server_name.as_deref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let settings = ClientSettings::new(config, &targets)?;
+        // Nodes share one client (one connection pool), except with tls_server_name: all nodes' URLs then carry the
+        // same name, and each node needs its own client to resolve it to its own host.
+        let shared = match config.tls_server_name {
+            None => Some(settings.build(None)?),
+            Some(_) => None,
+        };
+        let nodes = targets
+            .into_iter()
+            .map(|target| {
+                let client = match (&target.resolve, &shared) {
+                    (None, Some(shared)) => shared.clone(),
+                    (resolve, _) => settings.build(resolve.as_ref())?,
+                };
+                Ok(Node::new(target, client, config))
             })
-            .collect();
+            .collect::<Result<Vec<_>, VaultSetupError>>()?;
         Ok(Transport {
             nodes,
             current: AtomicUsize::new(0),
@@ -344,5 +461,59 @@ impl Transport {
             }
         }
         Err(last_error.unwrap_or(ClientError::ResponseEmptyError))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plaintext_remote(addresses: &[&str]) -> Vec<String> {
+        let urls: Vec<Url> = addresses
+            .iter()
+            .map(|a| parse_address(a).unwrap())
+            .collect();
+        plaintext_remote_addresses(&urls)
+            .into_iter()
+            .map(|url| url.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn plain_http_to_another_host_is_flagged_and_loopback_is_not() {
+        for local in [
+            "http://127.0.0.1:8200",
+            "http://127.8.9.10:8200",
+            "http://[::1]:8200",
+            "http://[::ffff:127.0.0.1]:8200",
+            "http://localhost:8200",
+            "http://LocalHost.:8200",
+            "https://vault.example.com:8200",
+            "https://10.0.0.5:8200",
+        ] {
+            assert_eq!(plaintext_remote(&[local]), Vec::<String>::new(), "{local}");
+        }
+        for remote in [
+            "http://vault.example.com:8200",
+            "http://10.0.0.5:8200",
+            "http://128.0.0.1:8200",
+            "http://[fe80::1]:8200",
+            "http://localhost.example.com:8200",
+            "http://0.0.0.0:8200",
+        ] {
+            assert_eq!(plaintext_remote(&[remote]).len(), 1, "{remote}");
+        }
+    }
+
+    #[test]
+    fn every_node_of_an_ha_list_is_judged() {
+        assert_eq!(
+            plaintext_remote(&[
+                "https://vault-1.example.com:8200",
+                "http://127.0.0.1:8200",
+                "http://vault-3.example.com:8200",
+            ]),
+            vec!["http://vault-3.example.com:8200/".to_owned()]
+        );
     }
 }
