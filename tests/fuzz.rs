@@ -168,10 +168,22 @@ struct Harness {
 
 fn harness() -> Harness {
     let mounter = FakeMounter::default();
-    let volumes = Volumes::open(
+    // Rules that allow every path in every namespace, so the model's "valid name and options" is what Create
+    // accepts (the namespace option needs a rule naming the namespace).
+    let allow_all = |namespace: Option<&str>| docker_volume_libsecret::access::Rule {
+        path: "**".into(),
+        namespace: namespace.map(str::to_owned),
+        allow: true,
+        own_auth: false,
+    };
+    let volumes = Volumes::open_with_access(
         Box::new(MemoryRecordStore::default()),
         Box::new(mounter.clone()),
         PathBuf::from(MOUNT_ROOT),
+        docker_volume_libsecret::access::AccessRules::new(
+            vec![allow_all(None), allow_all(Some("**"))],
+            "fuzz [[rules]]",
+        ),
     )
     .unwrap();
     Harness {

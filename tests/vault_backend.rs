@@ -326,6 +326,23 @@ async fn without_mount_detection_the_first_segment_is_kv_v1_unless_configured() 
     settings.kv_version.insert("secret/".into(), 2);
     let source = VaultSource::connect(&settings).await.unwrap();
     assert_eq!(value(&source, "secret/app/k").await.unwrap(), "v2");
+    // Vault's own non-KV paths are never taken as KV v1, not even by a config override, and are never asked for.
+    settings.kv_version.insert("cubbyhole/".into(), 1);
+    let source = VaultSource::connect(&settings).await.unwrap();
+    let before = vault.requests().len();
+    for path in ["cubbyhole/x", "sys/mounts", "auth/token/lookup-self", "identity/entity"] {
+        let refused = value(&source, path).await;
+        assert!(
+            matches!(&refused, Err(SourceError::Refused(why)) if why.contains("not a KV")),
+            "{path}: {refused:?}"
+        );
+        let path = VaultPath::from_volume_name(path).unwrap();
+        assert!(matches!(
+            source.check_served(&path).await,
+            Err(SourceError::Refused(_))
+        ));
+    }
+    assert_eq!(vault.requests().len(), before, "refused without asking Vault");
 }
 
 // ---- RustyVault ----
