@@ -10,11 +10,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
 use zbus::zvariant::{OwnedObjectPath, Value};
 
 use crate::mounter::{detach, is_stale_mount, prepare_mountpoint, remove_mountpoint};
-use crate::names::VaultPath;
+use crate::names::{sha256_hex, VaultPath};
 use crate::volumes::{ActiveMount, Mounter, VolumeOptions, VolumeRecord};
 
 /// Every mount unit's name starts with this.
@@ -79,16 +78,16 @@ pub fn systemd_escape(text: &str) -> String {
     out
 }
 
-/// The mount unit of a volume. Names too long for systemd use a SHA-256 of the volume name instead.
+/// The mount unit of a volume. Names too long for systemd use a SHA-256 of the volume name instead, after a `.`:
+/// [`systemd_escape`] never starts with one (it escapes a leading `.`), so a volume literally named like a hashed
+/// name (`sha256/<hex>` escapes to `sha256-<hex>`) never gets, or stops, another volume's unit.
 pub fn unit_name(volume: &str) -> String {
     let escaped = systemd_escape(volume);
     let name = format!("{UNIT_PREFIX}{escaped}.service");
     if name.len() <= MAX_UNIT_NAME {
         return name;
     }
-    let digest = Sha256::digest(volume.as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{UNIT_PREFIX}sha256-{hex}.service")
+    format!("{UNIT_PREFIX}.sha256-{}.service", sha256_hex(volume))
 }
 
 /// Vault's own variables a mount unit needs to load the same configuration as the driver. Never `VAULT_TOKEN`.
@@ -564,7 +563,34 @@ mod tests {
         let long = format!("secret/{}", "x".repeat(1000));
         let unit = unit_name(&long);
         assert!(unit.len() <= MAX_UNIT_NAME, "{unit}");
-        assert!(unit.starts_with("docker-volume-libsecret-mount-sha256-"));
+        assert!(unit.starts_with("docker-volume-libsecret-mount-.sha256-"));
         assert_ne!(unit, unit_name(&format!("secret/{}", "y".repeat(1000))));
+    }
+
+    /// A volume named after another volume's hashed unit name gets a unit of its own.
+    #[test]
+    fn a_volume_named_like_a_hashed_unit_name_gets_another_unit() {
+        let long = format!("secret/{}", "x".repeat(1000));
+        let hashed = unit_name(&long);
+        let hex = sha256_hex(&long);
+        for literal in [
+            format!("sha256/{hex}"),
+            format!(".sha256/{hex}"),
+            format!("sha256-{hex}"),
+        ] {
+            let unit = unit_name(&literal);
+            assert!(unit.len() <= MAX_UNIT_NAME, "{unit}");
+            assert_ne!(unit, hashed, "{literal}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Escaped names never start with `.`, hashed ones always do: the two name spaces are disjoint.
+        #[test]
+        fn escaped_and_hashed_unit_names_are_disjoint(volume in "\\PC{0,300}") {
+            let unit = unit_name(&volume);
+            let hashed = systemd_escape(&volume).len() + UNIT_PREFIX.len() + ".service".len() > MAX_UNIT_NAME;
+            proptest::prop_assert_eq!(unit[UNIT_PREFIX.len()..].starts_with('.'), hashed, "{}", unit);
+        }
     }
 }
