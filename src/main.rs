@@ -28,7 +28,9 @@ use docker_volume_libsecret::names::VaultPath;
 use docker_volume_libsecret::plugin::Plugin;
 use docker_volume_libsecret::secret::SecretSource;
 use docker_volume_libsecret::state::DirRecordStore;
-use docker_volume_libsecret::systemd::{MountUnitTemplate, SystemdMounter};
+use docker_volume_libsecret::systemd::{
+    may_carry_secret, mount_unit_environment, sets_secret_table, MountUnitTemplate, SystemdMounter,
+};
 use docker_volume_libsecret::vault::VaultSource;
 use docker_volume_libsecret::volumes::{Mounter, VolumeOptions, Volumes};
 use docker_volume_libsecret::{hardening, logging, server};
@@ -199,15 +201,23 @@ async fn shutdown_signal() {
 }
 
 /// Why mount units could not log in on their own, if they could not: a token that reaches the driver only through
-/// argv or the environment (a unit would need a copy there), or a response-wrapped secret ID (single-use: the driver
-/// has unwrapped it).
+/// argv or the environment (a unit would need a copy there), a `LIBSECRET_*` table units are not given because it may
+/// hold the token, or a response-wrapped secret ID (single-use: the driver has unwrapped it).
 fn units_cannot_authenticate(config: &Config, flags: &FlagOverrides) -> Option<&'static str> {
     if config.backend() != BackendKind::Vault {
         return None;
     }
-    let env_token = ["VAULT_TOKEN", "LIBSECRET_VAULT__TOKEN"]
-        .iter()
-        .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()));
+    let set_names: Vec<String> = std::env::vars_os()
+        .filter(|(_, value)| !value.is_empty())
+        .filter_map(|(name, _)| name.into_string().ok())
+        .collect();
+    let env_token = set_names.iter().any(|name| may_carry_secret(name));
+    if set_names.iter().any(|name| sets_secret_table(name)) {
+        return Some(
+            "a LIBSECRET_* variable sets a whole table that may hold the token (such as LIBSECRET_VAULT), which \
+             mount units must not inherit; set its keys one by one (LIBSECRET_VAULT__ADDR) to use mount units",
+        );
+    }
     match config.vault.auth {
         AuthMethod::Token
             if config.vault.token_file.is_none() && (flags.has_argv_token() || env_token) =>
@@ -231,28 +241,6 @@ fn wrapped_secret_id(config: &Config) -> bool {
             rule.auth == Some(AuthMethod::Approle)
                 && rule.approle.as_ref().is_some_and(|a| a.secret_id_wrapped)
         })
-}
-
-/// Non-secret environment a mount unit needs to load the same configuration.
-fn unit_environment() -> Vec<String> {
-    std::env::vars()
-        .filter(|(name, _)| {
-            (name.starts_with("LIBSECRET_") && !name.contains("TOKEN"))
-                || [
-                    "VAULT_ADDR",
-                    "VAULT_CACERT",
-                    "VAULT_CAPATH",
-                    "VAULT_CLIENT_CERT",
-                    "VAULT_CLIENT_KEY",
-                    "VAULT_TLS_SERVER_NAME",
-                    "VAULT_SKIP_VERIFY",
-                    "VAULT_NAMESPACE",
-                    "RUST_LOG",
-                ]
-                .contains(&name.as_str())
-        })
-        .map(|(name, value)| format!("{name}={value}"))
-        .collect()
 }
 
 async fn choose_mounter(
@@ -287,7 +275,7 @@ async fn choose_mounter(
     let template = MountUnitTemplate {
         executable: std::env::current_exe().context("locating this binary for mount units")?,
         config_args: cli.replay_args(),
-        environment: unit_environment(),
+        environment: mount_unit_environment(std::env::vars_os()),
         start_timeout: config.vault.timeout + Duration::from_secs(20),
     };
     let mounter = SystemdMounter::connect(template)

@@ -239,11 +239,16 @@ pub fn escape_component(name: &str) -> String {
     if escaped.len() <= LONGEST {
         return escaped;
     }
+    // The escaped text is ASCII, so any byte index is a character boundary. It never holds a `.` (escaped as `%2E`),
+    // so a hashed name is never another name's escape.
+    format!("{}.sha256-{}", &escaped[..64], sha256_hex(name))
+}
+
+/// The SHA-256 of `text`, in lowercase hex: what long names are replaced by where a name's length is limited.
+pub fn sha256_hex(text: &str) -> String {
     use sha2::Digest;
-    let digest = sha2::Sha256::digest(name.as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    // The escaped text is ASCII, so any byte index is a character boundary.
-    format!("{}.sha256-{hex}", &escaped[..64])
+    let digest = sha2::Sha256::digest(text.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn escape_all(name: &str) -> String {
@@ -397,6 +402,16 @@ mod long_name_tests {
         let dots = ".".repeat(100);
         assert!(escape_component(&dots).len() <= 200);
         assert_eq!(escape_component("secret/app-1"), "secret%2Fapp-1");
+    }
+
+    #[test]
+    fn a_name_spelled_like_a_hashed_component_escapes_to_another_one() {
+        let long = format!("secret/{}", "a".repeat(1000));
+        let hashed = escape_component(&long);
+        let (prefix, hex) = hashed.split_once(".sha256-").unwrap();
+        assert_eq!(hex, sha256_hex(&long));
+        let literal = format!("{prefix}.sha256-{hex}");
+        assert_ne!(escape_component(&literal), hashed);
     }
 
     #[test]

@@ -10,11 +10,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
 use zbus::zvariant::{OwnedObjectPath, Value};
 
 use crate::mounter::{detach, is_stale_mount, prepare_mountpoint, remove_mountpoint};
-use crate::names::VaultPath;
+use crate::names::{sha256_hex, VaultPath};
 use crate::volumes::{ActiveMount, Mounter, VolumeOptions, VolumeRecord};
 
 /// Every mount unit's name starts with this.
@@ -79,16 +78,95 @@ pub fn systemd_escape(text: &str) -> String {
     out
 }
 
-/// The mount unit of a volume. Names too long for systemd use a SHA-256 of the volume name instead.
+/// The mount unit of a volume. Names too long for systemd use a SHA-256 of the volume name instead, after a `.`:
+/// [`systemd_escape`] never starts with one (it escapes a leading `.`), so a volume literally named like a hashed
+/// name (`sha256/<hex>` escapes to `sha256-<hex>`) never gets, or stops, another volume's unit.
 pub fn unit_name(volume: &str) -> String {
     let escaped = systemd_escape(volume);
     let name = format!("{UNIT_PREFIX}{escaped}.service");
     if name.len() <= MAX_UNIT_NAME {
         return name;
     }
-    let digest = Sha256::digest(volume.as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{UNIT_PREFIX}sha256-{hex}.service")
+    format!("{UNIT_PREFIX}.sha256-{}.service", sha256_hex(volume))
+}
+
+/// Vault's own variables a mount unit needs to load the same configuration as the driver. Never `VAULT_TOKEN`.
+const VAULT_VARIABLES: &[&str] = &[
+    "VAULT_ADDR",
+    "VAULT_CACERT",
+    "VAULT_CAPATH",
+    "VAULT_CLIENT_CERT",
+    "VAULT_CLIENT_KEY",
+    "VAULT_TLS_SERVER_NAME",
+    "VAULT_SKIP_VERIFY",
+    "VAULT_NAMESPACE",
+    "RUST_LOG",
+];
+
+/// The prefix of the driver's own variables; figment matches it in any case.
+const LIBSECRET_PREFIX: &str = "LIBSECRET_";
+
+/// Config keys whose value is a secret.
+const SECRET_KEYS: &[&str] = &["vault.token"];
+
+/// The config key a `LIBSECRET_*` variable sets, as figment reads it (`LIBSECRET_VAULT__ADDR`: `vault.addr`), or
+/// `None` for any other variable.
+fn libsecret_key(name: &str) -> Option<String> {
+    let prefix = name.get(..LIBSECRET_PREFIX.len())?;
+    if !prefix.eq_ignore_ascii_case(LIBSECRET_PREFIX) {
+        return None;
+    }
+    let rest = name[LIBSECRET_PREFIX.len()..].to_ascii_lowercase();
+    // Empty segments are dropped, so `VAULT____TOKEN` or `VAULT__` cannot slip past as an unknown key.
+    let segments: Vec<&str> = rest.split("__").filter(|s| !s.is_empty()).collect();
+    Some(segments.join("."))
+}
+
+/// Whether an environment variable may hold a secret: `VAULT_TOKEN`, or a `LIBSECRET_*` variable that sets a secret
+/// key or a table holding one (figment parses `LIBSECRET_VAULT={token="..."}` as a table), or whose name mentions a
+/// token in any other way than a token file's path.
+pub fn may_carry_secret(name: &str) -> bool {
+    if name == "VAULT_TOKEN" {
+        return true;
+    }
+    let Some(key) = libsecret_key(name) else {
+        return false;
+    };
+    let mentions_token = key
+        .split('.')
+        .any(|segment| segment.contains("token") && segment != "token_file");
+    SECRET_KEYS.contains(&key.as_str()) || is_secret_table(&key) || mentions_token
+}
+
+/// Whether a `LIBSECRET_*` variable sets a whole table that holds a secret key (`LIBSECRET_VAULT={...}`). Withheld
+/// from mount units, it takes the table's other settings with it, so units would not load the driver's config.
+pub fn sets_secret_table(name: &str) -> bool {
+    libsecret_key(name).is_some_and(|key| is_secret_table(&key))
+}
+
+fn is_secret_table(key: &str) -> bool {
+    SECRET_KEYS
+        .iter()
+        .any(|secret| key.is_empty() || secret.starts_with(&format!("{key}.")))
+}
+
+/// Whether a mount unit inherits the variable: Vault's own non-secret ones, and `LIBSECRET_*` (in any case) unless
+/// it may hold a secret. Unit properties are shown by `systemctl show` to any local user.
+fn passes_to_mount_units(name: &str) -> bool {
+    !may_carry_secret(name) && (VAULT_VARIABLES.contains(&name) || libsecret_key(name).is_some())
+}
+
+/// The `NAME=VALUE` environment of mount units, out of the driver's `variables`. Variables that are not UTF-8 are
+/// left out: systemd's `Environment=` takes text.
+pub fn mount_unit_environment(
+    variables: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> Vec<String> {
+    variables
+        .into_iter()
+        .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
+        .filter(|(name, _)| passes_to_mount_units(name))
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect()
 }
 
 /// Why a unit could not be started or stopped.
@@ -433,12 +511,145 @@ mod tests {
         }
     }
 
+    fn environment(variables: &[(&str, &str)]) -> Vec<String> {
+        mount_unit_environment(
+            variables
+                .iter()
+                .map(|(name, value)| ((*name).into(), (*value).into())),
+        )
+    }
+
+    #[test]
+    fn mount_units_inherit_settings_and_paths_but_never_a_token() {
+        let passed = [
+            "LIBSECRET_VAULT__ADDR",
+            "libsecret_vault__addr",
+            "LIBSECRET_CACHE_TTL",
+            "LIBSECRET_CONFIG",
+            "LIBSECRET_VAULT__TOKEN_FILE",
+            "libsecret_vault__token_file",
+            "LibSecret_Vault__Token_File",
+            "LIBSECRET_VAULT__APPROLE__SECRET_ID_FILE",
+            "VAULT_ADDR",
+            "VAULT_CACERT",
+            "VAULT_CLIENT_KEY",
+            "RUST_LOG",
+        ];
+        let withheld = [
+            "VAULT_TOKEN",
+            "LIBSECRET_VAULT__TOKEN",
+            "LIBSECRET_VAULT__token",
+            "libsecret_vault__token",
+            "LiBsEcReT_vAuLt__ToKeN",
+            "LIBSECRET_VAULT__TOKEN__",
+            "LIBSECRET_VAULT____TOKEN",
+            "LIBSECRET_VAULT",
+            "libsecret_vault",
+            "LIBSECRET_VAULT__",
+            "LIBSECRET_VAULT__TOKEN_FILEX",
+            "LIBSECRET_VAULT__APPROLE__TOKEN",
+            "PATH",
+            "HOME",
+            "vault_addr",
+        ];
+        let variables: Vec<(&str, &str)> = passed
+            .iter()
+            .chain(&withheld)
+            .map(|name| (*name, "value-of-it"))
+            .collect();
+        let expected: Vec<String> = passed
+            .iter()
+            .map(|name| format!("{name}=value-of-it"))
+            .collect();
+        assert_eq!(environment(&variables), expected);
+    }
+
+    #[test]
+    fn variables_that_are_not_text_are_left_out() {
+        use std::os::unix::ffi::OsStringExt;
+        let variables = [
+            (
+                std::ffi::OsString::from_vec(b"LIBSECRET_\xff".to_vec()),
+                "x".into(),
+            ),
+            (
+                "LIBSECRET_MOUNT_ROOT".into(),
+                std::ffi::OsString::from_vec(b"/\xff".to_vec()),
+            ),
+            ("LIBSECRET_STATE_DIR".into(), "/var/lib/x".into()),
+        ];
+        assert_eq!(
+            mount_unit_environment(variables),
+            vec!["LIBSECRET_STATE_DIR=/var/lib/x".to_owned()]
+        );
+    }
+
+    /// Every spelling figment reads as `vault.token` is one `may_carry_secret` withholds: the two rules agree.
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure returns figment's (large) error type
+    fn every_variable_figment_reads_as_the_token_is_withheld() {
+        use crate::config::{Config, FlagOverrides};
+        for (name, value) in [
+            ("VAULT_TOKEN", "hvs.a"),
+            ("LIBSECRET_VAULT__TOKEN", "hvs.a"),
+            ("LIBSECRET_VAULT__token", "hvs.a"),
+            ("libsecret_vault__token", "hvs.a"),
+            ("LIBSECRET_vault__TOKEN", "hvs.a"),
+            ("LIBSECRET_VAULT", "{token=\"hvs.a\"}"),
+            ("libsecret_Vault", "{token=\"hvs.a\"}"),
+        ] {
+            figment::Jail::expect_with(|jail| {
+                jail.set_env(name, value);
+                let config =
+                    Config::load(Path::new("absent.toml"), false, &FlagOverrides::default())
+                        .unwrap();
+                let token = config.vault.token.as_ref().map(|t| t.expose().to_owned());
+                assert_eq!(token.as_deref(), Some("hvs.a"), "{name}");
+                assert!(may_carry_secret(name), "{name}");
+                assert_eq!(sets_secret_table(name), value.starts_with('{'), "{name}");
+                assert_eq!(
+                    environment(&[(name, value)]),
+                    Vec::<String>::new(),
+                    "{name}"
+                );
+                Ok(())
+            });
+        }
+    }
+
     #[test]
     fn long_volume_names_get_a_hashed_unit_name() {
         let long = format!("secret/{}", "x".repeat(1000));
         let unit = unit_name(&long);
         assert!(unit.len() <= MAX_UNIT_NAME, "{unit}");
-        assert!(unit.starts_with("docker-volume-libsecret-mount-sha256-"));
+        assert!(unit.starts_with("docker-volume-libsecret-mount-.sha256-"));
         assert_ne!(unit, unit_name(&format!("secret/{}", "y".repeat(1000))));
+    }
+
+    /// A volume named after another volume's hashed unit name gets a unit of its own.
+    #[test]
+    fn a_volume_named_like_a_hashed_unit_name_gets_another_unit() {
+        let long = format!("secret/{}", "x".repeat(1000));
+        let hashed = unit_name(&long);
+        let hex = sha256_hex(&long);
+        for literal in [
+            format!("sha256/{hex}"),
+            format!(".sha256/{hex}"),
+            format!("sha256-{hex}"),
+        ] {
+            let unit = unit_name(&literal);
+            assert!(unit.len() <= MAX_UNIT_NAME, "{unit}");
+            assert_ne!(unit, hashed, "{literal}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Escaped names never start with `.`, hashed ones always do: the two name spaces are disjoint.
+        #[test]
+        fn escaped_and_hashed_unit_names_are_disjoint(volume in "\\PC{0,300}") {
+            let unit = unit_name(&volume);
+            let hashed = systemd_escape(&volume).len() + UNIT_PREFIX.len() + ".service".len() > MAX_UNIT_NAME;
+            proptest::prop_assert_eq!(unit[UNIT_PREFIX.len()..].starts_with('.'), hashed, "{}", unit);
+        }
     }
 }
