@@ -124,13 +124,19 @@ fn new_cache(config: &Config, source: Arc<dyn SecretSource>) -> SecretCache {
         .with_stale_ttl(config.stale_ttl)
 }
 
+/// The caches volumes read through, and the Vault logins behind them (none for the file backend).
+struct Backend {
+    caches: VolumeCaches,
+    logins: Vec<Arc<VaultSource>>,
+}
+
 /// Opens the configured backend (logging in to Vault with each set of credentials in `scopes`) and the caches
 /// volumes read through.
-async fn open_caches(config: &Config, scopes: &[AuthScope]) -> anyhow::Result<VolumeCaches> {
+async fn open_caches(config: &Config, scopes: &[AuthScope]) -> anyhow::Result<Backend> {
     let access = config.access_rules();
     Ok(match config.backend() {
         BackendKind::Vault => {
-            let mut sources = HashMap::new();
+            let mut sources: HashMap<AuthScope, Arc<VaultSource>> = HashMap::new();
             let mut roots = HashMap::new();
             for scope in scopes {
                 let vault = Arc::new(
@@ -141,8 +147,9 @@ async fn open_caches(config: &Config, scopes: &[AuthScope]) -> anyhow::Result<Vo
                 roots.insert(*scope, Arc::new(new_cache(config, vault.clone())));
                 sources.insert(*scope, vault);
             }
+            let logins = sources.values().cloned().collect();
             let config = config.clone();
-            VolumeCaches::new(
+            let caches = VolumeCaches::new(
                 access,
                 roots,
                 Box::new(move |scope, namespace| {
@@ -151,17 +158,21 @@ async fn open_caches(config: &Config, scopes: &[AuthScope]) -> anyhow::Result<Vo
                         .ok_or_else(|| format!("the credentials of {scope} were not loaded"))?;
                     Ok(new_cache(&config, Arc::new(vault.in_namespace(namespace))))
                 }),
-            )
+            );
+            Backend { caches, logins }
         }
         BackendKind::File => {
             let source = FileSource::open(&config.file.path)
                 .with_context(|| format!("file backend: {}", config.file.path.display()))?;
             tracing::info!(path = %config.file.path.display(), "serving secrets from the file backend");
-            VolumeCaches::single(
-                access,
-                Arc::new(new_cache(config, Arc::new(source))),
-                "the file backend has no namespaces",
-            )
+            Backend {
+                caches: VolumeCaches::single(
+                    access,
+                    Arc::new(new_cache(config, Arc::new(source))),
+                    "the file backend has no namespaces",
+                ),
+                logins: Vec::new(),
+            }
         }
     })
 }
@@ -319,7 +330,7 @@ async fn serve(config: Config, cli: &Cli, flags: &FlagOverrides) -> anyhow::Resu
              [[rules]] to the config to restrict volumes to the paths they need"
         );
     }
-    let caches = Arc::new(open_caches(&config, &all_scopes(&config)).await?);
+    let caches = Arc::new(open_caches(&config, &all_scopes(&config)).await?.caches);
     let mounter = choose_mounter(&config, cli, flags, caches.clone()).await?;
     for path in clean_stale_mounts(&config.mount_root) {
         tracing::info!(mountpoint = %path.display(), "removed a leftover mountpoint");
@@ -383,7 +394,8 @@ async fn serve_mount(
         .decide(namespace, &vault_path)
         .context("access rules")?;
     let scopes = access.scopes_below(namespace, &vault_path);
-    let caches = Arc::new(open_caches(&config, &scopes).await?);
+    let backend = open_caches(&config, &scopes).await?;
+    let caches = Arc::new(backend.caches);
     let router = caches.router(namespace);
     // The driver starts this unit only when no live server has the volume: anything mounted here is dead.
     detach(&mountpoint).map_err(anyhow::Error::msg)?;
@@ -407,8 +419,12 @@ async fn serve_mount(
     let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
     shutdown_signal().await;
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
-    tokio::task::spawn_blocking(move || mount.unmount())
-        .await
+    let unmounted = tokio::task::spawn_blocking(move || mount.unmount()).await;
+    // Tokens this unit logged in for die with it, so they neither pile up nor use up secret_id_num_uses.
+    for login in &backend.logins {
+        login.revoke_login().await;
+    }
+    unmounted
         .context("unmounting")?
         .with_context(|| format!("unmounting {}", mountpoint.display()))?;
     tracing::info!(volume = %volume, "mount served to the end");

@@ -330,7 +330,12 @@ async fn without_mount_detection_the_first_segment_is_kv_v1_unless_configured() 
     settings.kv_version.insert("cubbyhole/".into(), 1);
     let source = VaultSource::connect(&settings).await.unwrap();
     let before = vault.requests().len();
-    for path in ["cubbyhole/x", "sys/mounts", "auth/token/lookup-self", "identity/entity"] {
+    for path in [
+        "cubbyhole/x",
+        "sys/mounts",
+        "auth/token/lookup-self",
+        "identity/entity",
+    ] {
         let refused = value(&source, path).await;
         assert!(
             matches!(&refused, Err(SourceError::Refused(why)) if why.contains("not a KV")),
@@ -342,7 +347,11 @@ async fn without_mount_detection_the_first_segment_is_kv_v1_unless_configured() 
             Err(SourceError::Refused(_))
         ));
     }
-    assert_eq!(vault.requests().len(), before, "refused without asking Vault");
+    assert_eq!(
+        vault.requests().len(),
+        before,
+        "refused without asking Vault"
+    );
 }
 
 // ---- RustyVault ----
