@@ -374,3 +374,98 @@ async fn with_tls_server_name_every_ha_node_keeps_its_own_address() {
         "from the second node"
     );
 }
+
+/// The status Vault answers lookup-self with `token`: 200 for a live token.
+async fn lookup_status(addr: &str, token: &str) -> u16 {
+    reqwest::Client::new()
+        .get(format!("{addr}/v1/auth/token/lookup-self"))
+        .header("X-Vault-Token", token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn revoke_login_revokes_the_token_an_approle_login_obtained() {
+    let vault = TestVault::start(ServerConfig::default()).await.unwrap();
+    vault.set_policy("app", &[("secret/data/app/*", &["read"])]);
+    vault.put("secret/app/k", json!({"value": "v"}));
+    let admin = Admin::new(&vault.addr(), vault.root_token());
+    let role_id = admin.approle("app", &["app"], "1h", "service").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = approle_config(
+        &vault.addr(),
+        write_secret_file(dir.path(), "role-id", &role_id),
+        write_secret_file(dir.path(), "secret-id", &admin.secret_id("app").await),
+    );
+    let source = VaultSource::connect(&config).await.unwrap();
+    assert_eq!(read(&source, "secret/app/k").await.unwrap(), "v");
+    let tokens = vault.live_tokens_issued_at("auth/approle/login");
+    assert_eq!(tokens.len(), 1, "one login");
+    assert_eq!(lookup_status(&vault.addr(), &tokens[0]).await, 200);
+
+    source.revoke_login().await;
+    assert_eq!(lookup_status(&vault.addr(), &tokens[0]).await, 403);
+    assert_eq!(
+        vault.live_tokens_issued_at("auth/approle/login"),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        count(&vault.requests(), "POST", "/v1/auth/token/revoke-self"),
+        1
+    );
+}
+
+#[tokio::test]
+async fn revoke_login_never_revokes_an_operators_token() {
+    let vault = TestVault::start(ServerConfig::default()).await.unwrap();
+    vault.put("secret/app/k", json!({"value": "v"}));
+    let dir = tempfile::tempdir().unwrap();
+    let in_file = vault.create_token(&["root"], None, true);
+    let inline = vault.create_token(&["root"], None, true);
+    let base = VaultConfig {
+        addr: vec![vault.addr()],
+        timeout: Duration::from_secs(2),
+        ..VaultConfig::default()
+    };
+    let from_file = VaultConfig {
+        token_file: Some(write_secret_file(dir.path(), "token", &in_file)),
+        ..base.clone()
+    };
+    let given_inline = VaultConfig {
+        token: Some(Credential::new(inline.clone())),
+        ..base
+    };
+    for (token, config) in [(&in_file, from_file), (&inline, given_inline)] {
+        let source = VaultSource::connect(&config).await.unwrap();
+        source.revoke_login().await;
+        assert_eq!(lookup_status(&vault.addr(), token).await, 200);
+        assert_eq!(read(&source, "secret/app/k").await.unwrap(), "v");
+    }
+    assert_eq!(
+        count(&vault.requests(), "POST", "/v1/auth/token/revoke-self"),
+        0
+    );
+}
+
+#[tokio::test]
+async fn revoke_login_gives_up_when_vault_does_not_answer() {
+    let vault = TestVault::start(ServerConfig::default()).await.unwrap();
+    vault.set_policy("app", &[("secret/data/app/*", &["read"])]);
+    let admin = Admin::new(&vault.addr(), vault.root_token());
+    let role_id = admin.approle("app", &["app"], "1h", "service").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = approle_config(
+        &vault.addr(),
+        write_secret_file(dir.path(), "role-id", &role_id),
+        write_secret_file(dir.path(), "secret-id", &admin.secret_id("app").await),
+    );
+    config.timeout = Duration::from_millis(500);
+    let source = VaultSource::connect(&config).await.unwrap();
+    vault.faults().set_latency(Duration::from_secs(600));
+    tokio::time::timeout(Duration::from_secs(30), source.revoke_login())
+        .await
+        .expect("revoke_login is bounded by vault.timeout");
+}

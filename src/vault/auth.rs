@@ -387,3 +387,25 @@ pub(super) async fn renew(
         .ok_or_else(|| AuthError::Unavailable("token renew-self: no auth block".to_owned()))?;
     Ok((Duration::from_secs(auth.lease_duration), auth.renewable))
 }
+
+/// `POST auth/token/revoke-self`.
+#[derive(Debug, Endpoint)]
+#[endpoint(path = "auth/token/revoke-self", method = "POST")]
+struct RevokeSelf {
+    #[endpoint(raw)]
+    body: Vec<u8>,
+}
+
+/// Revokes the token (and its children).
+pub(super) async fn revoke_self(
+    transport: &Transport,
+    namespace: Option<&str>,
+    token: &str,
+) -> Result<(), AuthError> {
+    transport
+        .exec_empty(token, namespace, || RevokeSelf {
+            body: b"{}".to_vec(),
+        })
+        .await
+        .map_err(|e| AuthError::from_client("token revoke-self", &e))
+}

@@ -237,6 +237,12 @@ impl VaultSource {
         }
     }
 
+    /// Revokes the token this source logged in with (AppRole, cert; never an operator's token_file or inline
+    /// token), bounded by `vault.timeout`, and ends the login. For a mount unit that stops.
+    pub async fn revoke_login(&self) {
+        self.session.revoke_login().await
+    }
+
     fn addr(&self) -> &str {
         self.session.transport().current_address()
     }

@@ -7,6 +7,7 @@
 //! - A request answered 403 because the token died anyway (revoked, expired during an outage) gets a new token and is
 //!   retried once, so a container never sees a failure a valid login could have prevented.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -69,6 +70,8 @@ pub struct Session {
     /// Serialises token replacement; holds the generation last replaced.
     replacing: tokio::sync::Mutex<()>,
     changed: watch::Sender<u64>,
+    /// Set when the login's token is revoked: no renewal or new login follows.
+    closed: AtomicBool,
 }
 
 /// `0.75..=1.0` of `duration`: spreads renewals and retries.
@@ -101,6 +104,7 @@ impl Session {
             state: RwLock::new(TokenState::new(login, 0)),
             replacing: tokio::sync::Mutex::new(()),
             changed,
+            closed: AtomicBool::new(false),
         }))
     }
 
@@ -182,6 +186,11 @@ impl Session {
     /// Replaces the token of `generation` by a new login, unless another task already has.
     async fn replace_token(&self, generation: u64) -> Result<(), AuthError> {
         let _replacing = self.replacing.lock().await;
+        if self.is_closed() {
+            return Err(AuthError::Unavailable(
+                "the Vault login was ended (its token revoked)".to_owned(),
+            ));
+        }
         if self.token().1 != generation {
             return Ok(());
         }
@@ -189,6 +198,42 @@ impl Session {
         tracing::info!(auth = %self.auth.describe(), ttl_seconds = login.ttl.as_secs(), "logged in to Vault again");
         self.install(login, generation);
         Ok(())
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Revokes the token this session obtained by logging in (AppRole, cert), so tokens do not pile up in Vault until
+    /// their TTL ends. An operator's token (token_file, inline) is never revoked. Ends the session: no renewal or new
+    /// login follows, so a request after this fails. Bounded by `vault.timeout`; the result is logged, never the token.
+    pub async fn revoke_login(&self) {
+        if !self.auth.mints_tokens() {
+            tracing::debug!(auth = %self.auth.describe(), "the Vault token is the operator's: not revoked");
+            return;
+        }
+        // Closed first, so a login under way installs its token before the revocation below, and none follows.
+        self.closed.store(true, Ordering::SeqCst);
+        self.changed.send_modify(|_| {});
+        let timeout = self.transport.timeout();
+        match tokio::time::timeout(timeout, self.revoke_current()).await {
+            Ok(Ok(())) => {
+                tracing::info!(auth = %self.auth.describe(), "revoked the Vault token of this login")
+            }
+            Ok(Err(reason)) => {
+                tracing::warn!(%reason, "could not revoke the Vault token of this login; it lives until its TTL ends")
+            }
+            Err(_) => tracing::warn!(
+                timeout_seconds = timeout.as_secs_f32(),
+                "Vault did not answer the revocation of this login's token in time; it lives until its TTL ends"
+            ),
+        }
+    }
+
+    async fn revoke_current(&self) -> Result<(), AuthError> {
+        let _replacing = self.replacing.lock().await;
+        let (token, _) = self.token();
+        auth::revoke_self(&self.transport, self.namespace(), &token).await
     }
 
     /// Keeps the token alive for as long as the session lives.
@@ -235,6 +280,9 @@ async fn lifecycle(session: Weak<Session>, mut changed: watch::Receiver<u64>) {
         let Some(strong) = session.upgrade() else {
             return;
         };
+        if strong.is_closed() {
+            return;
+        }
         let (wait, next, generation) = plan(&strong);
         drop(strong);
         tokio::select! {
@@ -250,6 +298,9 @@ async fn lifecycle(session: Weak<Session>, mut changed: watch::Receiver<u64>) {
         let Some(session) = session.upgrade() else {
             return;
         };
+        if session.is_closed() {
+            return;
+        }
         let outcome = match next {
             Next::Idle => Ok(()),
             Next::Renew => renew(&session, generation).await,

@@ -58,6 +58,7 @@ pub struct Transport {
     nodes: Vec<Node>,
     /// The node that answered last; requests start there.
     current: AtomicUsize,
+    timeout: Duration,
 }
 
 /// A vaultrs client for one request: a node, a token and a namespace. The token copy is wiped on drop.
@@ -399,6 +400,7 @@ impl Transport {
         Ok(Transport {
             nodes,
             current: AtomicUsize::new(0),
+            timeout: config.timeout,
         })
     }
 
@@ -416,6 +418,11 @@ impl Transport {
             .unwrap_or_default()
     }
 
+    /// The longest one request may take (`vault.timeout`).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Sends the request `make()` builds with `token` (empty: none) and `namespace`, moving through the nodes when
     /// one cannot serve. The error is the last node's.
     pub async fn exec<E: Endpoint>(
@@ -424,6 +431,37 @@ impl Transport {
         namespace: Option<&str>,
         make: impl Fn() -> E,
     ) -> Result<E::Response, ClientError> {
+        self.on_nodes(token, namespace, |call| {
+            let endpoint = make();
+            async move { vaultrs::api::exec_with_no_result(&call, endpoint).await }
+        })
+        .await
+    }
+
+    /// [`Transport::exec`] for a request Vault answers with no body (204 No Content), such as a revocation.
+    pub async fn exec_empty<E: Endpoint>(
+        &self,
+        token: &str,
+        namespace: Option<&str>,
+        make: impl Fn() -> E,
+    ) -> Result<(), ClientError> {
+        self.on_nodes(token, namespace, |call| {
+            let endpoint = make();
+            async move { vaultrs::api::exec_with_empty(&call, endpoint).await }
+        })
+        .await
+    }
+
+    /// Runs `send` with a client for each node in turn, from the one that answered last, until one can serve.
+    async fn on_nodes<'s, T, Reply>(
+        &'s self,
+        token: &str,
+        namespace: Option<&str>,
+        send: impl Fn(Call<'s>) -> Reply,
+    ) -> Result<T, ClientError>
+    where
+        Reply: std::future::Future<Output = Result<T, ClientError>>,
+    {
         let count = self.nodes.len();
         let start = self.current.load(Ordering::Relaxed);
         let mut last_error = None;
@@ -442,7 +480,7 @@ impl Transport {
                     namespace: namespace.map(str::to_owned),
                 },
             };
-            match vaultrs::api::exec_with_no_result(&call, make()).await {
+            match send(call).await {
                 Err(error) if count > 1 && is_node_failure(&error) => {
                     tracing::warn!(
                         vault_addr = %node.address,

@@ -357,6 +357,11 @@ impl TestVault {
             .id
     }
 
+    /// The live tokens issued at `path` (such as `auth/approle/login`), in no order: what a client logged in with.
+    pub fn live_tokens_issued_at(&self, path: &str) -> Vec<String> {
+        self.lock().tokens.live_ids_issued_at(path)
+    }
+
     /// Create or replace an ACL policy: `(path glob, capabilities)` rules.
     /// Globs: trailing `*` = any suffix, `+` = one path segment.
     pub fn set_policy(&self, name: &str, rules: &[(&str, &[&str])]) {

@@ -501,6 +501,16 @@ impl TokenStore {
         Ok(t)
     }
 
+    /// The live tokens issued at `path` (such as `auth/approle/login`), in no order.
+    pub(crate) fn live_ids_issued_at(&self, path: &str) -> Vec<String> {
+        let now = Instant::now();
+        self.tokens
+            .values()
+            .filter(|t| t.path == path && t.expires.is_none_or(|e| e > now))
+            .map(|t| t.id.clone())
+            .collect()
+    }
+
     /// Revoke a token and all its descendants.
     pub(crate) fn revoke(&mut self, id: &str) {
         if self.tokens.remove(id).is_none() {
