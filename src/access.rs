@@ -98,6 +98,9 @@ pub struct AccessRules {
     rules: Vec<Rule>,
     /// Where the rules were configured, for messages (`/etc/docker-volume-libsecret/config.toml [[rules]]`).
     origin: String,
+    /// Per rule, what identifies its whole configuration (credentials included), for [`Self::digest_below`];
+    /// empty: the rule's own fields.
+    fingerprints: Vec<String>,
 }
 
 /// Whether `pattern` (a prefix or a glob) covers `path`: matches it or one of its ancestors. Every rule covers what
@@ -186,7 +189,14 @@ impl AccessRules {
         AccessRules {
             rules,
             origin: origin.to_owned(),
+            fingerprints: Vec::new(),
         }
+    }
+
+    /// Identifies each rule by `fingerprints` (one per rule, in order: its whole configuration) in digests.
+    pub fn with_fingerprints(mut self, fingerprints: Vec<String>) -> Self {
+        self.fingerprints = fingerprints;
+        self
     }
 
     /// No rules: everything in the configured namespace is allowed with the `[vault]` credentials.
@@ -262,6 +272,28 @@ impl AccessRules {
         }
     }
 
+    /// The rules that may decide a read at or below `prefix` in `namespace`, in order: up to the first that covers
+    /// the whole prefix, after which no later rule can match there.
+    fn rules_below<'a>(
+        &'a self,
+        namespace: Option<&'a str>,
+        prefix: &'a VaultPath,
+    ) -> impl Iterator<Item = (usize, &'a Rule)> + 'a {
+        let mut covered = false;
+        self.rules
+            .iter()
+            .enumerate()
+            .filter(move |(_, rule)| {
+                namespace_matches(rule.namespace.as_deref(), namespace)
+                    && may_match_below(&rule.path, prefix.as_str())
+            })
+            .take_while(move |(_, rule)| {
+                let take = !covered;
+                covered = covered || matches(&rule.path, prefix.as_str());
+                take
+            })
+    }
+
     /// Every set of credentials a read at or below `prefix` in `namespace` may be decided to use: what a mount unit
     /// logs in with before it serves the volume.
     pub fn scopes_below(&self, namespace: Option<&str>, prefix: &VaultPath) -> Vec<AuthScope> {
@@ -269,12 +301,7 @@ impl AccessRules {
             return vec![AuthScope::Default];
         }
         let mut scopes = Vec::new();
-        for (index, rule) in self.rules.iter().enumerate() {
-            if !namespace_matches(rule.namespace.as_deref(), namespace)
-                || !may_match_below(&rule.path, prefix.as_str())
-            {
-                continue;
-            }
+        for (index, rule) in self.rules_below(namespace, prefix) {
             let scope = if rule.own_auth {
                 AuthScope::Rule(index)
             } else {
@@ -283,12 +310,32 @@ impl AccessRules {
             if rule.allow && !scopes.contains(&scope) {
                 scopes.push(scope);
             }
-            // A rule covering the whole volume decides every path below it: later rules never match there.
-            if matches(&rule.path, prefix.as_str()) {
-                break;
-            }
         }
         scopes
+    }
+
+    /// A digest of the rules that decide reads at or below `prefix` in `namespace`. A mount unit started under
+    /// other rules has another digest: a restarted driver does not adopt it, so the rules in force are the ones
+    /// every read is decided by. Rules that cannot match below the prefix do not count, so editing them leaves the
+    /// unit alone.
+    pub fn digest_below(&self, namespace: Option<&str>, prefix: &VaultPath) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        hasher.update(namespace.unwrap_or("").as_bytes());
+        for (index, rule) in self.rules_below(namespace, prefix) {
+            let identity = match self.fingerprints.get(index) {
+                Some(fingerprint) => fingerprint.clone(),
+                None => format!("{rule:?}"),
+            };
+            // Order counts (the first match decides), positions elsewhere in the file do not.
+            hasher.update(format!("\0{identity}").as_bytes());
+        }
+        hasher
+            .finalize()
+            .iter()
+            .take(8)
+            .map(|byte| format!("{byte:02x}"))
+            .collect()
     }
 }
 
@@ -426,6 +473,62 @@ mod tests {
         assert_eq!(
             rules.scopes_below(None, &path("secret/other")),
             vec![AuthScope::Default]
+        );
+    }
+
+    #[test]
+    fn the_digest_below_a_volume_changes_with_the_rules_that_decide_it_only() {
+        let rules = |extra: Vec<Rule>| {
+            let mut all = vec![
+                rule("secret/admin", false, false),
+                rule("secret/app-1", true, true),
+            ];
+            all.extend(extra);
+            all.push(rule("secret", true, false));
+            AccessRules::new(all, "rules")
+        };
+        let base = rules(vec![]);
+        let volume = path("secret/app-1");
+        let parent = path("secret");
+        // A rule elsewhere changes neither volume's digest under it only if it cannot match below that volume.
+        let elsewhere = rules(vec![rule("kv/other", true, false)]);
+        assert_eq!(
+            base.digest_below(None, &volume),
+            elsewhere.digest_below(None, &volume)
+        );
+        assert_eq!(
+            base.digest_below(None, &parent),
+            elsewhere.digest_below(None, &parent)
+        );
+        // A deny rule added below a volume changes its digest, and its parent's.
+        let denied = rules(vec![rule("secret/app-1/db", false, false)]);
+        assert_ne!(
+            base.digest_below(None, &parent),
+            denied.digest_below(None, &parent)
+        );
+        let denied_first = AccessRules::new(
+            vec![
+                rule("secret/app-1/db", false, false),
+                rule("secret/app-1", true, true),
+            ],
+            "rules",
+        );
+        let app_only = AccessRules::new(vec![rule("secret/app-1", true, true)], "rules");
+        assert_ne!(
+            app_only.digest_below(None, &volume),
+            denied_first.digest_below(None, &volume)
+        );
+        // New credentials for the volume's rule (its fingerprint) change the digest; the namespace counts too.
+        let recredentialed =
+            base.clone()
+                .with_fingerprints(vec!["a".into(), "new-approle".into(), "c".into()]);
+        assert_ne!(
+            base.digest_below(None, &volume),
+            recredentialed.digest_below(None, &volume)
+        );
+        assert_ne!(
+            base.digest_below(None, &volume),
+            base.digest_below(Some("team-a"), &volume)
         );
     }
 

@@ -587,6 +587,32 @@ impl Config {
             })
             .collect();
         crate::access::AccessRules::new(rules, &format!("{} [[rules]]", self.source_file.display()))
+            .with_fingerprints(self.rule_fingerprints())
+    }
+
+    /// Per rule, its whole configuration and the credentials it reads with, never a secret (file paths and
+    /// methods, not tokens): what tells a mount unit started under other rules from a current one.
+    fn rule_fingerprints(&self) -> Vec<String> {
+        self.rules
+            .iter()
+            .enumerate()
+            .map(|(index, rule)| {
+                let scope = match rule.auth {
+                    Some(_) => crate::access::AuthScope::Rule(index),
+                    None => crate::access::AuthScope::Default,
+                };
+                let vault = self.vault_for(scope);
+                serde_json::json!({
+                    "rule": rule,
+                    "auth": vault.auth,
+                    "token_file": vault.token_file,
+                    "approle": vault.approle,
+                    "cert": vault.cert,
+                    "namespace": vault.namespace,
+                })
+                .to_string()
+            })
+            .collect()
     }
 
     /// The Vault settings a scope reads with: `[vault]`, or `[vault]` with rule N's credentials instead.

@@ -288,6 +288,7 @@ async fn choose_mounter(
         config_args: cli.replay_args(),
         environment: mount_unit_environment(std::env::vars_os()),
         start_timeout: config.vault.timeout + Duration::from_secs(20),
+        access: config.access_rules(),
     };
     let mounter = SystemdMounter::connect(template)
         .await

@@ -59,6 +59,9 @@ trait Manager {
 trait Unit {
     #[zbus(property)]
     fn active_state(&self) -> zbus::Result<String>;
+
+    #[zbus(property)]
+    fn description(&self) -> zbus::Result<String>;
 }
 
 /// Escapes like `systemd-escape`: `/` becomes `-`, and every byte other than ASCII letters, digits, `:`, `_` and a
@@ -195,6 +198,19 @@ pub struct MountUnitTemplate {
     pub environment: Vec<String>,
     /// How long a unit may take to mount and report READY=1.
     pub start_timeout: Duration,
+    /// The access rules in force: a unit records the digest of those that decide its reads, and a running unit
+    /// with another digest is not adopted.
+    pub access: crate::access::AccessRules,
+}
+
+/// The digest of the rules deciding `record`'s reads, as its unit's description carries it (`(rules <hex>)`).
+fn rules_tag(access: &crate::access::AccessRules, record: &VolumeRecord) -> Option<String> {
+    let path = VaultPath::from_volume_name(&record.name).ok()?;
+    let namespace = VolumeOptions::parse(&record.options).ok()?.namespace;
+    Some(format!(
+        "(rules {})",
+        access.digest_below(namespace.as_deref(), &path)
+    ))
 }
 
 /// Starts and stops mount units over the system bus.
@@ -219,7 +235,7 @@ impl SystemdMounter {
     }
 
     /// The unit's ActiveState, or `None` when systemd does not know the unit (never started, or collected).
-    async fn active_state(&self, unit: &str) -> Result<Option<String>, UnitError> {
+    async fn unit(&self, unit: &str) -> Result<Option<UnitProxy<'static>>, UnitError> {
         let path = match self.manager.get_unit(unit).await {
             Ok(path) => path,
             Err(zbus::Error::MethodError(name, _, _)) if name.as_str().ends_with("NoSuchUnit") => {
@@ -227,11 +243,26 @@ impl SystemdMounter {
             }
             Err(error) => return Err(error.into()),
         };
-        let proxy = UnitProxy::builder(&self.connection)
-            .path(path)?
-            .build()
-            .await?;
-        Ok(Some(proxy.active_state().await?))
+        Ok(Some(
+            UnitProxy::builder(&self.connection)
+                .path(path)?
+                .build()
+                .await?,
+        ))
+    }
+
+    async fn active_state(&self, unit: &str) -> Result<Option<String>, UnitError> {
+        match self.unit(unit).await? {
+            Some(proxy) => Ok(Some(proxy.active_state().await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn description(&self, unit: &str) -> Result<Option<String>, UnitError> {
+        match self.unit(unit).await? {
+            Some(proxy) => Ok(Some(proxy.description().await?)),
+            None => Ok(None),
+        }
     }
 
     /// Polls until the unit is active (Ok) or has failed (Err).
@@ -296,6 +327,7 @@ impl SystemdMounter {
         volume: &str,
         mountpoint: &Path,
         options: &BTreeMap<String, String>,
+        rules_tag: Option<String>,
     ) -> Result<(), UnitError> {
         // A failed or stopping leftover of the same name would make StartTransientUnit refuse.
         self.stop(unit).await?;
@@ -320,7 +352,10 @@ impl SystemdMounter {
         let properties: Vec<(&str, Value<'_>)> = vec![
             (
                 "Description",
-                Value::from(format!("docker-volume-libsecret mount of volume {volume}")),
+                Value::from(format!(
+                    "docker-volume-libsecret mount of volume {volume} {}",
+                    rules_tag.unwrap_or_default()
+                )),
             ),
             ("Type", Value::from("notify")),
             ("NotifyAccess", Value::from("main")),
@@ -445,7 +480,13 @@ impl Mounter for SystemdMounter {
         let unit = unit_name(&record.name);
         let started = Instant::now();
         self.runtime
-            .block_on(self.start(&unit, &record.name, mountpoint, &record.options))
+            .block_on(self.start(
+                &unit,
+                &record.name,
+                mountpoint,
+                &record.options,
+                rules_tag(&self.template.access, record),
+            ))
             .map_err(|e| e.to_string())?;
         tracing::info!(
             volume = %record.name,
@@ -469,8 +510,24 @@ impl Mounter for SystemdMounter {
             mountpoint: mountpoint.to_owned(),
         };
         if mount.is_alive() {
-            tracing::info!(volume = %record.name, unit = %mount.unit, "re-adopted a running mount unit");
-            return Some(Box::new(mount));
+            // A unit decides every read by the rules it started with: adopt it only if those are still in force.
+            let description = self
+                .runtime
+                .block_on(self.description(&mount.unit))
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            let current = rules_tag(&self.template.access, record).unwrap_or_default();
+            if description.ends_with(&current) {
+                tracing::info!(volume = %record.name, unit = %mount.unit, "re-adopted a running mount unit");
+                return Some(Box::new(mount));
+            }
+            tracing::warn!(
+                volume = %record.name,
+                unit = %mount.unit,
+                "stopping a running mount unit that decides reads by other access rules than those now in force; \
+                 containers using it must be restarted"
+            );
         }
         // A unit that lost its mount is of no use to anyone: stop it, so the next Mount starts clean.
         let _ = self.runtime.block_on(self.stop(&mount.unit));

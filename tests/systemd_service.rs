@@ -116,6 +116,29 @@ TOML
         ));
     }
 
+    /// Rewrites the config with `rules` (TOML `[[rules]]` tables) after the `[vault]` table, and restarts the
+    /// driver (a running driver reads its config only at start).
+    fn set_rules_and_restart(&self, rules: &str) {
+        let before = self.driver_pid();
+        self.exec_ok(&format!(
+            r#"set -e
+            cat > /etc/docker-volume-libsecret/config.toml <<'TOML'
+[vault]
+addr = "http://127.0.0.1:8200"
+token_file = "/etc/docker-volume-libsecret/token"
+
+{rules}
+TOML
+            systemctl restart {DRIVER}"#
+        ));
+        self.wait_for("the restarted driver", || {
+            let pid = self.driver_pid();
+            pid != before && pid != "0"
+        });
+        // Socket activation: the restarted driver adopts units once it runs; a Get makes sure it has.
+        let _ = self.get("secret/app-1/");
+    }
+
     fn driver_pid(&self) -> String {
         self.exec_ok(&format!("systemctl show -p MainPID --value {DRIVER}"))
             .trim()
@@ -415,6 +438,42 @@ fn running_containers_keep_reading_through_restart_sigkill_and_upgrade() {
 
     host.exec_ok("docker rm -f reader");
     host.wait_for("the mount unit to stop", || host.mount_units().is_empty());
+
+    // A running unit decides every read by the rules it started with. A restarted driver adopts it while the
+    // rules that decide its volume are unchanged (whatever else changed), and stops it when they are not.
+    let allow_app = "[[rules]]\npath = \"secret/app-1\"\n";
+    host.set_rules_and_restart(allow_app);
+    host.start_reader("reader2");
+    let unit = host.mount_units()[0].clone();
+    let unit_pid = host.exec_ok(&format!("systemctl show -p MainPID --value '{unit}'"));
+    host.set_rules_and_restart(&format!("{allow_app}\n[[rules]]\npath = \"kv/other\"\n"));
+    assert_eq!(
+        host.exec_ok(&format!("systemctl show -p MainPID --value '{unit}'")),
+        unit_pid,
+        "an edit elsewhere keeps the unit:\n{}",
+        host.journal("-u docker-volume-libsecret.service -n 30")
+    );
+    assert_eq!(host.get("secret/app-1/")["Volume"]["Status"]["Mounts"], 1);
+    host.set_rules_and_restart(&format!(
+        "[[rules]]\npath = \"secret/app-1/db-password\"\nallow = false\n\n{allow_app}"
+    ));
+    host.wait_for("the unit under old rules to stop", || {
+        host.mount_units().is_empty()
+    });
+    let journal = host.journal(&format!("-u {DRIVER} -o cat"));
+    assert!(
+        journal.contains("other access rules than those now in force"),
+        "{journal}"
+    );
+    // The next container reads under the rules in force: the denied secret is EACCES.
+    let (_, out, err) = host.exec(&format!(
+        "docker run --rm --volume-driver libsecret -v secret/app-1/:/secrets {TEST_IMAGE} cat /secrets/db-password"
+    ));
+    assert!(
+        format!("{out}{err}").contains("Permission denied"),
+        "{out}{err}"
+    );
+    host.exec_ok("docker rm -f reader2");
 }
 
 #[test]
