@@ -107,7 +107,11 @@ impl VolumeGate for VolumeCaches {
                 name: name.to_owned(),
                 reason,
             })?;
-        match cache.check_served(path).await {
+        // Every read checks the engine again, so a slow Vault is not waited for here: Create and Mount stay quick.
+        let checked = tokio::time::timeout(ADMIT_ENGINE_CHECK, cache.check_served(path))
+            .await
+            .unwrap_or_else(|_| Err(SourceError::Unavailable("no answer in time".to_owned())));
+        match checked {
             Ok(()) => Ok(()),
             Err(SourceError::Refused(reason)) => {
                 tracing::warn!(volume = %name, %reason, "volume refused: not a KV engine");
@@ -123,6 +127,9 @@ impl VolumeGate for VolumeCaches {
         }
     }
 }
+
+/// The longest Create and Mount wait for Vault to say which engine a volume's path is in.
+const ADMIT_ENGINE_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// One volume's view of [`VolumeCaches`]: decides each path in the volume's namespace.
 pub struct VolumeRouter {

@@ -370,12 +370,31 @@ impl SystemdMounter {
         ];
         let mut properties = properties;
         properties.extend(mount_unit_hardening());
-        self.manager
-            .start_transient_unit(unit, "replace", &properties, &[])
-            .await?;
+        // A stopped unit of the same name is unloaded by systemd's garbage collection soon after, not at once:
+        // until then StartTransientUnit answers UnitExists, so it is asked again for a few seconds.
+        let started = Instant::now();
+        loop {
+            match self
+                .manager
+                .start_transient_unit(unit, "replace", &properties, &[])
+                .await
+            {
+                Ok(_) => break,
+                Err(zbus::Error::MethodError(name, _, _))
+                    if name.as_str().ends_with("UnitExists") && started.elapsed() < UNLOAD_WAIT =>
+                {
+                    let _ = self.manager.reset_failed_unit(unit).await;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
         self.wait_active(unit).await
     }
 }
+
+/// How long a start waits for a stopped unit of the same name to be unloaded.
+const UNLOAD_WAIT: Duration = Duration::from_secs(10);
 
 /// Linux capability numbers (linux/capability.h) a mount unit keeps.
 const CAP_IPC_LOCK: u64 = 14;

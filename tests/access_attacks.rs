@@ -12,34 +12,11 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 use support::driver::Driver;
 use support::openbao::{AuditRequest, OpenBao};
-use support::plugin_client::{call, err_of};
+use support::plugin_client::create_and_mount;
+use support::root_only_file;
 
-fn root_only_file(dir: &Path, name: &str, value: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, value).unwrap();
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    path
-}
-
-/// Create (with `options`) + Mount; the mountpoint, or the Err of whichever failed.
 fn mount(socket: &Path, volume: &str, options: serde_json::Value) -> Result<PathBuf, String> {
-    let (_, reply) = call(
-        socket,
-        "/VolumeDriver.Create",
-        json!({"Name": volume, "Opts": options}),
-    );
-    if !err_of(&reply).is_empty() {
-        return Err(err_of(&reply).to_owned());
-    }
-    let (_, reply) = call(
-        socket,
-        "/VolumeDriver.Mount",
-        json!({"Name": volume, "ID": "attacker"}),
-    );
-    match err_of(&reply) {
-        "" => Ok(PathBuf::from(reply["Mountpoint"].as_str().unwrap())),
-        error => Err(error.to_owned()),
-    }
+    create_and_mount(socket, volume, options, "attacker")
 }
 
 /// The errno of reading `name` below `mountpoint`, or its content.

@@ -11,32 +11,13 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 use support::driver::Driver;
-use support::plugin_client::{call, err_of};
+use support::plugin_client::{call, create_and_mount, err_of};
+use support::root_only_file;
 use support::vault_admin::Admin;
 use vault_api_server::{ServerConfig, TestVault};
 
-fn secret_file(dir: &Path, name: &str, value: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, value).unwrap();
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    path
-}
-
-/// Create + Mount; the mountpoint, or the Err of whichever failed.
 fn mount(socket: &Path, volume: &str) -> Result<PathBuf, String> {
-    let (_, reply) = call(socket, "/VolumeDriver.Create", json!({"Name": volume}));
-    if !err_of(&reply).is_empty() {
-        return Err(err_of(&reply).to_owned());
-    }
-    let (_, reply) = call(
-        socket,
-        "/VolumeDriver.Mount",
-        json!({"Name": volume, "ID": "c1"}),
-    );
-    match err_of(&reply) {
-        "" => Ok(PathBuf::from(reply["Mountpoint"].as_str().unwrap())),
-        error => Err(error.to_owned()),
-    }
+    create_and_mount(socket, volume, json!({}), "c1")
 }
 
 fn unmount(socket: &Path, volume: &str) {
@@ -86,8 +67,8 @@ fn each_rule_reads_with_its_own_approle_and_refusals_say_whether_the_rule_or_vau
             (role_id, admin.secret_id(team).await)
         });
         files.push((
-            secret_file(dir.path(), &format!("{team}-role-id"), &role_id),
-            secret_file(dir.path(), &format!("{team}-secret-id"), &secret_id),
+            root_only_file(dir.path(), &format!("{team}-role-id"), &role_id),
+            root_only_file(dir.path(), &format!("{team}-secret-id"), &secret_id),
         ));
     }
     // Rule 2 is a deliberate mistake: it lets team A's AppRole serve a path under team B, which A's policy lacks.
@@ -202,7 +183,7 @@ approle = {{ role_id_file = "{b_role}", secret_id_file = "{b_secret}" }}
 fn without_rules_every_path_is_allowed_and_a_warning_is_logged() {
     support::require_fuse();
     let dir = tempfile::tempdir().unwrap();
-    let secrets = secret_file(dir.path(), "secrets.toml", "\"secret/x/k\" = \"v\"\n");
+    let secrets = root_only_file(dir.path(), "secrets.toml", "\"secret/x/k\" = \"v\"\n");
     let socket = dir.path().join("plugin.sock");
     let mut driver = Driver::start(
         &[

@@ -11,13 +11,7 @@ use std::time::Duration;
 use serde_json::json;
 use support::driver::BINARY;
 use support::openbao::OpenBao;
-
-fn root_only_file(dir: &Path, name: &str, value: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, value).unwrap();
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    path
-}
+use support::root_only_file;
 
 /// A running `serve-mount`; SIGTERM and wait on drop.
 struct MountUnit {

@@ -334,7 +334,7 @@ fn check_mount_unit_hardening(host: &Host) {
         "NoNewPrivileges=yes",
         "CapabilityBoundingSet=cap_ipc_lock cap_sys_admin",
         "AmbientCapabilities=\n",
-        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+        "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
         "SystemCallArchitectures=native",
         "RestrictNamespaces=yes",
         "MemoryMax=134217728",

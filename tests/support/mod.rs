@@ -35,3 +35,11 @@ pub fn wait_until(
     }
     started.elapsed()
 }
+
+/// Writes `value` to `dir/name` as a root-only (0600) file, as the driver wants its credential files.
+pub fn root_only_file(dir: &std::path::Path, name: &str, value: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, value).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    path
+}

@@ -60,3 +60,32 @@ pub fn err_of(reply: &serde_json::Value) -> &str {
         .and_then(|e| e.as_str())
         .unwrap_or_default()
 }
+
+/// Create (with `options`) and Mount as mount ID `id`, as Docker does for `docker run -v`: the mountpoint, or the
+/// `Err` of whichever call failed.
+pub fn create_and_mount(
+    socket: &Path,
+    volume: &str,
+    options: serde_json::Value,
+    id: &str,
+) -> Result<std::path::PathBuf, String> {
+    let (_, reply) = call(
+        socket,
+        "/VolumeDriver.Create",
+        serde_json::json!({"Name": volume, "Opts": options}),
+    );
+    if !err_of(&reply).is_empty() {
+        return Err(err_of(&reply).to_owned());
+    }
+    let (_, reply) = call(
+        socket,
+        "/VolumeDriver.Mount",
+        serde_json::json!({"Name": volume, "ID": id}),
+    );
+    match err_of(&reply) {
+        "" => Ok(std::path::PathBuf::from(
+            reply["Mountpoint"].as_str().unwrap_or_default(),
+        )),
+        error => Err(error.to_owned()),
+    }
+}
