@@ -35,6 +35,9 @@ use docker_volume_libsecret::vault::VaultSource;
 use docker_volume_libsecret::volumes::{Mounter, VolumeOptions, Volumes};
 use docker_volume_libsecret::{hardening, logging, server};
 
+/// How long a stopping mount unit waits for the kernel to release its filesystem.
+const UNMOUNT_WAIT: Duration = Duration::from_secs(2);
+
 /// Exit status for an invalid configuration (sysexits' EX_CONFIG); the unit does not restart on it.
 const EXIT_CONFIG: u8 = 78;
 
@@ -110,6 +113,9 @@ fn main() -> ExitCode {
             runtime.block_on(serve(config, &cli, &flags))
         }
     };
+    // A mount unit that stopped while its filesystem was in use leaves the FUSE thread waiting for the kernel:
+    // do not wait for it (exiting is what ends the connection).
+    runtime.shutdown_background();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -420,14 +426,35 @@ async fn serve_mount(
     let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
     shutdown_signal().await;
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
-    let unmounted = tokio::task::spawn_blocking(move || mount.unmount()).await;
+    // The unmount detaches at once, then waits for the kernel to release the filesystem, which it does only when
+    // no container holds it. A unit stopped while in use (its volume refused after a rules change, the package
+    // removed) does not wait for that: exiting closes the FUSE connection.
+    let unmounting = tokio::task::spawn_blocking(move || mount.unmount());
+    let unmounted = tokio::time::timeout(UNMOUNT_WAIT, unmounting).await;
     // Tokens this unit logged in for die with it, so they neither pile up nor use up secret_id_num_uses.
     for login in &backend.logins {
         login.revoke_login().await;
     }
-    unmounted
-        .context("unmounting")?
-        .with_context(|| format!("unmounting {}", mountpoint.display()))?;
+    let in_use = match unmounted {
+        Ok(joined) => match joined.context("unmounting")? {
+            Ok(()) => false,
+            Err(error) if error.raw_os_error() == Some(nix::libc::EBUSY) => {
+                detach(&mountpoint).map_err(anyhow::Error::msg)?;
+                true
+            }
+            Err(error) => {
+                return Err(error).with_context(|| format!("unmounting {}", mountpoint.display()))
+            }
+        },
+        Err(_) => true,
+    };
+    if in_use {
+        tracing::warn!(
+            volume = %volume,
+            mountpoint = %mountpoint.display(),
+            "the mount is still in use by a container; ending its FUSE connection"
+        );
+    }
     tracing::info!(volume = %volume, "mount served to the end");
     Ok(())
 }

@@ -247,3 +247,45 @@ fn a_unit_with_an_operators_token_file_never_revokes_it() {
     let (status, _) = bao.request("GET", "auth/token/lookup-self", None, Some(&token), None);
     assert_eq!(status, 200, "the operator's token still works");
 }
+
+#[test]
+fn a_unit_stopped_while_a_container_holds_its_mount_still_ends() {
+    support::require_fuse();
+    let bao = OpenBao::start();
+    bao.kv_put(None, "secret", "app/x", json!({"value": "v"}));
+    let token = bao.create_token(None, &["root"], "1h");
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = root_only_file(dir.path(), "token", &token);
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[vault]\naddr = \"{}\"\ntoken_file = \"{}\"\n",
+            bao.addr(),
+            token_file.display()
+        ),
+    )
+    .unwrap();
+    let mountpoint = dir.path().join("mnt");
+    let mut unit = MountUnit::start(
+        &config,
+        "secret/app",
+        &mountpoint,
+        &dir.path().join("unit.log"),
+    );
+    // An open file keeps the filesystem busy, as a running container does.
+    let held = std::fs::File::open(mountpoint.join("x")).unwrap();
+    let pid = nix::unistd::Pid::from_raw(unit.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    support::wait_until(
+        "serve-mount to exit while its mount is held",
+        Duration::from_secs(30),
+        || unit.child.try_wait().unwrap().is_some(),
+    );
+    assert!(
+        unit.log().contains("still in use by a container"),
+        "{}",
+        unit.log()
+    );
+    drop(held);
+}
