@@ -720,12 +720,13 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// Escaped names never start with `.`, hashed ones always do: the two name spaces are disjoint.
+        /// Escaped names never start with `.` (an empty name leaves only `.service`), hashed ones always start with
+        /// `.sha256-`: the two name spaces are disjoint.
         #[test]
         fn escaped_and_hashed_unit_names_are_disjoint(volume in "\\PC{0,300}") {
             let unit = unit_name(&volume);
             let hashed = systemd_escape(&volume).len() + UNIT_PREFIX.len() + ".service".len() > MAX_UNIT_NAME;
-            proptest::prop_assert_eq!(unit[UNIT_PREFIX.len()..].starts_with('.'), hashed, "{}", unit);
+            proptest::prop_assert_eq!(unit[UNIT_PREFIX.len()..].starts_with(".sha256-"), hashed, "{}", unit);
         }
     }
 }
