@@ -378,6 +378,18 @@ mod tests {
         ))
     }
 
+    /// Audits `fs` into the returned sink, one line per (key, result) per `window`.
+    fn audited(fs: &SecretFs, window: Duration) -> RecordingAuditSink {
+        let sink = RecordingAuditSink::default();
+        fs.set_auditor(Auditor::new(
+            "secret",
+            window,
+            Box::new(FixedContainers(HashMap::new())),
+            Box::new(sink.clone()),
+        ));
+        sink
+    }
+
     async fn cat(
         fs: &SecretFs,
         parent: u64,
@@ -404,13 +416,7 @@ mod tests {
             &app1,
         );
         let fs = SecretFs::routed(path("secret"), caches.router(None), FsOptions::default());
-        let sink = RecordingAuditSink::default();
-        fs.set_auditor(Auditor::new(
-            "secret",
-            Duration::from_secs(60),
-            Box::new(FixedContainers(HashMap::new())),
-            Box::new(sink.clone()),
-        ));
+        let sink = audited(&fs, Duration::from_secs(60));
         let who = Requester { pid: 9, uid: 0 };
 
         // The deny rule holds below the parent: the folder and everything in it, in every view.
@@ -561,13 +567,7 @@ mod tests {
         let source = Arc::new(MemorySource::default());
         source.put("secret/big", json!({"value": "x".repeat(10_000)}));
         let fs = SecretFs::new(path("secret"), cache(&source), FsOptions::default());
-        let sink = RecordingAuditSink::default();
-        fs.set_auditor(Auditor::new(
-            "secret",
-            Duration::ZERO,
-            Box::new(FixedContainers(HashMap::new())),
-            Box::new(sink.clone()),
-        ));
+        let sink = audited(&fs, Duration::ZERO);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

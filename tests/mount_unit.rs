@@ -215,8 +215,8 @@ path = "secret"
     );
 }
 
-#[test]
-fn a_unit_with_an_operators_token_file_never_revokes_it() {
+/// OpenBao with `secret/app/x`, and a unit serving `secret/app` at `<dir>/mnt` with an operator's token file.
+fn unit_with_an_operators_token() -> (OpenBao, String, tempfile::TempDir, MountUnit) {
     support::require_fuse();
     let bao = OpenBao::start();
     bao.kv_put(None, "secret", "app/x", json!({"value": "v"}));
@@ -233,13 +233,19 @@ fn a_unit_with_an_operators_token_file_never_revokes_it() {
         ),
     )
     .unwrap();
-    let mountpoint = dir.path().join("mnt");
-    let mut unit = MountUnit::start(
+    let unit = MountUnit::start(
         &config,
         "secret/app",
-        &mountpoint,
+        &dir.path().join("mnt"),
         &dir.path().join("unit.log"),
     );
+    (bao, token, dir, unit)
+}
+
+#[test]
+fn a_unit_with_an_operators_token_file_never_revokes_it() {
+    let (bao, token, dir, mut unit) = unit_with_an_operators_token();
+    let mountpoint = dir.path().join("mnt");
     assert_eq!(std::fs::read_to_string(mountpoint.join("x")).unwrap(), "v");
     let mark = bao.audit_len();
     assert!(unit.stop(), "{}", unit.log());
@@ -250,29 +256,8 @@ fn a_unit_with_an_operators_token_file_never_revokes_it() {
 
 #[test]
 fn a_unit_stopped_while_a_container_holds_its_mount_still_ends() {
-    support::require_fuse();
-    let bao = OpenBao::start();
-    bao.kv_put(None, "secret", "app/x", json!({"value": "v"}));
-    let token = bao.create_token(None, &["root"], "1h");
-    let dir = tempfile::tempdir().unwrap();
-    let token_file = root_only_file(dir.path(), "token", &token);
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[vault]\naddr = \"{}\"\ntoken_file = \"{}\"\n",
-            bao.addr(),
-            token_file.display()
-        ),
-    )
-    .unwrap();
+    let (_bao, _, dir, mut unit) = unit_with_an_operators_token();
     let mountpoint = dir.path().join("mnt");
-    let mut unit = MountUnit::start(
-        &config,
-        "secret/app",
-        &mountpoint,
-        &dir.path().join("unit.log"),
-    );
     // An open file keeps the filesystem busy, as a running container does.
     let held = std::fs::File::open(mountpoint.join("x")).unwrap();
     let pid = nix::unistd::Pid::from_raw(unit.child.id() as i32);

@@ -281,9 +281,19 @@ impl VaultSource {
         path: String,
         version: Option<u64>,
     ) -> Result<T, ClientError> {
+        self.get_in(self.namespace.as_deref(), path, version).await
+    }
+
+    /// [`get`](Self::get) in `namespace` rather than this source's own.
+    async fn get_in<T: serde::de::DeserializeOwned>(
+        &self,
+        namespace: Option<&str>,
+        path: String,
+        version: Option<u64>,
+    ) -> Result<T, ClientError> {
         let envelope = self
             .session
-            .exec(self.namespace.as_deref(), || ReadRequest {
+            .exec(namespace, || ReadRequest {
                 path: path.clone(),
                 version,
             })
@@ -402,21 +412,14 @@ impl VaultSource {
         };
         let namespace = join_namespace(self.namespace.as_deref(), first);
         let probe = self
-            .session
-            .exec(Some(&namespace), || ReadRequest {
-                path: format!("sys/internal/ui/mounts/{rest}"),
-                version: None,
-            })
+            .get_in::<UiMount>(
+                Some(&namespace),
+                format!("sys/internal/ui/mounts/{rest}"),
+                None,
+            )
             .await;
         match probe {
-            Ok(envelope) => {
-                let inside: Option<UiMount> = envelope
-                    .data
-                    .and_then(|data| serde_json::from_value(data).ok());
-                Ok(inside.is_some_and(|inside| {
-                    inside.accessor.is_some() && inside.accessor.as_deref() == accessor
-                }))
-            }
+            Ok(inside) => Ok(inside.accessor.is_some() && inside.accessor.as_deref() == accessor),
             // No such namespace: the segment belongs to the mount path.
             Err(error) if status_of(&error) == Some(404) => Ok(false),
             // The namespace exists but the token may not look inside: it cannot be told apart, so it is refused.
