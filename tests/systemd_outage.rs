@@ -1,0 +1,415 @@
+//! Issue 12, "Start without Vault", on a real systemd host (the image of scripts/build-systemd-host.sh) with the
+//! Debian package installed and a real OpenBao (`/usr/local/bin/bao`, copied in) as a systemd unit on the host's
+//! loopback: a reboot while Vault is unreachable, a reboot with credentials Vault rejects (fixed in the file while
+//! the driver runs), and an invalid config (exit 78, no restart loop).
+//!
+//! OpenBao runs as `bao server -dev` (in memory) with a fixed root token id; an `ExecStartPost=` script writes the
+//! same secret after every start. A dev server is chosen over file storage with init/unseal because the driver only
+//! needs "the same token and the same secret after Vault comes back", and re-seeding gives that with no unseal key
+//! to keep on the host and no init step that could itself fail in the middle of a reboot test.
+//!
+//! Needs the package (packaging/build-deb.sh), the host image and bao (scripts/setup-test-host.sh). Fails, never
+//! skips.
+
+mod support;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use support::docker::TEST_IMAGE;
+use support::systemd_host::SystemdHost;
+
+const SECRET: &str = "s3cr3t-from-openbao-51c7";
+const TOKEN: &str = "hvs.outage-root-token-0a9e";
+/// A token Vault does not know: what a person might leave in the token file by mistake.
+const WRONG_TOKEN: &str = "hvs.outage-wrong-token-77b3";
+const DRIVER: &str = "docker-volume-libsecret.service";
+const SOCKET: &str = "docker-volume-libsecret.socket";
+const VAULT_UNIT: &str = "test-openbao.service";
+/// How long Vault stays away after a reboot.
+const OUTAGE: Duration = Duration::from_secs(60);
+/// How long the container may take to read again once Vault answers (a deadline, not a measured timing).
+const RECOVERY_DEADLINE: Duration = Duration::from_secs(30);
+/// How often the host is sampled during an outage.
+const SAMPLE_EVERY: Duration = Duration::from_secs(2);
+
+/// One host at a time: each runs its own dockerd and they are heavy for a 2-core machine.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The newest package built by packaging/build-deb.sh.
+fn package() -> PathBuf {
+    let dir = workspace().join("target/debian");
+    let newest = std::fs::read_dir(&dir)
+        .ok()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "deb"))
+        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok());
+    newest.unwrap_or_else(|| {
+        panic!(
+            "no .deb in {}: run packaging/build-deb.sh (scripts/test.sh does)",
+            dir.display()
+        )
+    })
+}
+
+fn bao() -> PathBuf {
+    support::openbao::find_bao()
+        .unwrap_or_else(|| panic!("bao is missing: scripts/setup-test-host.sh installs /usr/local/bin/bao"))
+}
+
+/// What the sampler saw on the host during one outage.
+#[derive(Default, Debug)]
+struct Samples {
+    count: usize,
+    /// Samples whose `docker volume ls` lacked the volume (with what it listed).
+    volume_missing: Vec<String>,
+    /// Samples where `systemctl is-failed` of the socket said `failed`.
+    socket_failed: usize,
+    /// Every distinct StatusText of the driver seen.
+    status_texts: Vec<String>,
+}
+
+struct Host {
+    host: SystemdHost,
+    _turn: std::sync::MutexGuard<'static, ()>,
+}
+
+impl std::ops::Deref for Host {
+    type Target = SystemdHost;
+    fn deref(&self) -> &SystemdHost {
+        &self.host
+    }
+}
+
+impl Host {
+    /// A host with OpenBao as an enabled unit (seeded), the busybox image, the package installed and configured
+    /// with `token` in a root-only token file, and the socket enabled.
+    fn start(token: &str) -> Host {
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        let deb = package();
+        let bao = bao();
+        let host = SystemdHost::start();
+        host.copy_in(&deb, "/root/docker-volume-libsecret.deb");
+        host.copy_in(&bao, "/usr/local/bin/bao");
+        host.load_image(TEST_IMAGE);
+        host.exec_ok(&format!(
+            r#"set -e
+            cat > /usr/local/bin/seed-openbao <<'SH'
+#!/bin/sh
+# A dev server forgets everything on restart: wait for it, then write the same secret again.
+export BAO_ADDR=http://127.0.0.1:8200 BAO_TOKEN={TOKEN}
+for i in $(seq 1 100); do bao status >/dev/null 2>&1 && break; sleep 0.1; done
+bao kv put secret/app-1/db-password value={SECRET} >/dev/null
+SH
+            chmod 700 /usr/local/bin/seed-openbao
+            cat > /etc/systemd/system/{VAULT_UNIT} <<'UNIT'
+[Unit]
+Description=OpenBao dev server on loopback (test Vault)
+Before=docker.service docker-volume-libsecret.service
+[Service]
+ExecStart=/usr/local/bin/bao server -dev -dev-root-token-id={TOKEN} -dev-listen-address=127.0.0.1:8200 -dev-no-store-token
+ExecStartPost=/usr/local/bin/seed-openbao
+[Install]
+WantedBy=multi-user.target
+UNIT
+            systemctl daemon-reload
+            systemctl enable --now {VAULT_UNIT}
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -q /root/docker-volume-libsecret.deb
+            umask 077
+            printf '%s\n' '{token}' > /etc/docker-volume-libsecret/token
+            cat > /etc/docker-volume-libsecret/config.toml <<'TOML'
+[vault]
+addr = "http://127.0.0.1:8200"
+token_file = "/etc/docker-volume-libsecret/token"
+TOML
+            systemctl enable --now {SOCKET}"#
+        ));
+        Host { host, _turn: turn }
+    }
+
+    /// A `--restart always` container on the driver's volume that reads the secret every second and prints
+    /// `ok` or `FAIL` (its stdout, kept by Docker across restarts, is the record).
+    fn start_reader(&self, name: &str) {
+        self.exec_ok(&format!(
+            "docker run -d --name {name} --restart always --volume-driver libsecret -v secret/app-1/:/secrets \
+             {TEST_IMAGE} sh -c 'while true; do if [ \"$(cat /secrets/db-password)\" = \"{SECRET}\" ]; \
+             then echo ok; else echo FAIL; fi; sleep 1; done'"
+        ));
+    }
+
+    /// Successful reads of a reader so far (over all its restarts).
+    fn reads(&self, name: &str) -> usize {
+        let (_, logs, _) = self.exec(&format!("docker logs {name} 2>&1"));
+        logs.lines().filter(|l| *l == "ok").count()
+    }
+
+    /// Polls `condition` every 200 ms until it holds or `within` passes (then panics with the journal).
+    fn wait_for(&self, what: &str, within: Duration, mut condition: impl FnMut() -> bool) {
+        let deadline = Instant::now() + within;
+        while !condition() {
+            assert!(
+                Instant::now() < deadline,
+                "timed out ({} s) waiting for {what}\n{}",
+                within.as_secs(),
+                self.journal(&format!("-u {DRIVER} -n 60"))
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// One sample: the volume list, the socket state and the driver's StatusText.
+    fn sample(&self, into: &mut Samples) {
+        into.count += 1;
+        let (_, volumes, err) = self.exec("docker volume ls --format '{{.Driver}} {{.Name}}'");
+        if !volumes.lines().any(|l| l.trim() == "libsecret secret/app-1/") {
+            into.volume_missing.push(format!("{volumes}{err}"));
+        }
+        let (_, failed, _) = self.exec(&format!("systemctl is-failed {SOCKET}"));
+        if failed.trim() == "failed" {
+            into.socket_failed += 1;
+        }
+        let (_, status, _) = self.exec(&format!("systemctl show -p StatusText --value {DRIVER}"));
+        let status = status.trim().to_owned();
+        if !status.is_empty() && !into.status_texts.contains(&status) {
+            into.status_texts.push(status);
+        }
+    }
+
+    /// Samples every ~2 s until `until` holds (checked at each sample) or `within` passes; returns whether it held.
+    fn sample_until(
+        &self,
+        into: &mut Samples,
+        within: Duration,
+        mut until: impl FnMut() -> bool,
+    ) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            let started = Instant::now();
+            self.sample(into);
+            if until() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(SAMPLE_EVERY.saturating_sub(started.elapsed()));
+        }
+    }
+
+    fn driver_journal(&self) -> String {
+        self.journal(&format!("-u {DRIVER} -o cat"))
+    }
+
+    fn socket_result(&self) -> String {
+        self.exec_ok(&format!("systemctl show -p ActiveState -p SubState -p Result {SOCKET}"))
+    }
+}
+
+/// The journal lines after the last line containing `marker` (the latest boot's, when `marker` is a reboot).
+fn lines_after<'a>(journal: &'a str, marker: &str) -> Vec<&'a str> {
+    let lines: Vec<&str> = journal.lines().collect();
+    let start = lines.iter().rposition(|l| l.contains(marker)).map_or(0, |i| i + 1);
+    lines[start..].to_vec()
+}
+
+fn says_unreachable(line: &str) -> bool {
+    let l = line.to_lowercase();
+    l.contains("vault") && (l.contains("unreachable") || l.contains("cannot be reached"))
+}
+
+fn says_recovered(line: &str) -> bool {
+    let l = line.to_lowercase();
+    l.contains("vault")
+        && (l.contains("reachable again") || l.contains("recovered") || l.contains("is back"))
+}
+
+#[test]
+fn a_reboot_with_vault_unreachable_for_a_minute_keeps_docker_and_the_container_recovers() {
+    let test_started = Instant::now();
+    let host = Host::start(TOKEN);
+    host.start_reader("reader");
+    host.wait_for("the reader's first read", Duration::from_secs(60), || host.reads("reader") > 0);
+
+    // Vault stays down across the reboot: its unit is disabled, so nothing starts it at boot.
+    host.exec_ok(&format!("systemctl disable {VAULT_UNIT} && logger -t outage-test 'reboot without Vault'"));
+    let rebooted = Instant::now();
+    host.reboot();
+    let mut samples = Samples::default();
+    // Whatever the reboot took, Vault stays away for OUTAGE after it was asked for.
+    host.sample_until(&mut samples, OUTAGE.saturating_sub(rebooted.elapsed()), || false);
+    let (_, vault_state, _) = host.exec(&format!("systemctl is-active {VAULT_UNIT}"));
+    assert_ne!(vault_state.trim(), "active", "Vault must have been down during the outage");
+    let outage_samples = samples.count;
+    let outage_status = samples.status_texts.clone();
+    let reads_before = host.reads("reader");
+
+    host.exec_ok(&format!("systemctl enable --now {VAULT_UNIT}"));
+    let vault_back = Instant::now();
+    let recovered = host.sample_until(&mut samples, RECOVERY_DEADLINE, || host.reads("reader") > reads_before);
+    let recovery = vault_back.elapsed();
+    let (_, containers, _) = host.exec("docker ps -a --format '{{.Names}} {{.Status}}'");
+    assert!(
+        recovered,
+        "the reader did not read within {} s of Vault coming back: {containers}\n{}",
+        RECOVERY_DEADLINE.as_secs(),
+        host.journal(&format!("-u {DRIVER} -n 80"))
+    );
+    eprintln!(
+        "outage test: {outage_samples} samples during the outage, {} in all; reader read again {:.1} s after \
+         Vault came back; whole test {:.0} s",
+        samples.count,
+        recovery.as_secs_f64(),
+        test_started.elapsed().as_secs_f64()
+    );
+
+    assert!(
+        samples.volume_missing.is_empty(),
+        "`docker volume ls` lacked the volume in {} of {} samples: {:?}",
+        samples.volume_missing.len(),
+        samples.count,
+        samples.volume_missing
+    );
+    assert_eq!(
+        samples.socket_failed,
+        0,
+        "the socket was `failed` in {} of {} samples: {}",
+        samples.socket_failed,
+        samples.count,
+        host.socket_result()
+    );
+    assert!(
+        outage_status.iter().any(|s| says_unreachable(s)),
+        "StatusText during the outage never said Vault is unreachable: {outage_status:?}"
+    );
+    let journal = host.driver_journal();
+    let boot = lines_after(&journal, "");
+    let _ = boot;
+    let this_boot = lines_after(&host.journal("-o cat"), "reboot without Vault");
+    let driver_lines: Vec<&str> = this_boot
+        .iter()
+        .copied()
+        .filter(|l| journal.contains(*l))
+        .collect();
+    let unreachable = driver_lines.iter().position(|l| says_unreachable(l));
+    let recovery_line = driver_lines.iter().rposition(|l| says_recovered(l));
+    assert!(
+        matches!((unreachable, recovery_line), (Some(u), Some(r)) if u < r),
+        "the driver's journal after the reboot needs a line saying Vault is unreachable, then a recovery line:\n{}",
+        driver_lines.join("\n")
+    );
+    assert!(!journal.contains(TOKEN) && !journal.contains(SECRET), "a credential reached the journal");
+}
+
+#[test]
+fn rejected_credentials_at_boot_leave_docker_up_and_a_fixed_token_file_takes_effect_without_a_restart() {
+    let test_started = Instant::now();
+    let host = Host::start(TOKEN);
+    host.start_reader("reader");
+    host.wait_for("the reader's first read", Duration::from_secs(60), || host.reads("reader") > 0);
+
+    // A wrong token in the file, then a reboot: the driver starts with credentials Vault rejects (403).
+    host.exec_ok(&format!(
+        "umask 077; printf '%s\\n' '{WRONG_TOKEN}' > /etc/docker-volume-libsecret/token; \
+         logger -t outage-test 'reboot with a wrong token'"
+    ));
+    host.reboot();
+    let mut samples = Samples::default();
+    // Long enough for several login retries (and for an unlimited restart loop to reach start-limit-hit).
+    host.sample_until(&mut samples, Duration::from_secs(20), || false);
+    let reads_before = host.reads("reader");
+    let pid_before = host.exec_ok(&format!("systemctl show -p MainPID --value {DRIVER}"));
+    let restarts_before = host.exec_ok(&format!("systemctl show -p NRestarts --value {DRIVER}"));
+
+    host.exec_ok(&format!("umask 077; printf '%s\\n' '{TOKEN}' > /etc/docker-volume-libsecret/token"));
+    let fixed = Instant::now();
+    let recovered = host.sample_until(&mut samples, RECOVERY_DEADLINE, || host.reads("reader") > reads_before);
+    let recovery = fixed.elapsed();
+    let (_, containers, _) = host.exec("docker ps -a --format '{{.Names}} {{.Status}}'");
+    assert!(
+        recovered,
+        "the reader did not read within {} s of the token file being fixed: {containers}\n{}",
+        RECOVERY_DEADLINE.as_secs(),
+        host.journal(&format!("-u {DRIVER} -n 80"))
+    );
+    eprintln!(
+        "rejected-credentials test: {} samples; reader read again {:.1} s after the fix; whole test {:.0} s",
+        samples.count,
+        recovery.as_secs_f64(),
+        test_started.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        host.exec_ok(&format!("systemctl show -p MainPID --value {DRIVER}")),
+        pid_before,
+        "the fix took effect without restarting the driver"
+    );
+    assert_eq!(
+        host.exec_ok(&format!("systemctl show -p NRestarts --value {DRIVER}")),
+        restarts_before
+    );
+    assert!(samples.volume_missing.is_empty(), "{:?}", samples.volume_missing);
+    assert_eq!(samples.socket_failed, 0, "{}", host.socket_result());
+
+    let all = host.journal("-o cat");
+    let this_boot = lines_after(&all, "reboot with a wrong token");
+    let driver = host.driver_journal();
+    let rejections: Vec<&str> = this_boot
+        .iter()
+        .copied()
+        .filter(|l| driver.contains(*l))
+        .filter(|l| {
+            let l = l.to_lowercase();
+            l.contains("403") || l.contains("permission denied") || l.contains("rejected")
+        })
+        .collect();
+    assert!(
+        !rejections.is_empty(),
+        "no rejection error in the driver's journal after the reboot:\n{}",
+        host.journal(&format!("-u {DRIVER} -n 80"))
+    );
+    assert!(
+        !all.contains(WRONG_TOKEN) && !driver.contains(TOKEN) && !driver.contains(SECRET),
+        "a credential reached the journal"
+    );
+}
+
+#[test]
+fn an_invalid_config_exits_78_with_one_line_and_is_not_restarted() {
+    let host = Host::start(TOKEN);
+    host.exec_ok(&format!(
+        "echo 'bogus_key = 1' >> /etc/docker-volume-libsecret/config.toml && logger -t outage-test 'bad config'"
+    ));
+    // Socket activation starts the driver on the first connection.
+    let _ = host.exec(
+        "curl -s -m 5 --unix-socket /run/docker/plugins/libsecret.sock -X POST -d '{}' http://plugin/VolumeDriver.List",
+    );
+    host.wait_for("the driver to fail", Duration::from_secs(60), || {
+        host.exec(&format!("systemctl is-failed {DRIVER}")).1.trim() == "failed"
+    });
+    // Give an (unwanted) restart loop time to show up before counting.
+    std::thread::sleep(Duration::from_secs(5));
+    let shown = host.exec_ok(&format!(
+        "systemctl show -p NRestarts -p Result -p ExecMainStatus {DRIVER}"
+    ));
+    assert!(shown.contains("NRestarts=0"), "an invalid config is not retried: {shown}");
+    assert!(shown.contains("ExecMainStatus=78"), "{shown}");
+    assert!(shown.contains("Result=exit-code"), "{shown}");
+    let all = host.journal("-o cat");
+    let this_test = lines_after(&all, "bad config");
+    let invalid: Vec<&&str> = this_test
+        .iter()
+        .filter(|l| l.contains("invalid configuration"))
+        .collect();
+    assert_eq!(invalid.len(), 1, "one journal line: {this_test:?}");
+    assert!(
+        invalid[0].contains("/etc/docker-volume-libsecret/config.toml") && invalid[0].contains("bogus_key"),
+        "{}",
+        invalid[0]
+    );
+}
