@@ -60,8 +60,9 @@ fn package() -> PathBuf {
 }
 
 fn bao() -> PathBuf {
-    support::openbao::find_bao()
-        .unwrap_or_else(|| panic!("bao is missing: scripts/setup-test-host.sh installs /usr/local/bin/bao"))
+    support::openbao::find_bao().unwrap_or_else(|| {
+        panic!("bao is missing: scripts/setup-test-host.sh installs /usr/local/bin/bao")
+    })
 }
 
 /// What the sampler saw on the host during one outage.
@@ -168,7 +169,10 @@ TOML
     fn sample(&self, into: &mut Samples) {
         into.count += 1;
         let (_, volumes, err) = self.exec("docker volume ls --format '{{.Driver}} {{.Name}}'");
-        if !volumes.lines().any(|l| l.trim() == "libsecret secret/app-1/") {
+        if !volumes
+            .lines()
+            .any(|l| l.trim() == "libsecret secret/app-1/")
+        {
             into.volume_missing.push(format!("{volumes}{err}"));
         }
         let (_, failed, _) = self.exec(&format!("systemctl is-failed {SOCKET}"));
@@ -207,16 +211,27 @@ TOML
         self.journal(&format!("-u {DRIVER} -o cat"))
     }
 
+    /// `journalctl -o cat <args>` of the entries after `cursor`.
+    fn journal_since(&self, cursor: &str, args: &str) -> String {
+        self.journal(&format!("-o cat --after-cursor='{cursor}' {args}"))
+    }
+
     fn socket_result(&self) -> String {
-        self.exec_ok(&format!("systemctl show -p ActiveState -p SubState -p Result {SOCKET}"))
+        self.exec_ok(&format!(
+            "systemctl show -p ActiveState -p SubState -p Result {SOCKET}"
+        ))
     }
 }
 
-/// The journal lines after the last line containing `marker` (the latest boot's, when `marker` is a reboot).
-fn lines_after<'a>(journal: &'a str, marker: &str) -> Vec<&'a str> {
-    let lines: Vec<&str> = journal.lines().collect();
-    let start = lines.iter().rposition(|l| l.contains(marker)).map_or(0, |i| i + 1);
-    lines[start..].to_vec()
+/// The journal's current cursor: later entries are read with [`Host::journal_since`].
+fn cursor(host: &Host) -> String {
+    let out =
+        host.exec_ok("journalctl --sync 2>/dev/null; journalctl -n 0 --show-cursor --no-pager");
+    out.lines()
+        .find_map(|l| l.strip_prefix("-- cursor: "))
+        .unwrap_or_else(|| panic!("no cursor in {out:?}"))
+        .trim()
+        .to_owned()
 }
 
 fn says_unreachable(line: &str) -> bool {
@@ -235,24 +250,37 @@ fn a_reboot_with_vault_unreachable_for_a_minute_keeps_docker_and_the_container_r
     let test_started = Instant::now();
     let host = Host::start(TOKEN);
     host.start_reader("reader");
-    host.wait_for("the reader's first read", Duration::from_secs(60), || host.reads("reader") > 0);
+    host.wait_for("the reader's first read", Duration::from_secs(60), || {
+        host.reads("reader") > 0
+    });
 
     // Vault stays down across the reboot: its unit is disabled, so nothing starts it at boot.
-    host.exec_ok(&format!("systemctl disable {VAULT_UNIT} && logger -t outage-test 'reboot without Vault'"));
+    host.exec_ok(&format!("systemctl disable {VAULT_UNIT}"));
+    let before_reboot = cursor(&host);
     let rebooted = Instant::now();
     host.reboot();
     let mut samples = Samples::default();
     // Whatever the reboot took, Vault stays away for OUTAGE after it was asked for.
-    host.sample_until(&mut samples, OUTAGE.saturating_sub(rebooted.elapsed()), || false);
+    host.sample_until(
+        &mut samples,
+        OUTAGE.saturating_sub(rebooted.elapsed()),
+        || false,
+    );
     let (_, vault_state, _) = host.exec(&format!("systemctl is-active {VAULT_UNIT}"));
-    assert_ne!(vault_state.trim(), "active", "Vault must have been down during the outage");
+    assert_ne!(
+        vault_state.trim(),
+        "active",
+        "Vault must have been down during the outage"
+    );
     let outage_samples = samples.count;
     let outage_status = samples.status_texts.clone();
     let reads_before = host.reads("reader");
 
     host.exec_ok(&format!("systemctl enable --now {VAULT_UNIT}"));
     let vault_back = Instant::now();
-    let recovered = host.sample_until(&mut samples, RECOVERY_DEADLINE, || host.reads("reader") > reads_before);
+    let recovered = host.sample_until(&mut samples, RECOVERY_DEADLINE, || {
+        host.reads("reader") > reads_before
+    });
     let recovery = vault_back.elapsed();
     let (_, containers, _) = host.exec("docker ps -a --format '{{.Names}} {{.Status}}'");
     assert!(
@@ -289,14 +317,8 @@ fn a_reboot_with_vault_unreachable_for_a_minute_keeps_docker_and_the_container_r
         "StatusText during the outage never said Vault is unreachable: {outage_status:?}"
     );
     let journal = host.driver_journal();
-    let boot = lines_after(&journal, "");
-    let _ = boot;
-    let this_boot = lines_after(&host.journal("-o cat"), "reboot without Vault");
-    let driver_lines: Vec<&str> = this_boot
-        .iter()
-        .copied()
-        .filter(|l| journal.contains(*l))
-        .collect();
+    let this_boot = host.journal_since(&before_reboot, &format!("-u {DRIVER}"));
+    let driver_lines: Vec<&str> = this_boot.lines().collect();
     let unreachable = driver_lines.iter().position(|l| says_unreachable(l));
     let recovery_line = driver_lines.iter().rposition(|l| says_recovered(l));
     assert!(
@@ -304,21 +326,27 @@ fn a_reboot_with_vault_unreachable_for_a_minute_keeps_docker_and_the_container_r
         "the driver's journal after the reboot needs a line saying Vault is unreachable, then a recovery line:\n{}",
         driver_lines.join("\n")
     );
-    assert!(!journal.contains(TOKEN) && !journal.contains(SECRET), "a credential reached the journal");
+    assert!(
+        !journal.contains(TOKEN) && !journal.contains(SECRET),
+        "a credential reached the journal"
+    );
 }
 
 #[test]
-fn rejected_credentials_at_boot_leave_docker_up_and_a_fixed_token_file_takes_effect_without_a_restart() {
+fn rejected_credentials_at_boot_leave_docker_up_and_a_fixed_token_file_takes_effect_without_a_restart(
+) {
     let test_started = Instant::now();
     let host = Host::start(TOKEN);
     host.start_reader("reader");
-    host.wait_for("the reader's first read", Duration::from_secs(60), || host.reads("reader") > 0);
+    host.wait_for("the reader's first read", Duration::from_secs(60), || {
+        host.reads("reader") > 0
+    });
 
     // A wrong token in the file, then a reboot: the driver starts with credentials Vault rejects (403).
     host.exec_ok(&format!(
-        "umask 077; printf '%s\\n' '{WRONG_TOKEN}' > /etc/docker-volume-libsecret/token; \
-         logger -t outage-test 'reboot with a wrong token'"
+        "umask 077; printf '%s\\n' '{WRONG_TOKEN}' > /etc/docker-volume-libsecret/token"
     ));
+    let before_reboot = cursor(&host);
     host.reboot();
     let mut samples = Samples::default();
     // Long enough for several login retries (and for an unlimited restart loop to reach start-limit-hit).
@@ -327,9 +355,13 @@ fn rejected_credentials_at_boot_leave_docker_up_and_a_fixed_token_file_takes_eff
     let pid_before = host.exec_ok(&format!("systemctl show -p MainPID --value {DRIVER}"));
     let restarts_before = host.exec_ok(&format!("systemctl show -p NRestarts --value {DRIVER}"));
 
-    host.exec_ok(&format!("umask 077; printf '%s\\n' '{TOKEN}' > /etc/docker-volume-libsecret/token"));
+    host.exec_ok(&format!(
+        "umask 077; printf '%s\\n' '{TOKEN}' > /etc/docker-volume-libsecret/token"
+    ));
     let fixed = Instant::now();
-    let recovered = host.sample_until(&mut samples, RECOVERY_DEADLINE, || host.reads("reader") > reads_before);
+    let recovered = host.sample_until(&mut samples, RECOVERY_DEADLINE, || {
+        host.reads("reader") > reads_before
+    });
     let recovery = fixed.elapsed();
     let (_, containers, _) = host.exec("docker ps -a --format '{{.Names}} {{.Status}}'");
     assert!(
@@ -353,16 +385,18 @@ fn rejected_credentials_at_boot_leave_docker_up_and_a_fixed_token_file_takes_eff
         host.exec_ok(&format!("systemctl show -p NRestarts --value {DRIVER}")),
         restarts_before
     );
-    assert!(samples.volume_missing.is_empty(), "{:?}", samples.volume_missing);
+    assert!(
+        samples.volume_missing.is_empty(),
+        "{:?}",
+        samples.volume_missing
+    );
     assert_eq!(samples.socket_failed, 0, "{}", host.socket_result());
 
     let all = host.journal("-o cat");
-    let this_boot = lines_after(&all, "reboot with a wrong token");
     let driver = host.driver_journal();
+    let this_boot = host.journal_since(&before_reboot, &format!("-u {DRIVER}"));
     let rejections: Vec<&str> = this_boot
-        .iter()
-        .copied()
-        .filter(|l| driver.contains(*l))
+        .lines()
         .filter(|l| {
             let l = l.to_lowercase();
             l.contains("403") || l.contains("permission denied") || l.contains("rejected")
@@ -382,9 +416,8 @@ fn rejected_credentials_at_boot_leave_docker_up_and_a_fixed_token_file_takes_eff
 #[test]
 fn an_invalid_config_exits_78_with_one_line_and_is_not_restarted() {
     let host = Host::start(TOKEN);
-    host.exec_ok(&format!(
-        "echo 'bogus_key = 1' >> /etc/docker-volume-libsecret/config.toml && logger -t outage-test 'bad config'"
-    ));
+    host.exec_ok("echo 'bogus_key = 1' >> /etc/docker-volume-libsecret/config.toml");
+    let before = cursor(&host);
     // Socket activation starts the driver on the first connection.
     let _ = host.exec(
         "curl -s -m 5 --unix-socket /run/docker/plugins/libsecret.sock -X POST -d '{}' http://plugin/VolumeDriver.List",
@@ -397,18 +430,21 @@ fn an_invalid_config_exits_78_with_one_line_and_is_not_restarted() {
     let shown = host.exec_ok(&format!(
         "systemctl show -p NRestarts -p Result -p ExecMainStatus {DRIVER}"
     ));
-    assert!(shown.contains("NRestarts=0"), "an invalid config is not retried: {shown}");
+    assert!(
+        shown.contains("NRestarts=0"),
+        "an invalid config is not retried: {shown}"
+    );
     assert!(shown.contains("ExecMainStatus=78"), "{shown}");
     assert!(shown.contains("Result=exit-code"), "{shown}");
-    let all = host.journal("-o cat");
-    let this_test = lines_after(&all, "bad config");
-    let invalid: Vec<&&str> = this_test
-        .iter()
+    let this_test = host.journal_since(&before, &format!("-u {DRIVER}"));
+    let invalid: Vec<&str> = this_test
+        .lines()
         .filter(|l| l.contains("invalid configuration"))
         .collect();
     assert_eq!(invalid.len(), 1, "one journal line: {this_test:?}");
     assert!(
-        invalid[0].contains("/etc/docker-volume-libsecret/config.toml") && invalid[0].contains("bogus_key"),
+        invalid[0].contains("/etc/docker-volume-libsecret/config.toml")
+            && invalid[0].contains("bogus_key"),
         "{}",
         invalid[0]
     );
