@@ -128,6 +128,7 @@ fn main() -> ExitCode {
 fn new_cache(config: &Config, source: Arc<dyn SecretSource>) -> SecretCache {
     SecretCache::new(source, config.cache_ttl, config.vault.timeout)
         .with_stale_ttl(config.stale_ttl)
+        .with_negative_ttl(config.negative_ttl)
 }
 
 /// The caches volumes read through, and the Vault logins behind them (none for the file backend).
