@@ -7,6 +7,10 @@
 //! Outages: while the source is unavailable (unreachable, sealed, 5xx, timing out), a key read before keeps being
 //! served from memory for `stale_ttl` from the start of the outage; a key never read gives the error. Values are
 //! only ever held in memory.
+//!
+//! A hostile container: names found missing (not a secret, not a folder) are remembered for `negative_ttl`, so
+//! repeating them costs no request; the memory they take is capped (`MAX_MISSING`), entries of keys that have no
+//! value are dropped as soon as their read ends, and "read failed" lines are rate-limited with a count.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,13 +29,29 @@ struct Slot {
     failing_since: Option<Instant>,
 }
 
+/// The most missing names remembered per cache; past it, expired ones are dropped, then all (never unbounded).
+const MAX_MISSING: usize = 10_000;
+/// At most this many "read failed" lines per `LOG_WINDOW` per cache; the rest are counted in the next line.
+const LOG_BURST: u64 = 20;
+const LOG_WINDOW: Duration = Duration::from_secs(10);
+
+/// Counts log lines in a window, so a flood of distinct failing names is a few lines, not one per name.
+struct LogBudget {
+    window_start: Instant,
+    logged: u64,
+    suppressed: u64,
+}
+
 /// The shared cache of one driver process.
 pub struct SecretCache {
     source: Arc<dyn SecretSource>,
     ttl: Duration,
     timeout: Duration,
     stale_ttl: Duration,
+    negative_ttl: Duration,
     slots: Mutex<HashMap<SecretRef, Arc<AsyncMutex<Slot>>>>,
+    missing: Mutex<HashMap<VaultPath, Instant>>,
+    log_budget: Mutex<LogBudget>,
 }
 
 impl SecretCache {
@@ -42,7 +62,75 @@ impl SecretCache {
             ttl,
             timeout,
             stale_ttl: Duration::ZERO,
+            negative_ttl: Duration::ZERO,
             slots: Mutex::new(HashMap::new()),
+            missing: Mutex::new(HashMap::new()),
+            log_budget: Mutex::new(LogBudget {
+                window_start: Instant::now(),
+                logged: 0,
+                suppressed: 0,
+            }),
+        }
+    }
+
+    /// Remembers names found missing for `negative_ttl` (zero: never), so asking again costs no request.
+    pub fn with_negative_ttl(mut self, negative_ttl: Duration) -> Self {
+        self.negative_ttl = negative_ttl;
+        self
+    }
+
+    /// Whether `path` was found missing (neither a secret nor a folder) less than `negative_ttl` ago.
+    pub fn known_missing(&self, path: &VaultPath) -> bool {
+        let mut missing = self.missing.lock().unwrap_or_else(|p| p.into_inner());
+        match missing.get(path) {
+            Some(since) if since.elapsed() < self.negative_ttl => true,
+            Some(_) => {
+                missing.remove(path);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Remembers that `path` is neither a secret nor a folder.
+    pub fn note_missing(&self, path: &VaultPath) {
+        if self.negative_ttl.is_zero() {
+            return;
+        }
+        let mut missing = self.missing.lock().unwrap_or_else(|p| p.into_inner());
+        if missing.len() >= MAX_MISSING {
+            let ttl = self.negative_ttl;
+            missing.retain(|_, since| since.elapsed() < ttl);
+            if missing.len() >= MAX_MISSING {
+                missing.clear();
+            }
+        }
+        missing.insert(path.clone(), Instant::now());
+    }
+
+    /// How many missing names are remembered (for tests and the memory bound).
+    pub fn missing_len(&self) -> usize {
+        self.missing.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// How many keys have an entry (a value, or a read under way).
+    pub fn entries(&self) -> usize {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether a "read failed" line may be written now; returns the lines suppressed since the last one.
+    fn may_log(&self) -> Option<u64> {
+        let mut budget = self.log_budget.lock().unwrap_or_else(|p| p.into_inner());
+        if budget.window_start.elapsed() >= LOG_WINDOW {
+            budget.window_start = Instant::now();
+            budget.logged = 0;
+        }
+        if budget.logged < LOG_BURST {
+            budget.logged += 1;
+            Some(std::mem::take(&mut budget.suppressed))
+        } else {
+            budget.suppressed += 1;
+            None
         }
     }
 
@@ -110,7 +198,9 @@ impl SecretCache {
             }
             Err(error) => {
                 if slot.last_error.as_ref() != Some(&error) {
-                    log_source_error(path, &error);
+                    if let Some(suppressed) = self.may_log() {
+                        log_source_error(path, &error, suppressed);
+                    }
                     slot.last_error = Some(error.clone());
                 }
                 if let SourceError::Unavailable(_) = error {
@@ -121,10 +211,23 @@ impl SecretCache {
                         }
                     }
                 }
-                // A definitive answer (not found, denied), or an outage longer than stale_ttl: forget the value.
+                // A definitive answer (not found, denied), or an outage longer than stale_ttl: forget the value, and
+                // the entry, so names that never had a value take no memory.
                 slot.fresh = None;
+                drop(slot);
+                self.drop_empty_slot(secret);
                 Err(error)
             }
+        }
+    }
+
+    fn drop_empty_slot(&self, secret: &SecretRef) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let empty = slots
+            .get(secret)
+            .is_some_and(|slot| slot.try_lock().is_ok_and(|slot| slot.fresh.is_none()));
+        if empty {
+            slots.remove(secret);
         }
     }
 
@@ -154,19 +257,20 @@ impl SecretCache {
     }
 }
 
-fn log_source_error(path: &SecretRef, error: &SourceError) {
+/// One "read failed" line; `suppressed` counts the lines left out before it (rate limit).
+fn log_source_error(path: &SecretRef, error: &SourceError, suppressed: u64) {
     match error {
         SourceError::NotFound => {
-            tracing::info!(vault_path = %path, status = "not found", "secret read failed")
+            tracing::info!(vault_path = %path, status = "not found", suppressed, "secret read failed")
         }
         SourceError::Denied(reason) => {
-            tracing::warn!(vault_path = %path, status = "denied", reason = %reason, "secret read failed")
+            tracing::warn!(vault_path = %path, status = "denied", reason = %reason, suppressed, "secret read failed")
         }
         SourceError::Refused(reason) => {
-            tracing::warn!(vault_path = %path, status = "refused", reason = %reason, "secret read refused")
+            tracing::warn!(vault_path = %path, status = "refused", reason = %reason, suppressed, "secret read refused")
         }
         SourceError::Unavailable(reason) => {
-            tracing::warn!(vault_path = %path, status = "unavailable", reason = %reason, "secret read failed")
+            tracing::warn!(vault_path = %path, status = "unavailable", reason = %reason, suppressed, "secret read failed")
         }
     }
 }

@@ -81,6 +81,11 @@ pub struct Config {
     /// Through a Vault outage, secrets already read keep being served from memory for this long; `0s` disables it.
     #[serde(with = "humantime_serde")]
     pub stale_ttl: Duration,
+    /// A name found missing (neither a secret nor a folder) is answered `ENOENT` from memory for this long, so a
+    /// container probing names cannot turn each attempt into Vault requests; a key created in Vault shows up
+    /// within it. `0s` disables it.
+    #[serde(with = "humantime_serde")]
+    pub negative_ttl: Duration,
     /// How mounts are served: `"auto"`, `"systemd"` (transient units) or `"in-process"`.
     pub mount_mode: MountMode,
     /// Owner of the files and directory of every volume (numeric); a volume's `uid` option overrides it.
@@ -311,6 +316,7 @@ impl Default for Config {
             cache_ttl: Duration::from_secs(30),
             refresh_interval: Duration::from_secs(60),
             stale_ttl: Duration::from_secs(3600),
+            negative_ttl: Duration::from_secs(5),
             mount_mode: MountMode::Auto,
             audit: true,
             audit_interval: Duration::from_secs(60),

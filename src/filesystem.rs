@@ -410,6 +410,11 @@ impl SecretFs {
         // The full path that goes to Vault is decided here, for every lookup: a parent volume gets no more than
         // the path's own rule allows, and reads with that rule's credentials.
         let cache = self.route(&secret_ref.path)?;
+        // A name found missing a moment ago is not asked about again (a container probing names costs Vault one
+        // round per name per negative_ttl, not one per attempt); every view of a missing path is missing too.
+        if cache.known_missing(&secret_ref.path) {
+            return Err(FsError::NotFound);
+        }
         let plain = file_name.view == View::Default && file_name.version.is_none();
         let (key, content) = match cache.read_fresh(&secret_ref, Duration::MAX).await {
             Ok(secret) => {
@@ -420,6 +425,7 @@ impl SecretFs {
                 if cache.is_folder(&secret_ref.path).await? {
                     (NodeKey::Directory(secret_ref.path), None)
                 } else {
+                    cache.note_missing(&secret_ref.path);
                     return Err(FsError::NotFound);
                 }
             }
@@ -670,6 +676,75 @@ mod tests {
         let text = content(fs, attr.ino);
         assert_eq!(text.len() as u64, attr.size);
         Ok(text)
+    }
+
+    #[tokio::test]
+    async fn missing_names_are_answered_from_memory_for_the_negative_ttl_and_take_no_entries() {
+        let source = source();
+        let cache = Arc::new(
+            SecretCache::new(
+                source.clone(),
+                Duration::from_secs(30),
+                Duration::from_secs(2),
+            )
+            .with_negative_ttl(Duration::from_millis(300)),
+        );
+        let fs = SecretFs::new(
+            VaultPath::from_volume_name("secret/app-1/").unwrap(),
+            cache.clone(),
+            FsOptions::default(),
+        );
+        for round in 0..3 {
+            for i in 0..500 {
+                let name = format!("probe-{i}");
+                assert_eq!(
+                    fs.lookup(ROOT_INODE, OsStr::new(&name)).await.unwrap_err(),
+                    FsError::NotFound,
+                    "round {round}"
+                );
+                // Every view of a missing path is missing, at no cost.
+                assert_eq!(
+                    fs.lookup(ROOT_INODE, OsStr::new(&format!("{name}#user")))
+                        .await
+                        .unwrap_err(),
+                    FsError::NotFound
+                );
+            }
+        }
+        assert_eq!(
+            source.reads(),
+            500,
+            "one read per missing name, not per attempt"
+        );
+        assert_eq!(source.folder_checks(), 500);
+        assert_eq!(
+            cache.entries(),
+            0,
+            "names that never had a value keep no entry"
+        );
+        assert_eq!(cache.missing_len(), 500);
+
+        // A key created in Vault shows up once the negative TTL has passed.
+        source.put("secret/app-1/probe-7", json!({"value": "late"}));
+        assert!(fs.lookup(ROOT_INODE, OsStr::new("probe-7")).await.is_err());
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert_eq!(cat(&fs, ROOT_INODE, "probe-7").await.unwrap(), "late");
+        // Existing secrets and folders are never taken for missing.
+        assert_eq!(cat(&fs, ROOT_INODE, "db-password").await.unwrap(), "s3cr3t");
+        let team = fs.lookup(ROOT_INODE, OsStr::new("team")).await.unwrap();
+        assert_eq!(team.kind, NodeKind::Directory);
+    }
+
+    #[tokio::test]
+    async fn the_missing_names_remembered_are_capped() {
+        let source = Arc::new(MemorySource::default());
+        let cache = SecretCache::new(source, Duration::from_secs(30), Duration::from_secs(2))
+            .with_negative_ttl(Duration::from_secs(60));
+        for i in 0..25_000 {
+            cache.note_missing(&VaultPath::from_volume_name(&format!("secret/p-{i}")).unwrap());
+        }
+        assert!(cache.missing_len() <= 10_000, "{}", cache.missing_len());
+        assert!(cache.missing_len() > 0);
     }
 
     #[tokio::test]

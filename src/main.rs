@@ -31,7 +31,7 @@ use docker_volume_libsecret::state::DirRecordStore;
 use docker_volume_libsecret::systemd::{
     may_carry_secret, mount_unit_environment, sets_secret_table, MountUnitTemplate, SystemdMounter,
 };
-use docker_volume_libsecret::vault::VaultSource;
+use docker_volume_libsecret::vault::{VaultSetupError, VaultSource};
 use docker_volume_libsecret::volumes::{Mounter, VolumeOptions, Volumes};
 use docker_volume_libsecret::{hardening, logging, server};
 
@@ -128,6 +128,7 @@ fn main() -> ExitCode {
 fn new_cache(config: &Config, source: Arc<dyn SecretSource>) -> SecretCache {
     SecretCache::new(source, config.cache_ttl, config.vault.timeout)
         .with_stale_ttl(config.stale_ttl)
+        .with_negative_ttl(config.negative_ttl)
 }
 
 /// The caches volumes read through, and the Vault logins behind them (none for the file backend).
@@ -136,20 +137,71 @@ struct Backend {
     logins: Vec<Arc<VaultSource>>,
 }
 
-/// Opens the configured backend (logging in to Vault with each set of credentials in `scopes`) and the caches
-/// volumes read through.
-async fn open_caches(config: &Config, scopes: &[AuthScope]) -> anyhow::Result<Backend> {
+/// How the first contact with Vault goes at start.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FirstContact {
+    /// In the foreground (the original tool's way): log in before serving, and stop at once with what to fix if
+    /// Vault rejects the credentials or its certificate. An unreachable Vault is only warned about.
+    Wait,
+    /// Under systemd: serve at once and log in in the background, so a host whose Vault is down or starts later
+    /// keeps its plugin API (and Docker its containers).
+    Background,
+}
+
+impl FirstContact {
+    /// Background when systemd runs this process (it gave it a notify socket or activated sockets).
+    fn detect() -> FirstContact {
+        let under_systemd = ["NOTIFY_SOCKET", "LISTEN_FDS"]
+            .iter()
+            .any(|name| std::env::var_os(name).is_some_and(|value| !value.is_empty()));
+        if under_systemd {
+            FirstContact::Background
+        } else {
+            FirstContact::Wait
+        }
+    }
+}
+
+/// Opens one Vault login. Nothing but a config error stops the driver here: Vault being unreachable, sealed or
+/// refusing the credentials leaves the plugin API up, with reads failing (EIO) until a login works.
+async fn open_vault(
+    config: &Config,
+    scope: AuthScope,
+    first_contact: FirstContact,
+) -> anyhow::Result<VaultSource> {
+    let settings = config.vault_for(scope);
+    let vault =
+        VaultSource::new(&settings).with_context(|| format!("Vault credentials of {scope}"))?;
+    if first_contact == FirstContact::Wait {
+        match vault.first_login(settings.timeout * 2).await {
+            Ok(()) => {}
+            Err(error @ VaultSetupError::Unreachable { .. }) => tracing::warn!(
+                "Vault credentials of {scope}: {error}; serving the plugin API anyway and logging in as soon as \
+                 Vault answers (reads give EIO until then)"
+            ),
+            Err(error) => {
+                return Err(error).with_context(|| format!("Vault credentials of {scope}"))
+            }
+        }
+    }
+    vault.keep_trying();
+    Ok(vault)
+}
+
+/// Opens the configured backend (a Vault login for each set of credentials in `scopes`) and the caches volumes read
+/// through.
+async fn open_caches(
+    config: &Config,
+    scopes: &[AuthScope],
+    first_contact: FirstContact,
+) -> anyhow::Result<Backend> {
     let access = config.access_rules();
     Ok(match config.backend() {
         BackendKind::Vault => {
             let mut sources: HashMap<AuthScope, Arc<VaultSource>> = HashMap::new();
             let mut roots = HashMap::new();
             for scope in scopes {
-                let vault = Arc::new(
-                    VaultSource::connect(&config.vault_for(*scope))
-                        .await
-                        .with_context(|| format!("Vault credentials of {scope}"))?,
-                );
+                let vault = Arc::new(open_vault(config, *scope, first_contact).await?);
                 roots.insert(*scope, Arc::new(new_cache(config, vault.clone())));
                 sources.insert(*scope, vault);
             }
@@ -306,20 +358,31 @@ async fn choose_mounter(
     Ok(Box::new(mounter))
 }
 
-fn status_line(volumes: &Mutex<Volumes>) -> String {
+/// `STATUS=`: volumes and mounts, then whatever keeps a Vault login from reading (unreachable, rejected, since
+/// when).
+fn status_line(volumes: &Mutex<Volumes>, logins: &[Arc<VaultSource>]) -> String {
     let (volumes, mounts) = volumes.lock().unwrap_or_else(|p| p.into_inner()).counts();
-    format!("{volumes} volume(s), {mounts} mounted")
+    let mut status = format!("{volumes} volume(s), {mounts} mounted");
+    let mut troubles: Vec<String> = logins.iter().filter_map(|login| login.status()).collect();
+    troubles.dedup();
+    for trouble in troubles {
+        status.push_str("; ");
+        status.push_str(&trouble);
+    }
+    status
 }
 
 /// Sends STATUS= (and WATCHDOG=1 when systemd asks for it) while the runtime is healthy.
-async fn report_health(volumes: Arc<Mutex<Volumes>>) {
+async fn report_health(volumes: Arc<Mutex<Volumes>>, logins: Vec<Arc<VaultSource>>) {
     let watchdog = sd_notify::watchdog_enabled();
     let period = watchdog.map_or(Duration::from_secs(10), |timeout| timeout / 3);
     let mut ticker = tokio::time::interval(period);
     loop {
         ticker.tick().await;
         let volumes = volumes.clone();
-        let Ok(status) = tokio::task::spawn_blocking(move || status_line(&volumes)).await else {
+        let logins = logins.clone();
+        let Ok(status) = tokio::task::spawn_blocking(move || status_line(&volumes, &logins)).await
+        else {
             continue;
         };
         let mut states = vec![NotifyState::Status(&status)];
@@ -337,7 +400,9 @@ async fn serve(config: Config, cli: &Cli, flags: &FlagOverrides) -> anyhow::Resu
              [[rules]] to the config to restrict volumes to the paths they need"
         );
     }
-    let caches = Arc::new(open_caches(&config, &all_scopes(&config)).await?.caches);
+    let backend = open_caches(&config, &all_scopes(&config), FirstContact::detect()).await?;
+    let logins = backend.logins;
+    let caches = Arc::new(backend.caches);
     let mounter = choose_mounter(&config, cli, flags, caches.clone()).await?;
     for path in clean_stale_mounts(&config.mount_root) {
         tracing::info!(mountpoint = %path.display(), "removed a leftover mountpoint");
@@ -364,9 +429,9 @@ async fn serve(config: Config, cli: &Cli, flags: &FlagOverrides) -> anyhow::Resu
         mount_root = %config.mount_root.display(),
         "ready"
     );
-    let status = status_line(&volumes);
+    let status = status_line(&volumes, &logins);
     let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
-    let health = tokio::spawn(report_health(volumes.clone()));
+    let health = tokio::spawn(report_health(volumes.clone(), logins));
 
     let plugin = Plugin::new(volumes.clone()).with_gate(caches);
     server::run(listener, plugin, shutdown_signal()).await;
@@ -401,7 +466,8 @@ async fn serve_mount(
         .decide(namespace, &vault_path)
         .context("access rules")?;
     let scopes = access.scopes_below(namespace, &vault_path);
-    let backend = open_caches(&config, &scopes).await?;
+    // A mount unit never waits for Vault: it mounts at once, and reads give EIO until a login works.
+    let backend = open_caches(&config, &scopes, FirstContact::Background).await?;
     let caches = Arc::new(backend.caches);
     let router = caches.router(namespace);
     // The driver starts this unit only when no live server has the volume: anything mounted here is dead.

@@ -19,6 +19,7 @@ pub struct MemorySource {
     delay: Mutex<Duration>,
     failure: Mutex<Option<SourceError>>,
     reads: AtomicUsize,
+    folder_checks: AtomicUsize,
 }
 
 impl MemorySource {
@@ -43,6 +44,11 @@ impl MemorySource {
     /// How many `read` calls reached the source.
     pub fn reads(&self) -> usize {
         self.reads.load(Ordering::SeqCst)
+    }
+
+    /// How many `is_folder` calls reached the source.
+    pub fn folder_checks(&self) -> usize {
+        self.folder_checks.load(Ordering::SeqCst)
     }
 
     async fn pause(&self) -> Result<(), SourceError> {
@@ -81,6 +87,7 @@ impl SecretSource for MemorySource {
     }
 
     async fn is_folder(&self, path: &VaultPath) -> Result<bool, SourceError> {
+        self.folder_checks.fetch_add(1, Ordering::SeqCst);
         self.pause().await?;
         let prefix = format!("{}/", path.as_str());
         Ok(lock(&self.secrets).keys().any(|k| k.starts_with(&prefix)))

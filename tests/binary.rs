@@ -1,5 +1,5 @@
-//! The binary as an operator runs it: foreground mode, socket activation, configuration errors and fail-fast
-//! start-up. Uses the file backend or the Vault-API test server; no Docker needed.
+//! The binary as an operator runs it: foreground mode, socket activation, configuration errors, bad credentials
+//! failing fast in the foreground, and a Vault that is down or rejects the credentials at start. Uses the file backend or the Vault-API test server; no Docker needed.
 
 mod support;
 
@@ -173,56 +173,116 @@ fn an_unknown_config_key_fails_naming_the_file_and_the_key() {
     assert!(output.contains("/nonexistent/config.toml"), "{output}");
 }
 
+/// The errno reading `path` fails with, if it fails.
+fn read_errno(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path)
+        .err()
+        .and_then(|e| e.raw_os_error())
+}
+
 #[test]
-fn an_unreachable_vault_fails_fast_and_an_argv_token_is_warned_about_not_echoed() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = format!("http://{}", closed.local_addr().unwrap());
-    drop(closed);
-    let started = Instant::now();
-    let (code, output) = run_once(
+fn an_unreachable_vault_at_start_leaves_the_plugin_api_up_and_reads_recover_without_a_restart() {
+    support::require_fuse();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let vault = runtime
+        .block_on(TestVault::start(ServerConfig {
+            root_token: "hvs.argv-secret-value".to_owned(),
+            ..ServerConfig::default()
+        }))
+        .unwrap();
+    vault.put("secret/app-1/db-password", json!({"value": "s3cr3t"}));
+    runtime.block_on(vault.stop_listening());
+    let dir = tempfile::tempdir().unwrap();
+    let token_opt = format!("token={}", vault.root_token());
+    let mount_root = dir.path().join("mounts");
+    let state = dir.path().join("state");
+    let driver = Driver::start(
         &[
-            "--config",
-            "/dev/null",
             "--addr",
-            &addr,
+            &vault.addr(),
             "--backend",
             "vault",
             "--store-opt",
-            "token=hvs.argv-secret-value",
+            &token_opt,
+            "--store-opt",
+            "timeout=1s",
+            "--root",
+            mount_root.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
         ],
-        &[],
+        &dir.path().join("plugin.sock"),
+        &dir.path().join("log"),
     );
-    assert_eq!(code, 1, "{output}");
-    assert!(started.elapsed() < Duration::from_secs(15));
-    assert!(output.contains("cannot be reached"), "{output}");
+    let log = driver.log();
+    assert!(log.contains("cannot be reached"), "{log}");
+    assert!(log.contains("serving the plugin API anyway"), "{log}");
     assert!(
-        output.contains("token_file"),
-        "the warning recommends token_file: {output}"
+        log.contains("token_file"),
+        "the argv warning recommends token_file: {log}"
     );
-    assert!(!output.contains("hvs.argv-secret-value"), "{output}");
     assert!(
-        !output.contains("plain http://"),
-        "loopback is not warned about: {output}"
+        !log.contains("plain http://"),
+        "loopback is not warned about: {log}"
     );
+
+    // Get, List, Create and Mount never need Vault; reads wait for it.
+    let (_, reply) = call(&driver.socket, "/VolumeDriver.List", json!({}));
+    assert_eq!(err_of(&reply), "", "{reply}");
+    let mountpoint =
+        support::plugin_client::create_and_mount(&driver.socket, "secret/app-1", json!({}), "c1")
+            .unwrap();
+    let secret = mountpoint.join("db-password");
+    assert_eq!(
+        read_errno(&secret),
+        Some(nix::libc::EIO),
+        "EIO while Vault is down"
+    );
+
+    runtime.block_on(vault.start_listening()).unwrap();
+    support::wait_until(
+        "the read after Vault came back",
+        Duration::from_secs(20),
+        || std::fs::read_to_string(&secret).is_ok_and(|value| value == "s3cr3t"),
+    );
+    let log = driver.log();
+    assert!(log.contains("Vault token accepted"), "{log}");
+    assert!(
+        log.contains("Vault is reachable again"),
+        "a recovery line: {log}"
+    );
+    assert!(
+        !log.contains(vault.root_token()),
+        "the token is never logged: {log}"
+    );
+    let (_, reply) = call(
+        &driver.socket,
+        "/VolumeDriver.Unmount",
+        json!({"Name": "secret/app-1", "ID": "c1"}),
+    );
+    assert_eq!(err_of(&reply), "", "{reply}");
 }
 
 #[test]
 fn plain_http_to_another_host_is_warned_about_at_start() {
-    // TEST-NET-1: never routed, so the start fails after the (short) timeout, having warned first.
-    let (code, output) = run_once(
+    // TEST-NET-1: never routed, so the first login times out (the driver serves on), having warned first.
+    let dir = tempfile::tempdir().unwrap();
+    let driver = Driver::start_with_env(
         &[
-            "--config",
-            "/dev/null",
             "--addr",
             "https://127.0.0.1:1,http://192.0.2.1:8200",
             "--backend",
             "vault",
             "--store-opt",
             "timeout=1s",
+            "--state-dir",
+            dir.path().join("state").to_str().unwrap(),
         ],
+        &dir.path().join("plugin.sock"),
+        &dir.path().join("log"),
         &[("VAULT_TOKEN", "hvs.plaintext-secret-value")],
     );
-    assert_eq!(code, 1, "{output}");
+    let output = driver.log();
     let warning = output
         .lines()
         .find(|line| line.contains("plain http://"))
@@ -230,6 +290,114 @@ fn plain_http_to_another_host_is_warned_about_at_start() {
     assert!(warning.contains("http://192.0.2.1:8200"), "{warning}");
     assert!(!warning.contains("127.0.0.1"), "{warning}");
     assert!(!output.contains("hvs.plaintext-secret-value"), "{output}");
+}
+
+/// sd_notify messages the driver sends to a `NOTIFY_SOCKET` the test holds.
+struct NotifySocket {
+    socket: std::os::unix::net::UnixDatagram,
+    path: std::path::PathBuf,
+    seen: Vec<String>,
+}
+
+impl NotifySocket {
+    fn bind(dir: &Path) -> NotifySocket {
+        let path = dir.join("notify.sock");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        NotifySocket {
+            socket,
+            path,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits up to `deadline` for a message with a line satisfying `wanted`; returns that line.
+    fn wait_for(&mut self, deadline: Duration, wanted: impl Fn(&str) -> bool) -> String {
+        let started = Instant::now();
+        let mut buffer = [0u8; 4096];
+        loop {
+            if let Some(line) = self.seen.iter().find(|line| wanted(line)) {
+                return line.clone();
+            }
+            assert!(
+                started.elapsed() < deadline,
+                "no such sd_notify message; got {:?}",
+                self.seen
+            );
+            if let Ok(length) = self.socket.recv(&mut buffer) {
+                let text = String::from_utf8_lossy(&buffer[..length]).into_owned();
+                self.seen.extend(text.lines().map(str::to_owned));
+            }
+        }
+    }
+}
+
+#[test]
+fn under_systemd_rejected_credentials_leave_the_api_up_and_a_fixed_token_file_takes_effect() {
+    support::require_fuse();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let vault = runtime
+        .block_on(TestVault::start(ServerConfig::default()))
+        .unwrap();
+    vault.put("secret/app-1/db-password", json!({"value": "s3cr3t"}));
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = support::root_only_file(dir.path(), "token", "hvs.wrong-token-value");
+    let mut notify = NotifySocket::bind(dir.path());
+    let mount_root = dir.path().join("mounts");
+    let driver = Driver::start_with_env(
+        &[
+            "--addr",
+            &vault.addr(),
+            "--store-opt",
+            &format!("token_file={}", token_file.display()),
+            "--store-opt",
+            "timeout=1s",
+            "--root",
+            mount_root.to_str().unwrap(),
+            "--state-dir",
+            dir.path().join("state").to_str().unwrap(),
+        ],
+        &dir.path().join("plugin.sock"),
+        &dir.path().join("log"),
+        &[("NOTIFY_SOCKET", notify.path.to_str().unwrap())],
+    );
+    notify.wait_for(Duration::from_secs(5), |line| line == "READY=1");
+    let status = notify.wait_for(Duration::from_secs(20), |line| {
+        line.starts_with("STATUS=") && line.contains("rejects the credentials since")
+    });
+    assert!(status.contains("token_file"), "{status}");
+    let log = driver.log();
+    assert!(log.contains("Vault rejects the credentials"), "{log}");
+    assert!(!log.contains("hvs.wrong-token-value"), "{log}");
+
+    let (_, reply) = call(&driver.socket, "/VolumeDriver.List", json!({}));
+    assert_eq!(err_of(&reply), "", "{reply}");
+    let mountpoint =
+        support::plugin_client::create_and_mount(&driver.socket, "secret/app-1", json!({}), "c1")
+            .unwrap();
+    let secret = mountpoint.join("db-password");
+    assert_eq!(read_errno(&secret), Some(nix::libc::EIO));
+
+    // The operator fixes the file; nothing is restarted.
+    support::root_only_file(dir.path(), "token", vault.root_token());
+    support::wait_until(
+        "the read after the token file was fixed",
+        Duration::from_secs(20),
+        || std::fs::read_to_string(&secret).is_ok_and(|value| value == "s3cr3t"),
+    );
+    assert!(
+        driver.log().contains("Vault accepts the credentials now"),
+        "{}",
+        driver.log()
+    );
+    let (_, reply) = call(
+        &driver.socket,
+        "/VolumeDriver.Unmount",
+        json!({"Name": "secret/app-1", "ID": "c1"}),
+    );
+    assert_eq!(err_of(&reply), "", "{reply}");
 }
 
 #[test]

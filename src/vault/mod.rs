@@ -12,8 +12,11 @@
 //! refused too: namespaces are named with the `namespace` volume option, where the access rules see them.
 
 mod auth;
+mod health;
 mod session;
 mod transport;
+
+pub use self::health::Trouble;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -205,42 +208,14 @@ fn join_namespace(parent: Option<&str>, child: &str) -> String {
 }
 
 impl VaultSource {
-    /// Builds the transport, logs in and checks the token with lookup-self, failing fast with what to fix; then
-    /// keeps the token alive in the background.
-    pub async fn connect(config: &VaultConfig) -> Result<Self, VaultSetupError> {
+    /// Builds the transport and the auth method without asking Vault: fails only on what the config itself gets
+    /// wrong (an address, TLS files, a missing credential setting). Nothing logs in until
+    /// [`first_login`](Self::first_login), [`keep_trying`](Self::keep_trying) or a read.
+    pub fn new(config: &VaultConfig) -> Result<Self, VaultSetupError> {
         let transport = Transport::new(config)?;
-        let addr = transport.addresses().join(", ");
         let auth =
             Auth::from_config(config).map_err(|e| VaultSetupError::Credential(e.to_string()))?;
-        let method = auth.describe();
-        let login = tokio::time::timeout(
-            config.timeout * 2,
-            Session::start(transport, auth, config.namespace.clone()),
-        )
-        .await;
-        let session = match login {
-            Ok(Ok(session)) => session,
-            Ok(Err(AuthError::Credential(reason))) => {
-                return Err(VaultSetupError::Credential(reason))
-            }
-            Ok(Err(AuthError::Rejected(reason))) => {
-                return Err(VaultSetupError::Rejected {
-                    addr,
-                    method,
-                    reason,
-                })
-            }
-            Ok(Err(AuthError::Unavailable(reason))) => {
-                return Err(classify_unavailable(addr, reason))
-            }
-            Err(_) => {
-                return Err(VaultSetupError::Unreachable {
-                    addr,
-                    reason: format!("no answer within {}s", (config.timeout * 2).as_secs_f32()),
-                })
-            }
-        };
-        session.spawn_lifecycle();
+        let session = Session::new(transport, auth, config.namespace.clone());
         let overrides = config
             .kv_version
             .iter()
@@ -252,6 +227,61 @@ impl VaultSource {
             overrides,
             mounts: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The backend as a service starts it: nothing waits for Vault. The first login happens in the background,
+    /// retried with jittered backoff until it works (and tried at once by a read that needs it); until then reads
+    /// are unavailable. The token is then kept alive in the background.
+    pub fn open(config: &VaultConfig) -> Result<Self, VaultSetupError> {
+        let source = Self::new(config)?;
+        source.session.spawn_lifecycle();
+        Ok(source)
+    }
+
+    /// Builds the transport, logs in and checks the token with lookup-self, failing fast with what to fix; then
+    /// keeps the token alive in the background.
+    pub async fn connect(config: &VaultConfig) -> Result<Self, VaultSetupError> {
+        let source = Self::new(config)?;
+        source.first_login(config.timeout * 2).await?;
+        source.session.spawn_lifecycle();
+        Ok(source)
+    }
+
+    /// Logs in now (unless already logged in), waiting at most `wait`, and says what to fix if that fails. The
+    /// driver in the foreground uses it to report bad credentials at once.
+    pub async fn first_login(&self, wait: std::time::Duration) -> Result<(), VaultSetupError> {
+        let addr = self.session.transport().addresses().join(", ");
+        let method = self.session.describe_auth();
+        match tokio::time::timeout(wait, self.session.login_now()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(AuthError::Credential(reason))) => Err(VaultSetupError::Credential(reason)),
+            Ok(Err(AuthError::Rejected(reason))) => Err(VaultSetupError::Rejected {
+                addr,
+                method,
+                reason,
+            }),
+            Ok(Err(AuthError::Unavailable(reason))) => Err(classify_unavailable(addr, reason)),
+            Err(_) => Err(VaultSetupError::Unreachable {
+                addr,
+                reason: format!("no answer within {}s", wait.as_secs_f32()),
+            }),
+        }
+    }
+
+    /// Starts keeping the token alive (and logging in, if [`first_login`](Self::first_login) failed) in the
+    /// background.
+    pub fn keep_trying(&self) {
+        self.session.spawn_lifecycle();
+    }
+
+    /// What keeps this login from reading, and since when (`None`: logged in and Vault answering).
+    pub fn status(&self) -> Option<String> {
+        self.session.health().status()
+    }
+
+    /// The trouble under way, if any.
+    pub fn trouble(&self) -> Option<Trouble> {
+        self.session.health().trouble()
     }
 
     /// The same login reading in the child namespace `child` of the configured one (a volume's `namespace`

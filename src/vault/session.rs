@@ -6,6 +6,10 @@
 //! - Failed renewals and logins are retried with jittered exponential backoff (1 s up to 5 min).
 //! - A request answered 403 because the token died anyway (revoked, expired during an outage) gets a new token and is
 //!   retried once, so a container never sees a failure a valid login could have prevented.
+//! - A session starts without a token: Vault being unreachable, sealed or rejecting the credentials when the driver
+//!   starts is not fatal. The first login is retried in the background with jittered backoff (1 s up to
+//!   `LOGIN_MAX_BACKOFF`), and a request that finds no token tries at once (at most once per `ON_DEMAND_INTERVAL`),
+//!   so reads recover as soon as Vault answers. Credential files are read again at every attempt.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, Weak};
@@ -17,6 +21,7 @@ use vaultrs::error::ClientError;
 use zeroize::Zeroizing;
 
 use super::auth::{self, Auth, AuthError, Login};
+use super::health::{Trouble, VaultHealth};
 use super::status_of;
 use super::transport::Transport;
 
@@ -27,6 +32,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 const VERIFY_INTERVAL: Duration = Duration::from_secs(5);
 /// How often a token that never expires, or a token file, is looked at again.
 const IDLE_CHECK: Duration = Duration::from_secs(300);
+/// The longest wait between attempts at a first login: short, so a host whose Vault starts late recovers quickly.
+const LOGIN_MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A request that finds no token tries to log in itself, but not more often than this (a container probing names
+/// while Vault is down must not turn into a login storm).
+const ON_DEMAND_INTERVAL: Duration = Duration::from_secs(1);
 
 struct TokenState {
     token: Zeroizing<String>,
@@ -42,6 +52,20 @@ struct TokenState {
 }
 
 impl TokenState {
+    /// No token yet (generation 0): the first login has not succeeded.
+    fn none() -> TokenState {
+        let now = Instant::now();
+        TokenState {
+            token: Zeroizing::new(String::new()),
+            generation: 0,
+            ttl: Duration::ZERO,
+            renewable: false,
+            obtained: now,
+            login_ttl: Duration::ZERO,
+            verified: now,
+        }
+    }
+
     fn new(login: Login, generation: u64) -> TokenState {
         let now = Instant::now();
         TokenState {
@@ -72,6 +96,9 @@ pub struct Session {
     changed: watch::Sender<u64>,
     /// Set when the login's token is revoked: no renewal or new login follows.
     closed: AtomicBool,
+    health: VaultHealth,
+    /// When a login was last tried while there was no token, and why it failed (for requests arriving meanwhile).
+    last_attempt: std::sync::Mutex<Option<(Instant, String)>>,
 }
 
 /// `0.75..=1.0` of `duration`: spreads renewals and retries.
@@ -80,32 +107,109 @@ fn jitter(duration: Duration) -> Duration {
 }
 
 impl Session {
-    /// Logs in (or reads and looks up the token), failing with what to fix.
-    pub async fn start(
-        transport: Transport,
-        auth: Auth,
-        namespace: Option<String>,
-    ) -> Result<Arc<Session>, AuthError> {
-        // A token method's login is its lookup-self; a minted token's login reply says the same.
-        let login = auth.login(&transport, namespace.as_deref()).await?;
-        tracing::info!(
-            vault_addr = %transport.current_address(),
-            auth = %auth.describe(),
-            policies = ?login.policies,
-            ttl_seconds = login.ttl.as_secs(),
-            renewable = login.renewable,
-            "Vault token accepted"
-        );
+    /// A session with no token yet: [`login_now`](Self::login_now) or the lifecycle logs in.
+    pub fn new(transport: Transport, auth: Auth, namespace: Option<String>) -> Arc<Session> {
         let (changed, _) = watch::channel(0);
-        Ok(Arc::new(Session {
+        let health = VaultHealth::new(auth.describe());
+        Arc::new(Session {
             transport,
             auth,
             namespace,
-            state: RwLock::new(TokenState::new(login, 0)),
+            state: RwLock::new(TokenState::none()),
             replacing: tokio::sync::Mutex::new(()),
             changed,
             closed: AtomicBool::new(false),
-        }))
+            health,
+            last_attempt: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// Logs in now unless a token is already held, failing with what to fix (the driver's first contact in the
+    /// foreground, and tests).
+    pub async fn login_now(&self) -> Result<(), AuthError> {
+        let _replacing = self.replacing.lock().await;
+        if self.has_token() {
+            return Ok(());
+        }
+        self.first_login().await
+    }
+
+    /// Whether a login has succeeded (the token may have died since; requests find that out).
+    pub fn has_token(&self) -> bool {
+        self.token().1 != 0
+    }
+
+    /// What keeps this login from reading, and since when, for `STATUS=`.
+    pub fn health(&self) -> &VaultHealth {
+        &self.health
+    }
+
+    /// One attempt at the first login; the caller holds `replacing`.
+    async fn first_login(&self) -> Result<(), AuthError> {
+        if self.is_closed() {
+            return Err(AuthError::Unavailable(
+                "the Vault login was ended".to_owned(),
+            ));
+        }
+        let attempt = self.auth.login(&self.transport, self.namespace()).await;
+        let failure = match attempt {
+            Ok(login) => {
+                tracing::info!(
+                    vault_addr = %self.transport.current_address(),
+                    auth = %self.auth.describe(),
+                    policies = ?login.policies,
+                    ttl_seconds = login.ttl.as_secs(),
+                    renewable = login.renewable,
+                    "Vault token accepted"
+                );
+                self.health.logged_in();
+                self.install(login, 0);
+                *self.last_attempt.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                return Ok(());
+            }
+            Err(error) => error,
+        };
+        let trouble = match failure {
+            AuthError::Unavailable(_) => Trouble::Unreachable,
+            AuthError::Rejected(_) | AuthError::Credential(_) => Trouble::Rejected,
+        };
+        self.health.failed(trouble, &failure.to_string());
+        *self.last_attempt.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((Instant::now(), failure.to_string()));
+        Err(failure)
+    }
+
+    /// A token for a request: the current one, or a login tried now when there is none (at most once per
+    /// `ON_DEMAND_INTERVAL`; meanwhile requests fail at once with the last reason).
+    async fn ensure_token(&self) -> Result<(), String> {
+        if self.has_token() {
+            return Ok(());
+        }
+        let recent = |session: &Session| {
+            session
+                .last_attempt
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .filter(|(at, _)| at.elapsed() < ON_DEMAND_INTERVAL)
+                .map(|(_, reason)| reason.clone())
+        };
+        if let Some(reason) = recent(self) {
+            return Err(reason);
+        }
+        let _replacing = self.replacing.lock().await;
+        if self.has_token() {
+            return Ok(());
+        }
+        if let Some(reason) = recent(self) {
+            return Err(reason);
+        }
+        self.first_login().await.map_err(|error| error.to_string())
+    }
+
+    /// The auth method as logs name it (never a credential).
+    pub fn describe_auth(&self) -> String {
+        self.auth.describe()
     }
 
     pub fn transport(&self) -> &Transport {
@@ -136,8 +240,15 @@ impl Session {
         namespace: Option<&str>,
         make: impl Fn() -> E,
     ) -> Result<E::Response, ClientError> {
+        if let Err(reason) = self.ensure_token().await {
+            // Reads while Vault cannot log us in are "unavailable" (EIO), whatever the reason.
+            return Err(ClientError::APIError {
+                code: 503,
+                errors: vec![format!("not logged in to Vault: {reason}")],
+            });
+        }
         let (token, generation) = self.token();
-        let result = self.transport.exec(&token, namespace, &make).await;
+        let result = self.observe(self.transport.exec(&token, namespace, &make).await);
         match result {
             Err(error) if status_of(&error) == Some(403) && self.auth.can_replace_token() => {
                 if !self.token_is_dead(generation).await {
@@ -148,10 +259,24 @@ impl Session {
                     return Err(error);
                 }
                 let (token, _) = self.token();
-                self.transport.exec(&token, namespace, &make).await
+                self.observe(self.transport.exec(&token, namespace, &make).await)
             }
             other => other,
         }
+    }
+
+    /// Notes whether Vault answered, for the health report.
+    fn observe<T>(&self, result: Result<T, ClientError>) -> Result<T, ClientError> {
+        match &result {
+            Ok(_) => self.health.answered(),
+            Err(error) => match status_of(error) {
+                Some(code) if code < 500 => self.health.answered(),
+                _ => self
+                    .health
+                    .failed(Trouble::Unreachable, &super::describe_client_error(error)),
+            },
+        }
+        result
     }
 
     /// Whether the token of `generation` is dead (a 403 then means "log in again", not "policy says no").
@@ -196,6 +321,7 @@ impl Session {
         }
         let login = self.auth.login(&self.transport, self.namespace()).await?;
         tracing::info!(auth = %self.auth.describe(), ttl_seconds = login.ttl.as_secs(), "logged in to Vault again");
+        self.health.logged_in();
         self.install(login, generation);
         Ok(())
     }
@@ -232,7 +358,11 @@ impl Session {
 
     async fn revoke_current(&self) -> Result<(), AuthError> {
         let _replacing = self.replacing.lock().await;
-        let (token, _) = self.token();
+        let (token, generation) = self.token();
+        if generation == 0 {
+            // Never logged in: nothing to revoke.
+            return Ok(());
+        }
         auth::revoke_self(&self.transport, self.namespace(), &token).await
     }
 
@@ -275,6 +405,7 @@ fn plan(session: &Session) -> (Duration, Next, u64) {
 
 async fn lifecycle(session: Weak<Session>, mut changed: watch::Receiver<u64>) {
     let mut backoff = MIN_BACKOFF;
+    let mut login_backoff = MIN_BACKOFF;
     let mut warned_expiry = false;
     loop {
         let Some(strong) = session.upgrade() else {
@@ -282,6 +413,28 @@ async fn lifecycle(session: Weak<Session>, mut changed: watch::Receiver<u64>) {
         };
         if strong.is_closed() {
             return;
+        }
+        if !strong.has_token() {
+            // The first login: retried until it works, more and more slowly up to LOGIN_MAX_BACKOFF. Each failure
+            // is reported by the session's health (rate-limited there).
+            let outcome = {
+                let _replacing = strong.replacing.lock().await;
+                if strong.has_token() {
+                    Ok(())
+                } else {
+                    strong.first_login().await
+                }
+            };
+            drop(strong);
+            if outcome.is_err() {
+                let delay = jitter(login_backoff);
+                login_backoff = (login_backoff * 2).min(LOGIN_MAX_BACKOFF);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    result = changed.changed() => if result.is_err() { return },
+                }
+            }
+            continue;
         }
         let (wait, next, generation) = plan(&strong);
         drop(strong);
