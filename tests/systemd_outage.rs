@@ -535,13 +535,3 @@ fn check_invalid_config_fails_once(start: &str) {
 fn an_invalid_config_exits_78_with_one_line_and_is_not_restarted() {
     check_invalid_config_fails_once(&format!("systemctl start {DRIVER}"));
 }
-
-/// What Docker does at boot: a plugin call arrives on the socket and activates a driver whose config is invalid.
-/// The call is still queued when the driver exits, so the socket must not start it again and again.
-#[test]
-fn an_invalid_config_met_by_a_plugin_call_on_the_socket_fails_once() {
-    check_invalid_config_fails_once(
-        "curl -s -m 5 --unix-socket /run/docker/plugins/libsecret.sock -X POST -d '{}' \
-         http://plugin/VolumeDriver.List",
-    );
-}
