@@ -28,17 +28,14 @@ fn rss_kb() -> u64 {
         .unwrap()
 }
 
-#[test]
-fn probing_missing_names_costs_one_round_per_name_per_negative_ttl_and_no_memory() {
-    support::require_fuse();
-    let bao = OpenBao::start();
-    bao.kv_put(
-        None,
-        "secret",
-        "app/db-password",
-        json!({"value": "s3cr3t"}),
-    );
-    let runtime = tokio::runtime::Runtime::new().unwrap();
+/// Mounts `volume` over the real Vault client (OpenBao's root token) with `negative_ttl`: the temp dir holding the
+/// mountpoint `mnt`, the mount, and the cache behind it.
+fn mount_over_bao(
+    bao: &OpenBao,
+    runtime: &tokio::runtime::Runtime,
+    volume: &str,
+    negative_ttl: Duration,
+) -> (tempfile::TempDir, fuse::FuseMount, Arc<SecretCache>) {
     let config = VaultConfig {
         addr: vec![bao.addr()],
         token: Some(Credential::new(bao.root_token().to_owned())),
@@ -52,17 +49,33 @@ fn probing_missing_names_costs_one_round_per_name_per_negative_ttl_and_no_memory
             Duration::from_secs(30),
             Duration::from_secs(5),
         )
-        .with_negative_ttl(NEGATIVE_TTL),
+        .with_negative_ttl(negative_ttl),
     );
     let fs = Arc::new(SecretFs::new(
-        VaultPath::from_volume_name("secret/app").unwrap(),
+        VaultPath::from_volume_name(volume).unwrap(),
         cache.clone(),
         FsOptions::default(),
     ));
     let dir = tempfile::tempdir().unwrap();
     let mountpoint = dir.path().join("mnt");
     std::fs::create_dir(&mountpoint).unwrap();
-    let _mount = fuse::mount(fs, &mountpoint, "libsecret:test", runtime.handle().clone()).unwrap();
+    let mount = fuse::mount(fs, &mountpoint, "libsecret:test", runtime.handle().clone()).unwrap();
+    (dir, mount, cache)
+}
+
+#[test]
+fn probing_missing_names_costs_one_round_per_name_per_negative_ttl_and_no_memory() {
+    support::require_fuse();
+    let bao = OpenBao::start();
+    bao.kv_put(
+        None,
+        "secret",
+        "app/db-password",
+        json!({"value": "s3cr3t"}),
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (dir, _mount, cache) = mount_over_bao(&bao, &runtime, "secret/app", NEGATIVE_TTL);
+    let mountpoint = dir.path().join("mnt");
     assert_eq!(
         std::fs::read_to_string(mountpoint.join("db-password")).unwrap(),
         "s3cr3t"
@@ -133,30 +146,8 @@ fn a_key_created_after_it_was_found_missing_appears_once_the_negative_ttl_has_pa
     let bao = OpenBao::start();
     bao.kv_put(None, "secret", "app/present", json!({"value": "here"}));
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let config = VaultConfig {
-        addr: vec![bao.addr()],
-        token: Some(Credential::new(bao.root_token().to_owned())),
-        timeout: Duration::from_secs(5),
-        ..VaultConfig::default()
-    };
-    let source = runtime.block_on(VaultSource::connect(&config)).unwrap();
-    let cache = Arc::new(
-        SecretCache::new(
-            Arc::new(source),
-            Duration::from_secs(30),
-            Duration::from_secs(5),
-        )
-        .with_negative_ttl(Duration::from_secs(2)),
-    );
-    let fs = Arc::new(SecretFs::new(
-        VaultPath::from_volume_name("secret/app").unwrap(),
-        cache,
-        FsOptions::default(),
-    ));
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, _mount, _) = mount_over_bao(&bao, &runtime, "secret/app", Duration::from_secs(2));
     let mountpoint = dir.path().join("mnt");
-    std::fs::create_dir(&mountpoint).unwrap();
-    let _mount = fuse::mount(fs, &mountpoint, "libsecret:test", runtime.handle().clone()).unwrap();
     let late = mountpoint.join("late");
     assert!(std::fs::read_to_string(&late).is_err());
     bao.kv_put(None, "secret", "app/late", json!({"value": "created"}));

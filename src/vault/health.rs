@@ -139,7 +139,8 @@ impl VaultHealth {
     }
 
     /// The trouble under way, if any.
-    pub fn trouble(&self) -> Option<Trouble> {
+    #[cfg(test)]
+    fn trouble(&self) -> Option<Trouble> {
         self.lock().as_ref().map(|o| o.trouble)
     }
 }

@@ -16,8 +16,6 @@ mod health;
 mod session;
 mod transport;
 
-pub use self::health::Trouble;
-
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
@@ -277,11 +275,6 @@ impl VaultSource {
     /// What keeps this login from reading, and since when (`None`: logged in and Vault answering).
     pub fn status(&self) -> Option<String> {
         self.session.health().status()
-    }
-
-    /// The trouble under way, if any.
-    pub fn trouble(&self) -> Option<Trouble> {
-        self.session.health().trouble()
     }
 
     /// The same login reading in the child namespace `child` of the configured one (a volume's `namespace`
