@@ -88,6 +88,10 @@ pub struct Config {
     pub negative_ttl: Duration,
     /// How mounts are served: `"auto"`, `"systemd"` (transient units) or `"in-process"`.
     pub mount_mode: MountMode,
+    /// The token broker's control socket (root-only; its directory is created 0700 if missing): the driver logs in
+    /// once per set of credentials and lends the tokens to its mount units over it, so only the driver reads
+    /// credential files.
+    pub broker_socket: PathBuf,
     /// Owner of the files and directory of every volume (numeric); a volume's `uid` option overrides it.
     pub uid: u32,
     /// Group of the files and directory of every volume (numeric); a volume's `gid` option overrides it.
@@ -318,6 +322,7 @@ impl Default for Config {
             stale_ttl: Duration::from_secs(3600),
             negative_ttl: Duration::from_secs(5),
             mount_mode: MountMode::Auto,
+            broker_socket: PathBuf::from(crate::broker::DEFAULT_SOCKET),
             audit: true,
             audit_interval: Duration::from_secs(60),
             audit_every_open: false,
@@ -619,6 +624,31 @@ impl Config {
                 .to_string()
             })
             .collect()
+    }
+
+    /// What identifies a scope's credentials (and its rule) across processes: a unit asks the driver's token broker
+    /// for the token of a scope with this, and a unit whose config differs is refused. A SHA-256 over the rule's
+    /// fingerprint (or `[vault]`'s credential settings) and the Vault addresses; never a secret.
+    pub fn scope_fingerprint(&self, scope: crate::access::AuthScope) -> String {
+        let identity = match scope {
+            crate::access::AuthScope::Rule(index) => self
+                .rule_fingerprints()
+                .get(index)
+                .cloned()
+                .unwrap_or_else(|| format!("no rule {index}")),
+            crate::access::AuthScope::Default => {
+                let vault = &self.vault;
+                serde_json::json!({
+                    "auth": vault.auth,
+                    "token_file": vault.token_file,
+                    "approle": vault.approle,
+                    "cert": vault.cert,
+                    "namespace": vault.namespace,
+                })
+                .to_string()
+            }
+        };
+        crate::names::sha256_hex(&format!("{identity}\0{}", self.vault.addr.join(",")))
     }
 
     /// The Vault settings a scope reads with: `[vault]`, or `[vault]` with rule N's credentials instead.
