@@ -339,12 +339,15 @@ pub enum BindError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("token broker socket {path}: another driver answers on it; give this one its own broker_socket")]
+    InUse { path: PathBuf },
     #[error("token broker socket {path}: its directory is not root-only ({reason}); mount units' tokens would be reachable by others")]
     Directory { path: PathBuf, reason: String },
 }
 
 /// Binds the control socket at `path`: its directory created 0700 if missing (and refused unless owned by this uid
-/// and closed to others), the socket 0600 from birth. A leftover socket of an earlier driver is replaced.
+/// and closed to others), the socket 0600 from birth. A leftover socket of an earlier driver is replaced; one that
+/// another live driver answers on is not.
 pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
     let io = |source| BindError::Io {
         path: path.to_owned(),
@@ -371,6 +374,12 @@ pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
                 ),
             });
         }
+    }
+    // A socket someone answers on is another driver's (one run in the foreground beside the service): not taken.
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(BindError::InUse {
+            path: path.to_owned(),
+        });
     }
     match std::fs::remove_file(path) {
         Ok(()) => {}
@@ -583,7 +592,10 @@ mod tests {
         let lender = Fake::new(Some(TOKEN));
         let broker = broker(lender.clone());
         let wrong = broker
-            .answer(Some(0), &request(WireScope::Rule(1), "fp-of-another-config"))
+            .answer(
+                Some(0),
+                &request(WireScope::Rule(1), "fp-of-another-config"),
+            )
             .await;
         assert_eq!(refusal(&wrong), Some(Refusal::WrongFingerprint));
         assert!(wire(&wrong).contains("rules[1]"));
@@ -723,7 +735,11 @@ mod tests {
                 })
             ));
         }
+        // A live broker's socket is not taken over; once it is gone, a leftover socket is replaced.
+        assert!(matches!(bind(&path), Err(BindError::InUse { .. })));
         serving.abort();
+        let _ = serving.await;
+        bind(&path).unwrap();
         // A directory others may enter is refused.
         let open = dir.path().join("open");
         std::fs::create_dir(&open).unwrap();

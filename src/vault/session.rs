@@ -385,7 +385,10 @@ impl Session {
     /// lend to a mount unit. Without a token a login is tried now (at most once per `ON_DEMAND_INTERVAL`). `dead`:
     /// the digest of a token a unit found dead; if it is this session's, it is checked with lookup-self (at most
     /// once per `VERIFY_INTERVAL`, so units cannot force logins) and replaced if Vault says so.
-    pub async fn lend(&self, dead: Option<&str>) -> Result<(Zeroizing<String>, Option<Duration>), String> {
+    pub async fn lend(
+        &self,
+        dead: Option<&str>,
+    ) -> Result<(Zeroizing<String>, Option<Duration>), String> {
         self.ensure_token().await?;
         if let Some(dead) = dead {
             let (token, generation) = self.token();
