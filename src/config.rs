@@ -738,6 +738,7 @@ impl Config {
 #[allow(clippy::result_large_err)] // figment::Jail's closures must return figment's (large) error type
 mod tests {
     use super::*;
+    use crate::access::AuthScope;
     use crate::names::VaultPath;
 
     /// figment's Jail isolates the environment and working directory of each test.
@@ -1061,5 +1062,60 @@ mod tests {
         assert!(error.contains("/nonexistent/c.toml"), "{error}");
         let credential = Credential::new("hvs.secret".into());
         assert!(!format!("{credential:?}").contains("hvs"));
+    }
+
+    #[test]
+    fn scope_fingerprints_follow_credentials_and_rules_and_never_hold_a_token() {
+        jail(|jail| {
+            let write = |jail: &mut figment::Jail, secret_file: &str, token: &str| {
+                jail.create_file(
+                    "config.toml",
+                    &format!(
+                        r#"
+                        [vault]
+                        addr = "http://vault:8200"
+                        token = "{token}"
+                        [[rules]]
+                        path = "secret/app"
+                        auth = "approle"
+                        approle = {{ role_id_file = "/r", secret_id_file = "{secret_file}" }}
+                        [[rules]]
+                        path = "secret"
+                        "#
+                    ),
+                )
+            };
+            let load =
+                || Config::load(Path::new("config.toml"), true, &FlagOverrides::default()).unwrap();
+            write(jail, "/s", "token-one")?;
+            let base = load();
+            let rule = base.scope_fingerprint(AuthScope::Rule(0));
+            let default = base.scope_fingerprint(AuthScope::Default);
+            assert_ne!(rule, default);
+            assert_eq!(
+                rule,
+                load().scope_fingerprint(AuthScope::Rule(0)),
+                "stable across loads"
+            );
+            assert!(!default.contains("token-one") && !rule.contains("token-one"));
+            // An inline token is not a credential setting the fingerprint covers (units never see it).
+            write(jail, "/s", "token-two")?;
+            assert_eq!(load().scope_fingerprint(AuthScope::Default), default);
+            // Other credentials for the rule change its fingerprint, not [vault]'s.
+            write(jail, "/other-secret-id", "token-one")?;
+            let changed = load();
+            assert_ne!(changed.scope_fingerprint(AuthScope::Rule(0)), rule);
+            assert_eq!(changed.scope_fingerprint(AuthScope::Default), default);
+            // Another Vault changes every fingerprint.
+            jail.set_env("VAULT_ADDR", "http://elsewhere:8200");
+            let moved = load();
+            assert_ne!(moved.scope_fingerprint(AuthScope::Default), default);
+            assert_ne!(moved.scope_fingerprint(AuthScope::Rule(0)), rule);
+            assert_eq!(
+                base.broker_socket,
+                PathBuf::from(crate::broker::DEFAULT_SOCKET)
+            );
+            Ok(())
+        });
     }
 }
