@@ -301,7 +301,9 @@ impl VaultSource {
     }
 
     /// Revokes the token this source logged in with (AppRole, cert; never an operator's token_file or inline
-    /// token), bounded by `vault.timeout`, and ends the login. For a mount unit that stops.
+    /// token, nor a lent one), bounded by `vault.timeout`, and ends the login. The service itself no longer calls it:
+    /// mount units borrow the driver's tokens, and the driver leaves its own to expire so units keep reading while
+    /// it restarts.
     pub async fn revoke_login(&self) {
         self.session.revoke_login().await
     }
