@@ -234,7 +234,7 @@ fn p9() {
     let role_id = bao::approle(&host, "p9", "p9", "1h", "24h", 0);
     let secret_id = bao::secret_id(&host, "p9");
     host.exec_ok(&format!(
-        "for i in $(seq 0 {last}); do curl -fs -o /dev/null -H 'X-Vault-Token: {token}' -X POST            -d \"{{\\\"data\\\":{{\\\"key\\\":\\\"value-$i\\\"}}}}\" {addr}/v1/secret/data/p9/v$i; done
+        "for i in $(seq 0 {last}); do curl -fs -o /dev/null -H 'X-Vault-Token: {token}' -X POST            -d \"{{\\\"data\\\":{{\\\"value\\\":\\\"value-$i\\\"}}}}\" {addr}/v1/secret/data/p9/v$i/key; done
          DEBIAN_FRONTEND=noninteractive apt-get install -y -q /root/p.deb >/dev/null
          umask 077
          echo {role_id} > /etc/docker-volume-libsecret/role-id

@@ -58,7 +58,8 @@ fn volumes() -> Vec<String> {
         .collect()
 }
 
-/// Writes key `key` = `<key>-<volume>` in every volume's path (through the HTTP API: one curl each).
+/// Writes the secret `<volume>/<key>` = `<key>-<volume>` (its `value`, the file `key` of the volume) for every
+/// volume, through the HTTP API (one curl each).
 fn write_keys(host: &SystemdHost, key: &str) {
     let paths: Vec<String> = volumes()
         .iter()
@@ -66,7 +67,7 @@ fn write_keys(host: &SystemdHost, key: &str) {
         .collect();
     host.exec_ok(&format!(
         "for p in {}; do curl -fs -o /dev/null -H 'X-Vault-Token: {}' -X POST \
-           -d \"{{\\\"data\\\":{{\\\"{key}\\\":\\\"{key}-$p\\\"}}}}\" {}/v1/secret/data/$p; done",
+           -d \"{{\\\"data\\\":{{\\\"value\\\":\\\"{key}-$p\\\"}}}}\" {}/v1/secret/data/$p/{key}; done",
         paths.join(" "),
         bao::ROOT_TOKEN,
         bao::ADDR
@@ -189,6 +190,13 @@ TOML"#,
     assert!(
         !journal.contains("serving mounts in-process"),
         "a wrapped secret ID no longer forces in-process mounts:\n{journal}"
+    );
+    let failed = failed_reads(&host, "key");
+    assert!(
+        failed.is_empty(),
+        "first reads failed: {failed:?}\n{}\n{}",
+        host.exec("ls /run/docker-volume-libsecret/mounts | head -3; cat /run/docker-volume-libsecret/mounts/secret%2Fother%2Fv0/key").1,
+        host.journal("-t docker-volume-libsecret -n 40")
     );
     assert_eq!(
         failed_reads(&host, "key"),

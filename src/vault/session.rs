@@ -160,6 +160,17 @@ impl Session {
         }
         let attempt = self.auth.login(&self.transport, self.namespace()).await;
         let failure = match attempt {
+            Ok(login) if self.auth.is_lent() => {
+                tracing::info!(
+                    auth = %self.auth.describe(),
+                    ttl_seconds = login.ttl.as_secs(),
+                    "got a Vault token from the driver"
+                );
+                self.health.logged_in();
+                self.install(login, 0);
+                *self.last_attempt.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                return Ok(());
+            }
             Ok(login) => {
                 tracing::info!(
                     vault_addr = %self.transport.current_address(),
