@@ -417,6 +417,51 @@ fn a_token_revoked_behind_the_drivers_back_is_replaced_when_a_unit_finds_it_dead
 }
 
 #[test]
+fn lent_tokens_run_out_and_units_move_to_the_drivers_next_login_without_a_failed_read() {
+    let (bao, setup) = two_roles();
+    // Tokens of 4 s, 8 s at most: within the test each is replaced several times.
+    for role in ["app-1", "shared"] {
+        bao.call(
+            "POST",
+            &format!("auth/approle/role/{role}"),
+            None,
+            json!({"token_ttl": "4s", "token_max_ttl": "8s"}),
+        );
+    }
+    let mark = bao.audit_len();
+    let driver = setup.driver("driver.log");
+    let unit = setup.unit("secret/app-1", "child");
+    let mnt = setup.dir.path().join("child");
+    let rounds = 20;
+    let started = std::time::Instant::now();
+    for round in 0..rounds {
+        // A new key each round: the read must reach Vault (stale serving is off), so it needs a live token.
+        let key = format!("round-{round}");
+        bao.kv_put(
+            None,
+            "secret",
+            &format!("app-1/{key}"),
+            json!({"value": key}),
+        );
+        assert_eq!(
+            read(&mnt.join(&key)).map_err(|e| format!("{e}\n{}\n{}", unit.log(), driver.log())),
+            Ok(key.clone()),
+            "round {round}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    // Two scopes, one login each at start and about one per max TTL after: nowhere near one per read. The rounds
+    // took over 20 s, past the 8 s max TTL, so the first tokens did run out (more than the 2 first logins).
+    let logins = bao.audit_count_since(mark, "auth/approle/login");
+    let lifetimes = started.elapsed().as_secs() as usize / 5 + 1;
+    assert!(
+        (3..=2 * (1 + lifetimes)).contains(&logins),
+        "{logins} logins in {rounds} rounds ({lifetimes} token lifetimes):\n{}",
+        driver.log()
+    );
+}
+
+#[test]
 fn a_unit_stopped_while_a_container_holds_its_mount_still_ends() {
     let (_bao, setup) = two_roles();
     let _driver = setup.driver("driver.log");
