@@ -8,9 +8,9 @@
 //!   mount unit costs (PSS: shared pages counted once across all units; RSS: every mapped page).
 //! - P6: socket activation to READY, against the same for a trivial notify service.
 //! - P9: Vault logins and live tokens for 100 and 500 AppRole mount units, in another host with OpenBao inside it
-//!   (its audit log counts the logins). The baseline, one login and one token per unit (and the driver's own), is
-//!   the behaviour before the token broker; that build is not in this run, so the figure printed beside it is the
-//!   one issue 12 reports, and says so.
+//!   (its audit log counts the logins). The baseline is the behaviour before the token broker: measured in the same
+//!   run when `LIBSECRET_P9_BASELINE_DEB` names a package built from before it, else the figure issue 12 reports
+//!   (one login and one token per unit, and the driver's own), said so.
 //!
 //! It asserts nothing: timings vary by machine and load. `cargo bench --bench service -- p9` runs only the figures
 //! named (p4, p5, p6, p9).
@@ -220,14 +220,55 @@ fn p5(host: &SystemdHost) {
 }
 
 /// P9: one AppRole scope ([vault]), 500 volumes `secret/p9/vN`; logins and live tokens after 100 and 500 mounts.
+/// What P9 saw after mounting some number of volumes.
+struct P9Figures {
+    units: String,
+    read: String,
+    logins: usize,
+    tokens: usize,
+}
+
+/// Set to a package built from before the token broker (`git archive <commit>`, packaging/build-deb.sh) to measure
+/// P9's baseline in the same run.
+const P9_BASELINE_ENV: &str = "LIBSECRET_P9_BASELINE_DEB";
+
 fn p9() {
-    use openbao_in_host as bao;
     let deb = std::fs::read_dir(workspace().join("target/debian"))
         .expect("target/debian: run packaging/build-deb.sh")
         .flatten()
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|e| e == "deb"))
         .expect("no .deb: run packaging/build-deb.sh");
+    let before = std::env::var_os(P9_BASELINE_ENV).map(|path| p9_measure(&PathBuf::from(path)));
+    let after = p9_measure(&deb);
+    for (index, target) in [100, VOLUMES].into_iter().enumerate() {
+        let now = &after[index];
+        let baseline = match &before {
+            Some(before) => format!(
+                "before, measured with {}: {} logins, {} live tokens ({} units active, {} read their secret)",
+                std::env::var(P9_BASELINE_ENV).unwrap_or_default(),
+                before[index].logins,
+                before[index].tokens,
+                before[index].units,
+                before[index].read
+            ),
+            None => format!(
+                "before (one login per unit plus the driver's, as issue 12 reports; not measured in this run, set \
+                 {P9_BASELINE_ENV}): {} logins, {} live tokens",
+                target + 1,
+                target + 1
+            ),
+        };
+        println!(
+            "P9 {target} AppRole mounts ({} units active, {} read their secret): {} Vault logins, {} live tokens; {baseline}",
+            now.units, now.read, now.logins, now.tokens
+        );
+    }
+}
+
+/// One host with OpenBao and `deb`: logins and live tokens after 100 and after 500 mounts.
+fn p9_measure(deb: &std::path::Path) -> Vec<P9Figures> {
+    use openbao_in_host as bao;
     let host = SystemdHost::start();
     host.copy_in(&deb, "/root/p.deb");
     bao::install(&host);
@@ -247,6 +288,7 @@ fn p9() {
         addr = bao::ADDR,
     ));
     let mut mounted = 0;
+    let mut figures = Vec::new();
     for target in [100, VOLUMES] {
         host.exec_ok(&format!(
             "for i in $(seq {mounted} {last}); do
@@ -264,18 +306,14 @@ fn p9() {
         let units = host.exec_ok(
             "systemctl list-units --no-legend --state=active 'docker-volume-libsecret-mount-*' | wc -l",
         );
-        println!(
-            "P9 {target} AppRole mounts ({} units active, {} read their secret): {} Vault logins, {} live tokens; \
-             before (one login per unit plus the driver's, as issue 12 reports; not measurable in this run): {} logins, \
-             {} live tokens",
-            units.trim(),
-            read.trim(),
-            bao::requests(&host, "auth/approle/login"),
-            bao::live_tokens(&host),
-            target + 1,
-            target + 1
-        );
+        figures.push(P9Figures {
+            units: units.trim().to_owned(),
+            read: read.trim().to_owned(),
+            logins: bao::requests(&host, "auth/approle/login"),
+            tokens: bao::live_tokens(&host),
+        });
     }
+    figures
 }
 
 fn main() {
