@@ -373,7 +373,8 @@ async fn choose_mounter(
                 );
                 use_units = false;
             }
-            Err(error) => tracing::warn!("mount units cannot be lent tokens: {error:#}"),
+            // Mounts are the driver's own here: only units of an earlier driver would have needed it.
+            Err(error) => tracing::info!("mount units cannot be lent tokens: {error:#}"),
         }
     }
     if !use_units {
