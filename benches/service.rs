@@ -270,7 +270,7 @@ fn p9() {
 fn p9_measure(deb: &std::path::Path) -> Vec<P9Figures> {
     use openbao_in_host as bao;
     let host = SystemdHost::start();
-    host.copy_in(&deb, "/root/p.deb");
+    host.copy_in(deb, "/root/p.deb");
     bao::install(&host);
     let role_id = bao::approle(&host, "p9", "p9", "1h", "24h", 0);
     let secret_id = bao::secret_id(&host, "p9");
