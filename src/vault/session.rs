@@ -592,3 +592,127 @@ async fn replace(session: &Session, generation: u64) -> Result<(), AuthError> {
     }
     session.replace_token(generation, None).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access::AuthScope;
+    use crate::broker::{self, Broker, Lent, TokenLender};
+    use crate::config::VaultConfig;
+    use async_trait::async_trait;
+
+    const TOKEN: &str = "s.lent-session-test-5e1a";
+
+    /// Lends a fixed token with a fixed TTL (`Some(None)`: it never expires), or (`None`) refuses for lack of one.
+    struct Fixed(Option<Option<Duration>>);
+
+    #[async_trait]
+    impl TokenLender for Fixed {
+        async fn lend(&self, _dead: Option<&str>) -> Result<Lent, String> {
+            match self.0 {
+                Some(ttl) => Ok(Lent {
+                    token: Zeroizing::new(TOKEN.to_owned()),
+                    ttl,
+                }),
+                None => Err("Vault at http://127.0.0.1:9 cannot be reached".to_owned()),
+            }
+        }
+    }
+
+    /// A unit's session borrowing `[vault]`'s token (fingerprint "fp") from a broker lending `lender`'s; Vault
+    /// itself (a closed port) is never needed.
+    async fn unit_session(
+        dir: &std::path::Path,
+        lender: Option<Fixed>,
+    ) -> (Arc<Session>, Option<tokio::task::JoinHandle<()>>) {
+        let socket = dir.join("run/broker.sock");
+        let serving = lender.map(|lender| {
+            let mut lending = Broker::new(0);
+            lending.add(AuthScope::Default, "fp".to_owned(), Arc::new(lender));
+            tokio::spawn(broker::run(
+                Arc::new(lending),
+                broker::bind(&socket).unwrap(),
+                std::future::pending(),
+            ))
+        });
+        let config = VaultConfig {
+            addr: vec!["http://127.0.0.1:9".to_owned()],
+            timeout: Duration::from_secs(5),
+            ..VaultConfig::default()
+        };
+        let auth = Auth::Lent(auth::Lending {
+            socket,
+            scope: AuthScope::Default,
+            fingerprint: "fp".to_owned(),
+        });
+        (
+            Session::new(Transport::new(&config).unwrap(), auth, None),
+            serving,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_lent_token_is_never_renewed_and_is_asked_for_again_at_two_thirds_of_what_is_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let (session, _serving) =
+            unit_session(dir.path(), Some(Fixed(Some(Some(Duration::from_secs(30)))))).await;
+        session.login_now().await.unwrap();
+        assert_eq!(session.token().0.as_str(), TOKEN);
+        let (due, next, _) = plan(&session);
+        assert!(
+            matches!(next, Next::Replace),
+            "a lent token is never renewed"
+        );
+        assert!(
+            due <= Duration::from_secs(20),
+            "asked again by 2/3 of 30 s: {due:?}"
+        );
+        assert!(
+            !session.auth.mints_tokens(),
+            "never revoked as a login of its own"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lent_token_that_never_expires_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (session, _serving) = unit_session(dir.path(), Some(Fixed(Some(None)))).await;
+        session.login_now().await.unwrap();
+        assert!(matches!(plan(&session).1, Next::Idle));
+    }
+
+    #[tokio::test]
+    async fn no_driver_or_a_driver_without_a_token_is_unavailable_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let (absent, _) = unit_session(dir.path(), None).await;
+        let error = absent.login_now().await.unwrap_err();
+        assert!(matches!(error, AuthError::Unavailable(_)), "{error}");
+        assert!(error.to_string().contains("broker.sock"), "{error}");
+        let (empty, _serving) = unit_session(dir.path(), Some(Fixed(None))).await;
+        let error = empty.login_now().await.unwrap_err();
+        assert!(matches!(error, AuthError::Unavailable(_)), "{error}");
+        assert!(error.to_string().contains("cannot be reached"), "{error}");
+        assert!(!empty.has_token());
+    }
+
+    #[tokio::test]
+    async fn another_configs_fingerprint_is_rejected_without_the_token_in_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("run/broker.sock");
+        let mut lending = Broker::new(0);
+        lending.add(
+            AuthScope::Default,
+            "the-drivers-fp".to_owned(),
+            Arc::new(Fixed(Some(Some(Duration::from_secs(30))))),
+        );
+        let _serving = tokio::spawn(broker::run(
+            Arc::new(lending),
+            broker::bind(&socket).unwrap(),
+            std::future::pending(),
+        ));
+        let (session, _) = unit_session(dir.path(), None).await;
+        let error = session.login_now().await.unwrap_err();
+        assert!(matches!(error, AuthError::Rejected(_)), "{error}");
+        assert!(!error.to_string().contains(TOKEN), "{error}");
+    }
+}
