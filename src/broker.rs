@@ -37,6 +37,10 @@ pub const DEFAULT_SOCKET: &str = "/run/docker-volume-libsecret/broker.sock";
 /// The longest request or reply line read: requests are about 150 bytes, replies carry one token.
 const MAX_LINE: usize = 16 * 1024;
 
+/// Refusals of one kind are logged at most this often (with a count): hundreds of units of another config would
+/// otherwise each log one per retry.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
 /// A scope as the protocol names it: `"default"` (`[vault]`) or `{"rule": N}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -77,7 +81,7 @@ pub struct Request {
 }
 
 /// Why the broker did not lend a token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Refusal {
     /// The peer is neither root nor the driver's uid.
@@ -156,6 +160,8 @@ pub struct Broker {
     scopes: HashMap<WireScope, Entry>,
     /// Besides root, the one uid answered: the driver's own.
     own_uid: u32,
+    /// Per kind of refusal: when one was last logged, and how many since.
+    logged: std::sync::Mutex<HashMap<Refusal, (std::time::Instant, u64)>>,
 }
 
 impl Broker {
@@ -164,7 +170,30 @@ impl Broker {
         Broker {
             scopes: HashMap::new(),
             own_uid,
+            logged: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Logs a refusal, at most once per `REFUSAL_LOG_INTERVAL` per kind, counting the ones not logged.
+    fn log_refusal(&self, refusal: Refusal, message: &str, peer_uid: Option<u32>) {
+        let suppressed = {
+            let mut logged = self.logged.lock().unwrap_or_else(|p| p.into_inner());
+            match logged.get_mut(&refusal) {
+                Some((at, count)) if at.elapsed() < REFUSAL_LOG_INTERVAL => {
+                    *count += 1;
+                    return;
+                }
+                Some((at, count)) => {
+                    *at = std::time::Instant::now();
+                    std::mem::take(count)
+                }
+                None => {
+                    logged.insert(refusal, (std::time::Instant::now(), 0));
+                    0
+                }
+            }
+        };
+        tracing::warn!(?refusal, %message, peer_uid, suppressed, "token broker refused a request");
     }
 
     /// Lends `lender`'s token to units naming `scope` with `fingerprint`.
@@ -267,7 +296,7 @@ impl Broker {
                 }
             );
             if let Reply::Refused { refusal, message } = &reply {
-                tracing::warn!(?refusal, %message, peer_uid, "token broker refused a request");
+                self.log_refusal(*refusal, message, peer_uid);
             }
             let Ok(mut bytes) = serde_json::to_vec(&reply).map(Zeroizing::new) else {
                 return;
