@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::audit::{AuditRecord, AuditSink, ContainerResolver};
+use crate::audit::{AuditRecord, AuditSink, ContainerResolver, Suppressed};
 use crate::names::VaultPath;
 use crate::secret::{Secret, SecretSource, SourceError};
 use crate::volumes::{MountIds, RecordStore, StoreError, VolumeRecord};
@@ -145,17 +145,26 @@ impl ContainerResolver for FixedContainers {
 
 /// An [`AuditSink`] that keeps what it is given; clones share the records.
 #[derive(Default, Clone)]
-pub struct RecordingAuditSink(Arc<Mutex<Vec<AuditRecord>>>);
+pub struct RecordingAuditSink(Arc<Mutex<Vec<AuditRecord>>>, Arc<Mutex<Vec<Suppressed>>>);
 
 impl RecordingAuditSink {
     pub fn records(&self) -> Vec<AuditRecord> {
         lock(&self.0).clone()
+    }
+
+    /// The "N similar lines suppressed" reports.
+    pub fn suppressed(&self) -> Vec<Suppressed> {
+        lock(&self.1).clone()
     }
 }
 
 impl AuditSink for RecordingAuditSink {
     fn emit(&self, record: &AuditRecord) {
         lock(&self.0).push(record.clone());
+    }
+
+    fn emit_suppressed(&self, summary: &Suppressed) {
+        lock(&self.1).push(summary.clone());
     }
 }
 
