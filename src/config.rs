@@ -967,6 +967,52 @@ mod tests {
             assert_eq!(full.rules.len(), 3);
             assert_eq!(full.mode, Mode(0o444));
             assert_eq!(full.vault.addr.len(), 2);
+            assert_eq!(
+                full.limits.volume(),
+                crate::limits::BudgetLimits::volume_default()
+            );
+            assert_eq!(
+                full.limits.total(),
+                crate::limits::BudgetLimits::total_default()
+            );
+            assert_eq!(full.fs_options().volume_limits, full.limits.volume());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn limits_are_read_from_their_block_and_zero_is_refused_by_file_and_key() {
+        jail(|jail| {
+            jail.create_file(
+                "config.toml",
+                "[limits]\ncached_secrets = 5\nvolume_rate = 3\nvolume_burst = 7\ntotal_concurrency = 2\n",
+            )?;
+            let config =
+                Config::load(Path::new("config.toml"), true, &FlagOverrides::default()).unwrap();
+            assert_eq!(config.limits.cached_secrets.get(), 5);
+            assert_eq!(
+                config.limits.volume(),
+                crate::limits::BudgetLimits::new(8, 3, 7)
+            );
+            assert_eq!(config.limits.total().concurrency.get(), 2);
+            for bad in [
+                "volume_rate = 0",
+                "total_burst = 0",
+                "cached_secrets = 0",
+                "rate = 5",
+            ] {
+                jail.create_file("config.toml", &format!("[limits]\n{bad}\n"))?;
+                let error = Config::load(Path::new("config.toml"), true, &FlagOverrides::default())
+                    .unwrap_err()
+                    .to_string();
+                let key = bad.split(' ').next().unwrap_or_default();
+                assert!(
+                    error.contains("config.toml")
+                        && error.contains("limits")
+                        && error.contains(key),
+                    "{bad}: {error}"
+                );
+            }
             Ok(())
         });
     }
