@@ -469,11 +469,17 @@ impl SecretFs {
                 let content = secret.render(&file_name.view).ok_or(FsError::NotFound)?;
                 (NodeKey::File(secret_ref, file_name.view), Some(content))
             }
-            // Listed, but gone since the index was taken: a folder of the same name may remain.
-            Err(SourceError::NotFound) if plain && listed.is_some() => {
-                if listed.is_some_and(|listed| listed.folder) {
+            // Listed, but no value: deleted since the index was taken, or a KV v2 secret whose latest version is
+            // deleted (its metadata is still listed). A folder of the same name may remain; if none does, the path
+            // is remembered as missing, so asking again costs nothing (a pinned version says nothing of the rest).
+            Err(SourceError::NotFound) if listed.is_some() => {
+                let folder = listed.is_some_and(|listed| listed.folder);
+                if folder && plain {
                     (NodeKey::Directory(secret_ref.path), None)
                 } else {
+                    if !folder && secret_ref.version.is_none() {
+                        cache.note_missing(&secret_ref.path);
+                    }
                     return Err(FsError::NotFound);
                 }
             }
@@ -904,6 +910,22 @@ mod tests {
             (source.reads(), source.folder_checks(), source.lists()),
             (2, 0, 2)
         );
+        // Listed but without a value (deleted since the index was taken, or a KV v2 secret whose latest version
+        // is deleted): one read, then remembered as missing, in every view.
+        source.remove("secret/app-1/db-password");
+        for name in [
+            "db-password",
+            "db-password",
+            "db-password#user",
+            "db-password#",
+        ] {
+            assert_eq!(
+                errno_of(&fs, ROOT_INODE, name).await,
+                Some(libc_errno::ENOENT),
+                "{name}"
+            );
+        }
+        assert_eq!((source.reads(), source.lists()), (3, 2));
     }
 
     /// A router that refuses one directory (as a rule could) and sends everything else to one cache.
