@@ -34,12 +34,36 @@ use crate::limits::{self, Refused, RequestBudget};
 use crate::names::{SecretRef, VaultPath};
 use crate::secret::{Secret, SecretSource, SourceError};
 
+/// One key: its last value, readable at once, and the state of its requests.
 #[derive(Default)]
 struct Slot {
-    fresh: Option<(Secret, Instant)>,
+    /// The last value read and when. Behind a plain lock, so a reader never waits for a request in flight (such as
+    /// a refresh waiting for its volume's budget) to use a value that is still fresh.
+    fresh: Mutex<Option<(Secret, Instant)>>,
+    /// Held while a request for this key is in flight: concurrent misses wait here and share its answer.
+    requests: AsyncMutex<Requests>,
+}
+
+#[derive(Default)]
+struct Requests {
     last_error: Option<SourceError>,
     /// When the source started failing for this key, while it still fails.
     failing_since: Option<Instant>,
+}
+
+impl Slot {
+    /// The value, if it was read less than `max_age` ago.
+    fn fresh_within(&self, max_age: Duration) -> Option<Secret> {
+        match &*lock(&self.fresh) {
+            Some((secret, fetched)) if fetched.elapsed() < max_age => Some(secret.clone()),
+            _ => None,
+        }
+    }
+
+    /// The last value, however old.
+    fn last(&self) -> Option<Secret> {
+        lock(&self.fresh).as_ref().map(|(secret, _)| secret.clone())
+    }
 }
 
 /// The most secrets kept in memory per cache unless configured (`limits.cached_secrets`).
@@ -105,7 +129,7 @@ pub struct SecretCache {
     timeout: Duration,
     stale_ttl: Duration,
     negative_ttl: Duration,
-    slots: Mutex<LruCache<SecretRef, Arc<AsyncMutex<Slot>>>>,
+    slots: Mutex<LruCache<SecretRef, Arc<Slot>>>,
     missing: Mutex<LruCache<VaultPath, Instant>>,
     indexes: Mutex<Indexes>,
     hasher: RandomState,
@@ -225,20 +249,17 @@ impl SecretCache {
         self
     }
 
-    fn slot(&self, secret: &SecretRef) -> Arc<AsyncMutex<Slot>> {
+    fn slot(&self, secret: &SecretRef) -> Arc<Slot> {
         lock(&self.slots)
             .get_or_insert(secret.clone(), Default::default)
             .clone()
     }
 
-    /// The secret from memory if it was read less than `ttl` ago; never asks the source, never waits.
+    /// The secret from memory if it was read less than `ttl` ago; never asks the source, never waits (not even for
+    /// a request in flight for the same key).
     pub fn cached(&self, secret: &SecretRef) -> Option<Secret> {
         let slot = lock(&self.slots).get(secret).cloned()?;
-        let slot = slot.try_lock().ok()?;
-        match &slot.fresh {
-            Some((secret, fetched)) if fetched.elapsed() < self.ttl => Some(secret.clone()),
-            _ => None,
-        }
+        slot.fresh_within(self.ttl)
     }
 
     /// The secret at `path`, from memory when fresh.
@@ -279,11 +300,14 @@ impl SecretCache {
     ) -> Result<(Secret, bool), SourceError> {
         let path = secret;
         let slot = self.slot(secret);
-        let mut slot = slot.lock().await;
-        if let Some((secret, fetched)) = &slot.fresh {
-            if fetched.elapsed() < max_age.min(self.ttl) {
-                return Ok((secret.clone(), false));
-            }
+        let max_age = max_age.min(self.ttl);
+        if let Some(fresh) = slot.fresh_within(max_age) {
+            return Ok((fresh, false));
+        }
+        let mut requests = slot.requests.lock().await;
+        // The request this one waited for may have answered it.
+        if let Some(fresh) = slot.fresh_within(max_age) {
+            return Ok((fresh, false));
         }
         let fetched = match secret.version {
             None => self.send(volume, self.source.read(&secret.path)).await,
@@ -297,42 +321,42 @@ impl SecretCache {
             Err(refused) => {
                 // Nothing was learnt about the key: a value read before stays as it is (the refresh pass tries
                 // again next time), and a key never read gives EIO. The budget logged the refusal.
-                if let Some((secret, _)) = &slot.fresh {
-                    return Ok((secret.clone(), false));
+                if let Some(last) = slot.last() {
+                    return Ok((last, false));
                 }
-                drop(slot);
+                drop(requests);
                 self.drop_empty_slot(secret);
                 return Err(SourceError::Unavailable(refused.to_string()));
             }
         };
         match fetched {
             Ok(secret) => {
-                if slot.last_error.take().is_some() {
+                if requests.last_error.take().is_some() {
                     tracing::info!(vault_path = %path, "secret readable again");
                 }
-                slot.failing_since = None;
-                slot.fresh = Some((secret.clone(), Instant::now()));
+                requests.failing_since = None;
+                *lock(&slot.fresh) = Some((secret.clone(), Instant::now()));
                 Ok((secret, false))
             }
             Err(error) => {
-                if slot.last_error.as_ref() != Some(&error) {
+                if requests.last_error.as_ref() != Some(&error) {
                     if let Some(suppressed) = self.may_log() {
                         log_source_error(path, &error, suppressed);
                     }
-                    slot.last_error = Some(error.clone());
+                    requests.last_error = Some(error.clone());
                 }
                 if let SourceError::Unavailable(_) = error {
-                    let since = *slot.failing_since.get_or_insert_with(Instant::now);
-                    if let Some((secret, _)) = &slot.fresh {
+                    let since = *requests.failing_since.get_or_insert_with(Instant::now);
+                    if let Some(last) = slot.last() {
                         if since.elapsed() < self.stale_ttl {
-                            return Ok((secret.clone(), true));
+                            return Ok((last, true));
                         }
                     }
                 }
                 // A definitive answer (not found, denied), or an outage longer than stale_ttl: forget the value, and
                 // the entry, so names that never had a value take no memory.
-                slot.fresh = None;
-                drop(slot);
+                *lock(&slot.fresh) = None;
+                drop(requests);
                 self.drop_empty_slot(secret);
                 Err(error)
             }
@@ -343,7 +367,7 @@ impl SecretCache {
         let mut slots = lock(&self.slots);
         let empty = slots
             .peek(secret)
-            .is_some_and(|slot| slot.try_lock().is_ok_and(|slot| slot.fresh.is_none()));
+            .is_some_and(|slot| slot.requests.try_lock().is_ok() && lock(&slot.fresh).is_none());
         if empty {
             slots.pop(secret);
         }

@@ -1091,6 +1091,51 @@ mod tests {
         assert_eq!(other.budget().refused(), 0);
     }
 
+    /// A refresh waiting for its volume's spent budget holds its key's request lock; a lookup of the same key, still
+    /// fresh in memory, is answered without waiting for it.
+    #[tokio::test]
+    async fn a_refresh_waiting_on_the_budget_does_not_hold_up_cached_lookups() {
+        let source = source();
+        let cache = Arc::new(
+            SecretCache::new(
+                source.clone(),
+                Duration::from_secs(30),
+                Duration::from_secs(5),
+            )
+            .with_negative_ttl(Duration::from_secs(30)),
+        );
+        let options = FsOptions {
+            refresh_interval: Duration::from_millis(2),
+            volume_limits: BudgetLimits::new(100, 1, 2),
+            ..FsOptions::default()
+        };
+        let fs = Arc::new(SecretFs::new(
+            VaultPath::from_volume_name("secret/app-1").unwrap(),
+            cache,
+            options,
+        ));
+        // The index and the read spend the burst.
+        let attr = fs
+            .lookup(ROOT_INODE, OsStr::new("db-password"))
+            .await
+            .unwrap();
+        settle().await;
+        let refresh = tokio::spawn({
+            let fs = fs.clone();
+            async move { fs.refresh().await }
+        });
+        settle().await;
+        assert!(!refresh.is_finished(), "the refresh waits for a token");
+        fs.forget(attr.ino, 1);
+        assert_eq!(cat(&fs, ROOT_INODE, "db-password").await.unwrap(), "s3cr3t");
+        assert!(
+            !refresh.is_finished(),
+            "the lookup was answered while the refresh still waited"
+        );
+        assert_eq!(refresh.await.unwrap(), 0);
+        assert_eq!(fs.budget().refused(), 0);
+    }
+
     /// Readers waiting on a request in flight share its admission: 30 concurrent lookups of one new key are one
     /// LIST and one read, charged once.
     #[tokio::test]
