@@ -532,10 +532,38 @@ fn describe(error: figment::Error) -> String {
                     None => metadata.name.to_string(),
                 })
                 .unwrap_or_else(|| "configuration".to_owned());
-            format!("{source}: key `{key}`: {}", error.kind)
+            if may_hold_secret(&key) {
+                format!("{source}: key `{key}`: {}", without_value(&error.kind))
+            } else {
+                format!("{source}: key `{key}`: {}", error.kind)
+            }
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// Whether a config key may hold a secret (`vault.token`, a `secret_id`), as opposed to a file that holds one.
+/// figment quotes the offending value in its errors, and the error goes to the journal.
+fn may_hold_secret(key: &str) -> bool {
+    key.split('.').any(|segment| {
+        (segment.contains("token") || segment.contains("secret") || segment.contains("password"))
+            && !segment.ends_with("_file")
+            && !segment.ends_with("_ttl")
+    })
+}
+
+/// figment's error without the value it found: "invalid type: expected a string (value not shown: …)".
+fn without_value(kind: &figment::error::Kind) -> String {
+    const NOT_SHOWN: &str = "the value is not shown: this key may hold a secret";
+    match kind {
+        figment::error::Kind::InvalidType(_, expected) => {
+            format!("invalid type: expected {expected} ({NOT_SHOWN})")
+        }
+        figment::error::Kind::InvalidValue(_, expected) => {
+            format!("invalid value: expected {expected} ({NOT_SHOWN})")
+        }
+        _ => format!("invalid value ({NOT_SHOWN})"),
+    }
 }
 
 impl Config {
@@ -866,6 +894,33 @@ mod tests {
                 .to_string();
             assert!(error.contains("config.toml"), "{error}");
             assert!(error.contains("vault.tokn"), "{error}");
+            Ok(())
+        });
+    }
+
+    /// A token typed as a number (or a table) is still a secret: the error names the key, not the value.
+    #[test]
+    fn a_wrongly_typed_secret_is_not_quoted_in_the_error() {
+        jail(|jail| {
+            jail.create_file(
+                "config.toml",
+                "[vault]\naddr = \"http://x\"\ntoken = 98765432\n",
+            )?;
+            let error = Config::load(Path::new("config.toml"), true, &FlagOverrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("vault.token"), "{error}");
+            assert!(error.contains("expected a string"), "{error}");
+            assert!(!error.contains("98765432"), "{error}");
+            // Other keys keep figment's whole message, value included: it helps and is no secret.
+            jail.create_file("config.toml", "log_level = 8200\n")?;
+            let error = Config::load(Path::new("config.toml"), true, &FlagOverrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains("log_level") && error.contains("8200"),
+                "{error}"
+            );
             Ok(())
         });
     }

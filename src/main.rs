@@ -69,6 +69,7 @@ fn main() -> ExitCode {
         Err(error) => {
             logging::init("info");
             tracing::error!("invalid configuration: {error}");
+            refuse_queued_calls();
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -404,6 +405,36 @@ async fn report_health(volumes: Arc<Mutex<Volumes>>, logins: Vec<Arc<VaultSource
         }
         let _ = sd_notify::notify(&states);
     }
+}
+
+/// Under socket activation, answers the plugin calls queued on the socket before the driver exits on an invalid
+/// config, so that systemd does not start it again for them (see [`server::refuse_queued`]). The answer names no
+/// part of the config: a figment error can quote a value, and Docker shows the answer to whoever ran `docker`.
+fn refuse_queued_calls() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::warn!(%error, "could not answer the queued plugin calls");
+            return;
+        }
+    };
+    runtime.block_on(async {
+        match server::activated_listener() {
+            Ok(Some(listener)) => {
+                server::refuse_queued(
+                    listener,
+                    "docker-volume-libsecret cannot start: its configuration is invalid (journalctl -u \
+                     docker-volume-libsecret says where)",
+                )
+                .await;
+            }
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%error, "could not take the activated socket"),
+        }
+    });
 }
 
 async fn serve(config: Config, cli: &Cli, flags: &FlagOverrides) -> anyhow::Result<()> {

@@ -93,40 +93,96 @@ pub async fn run(listener: UnixListener, plugin: Plugin, shutdown: impl Future<O
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    tracing::warn!(%error, "accepting a plugin connection failed");
-                    continue;
-                }
-            },
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
             () = &mut shutdown => break,
         };
-        if let Err(reason) = peer_allowed(&stream) {
-            tracing::warn!(%reason, "refused a plugin socket connection");
-            continue;
-        }
         let plugin = plugin.clone();
-        let service = hyper::service::service_fn(move |request| handle(plugin.clone(), request));
-        let connection = hyper::server::conn::http1::Builder::new()
-            .serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "plugin connection ended with an error");
-            }
+        serve_connection(accepted, &graceful, move |request| {
+            handle(plugin.clone(), request)
         });
     }
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), graceful.shutdown()).await;
 }
 
+/// How long [`refuse_queued`] waits for one more connection before it decides the queue is empty.
+const QUEUE_QUIET: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Answers every plugin call already queued on `listener` with `{"Err": reason}` (HTTP 500), then returns once
+/// no new connection has come for [`QUEUE_QUIET`].
+///
+/// Why: a socket-activated driver that exits (an invalid config) while a call is still queued is started again by
+/// systemd for that same call, after every exit, until the socket gives up with `start-limit-hit` and Docker loses
+/// the plugin until someone resets it. Answering the queue first makes one bad config one failed start, and gives
+/// the caller (`docker run`) a reason instead of a hang.
+pub async fn refuse_queued(listener: UnixListener, reason: &str) {
+    let graceful = GracefulShutdown::new();
+    while let Ok(accepted) = tokio::time::timeout(QUEUE_QUIET, listener.accept()).await {
+        let reason = reason.to_owned();
+        serve_connection(accepted, &graceful, move |request| {
+            refuse(request, reason.clone())
+        });
+    }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), graceful.shutdown()).await;
+}
+
+async fn refuse(
+    request: Request<Incoming>,
+    reason: String,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    // Read the call before answering: closing a socket with unread data resets it, and the peer may lose the answer.
+    let _ = Limited::new(request.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await;
+    Ok(respond(error_reply(500, reason)))
+}
+
+/// Checks the peer of one accepted connection and serves it with `service` on a task of its own.
+fn serve_connection<S, F>(
+    accepted: std::io::Result<(tokio::net::UnixStream, tokio::net::unix::SocketAddr)>,
+    graceful: &GracefulShutdown,
+    service: S,
+) where
+    S: Fn(Request<Incoming>) -> F + Send + 'static,
+    F: Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
+{
+    let stream = match accepted {
+        Ok((stream, _)) => stream,
+        Err(error) => {
+            tracing::warn!(%error, "accepting a plugin connection failed");
+            return;
+        }
+    };
+    if let Err(reason) = peer_allowed(&stream) {
+        tracing::warn!(%reason, "refused a plugin socket connection");
+        return;
+    }
+    let connection = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), hyper::service::service_fn(service));
+    let connection = graceful.watch(connection);
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "plugin connection ended with an error");
+        }
+    });
+}
+
+/// The listener systemd passed (socket activation), if any.
+pub fn activated_listener() -> std::io::Result<Option<UnixListener>> {
+    let mut fds = listenfd::ListenFd::from_env();
+    match fds.take_unix_listener(0)? {
+        Some(listener) => {
+            listener.set_nonblocking(true)?;
+            Ok(Some(UnixListener::from_std(listener)?))
+        }
+        None => Ok(None),
+    }
+}
+
 /// The listener: the one systemd passed (socket activation), else a socket bound at `path` with mode 0600.
 pub fn listener(path: &Path) -> std::io::Result<(UnixListener, bool)> {
-    let mut fds = listenfd::ListenFd::from_env();
-    if let Some(listener) = fds.take_unix_listener(0)? {
-        listener.set_nonblocking(true)?;
-        return Ok((UnixListener::from_std(listener)?, true));
+    if let Some(listener) = activated_listener()? {
+        return Ok((listener, true));
     }
     if let Some(parent) = path.parent() {
         std::fs::DirBuilder::new()

@@ -153,6 +153,51 @@ fn socket_activation_serves_the_inherited_listener() {
     assert!(log.contains("socket_activated=true"), "{log}");
 }
 
+/// Under socket activation the call that started a driver with an invalid config is answered before the driver
+/// exits 78. Left queued, it would make systemd start the driver again after every exit, until the socket gives
+/// up with start-limit-hit and Docker loses the plugin.
+#[test]
+fn an_invalid_config_answers_the_queued_call_and_exits_78_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("activated.sock");
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "token = \"s.secret-value\"\nbogus_key = 1\n").unwrap();
+    let child = Command::new("systemd-socket-activate")
+        .arg("-l")
+        .arg(&socket)
+        .args([BINARY, "--config", config.to_str().unwrap()])
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("systemd-socket-activate (package systemd) is needed for this test");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, reply) = call_raw(&socket, "/VolumeDriver.List", b"{}");
+    assert_eq!(status, 500, "{reply}");
+    let message = reply["Err"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("configuration is invalid") && message.contains("journalctl"),
+        "{reply}"
+    );
+    assert!(
+        !message.contains("secret-value") && !message.contains("bogus_key"),
+        "{reply}"
+    );
+    let output = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(78), "{log}");
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("invalid configuration"))
+            .count(),
+        1,
+        "{log}"
+    );
+}
+
 #[test]
 fn an_unknown_config_key_fails_naming_the_file_and_the_key() {
     let dir = tempfile::tempdir().unwrap();

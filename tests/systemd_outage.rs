@@ -484,11 +484,13 @@ fn rejected_credentials_at_boot_leave_docker_up_and_a_fixed_token_file_takes_eff
 
 /// Breaks the config, starts the driver with `start` (a shell command on the host), and checks that it failed
 /// once: exit 78, no restart (neither by Restart= nor by the socket), one journal line naming the file and key.
-fn check_invalid_config_fails_once(start: &str) {
+/// Starts the driver with `start` under a config with an unknown key, checks it fails once, and returns what
+/// `start` printed.
+fn check_invalid_config_fails_once(start: &str) -> String {
     let host = Host::start(TOKEN);
     host.exec_ok("echo 'bogus_key = 1' >> /etc/docker-volume-libsecret/config.toml");
     let before = cursor(&host);
-    let _ = host.exec(start);
+    let (_, printed, _) = host.exec(start);
     host.wait_for("the driver to fail", Duration::from_secs(60), || {
         host.exec(&format!("systemctl is-failed {DRIVER}")).1.trim() == "failed"
     });
@@ -529,9 +531,24 @@ fn check_invalid_config_fails_once(start: &str) {
     );
     let (_, socket, _) = host.exec(&format!("systemctl is-failed {SOCKET}"));
     assert_ne!(socket.trim(), "failed", "{}", host.socket_result());
+    printed
 }
 
 #[test]
 fn an_invalid_config_exits_78_with_one_line_and_is_not_restarted() {
     check_invalid_config_fails_once(&format!("systemctl start {DRIVER}"));
+}
+
+/// What Docker does at boot: a plugin call arrives on the socket and activates a driver whose config is invalid.
+/// The driver answers it before exiting, so the socket does not start it again and again until start-limit-hit.
+#[test]
+fn an_invalid_config_met_by_a_plugin_call_on_the_socket_fails_once() {
+    let answer = check_invalid_config_fails_once(
+        "curl -s -m 10 --unix-socket /run/docker/plugins/libsecret.sock -X POST -d '{}' \
+         http://plugin/VolumeDriver.List",
+    );
+    assert!(
+        answer.contains("configuration is invalid"),
+        "the call gets a reason: {answer}"
+    );
 }
