@@ -1,7 +1,10 @@
 //! The filesystem core: names to secrets, and inodes. Kernel-free, so tests drive it directly; the FUSE adapter in
 //! `fuse.rs` only translates.
 //!
-//! Directories list nothing: every name resolves by exact lookup.
+//! Directories list nothing: every name resolves by exact lookup. A name not in memory is first looked up in its
+//! folder's index (one LIST per folder per `negative_ttl`, see [`crate::cache`]), after its own access rule is
+//! decided, so a missing name costs no read; each Vault request a mount makes passes its own budget
+//! ([`crate::limits`]).
 //!
 //! A file inode's content never changes. That lets the kernel cache names, attributes and pages for a long time
 //! (reads then cost no round trip to this process), and it means no reader can ever see half an old value and half
