@@ -1062,6 +1062,7 @@ mod tests {
             cat(&flooded, ROOT_INODE, "db-password").await.unwrap(),
             "s3cr3t"
         );
+        let started = std::time::Instant::now();
         let mut eio = 0;
         for i in 0..20 {
             if errno_of(&flooded, ROOT_INODE, &format!("probe-{i}")).await == Some(libc_errno::EIO)
@@ -1069,12 +1070,17 @@ mod tests {
                 eio += 1;
             }
         }
+        // The burst left one probe (a read and a LIST); each token refilled (1/s) lets at most one more through.
+        let refilled = started.elapsed().as_secs() + 1;
         assert!(
-            eio >= 15,
+            20 - eio <= 1 + refilled,
             "{eio} of 20 probes gave EIO once the budget was spent"
         );
-        assert_eq!(flooded.budget().lines_logged(), 1, "one line per interval");
-        assert!(flooded.budget().refused() >= 15);
+        assert!(
+            flooded.budget().lines_logged() <= refilled / 10 + 1,
+            "one line per interval"
+        );
+        assert!(flooded.budget().lines_logged() >= 1);
         assert_eq!(flooded.budget().refused(), eio, "each EIO is one refusal");
         let requests = source.requests();
         for _ in 0..100 {

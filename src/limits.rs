@@ -228,6 +228,7 @@ mod tests {
         let volume = RequestBudget::new("secret/app", BudgetLimits::new(100, 1, 5));
         let total = RequestBudget::unlimited("all volumes");
         let wait = Duration::from_millis(20);
+        let started = Instant::now();
         let mut admitted = 0;
         let mut refused = 0;
         for _ in 0..50 {
@@ -240,8 +241,12 @@ mod tests {
                 }
             }
         }
-        // The burst, plus at most one token refilled while the refusals waited (50 × 20 ms = 1 s at 1/s).
-        assert!((5..=7).contains(&admitted), "{admitted} admitted");
+        // The burst, plus the tokens refilled (1/s) while the refusals waited.
+        let refilled = started.elapsed().as_secs() + 1;
+        assert!(
+            admitted >= 5 && admitted <= 5 + refilled,
+            "{admitted} admitted"
+        );
         assert_eq!(refused, 50 - admitted);
         assert_eq!(volume.refused(), refused);
         assert_eq!(volume.lines_logged(), 1, "one line per interval");
@@ -271,24 +276,30 @@ mod tests {
         let a = RequestBudget::new("secret/a", BudgetLimits::new(100, 1, 2));
         let b = RequestBudget::new("secret/b", BudgetLimits::new(100, 1, 10));
         let wait = Duration::from_millis(10);
+        let started = Instant::now();
         let mut a_ok = 0;
         for _ in 0..10 {
             a_ok += u64::from(admit(Some(&a), &total, wait).await.is_ok());
         }
-        assert_eq!(a_ok, 2, "volume a is held to its own burst");
+        let refilled = started.elapsed().as_secs();
+        assert!(
+            a_ok >= 2 && a_ok <= 2 + refilled,
+            "volume a is held to its own burst: {a_ok}"
+        );
         assert_eq!(
             total.admitted(),
-            2,
+            a_ok,
             "a's refusals took nothing from the total"
         );
         let mut b_ok = 0;
         for _ in 0..10 {
             b_ok += u64::from(admit(Some(&b), &total, wait).await.is_ok());
         }
-        assert_eq!(
-            b_ok, 1,
-            "the total's last token; the rest is refused by the total"
+        let refilled = started.elapsed().as_secs();
+        assert!(
+            b_ok >= 1 && a_ok + b_ok <= 3 + refilled,
+            "the total's last tokens; the rest is refused by the total: {b_ok}"
         );
-        assert!(total.refused() >= 9);
+        assert!(total.refused() >= 10 - b_ok);
     }
 }
