@@ -262,6 +262,13 @@ impl SecretCache {
         slot.fresh_within(self.ttl)
     }
 
+    /// Whether a value of the secret is in memory, however old (it existed: a read, not an index, decides now).
+    pub fn remembered(&self, secret: &SecretRef) -> bool {
+        lock(&self.slots)
+            .peek(secret)
+            .is_some_and(|slot| lock(&slot.fresh).is_some())
+    }
+
     /// The secret at `path`, from memory when fresh.
     pub async fn read(&self, path: &VaultPath) -> Result<Secret, SourceError> {
         self.read_fresh(&SecretRef::latest(path.clone()), self.ttl)

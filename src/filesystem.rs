@@ -432,12 +432,14 @@ impl SecretFs {
             return Err(FsError::NotFound);
         }
         let plain = file_name.view == View::Default && file_name.version.is_none();
-        // A secret in memory is served without asking anything; any other name is first looked up in its
-        // directory's index, so a missing name costs no read and a folder no LIST.
+        // A secret in memory is served without asking anything, and one read before is read again (through an
+        // outage, its last value is served without first waiting for a LIST). Any other name is first looked up in
+        // its directory's index, so a missing name costs no read and a folder no LIST.
         let cached = cache.cached(&secret_ref);
-        let listed = match cached {
-            Some(_) => None,
-            None => self.listed(&cache, dir, &file_name.key).await?,
+        let listed = if cached.is_some() || cache.remembered(&secret_ref) {
+            None
+        } else {
+            self.listed(&cache, dir, &file_name.key).await?
         };
         match listed {
             Some(Listed {
@@ -1143,6 +1145,37 @@ mod tests {
         );
         assert_eq!(refresh.await.unwrap(), 0);
         assert_eq!(fs.budget().refused(), 0);
+    }
+
+    /// Through an outage, a key read before is read again at once (its last value served), without first trying
+    /// to LIST its folder: a hanging Vault costs one timeout, not two.
+    #[tokio::test]
+    async fn an_outage_serves_a_key_read_before_without_trying_its_folder_index() {
+        let source = source();
+        let cache = Arc::new(
+            SecretCache::new(
+                source.clone(),
+                Duration::from_millis(1),
+                Duration::from_secs(2),
+            )
+            .with_stale_ttl(Duration::from_secs(60))
+            .with_negative_ttl(Duration::from_millis(10)),
+        );
+        let fs = SecretFs::new(
+            VaultPath::from_volume_name("secret/app-1").unwrap(),
+            cache,
+            FsOptions::default(),
+        );
+        let attr = fs
+            .lookup(ROOT_INODE, OsStr::new("db-password"))
+            .await
+            .unwrap();
+        assert_eq!((source.lists(), source.reads()), (1, 1));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        source.set_failure(Some(SourceError::Unavailable("sealed".into())));
+        fs.forget(attr.ino, 1);
+        assert_eq!(cat(&fs, ROOT_INODE, "db-password").await.unwrap(), "s3cr3t");
+        assert_eq!((source.lists(), source.reads()), (1, 2), "a read, no LIST");
     }
 
     /// Readers waiting on a request in flight share its admission: 30 concurrent lookups of one new key are one
