@@ -1,7 +1,7 @@
 //! docker-volume-libsecret: HashiCorp Vault secrets as read-only files in Docker containers.
 //!
 //! Cores (kernel-free, tested with fakes): [`names`], [`secret`], [`cache`], [`filesystem`], [`volumes`],
-//! [`plugin`], [`config`]. Thin edges: [`server`] (HTTP over the plugin socket), [`fuse`], [`vault`],
+//! [`plugin`], [`config`], [`limits`]. Thin edges: [`server`] (HTTP over the plugin socket), [`fuse`], [`vault`],
 //! [`file_source`], [`mounter`], [`state`], [`root_only`] (the ownership and mode checks of secret and
 //! credential files).
 #![forbid(unsafe_code)]
@@ -15,6 +15,7 @@ pub mod file_source;
 pub mod filesystem;
 pub mod fuse;
 pub mod hardening;
+pub mod limits;
 pub mod logging;
 pub mod mounter;
 pub mod names;
