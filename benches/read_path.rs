@@ -8,10 +8,15 @@
 //!   client against the Vault-API test server.
 //! - P7: how long a value changed in Vault takes to reach a reader, against refresh_interval, and P1 measured while
 //!   values rotate.
+//! - P8: Vault requests and the driver's RSS growth for 20,000 distinct missing names through one mount (with the
+//!   default limits and negative_ttl), against the same flood without folder index and negative cache
+//!   (negative_ttl 0, no budgets: the cost before issue 12); and P1 of another volume's cached secret measured
+//!   during the flood, against P1 measured just before it.
 //!
 //! P4 (Mount RPC), P5 (500 mounts) and P6 (activation to READY) need a systemd host: `cargo bench --bench service`.
 //!
-//! It asserts nothing: timings vary by machine and load, so they are reported, never tested.
+//! It asserts nothing: timings vary by machine and load, so they are reported, never tested. Name figures to
+//! measure only those: `cargo bench --bench read_path -- P1 P8`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -341,13 +346,206 @@ fn p7() {
     let _ = mount.unmount();
 }
 
+fn rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .expect("/proc/self/status")
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A mount over `cache` with `limits` as its volume budget.
+fn cache_mount(
+    runtime: &tokio::runtime::Runtime,
+    cache: &Arc<SecretCache>,
+    volume: &str,
+    limits: docker_volume_libsecret::limits::BudgetLimits,
+) -> (tempfile::TempDir, fuse::FuseMount) {
+    let options = FsOptions {
+        volume_limits: limits,
+        ..FsOptions::default()
+    };
+    let fs = Arc::new(SecretFs::new(
+        VaultPath::from_volume_name(volume).expect("path"),
+        cache.clone(),
+        options,
+    ));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mountpoint = dir.path().join("mnt");
+    std::fs::create_dir(&mountpoint).expect("mkdir");
+    let mount = fuse::mount(fs, &mountpoint, "libsecret:bench", runtime.handle().clone())
+        .expect("FUSE mount");
+    (dir, mount)
+}
+
+/// Probes `names` distinct missing names under `mountpoint`; returns how long it took.
+fn flood(mountpoint: &Path, prefix: &str, names: usize) -> Duration {
+    let started = Instant::now();
+    for i in 0..names {
+        let error = std::fs::read(mountpoint.join(format!("{prefix}-{i}"))).expect_err("missing");
+        assert_eq!(
+            error.raw_os_error(),
+            Some(nix::libc::ENOENT),
+            "{prefix}-{i}"
+        );
+    }
+    started.elapsed()
+}
+
+fn p8() {
+    use docker_volume_libsecret::config::{Credential, VaultConfig};
+    use docker_volume_libsecret::limits::{BudgetLimits, RequestBudget};
+    use docker_volume_libsecret::vault::VaultSource;
+    const NAMES: usize = 20_000;
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let vault = runtime
+        .block_on(vault_api_server::TestVault::start(
+            vault_api_server::ServerConfig::default(),
+        ))
+        .expect("Vault-API server");
+    vault.put("secret/p8/key", serde_json::json!({ "value": SECRET }));
+    vault.put(
+        "secret/p8-other/key",
+        serde_json::json!({ "value": SECRET }),
+    );
+    vault.put("secret/p8-old/key", serde_json::json!({ "value": SECRET }));
+    let config = VaultConfig {
+        addr: vec![vault.addr()],
+        token: Some(Credential::new(vault.root_token().to_owned())),
+        ..VaultConfig::default()
+    };
+    let defaults = docker_volume_libsecret::config::Config::default();
+    let total = Arc::new(RequestBudget::new("all volumes", defaults.limits.total()));
+    let new_cache = |negative_ttl: Duration, total: Arc<RequestBudget>| {
+        let source = runtime
+            .block_on(VaultSource::connect(&config))
+            .expect("Vault client");
+        Arc::new(
+            SecretCache::new(Arc::new(source), defaults.cache_ttl, defaults.vault.timeout)
+                .with_negative_ttl(negative_ttl)
+                .with_total_budget(total),
+        )
+    };
+    let cache = new_cache(defaults.negative_ttl, total);
+    let (flooded, flooded_mount) =
+        cache_mount(&runtime, &cache, "secret/p8", defaults.limits.volume());
+    let (other, other_mount) = cache_mount(
+        &runtime,
+        &cache,
+        "secret/p8-other",
+        defaults.limits.volume(),
+    );
+    let unlimited = BudgetLimits::new(1 << 20, 1_000_000, 1_000_000);
+    let old_cache = new_cache(
+        Duration::ZERO,
+        Arc::new(RequestBudget::new("all volumes", unlimited)),
+    );
+    let (old, old_mount) = cache_mount(&runtime, &old_cache, "secret/p8-old", unlimited);
+    let (flooded, other, old) = (
+        flooded.path().join("mnt"),
+        other.path().join("mnt"),
+        old.path().join("mnt"),
+    );
+    let cached = other.join("key");
+    assert_eq!(
+        std::fs::read(old.join("key")).expect("read").len(),
+        SECRET.len()
+    );
+    let tmpfs = tempfile::tempdir_in("/dev/shm").expect("tmpfs dir in /dev/shm");
+    let baseline = tmpfs.path().join("key");
+    std::fs::write(&baseline, SECRET).expect("write tmpfs");
+    open_read_close(&cached, 200);
+    open_read_close(&baseline, 200);
+    // Counted from the volume's first lookup: its folder's index is taken then, with the read of `key`.
+    vault.reset_requests();
+    assert_eq!(
+        std::fs::read(flooded.join("key")).expect("read").len(),
+        SECRET.len()
+    );
+    // The first flood also warms the allocator.
+    let first_took = flood(&flooded, "first", NAMES);
+    let first_requests = vault.requests().len();
+
+    let iterations = 2_000;
+    let (mut quiet, mut quiet_base) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        quiet.push(open_read_close(&cached, iterations));
+        quiet_base.push(open_read_close(&baseline, iterations));
+    }
+    vault.reset_requests();
+    let rss_before = rss_kb();
+    let flooding = std::sync::atomic::AtomicBool::new(true);
+    let (took, during, during_base) = std::thread::scope(|scope| {
+        let prober = scope.spawn(|| {
+            let took = flood(&flooded, "probe", NAMES);
+            flooding.store(false, std::sync::atomic::Ordering::Relaxed);
+            took
+        });
+        let (mut during, mut during_base) = (Vec::new(), Vec::new());
+        while flooding.load(std::sync::atomic::Ordering::Relaxed) {
+            during.push(open_read_close(&cached, iterations));
+            during_base.push(open_read_close(&baseline, iterations));
+        }
+        (prober.join().expect("prober"), during, during_base)
+    });
+    let grown_kb = rss_kb().saturating_sub(rss_before);
+    let requests = vault.requests().len();
+
+    vault.reset_requests();
+    let old_took = flood(&old, "probe", NAMES);
+    let old_requests = vault.requests().len();
+    println!(
+        "P8 one secret and {NAMES} distinct missing names through one mount: {first_requests} Vault requests (the \
+         folder's index and the read), the names in {:.1} s; {NAMES} more within negative_ttl: {requests} requests in {:.1} s, driver RSS +{grown_kb} kB (target <= \
+         {NAMES} requests, memory flat); without index and negative cache (negative_ttl 0): {old_requests} requests in \
+         {:.1} s (issue 12 measured 40,001 requests and +10.8 MB before the change)",
+        first_took.as_secs_f64(),
+        took.as_secs_f64(),
+        old_took.as_secs_f64()
+    );
+    if during.is_empty() {
+        println!(
+            "P8 P1 during the flood: NOT MEASURED (the flood ended before one batch of reads)"
+        );
+    } else {
+        let ratio = |ours: Vec<Duration>, base: Vec<Duration>| {
+            let (ours, base) = (median(ours), median(base));
+            (
+                ours.as_secs_f64() / base.as_secs_f64(),
+                ours.as_secs_f64() * 1e6,
+                base.as_secs_f64() * 1e6,
+            )
+        };
+        let batches = during.len();
+        let (flood_ratio, flood_us, flood_base_us) = ratio(during, during_base);
+        let (quiet_ratio, quiet_us, quiet_base_us) = ratio(quiet, quiet_base);
+        println!(
+            "P8 P1 of another volume's cached secret during the flood: {flood_ratio:.2}x tmpfs ({flood_us:.1} us vs \
+             {flood_base_us:.1} us, {batches} batches of {iterations}); just before it: {quiet_ratio:.2}x tmpfs \
+             ({quiet_us:.1} us vs {quiet_base_us:.1} us; the prober shares the CPUs with both)"
+        );
+    }
+    let _ = flooded_mount.unmount();
+    let _ = other_mount.unmount();
+    let _ = old_mount.unmount();
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing useful: only measure when benching.
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    p1();
-    p2();
-    p7();
-    p3();
+    // `cargo bench --bench read_path -- P1 P8` measures only the figures named.
+    let named: Vec<String> = std::env::args()
+        .filter(|a| {
+            a.len() >= 2 && a.starts_with('P') && a[1..].bytes().all(|b| b.is_ascii_digit())
+        })
+        .collect();
+    let figures: [(&str, fn()); 5] = [("P1", p1), ("P2", p2), ("P7", p7), ("P8", p8), ("P3", p3)];
+    for (name, figure) in figures {
+        if named.is_empty() || named.iter().any(|n| n == name) {
+            figure();
+        }
+    }
 }

@@ -3,15 +3,20 @@
 //! Each event names the volume, the key (a path, never a value), the result, the requesting pid and uid, and the
 //! container, resolved from the pid's cgroup. Events are rate-limited per (container, key, result): the first is
 //! logged, repeats within the window are counted and reported with the next line, so a read loop cannot flood the
-//! journal.
+//! journal. At most `MAX_WINDOWS` such windows are remembered (least recently used dropped first). A container
+//! probing distinct names makes distinct events: past `REFUSAL_BURST` refused, missing or unavailable lines per
+//! volume per `REFUSAL_WINDOW`, the rest are counted and reported in one "N similar lines suppressed" line. Reads
+//! of secrets are never suppressed that way.
 //!
 //! Which accesses reach the driver: the kernel caches names and pages, so by default a key is audited when it is
 //! first looked up or read through a mount (and again after each rotation). With `audit_every_open`, every open
 //! reaches the driver and is audited, at the cost of one round trip per open.
 
-use std::collections::HashMap;
+use std::num::NonZeroUsize;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use lru::LruCache;
 
 /// The process that made a filesystem request, as the kernel reported it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,9 +66,21 @@ pub struct AuditRecord {
     pub reason: Option<String>,
 }
 
+/// Lines of refused, missing or unavailable lookups left out of the journal (rate limit), reported in one line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Suppressed {
+    pub volume: String,
+    /// How many lines were left out.
+    pub lines: u64,
+    /// Over how long (from the first line of the window to this report).
+    pub over: Duration,
+}
+
 /// Where audit lines go.
 pub trait AuditSink: Send + Sync {
     fn emit(&self, record: &AuditRecord);
+    /// Reports lines left out by the rate limit.
+    fn emit_suppressed(&self, summary: &Suppressed);
 }
 
 /// Audit lines as journald entries (`AUDIT_*` fields), or stderr lines in the foreground.
@@ -82,6 +99,17 @@ impl AuditSink for LogSink {
             audit_repeated = record.repeated,
             audit_reason = record.reason.as_deref().unwrap_or("-"),
             "secret access"
+        );
+    }
+
+    fn emit_suppressed(&self, summary: &Suppressed) {
+        tracing::info!(
+            target: "docker_volume_libsecret::audit",
+            audit_volume = %summary.volume,
+            audit_suppressed = summary.lines,
+            "{} similar lines suppressed in the last {} s",
+            summary.lines,
+            summary.over.as_secs()
         );
     }
 }
@@ -125,8 +153,19 @@ fn container_id_of_segment(segment: &str) -> Option<String> {
 
 type EventKey = (Option<String>, String, Outcome);
 
-/// Most distinct (container, key, result) windows remembered before old ones are dropped.
-const MAX_WINDOWS: usize = 4096;
+/// Most distinct (container, key, result) windows remembered; the least recently used are dropped first, and the
+/// repeats they counted are reported in the next "suppressed" line.
+pub const MAX_WINDOWS: usize = 4096;
+/// At most this many refused, missing or unavailable lines per volume per `REFUSAL_WINDOW`.
+pub const REFUSAL_BURST: u64 = 50;
+pub const REFUSAL_WINDOW: Duration = Duration::from_secs(10);
+
+/// The lines of refusals written in the current window, and those left out.
+struct RefusalLines {
+    window_start: Instant,
+    written: u64,
+    suppressed: u64,
+}
 
 /// One volume's audit trail.
 pub struct Auditor {
@@ -135,7 +174,8 @@ pub struct Auditor {
     resolver: Box<dyn ContainerResolver>,
     sink: Box<dyn AuditSink>,
     /// Per event key: when its window started, and how many events it suppressed.
-    windows: Mutex<HashMap<EventKey, (Instant, u64)>>,
+    windows: Mutex<LruCache<EventKey, (Instant, u64)>>,
+    refusals: Mutex<RefusalLines>,
 }
 
 impl Auditor {
@@ -150,13 +190,55 @@ impl Auditor {
             window,
             resolver,
             sink,
-            windows: Mutex::new(HashMap::new()),
+            windows: Mutex::new(LruCache::new(
+                NonZeroUsize::new(MAX_WINDOWS).unwrap_or(NonZeroUsize::MIN),
+            )),
+            refusals: Mutex::new(RefusalLines {
+                window_start: Instant::now(),
+                written: 0,
+                suppressed: 0,
+            }),
         }
     }
 
     /// The journal-backed auditor of a mounted volume.
     pub fn for_volume(volume: &str, window: Duration) -> Self {
         Auditor::new(volume, window, Box::new(ProcCgroups), Box::new(LogSink))
+    }
+
+    fn refusals_lock(&self) -> std::sync::MutexGuard<'_, RefusalLines> {
+        self.refusals.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether one more refused, missing or unavailable line may be written at `now`; reports the lines left out
+    /// of the last window first.
+    fn may_write_refusal(&self, now: Instant) -> bool {
+        let mut lines = self.refusals_lock();
+        let elapsed = now.saturating_duration_since(lines.window_start);
+        if elapsed >= REFUSAL_WINDOW {
+            let suppressed = std::mem::take(&mut lines.suppressed);
+            lines.window_start = now;
+            lines.written = 0;
+            if suppressed > 0 {
+                self.sink.emit_suppressed(&Suppressed {
+                    volume: self.volume.clone(),
+                    lines: suppressed,
+                    over: elapsed,
+                });
+            }
+        }
+        if lines.written < REFUSAL_BURST {
+            lines.written += 1;
+            true
+        } else {
+            lines.suppressed += 1;
+            false
+        }
+    }
+
+    /// Windows remembered (at most [`MAX_WINDOWS`]).
+    pub fn windows(&self) -> usize {
+        self.windows.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     pub fn record(&self, key: &str, outcome: Outcome, requester: Requester) {
@@ -190,10 +272,6 @@ impl Auditor {
         let event = (container.clone(), key.to_owned(), outcome);
         let repeated = {
             let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-            if windows.len() >= MAX_WINDOWS {
-                let window = self.window;
-                windows.retain(|_, (started, _)| now.duration_since(*started) < window);
-            }
             match windows.get_mut(&event) {
                 Some((started, suppressed)) if now.duration_since(*started) < self.window => {
                     *suppressed += 1;
@@ -206,11 +284,17 @@ impl Auditor {
                     repeated
                 }
                 None => {
-                    windows.insert(event, (now, 0));
+                    if let Some((_, (_, dropped))) = windows.push(event, (now, 0)) {
+                        // A window pushed out by newer ones: its repeats are reported as suppressed lines.
+                        self.refusals_lock().suppressed += dropped;
+                    }
                     0
                 }
             }
         };
+        if outcome != Outcome::Read && !self.may_write_refusal(now) {
+            return;
+        }
         self.sink.emit(&AuditRecord {
             volume: self.volume.clone(),
             key: key.to_owned(),
@@ -228,6 +312,7 @@ impl Auditor {
 mod tests {
     use super::*;
     use crate::testing::{FixedContainers, RecordingAuditSink};
+    use std::collections::HashMap;
 
     const ID_A: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
     const ID_B: &str = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
@@ -345,5 +430,54 @@ mod tests {
             (records[0].pid, records[0].uid, records[0].volume.as_str()),
             (10, 1000, "secret/app")
         );
+    }
+
+    /// A container probing 20,000 distinct names: at most REFUSAL_BURST lines per window and one line counting the
+    /// rest, a bounded map, and reads still audited.
+    #[test]
+    fn a_flood_of_distinct_refusals_is_a_few_lines_with_a_count_and_a_bounded_map() {
+        let sink = RecordingAuditSink::default();
+        let auditor = Auditor::new(
+            "secret/app",
+            Duration::from_secs(60),
+            Box::new(FixedContainers(HashMap::from([(10, ID_A.to_owned())]))),
+            Box::new(sink.clone()),
+        );
+        let a = Requester { pid: 10, uid: 0 };
+        let start = Instant::now();
+        for i in 0..20_000u64 {
+            auditor.record_at(
+                &format!("secret/app/probe-{i}"),
+                Outcome::NotFound,
+                a,
+                start + Duration::from_micros(i),
+            );
+        }
+        assert_eq!(sink.records().len() as u64, REFUSAL_BURST);
+        assert!(auditor.windows() <= MAX_WINDOWS, "{}", auditor.windows());
+        // A read in the same window is still written.
+        auditor.record_at(
+            "secret/app/db",
+            Outcome::Read,
+            a,
+            start + Duration::from_secs(1),
+        );
+        assert_eq!(sink.records().len() as u64, REFUSAL_BURST + 1);
+        assert!(
+            sink.suppressed().is_empty(),
+            "reported when the window ends"
+        );
+        // The next refusal after the window reports the count first.
+        auditor.record_at(
+            "secret/app/probe-late",
+            Outcome::NotFound,
+            a,
+            start + REFUSAL_WINDOW + Duration::from_secs(1),
+        );
+        let suppressed = sink.suppressed();
+        assert_eq!(suppressed.len(), 1);
+        assert_eq!(suppressed[0].lines, 20_000 - REFUSAL_BURST);
+        assert_eq!(suppressed[0].volume, "secret/app");
+        assert_eq!(sink.records().len() as u64, REFUSAL_BURST + 2);
     }
 }

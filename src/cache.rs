@@ -9,28 +9,73 @@
 //! only ever held in memory.
 //!
 //! A hostile container: names found missing (not a secret, not a folder) are remembered for `negative_ttl`, so
-//! repeating them costs no request; the memory they take is capped (`MAX_MISSING`), entries of keys that have no
-//! value are dropped as soon as their read ends, and "read failed" lines are rate-limited with a count.
+//! repeating them costs no request. Before a name that is not in memory is read, the index of its directory says
+//! whether it exists: one LIST of the directory, taken at most once per `negative_ttl` and shared by every name in
+//! it, so a flood of distinct missing names costs about one request per directory per `negative_ttl`
+//! ([`SecretCache::listed`]). An index holds keyed 64-bit hashes of the names, never the names or any value; it only
+//! decides existence. Everything is bounded: secrets (least recently used dropped first, `max_secrets`), missing
+//! names (`MAX_MISSING`), indexes (`MAX_INDEX_NAMES` per directory, `MAX_INDEXED_NAMES` in all), and "read
+//! failed" lines are rate-limited with a count.
+//!
+//! Every request to the source passes the caller's volume budget and the process's ([`crate::limits`]); answers
+//! from memory, and readers waiting on a request in flight, pass none.
 
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use lru::LruCache;
 use tokio::sync::Mutex as AsyncMutex;
 
+use crate::limits::{self, Refused, RequestBudget};
 use crate::names::{SecretRef, VaultPath};
 use crate::secret::{Secret, SecretSource, SourceError};
 
+/// One key: its last value, readable at once, and the state of its requests.
 #[derive(Default)]
 struct Slot {
-    fresh: Option<(Secret, Instant)>,
+    /// The last value read and when. Behind a plain lock, so a reader never waits for a request in flight (such as
+    /// a refresh waiting for its volume's budget) to use a value that is still fresh.
+    fresh: Mutex<Option<(Secret, Instant)>>,
+    /// Held while a request for this key is in flight: concurrent misses wait here and share its answer.
+    requests: AsyncMutex<Requests>,
+}
+
+#[derive(Default)]
+struct Requests {
     last_error: Option<SourceError>,
     /// When the source started failing for this key, while it still fails.
     failing_since: Option<Instant>,
 }
 
-/// The most missing names remembered per cache; past it, expired ones are dropped, then all (never unbounded).
-const MAX_MISSING: usize = 10_000;
+impl Slot {
+    /// The value, if it was read less than `max_age` ago.
+    fn fresh_within(&self, max_age: Duration) -> Option<Secret> {
+        match &*lock(&self.fresh) {
+            Some((secret, fetched)) if fetched.elapsed() < max_age => Some(secret.clone()),
+            _ => None,
+        }
+    }
+
+    /// The last value, however old.
+    fn last(&self) -> Option<Secret> {
+        lock(&self.fresh).as_ref().map(|(secret, _)| secret.clone())
+    }
+}
+
+/// The most secrets kept in memory per cache unless configured (`limits.cached_secrets`).
+pub const DEFAULT_MAX_SECRETS: usize = 10_000;
+/// The most missing names remembered per cache; past it, the least recently found are forgotten.
+pub const MAX_MISSING: usize = 10_000;
+/// The most names a directory's index holds; a larger folder is not indexed, and its names are read one by one.
+pub const MAX_INDEX_NAMES: usize = 10_000;
+/// The most names all directory indexes of one cache hold together; past it, the least recently used go.
+pub const MAX_INDEXED_NAMES: usize = 50_000;
+/// The most directories with an index (or a remembered failure to take one) per cache.
+pub const MAX_INDEXED_DIRS: usize = 1_024;
 /// At most this many "read failed" lines per `LOG_WINDOW` per cache; the rest are counted in the next line.
 const LOG_BURST: u64 = 20;
 const LOG_WINDOW: Duration = Duration::from_secs(10);
@@ -42,16 +87,62 @@ struct LogBudget {
     suppressed: u64,
 }
 
-/// The shared cache of one driver process.
+/// What a directory's index says about one name in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listed {
+    /// A secret of that name exists.
+    pub secret: bool,
+    /// A folder of that name exists (it holds at least one secret).
+    pub folder: bool,
+}
+
+const SECRET_BIT: u8 = 1;
+const FOLDER_BIT: u8 = 2;
+
+/// One directory's names by keyed hash, or `None`: the directory could not be listed (denied, too large, the source
+/// cannot list), so its names are read one by one.
+type Listing = Option<HashMap<u64, u8>>;
+
+struct IndexEntry {
+    taken: Instant,
+    listing: Arc<Listing>,
+}
+
+impl IndexEntry {
+    fn names(&self) -> usize {
+        self.listing.as_ref().as_ref().map_or(0, HashMap::len)
+    }
+}
+
+struct Indexes {
+    entries: LruCache<VaultPath, IndexEntry>,
+    /// Names held by all entries together.
+    names: usize,
+    /// One lock per directory whose index is being taken, so concurrent lookups share one LIST.
+    taking: HashMap<VaultPath, Arc<AsyncMutex<()>>>,
+}
+
+/// The shared cache of one set of credentials.
 pub struct SecretCache {
     source: Arc<dyn SecretSource>,
     ttl: Duration,
     timeout: Duration,
     stale_ttl: Duration,
     negative_ttl: Duration,
-    slots: Mutex<HashMap<SecretRef, Arc<AsyncMutex<Slot>>>>,
-    missing: Mutex<HashMap<VaultPath, Instant>>,
+    slots: Mutex<LruCache<SecretRef, Arc<Slot>>>,
+    missing: Mutex<LruCache<VaultPath, Instant>>,
+    indexes: Mutex<Indexes>,
+    hasher: RandomState,
     log_budget: Mutex<LogBudget>,
+    total: Arc<RequestBudget>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn capacity(n: usize) -> NonZeroUsize {
+    NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN)
 }
 
 impl SecretCache {
@@ -63,29 +154,49 @@ impl SecretCache {
             timeout,
             stale_ttl: Duration::ZERO,
             negative_ttl: Duration::ZERO,
-            slots: Mutex::new(HashMap::new()),
-            missing: Mutex::new(HashMap::new()),
+            slots: Mutex::new(LruCache::new(capacity(DEFAULT_MAX_SECRETS))),
+            missing: Mutex::new(LruCache::new(capacity(MAX_MISSING))),
+            indexes: Mutex::new(Indexes {
+                entries: LruCache::new(capacity(MAX_INDEXED_DIRS)),
+                names: 0,
+                taking: HashMap::new(),
+            }),
+            hasher: RandomState::new(),
             log_budget: Mutex::new(LogBudget {
                 window_start: Instant::now(),
                 logged: 0,
                 suppressed: 0,
             }),
+            total: Arc::new(RequestBudget::unlimited("all volumes")),
         }
     }
 
-    /// Remembers names found missing for `negative_ttl` (zero: never), so asking again costs no request.
+    /// Remembers names found missing, and directory indexes, for `negative_ttl` (zero: never, and no index is
+    /// taken), so asking again costs no request.
     pub fn with_negative_ttl(mut self, negative_ttl: Duration) -> Self {
         self.negative_ttl = negative_ttl;
         self
     }
 
+    /// Keeps at most `max` secrets (the least recently used are dropped first, and read again when next needed).
+    pub fn with_max_secrets(mut self, max: usize) -> Self {
+        self.slots = Mutex::new(LruCache::new(capacity(max)));
+        self
+    }
+
+    /// Sends every request through `total`, the process's budget, shared by all caches.
+    pub fn with_total_budget(mut self, total: Arc<RequestBudget>) -> Self {
+        self.total = total;
+        self
+    }
+
     /// Whether `path` was found missing (neither a secret nor a folder) less than `negative_ttl` ago.
     pub fn known_missing(&self, path: &VaultPath) -> bool {
-        let mut missing = self.missing.lock().unwrap_or_else(|p| p.into_inner());
+        let mut missing = lock(&self.missing);
         match missing.get(path) {
             Some(since) if since.elapsed() < self.negative_ttl => true,
             Some(_) => {
-                missing.remove(path);
+                missing.pop(path);
                 false
             }
             None => false,
@@ -97,30 +208,28 @@ impl SecretCache {
         if self.negative_ttl.is_zero() {
             return;
         }
-        let mut missing = self.missing.lock().unwrap_or_else(|p| p.into_inner());
-        if missing.len() >= MAX_MISSING {
-            let ttl = self.negative_ttl;
-            missing.retain(|_, since| since.elapsed() < ttl);
-            if missing.len() >= MAX_MISSING {
-                missing.clear();
-            }
-        }
-        missing.insert(path.clone(), Instant::now());
+        lock(&self.missing).put(path.clone(), Instant::now());
     }
 
     /// How many missing names are remembered (for tests and the memory bound).
     pub fn missing_len(&self) -> usize {
-        self.missing.lock().unwrap_or_else(|p| p.into_inner()).len()
+        lock(&self.missing).len()
     }
 
     /// How many keys have an entry (a value, or a read under way).
     pub fn entries(&self) -> usize {
-        self.slots.lock().unwrap_or_else(|p| p.into_inner()).len()
+        lock(&self.slots).len()
+    }
+
+    /// How many directories have an index, and how many names those hold together.
+    pub fn indexed(&self) -> (usize, usize) {
+        let indexes = lock(&self.indexes);
+        (indexes.entries.len(), indexes.names)
     }
 
     /// Whether a "read failed" line may be written now; returns the lines suppressed since the last one.
     fn may_log(&self) -> Option<u64> {
-        let mut budget = self.log_budget.lock().unwrap_or_else(|p| p.into_inner());
+        let mut budget = lock(&self.log_budget);
         if budget.window_start.elapsed() >= LOG_WINDOW {
             budget.window_start = Instant::now();
             budget.logged = 0;
@@ -140,12 +249,24 @@ impl SecretCache {
         self
     }
 
-    fn slot(&self, secret: &SecretRef) -> Arc<AsyncMutex<Slot>> {
-        let mut slots = self
-            .slots
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        slots.entry(secret.clone()).or_default().clone()
+    fn slot(&self, secret: &SecretRef) -> Arc<Slot> {
+        lock(&self.slots)
+            .get_or_insert(secret.clone(), Default::default)
+            .clone()
+    }
+
+    /// The secret from memory if it was read less than `ttl` ago; never asks the source, never waits (not even for
+    /// a request in flight for the same key).
+    pub fn cached(&self, secret: &SecretRef) -> Option<Secret> {
+        let slot = lock(&self.slots).get(secret).cloned()?;
+        slot.fresh_within(self.ttl)
+    }
+
+    /// Whether a value of the secret is in memory, however old (it existed: a read, not an index, decides now).
+    pub fn remembered(&self, secret: &SecretRef) -> bool {
+        lock(&self.slots)
+            .peek(secret)
+            .is_some_and(|slot| lock(&slot.fresh).is_some())
     }
 
     /// The secret at `path`, from memory when fresh.
@@ -172,49 +293,77 @@ impl SecretCache {
         secret: &SecretRef,
         max_age: Duration,
     ) -> Result<(Secret, bool), SourceError> {
+        self.read_within(secret, max_age, None).await
+    }
+
+    /// [`read_or_stale`](Self::read_or_stale) with a request, if one is needed, charged to `volume` (and the
+    /// process's budget). When the budget stays exhausted for `timeout`, a value read before is served as it is
+    /// and a key never read gives `Unavailable` (EIO).
+    pub async fn read_within(
+        &self,
+        secret: &SecretRef,
+        max_age: Duration,
+        volume: Option<&RequestBudget>,
+    ) -> Result<(Secret, bool), SourceError> {
         let path = secret;
         let slot = self.slot(secret);
-        let mut slot = slot.lock().await;
-        if let Some((secret, fetched)) = &slot.fresh {
-            if fetched.elapsed() < max_age.min(self.ttl) {
-                return Ok((secret.clone(), false));
-            }
+        let max_age = max_age.min(self.ttl);
+        if let Some(fresh) = slot.fresh_within(max_age) {
+            return Ok((fresh, false));
+        }
+        let mut requests = slot.requests.lock().await;
+        // The request this one waited for may have answered it.
+        if let Some(fresh) = slot.fresh_within(max_age) {
+            return Ok((fresh, false));
         }
         let fetched = match secret.version {
-            None => self.bounded(self.source.read(&secret.path)).await,
+            None => self.send(volume, self.source.read(&secret.path)).await,
             Some(version) => {
-                self.bounded(self.source.read_version(&secret.path, version))
+                self.send(volume, self.source.read_version(&secret.path, version))
                     .await
+            }
+        };
+        let fetched = match fetched {
+            Ok(fetched) => fetched,
+            Err(refused) => {
+                // Nothing was learnt about the key: a value read before stays as it is (the refresh pass tries
+                // again next time), and a key never read gives EIO. The budget logged the refusal.
+                if let Some(last) = slot.last() {
+                    return Ok((last, false));
+                }
+                drop(requests);
+                self.drop_empty_slot(secret);
+                return Err(SourceError::Unavailable(refused.to_string()));
             }
         };
         match fetched {
             Ok(secret) => {
-                if slot.last_error.take().is_some() {
+                if requests.last_error.take().is_some() {
                     tracing::info!(vault_path = %path, "secret readable again");
                 }
-                slot.failing_since = None;
-                slot.fresh = Some((secret.clone(), Instant::now()));
+                requests.failing_since = None;
+                *lock(&slot.fresh) = Some((secret.clone(), Instant::now()));
                 Ok((secret, false))
             }
             Err(error) => {
-                if slot.last_error.as_ref() != Some(&error) {
+                if requests.last_error.as_ref() != Some(&error) {
                     if let Some(suppressed) = self.may_log() {
                         log_source_error(path, &error, suppressed);
                     }
-                    slot.last_error = Some(error.clone());
+                    requests.last_error = Some(error.clone());
                 }
                 if let SourceError::Unavailable(_) = error {
-                    let since = *slot.failing_since.get_or_insert_with(Instant::now);
-                    if let Some((secret, _)) = &slot.fresh {
+                    let since = *requests.failing_since.get_or_insert_with(Instant::now);
+                    if let Some(last) = slot.last() {
                         if since.elapsed() < self.stale_ttl {
-                            return Ok((secret.clone(), true));
+                            return Ok((last, true));
                         }
                     }
                 }
                 // A definitive answer (not found, denied), or an outage longer than stale_ttl: forget the value, and
                 // the entry, so names that never had a value take no memory.
-                slot.fresh = None;
-                drop(slot);
+                *lock(&slot.fresh) = None;
+                drop(requests);
                 self.drop_empty_slot(secret);
                 Err(error)
             }
@@ -222,23 +371,164 @@ impl SecretCache {
     }
 
     fn drop_empty_slot(&self, secret: &SecretRef) {
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slots = lock(&self.slots);
         let empty = slots
-            .get(secret)
-            .is_some_and(|slot| slot.try_lock().is_ok_and(|slot| slot.fresh.is_none()));
+            .peek(secret)
+            .is_some_and(|slot| slot.requests.try_lock().is_ok() && lock(&slot.fresh).is_none());
         if empty {
-            slots.remove(secret);
+            slots.pop(secret);
         }
     }
 
-    /// Whether `path` is a folder, with the same timeout as reads. Not cached: it is asked only for nested names.
+    /// What the index of directory `dir` says about `name` in it; `None`: no index can be used (disabled by a
+    /// zero `negative_ttl`, or the directory cannot be listed), so the name must be read. The index is taken with
+    /// one LIST charged to `volume`, at most once per `negative_ttl` per directory, and shared by every lookup in
+    /// the directory.
+    ///
+    /// The caller decides that `dir` may be listed with this cache's credentials: the access rules must route `dir`
+    /// itself to this cache. A `dir` that does not exist lists nothing: every name in it is missing.
+    pub async fn listed(
+        &self,
+        dir: &VaultPath,
+        name: &str,
+        volume: Option<&RequestBudget>,
+    ) -> Result<Option<Listed>, SourceError> {
+        if self.negative_ttl.is_zero() {
+            return Ok(None);
+        }
+        let listing = match self.fresh_index(dir) {
+            Some(listing) => listing,
+            None => self.take_index(dir, volume).await?,
+        };
+        Ok(listing.as_ref().as_ref().map(|names| {
+            let bits = names.get(&self.hasher.hash_one(name)).copied().unwrap_or(0);
+            Listed {
+                secret: bits & SECRET_BIT != 0,
+                folder: bits & FOLDER_BIT != 0,
+            }
+        }))
+    }
+
+    fn fresh_index(&self, dir: &VaultPath) -> Option<Arc<Listing>> {
+        let mut indexes = lock(&self.indexes);
+        match indexes.entries.get(dir) {
+            Some(entry) if entry.taken.elapsed() < self.negative_ttl => Some(entry.listing.clone()),
+            _ => None,
+        }
+    }
+
+    async fn take_index(
+        &self,
+        dir: &VaultPath,
+        volume: Option<&RequestBudget>,
+    ) -> Result<Arc<Listing>, SourceError> {
+        let taking = lock(&self.indexes)
+            .taking
+            .entry(dir.clone())
+            .or_default()
+            .clone();
+        let _taking = taking.lock().await;
+        // Another lookup may have taken it while this one waited.
+        if let Some(listing) = self.fresh_index(dir) {
+            return Ok(listing);
+        }
+        let listed = match self.send(volume, self.source.list(dir)).await {
+            Ok(listed) => listed,
+            Err(refused) => {
+                lock(&self.indexes).taking.remove(dir);
+                return Err(SourceError::Unavailable(refused.to_string()));
+            }
+        };
+        let listing: Listing = match listed {
+            Ok(names) if names.len() <= MAX_INDEX_NAMES => Some(self.hash_names(&names)),
+            Ok(names) => {
+                if let Some(suppressed) = self.may_log() {
+                    tracing::info!(vault_path = %dir, names = names.len(), limit = MAX_INDEX_NAMES, suppressed,
+                        "folder too large to index: each name looked up in it is read");
+                }
+                None
+            }
+            Err(SourceError::NotFound) => Some(HashMap::new()),
+            Err(error) => {
+                if let Some(suppressed) = self.may_log() {
+                    tracing::info!(vault_path = %dir, %error, suppressed,
+                        "folder not indexed (LIST failed): each name looked up in it is read");
+                }
+                None
+            }
+        };
+        let listing = Arc::new(listing);
+        self.install_index(dir, listing.clone());
+        Ok(listing)
+    }
+
+    fn hash_names(&self, names: &[String]) -> HashMap<u64, u8> {
+        let mut hashed = HashMap::with_capacity(names.len());
+        for name in names {
+            let (name, bit) = match name.strip_suffix('/') {
+                Some(folder) => (folder, FOLDER_BIT),
+                None => (name.as_str(), SECRET_BIT),
+            };
+            *hashed.entry(self.hasher.hash_one(name)).or_insert(0) |= bit;
+        }
+        hashed
+    }
+
+    fn install_index(&self, dir: &VaultPath, listing: Arc<Listing>) {
+        let mut indexes = lock(&self.indexes);
+        let indexes = &mut *indexes;
+        indexes.taking.remove(dir);
+        let entry = IndexEntry {
+            taken: Instant::now(),
+            listing,
+        };
+        let size = entry.names();
+        if let Some(old) = indexes.entries.pop(dir) {
+            indexes.names -= old.names();
+        }
+        while indexes.names + size > MAX_INDEXED_NAMES {
+            match indexes.entries.pop_lru() {
+                Some((_, old)) => indexes.names -= old.names(),
+                None => break,
+            }
+        }
+        if let Some((_, evicted)) = indexes.entries.push(dir.clone(), entry) {
+            indexes.names -= evicted.names();
+        }
+        indexes.names += size;
+    }
+
+    /// Whether `path` is a folder, with the same timeout as reads. Not cached: it is asked only for nested names
+    /// whose directory has no index.
     pub async fn is_folder(&self, path: &VaultPath) -> Result<bool, SourceError> {
-        self.bounded(self.source.is_folder(path)).await
+        self.is_folder_within(path, None).await
+    }
+
+    /// [`is_folder`](Self::is_folder), charged to `volume`.
+    pub async fn is_folder_within(
+        &self,
+        path: &VaultPath,
+        volume: Option<&RequestBudget>,
+    ) -> Result<bool, SourceError> {
+        self.send(volume, self.source.is_folder(path))
+            .await
+            .unwrap_or_else(|refused| Err(SourceError::Unavailable(refused.to_string())))
     }
 
     /// Whether `path` may be served at all (its engine is KV), with the same timeout as reads.
     pub async fn check_served(&self, path: &VaultPath) -> Result<(), SourceError> {
         self.bounded(self.source.check_served(path)).await
+    }
+
+    /// Sends one source request once `volume` and the process's budget admit it (waiting at most `timeout`), and
+    /// gives up on the answer after `timeout`.
+    async fn send<T>(
+        &self,
+        volume: Option<&RequestBudget>,
+        call: impl std::future::Future<Output = Result<T, SourceError>>,
+    ) -> Result<Result<T, SourceError>, Refused> {
+        let _admission = limits::admit(volume, &self.total, self.timeout).await?;
+        Ok(self.bounded(call).await)
     }
 
     /// Runs a source call, giving up after the configured timeout.

@@ -117,6 +117,8 @@ pub struct Config {
     pub vault: VaultConfig,
     /// The file backend.
     pub file: FileConfig,
+    /// `[limits]`: how much memory and how many Vault requests volumes may take.
+    pub limits: LimitsConfig,
     /// The config file this was loaded from (for messages).
     #[serde(skip)]
     pub source_file: PathBuf,
@@ -301,6 +303,66 @@ fn serialize_addrs<S: serde::Serializer>(
     addrs.serialize(serializer)
 }
 
+/// `[limits]`: bounds that keep one container (probing names, reading in a loop) from taking memory or Vault from
+/// the others. Every value must be at least 1.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Most secrets kept in memory per set of credentials (and per volume `namespace`); the least recently used
+    /// are dropped first and read again when next needed.
+    pub cached_secrets: std::num::NonZeroUsize,
+    /// Most Vault requests one volume may have in flight at once.
+    pub volume_concurrency: std::num::NonZeroUsize,
+    /// Vault requests one volume may start per second, sustained. A read that waits longer than `vault.timeout`
+    /// for its turn gives EIO.
+    pub volume_rate: std::num::NonZeroU32,
+    /// Vault requests one volume may start at once after a quiet spell (on top of `volume_rate`).
+    pub volume_burst: std::num::NonZeroU32,
+    /// Most Vault requests in flight at once for the whole process (the driver, or one mount unit).
+    pub total_concurrency: std::num::NonZeroUsize,
+    /// Vault requests the whole process may start per second, sustained.
+    pub total_rate: std::num::NonZeroU32,
+    /// Vault requests the whole process may start at once after a quiet spell (on top of `total_rate`).
+    pub total_burst: std::num::NonZeroU32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let volume = crate::limits::BudgetLimits::volume_default();
+        let total = crate::limits::BudgetLimits::total_default();
+        LimitsConfig {
+            cached_secrets: std::num::NonZeroUsize::new(crate::cache::DEFAULT_MAX_SECRETS)
+                .unwrap_or(std::num::NonZeroUsize::MIN),
+            volume_concurrency: volume.concurrency,
+            volume_rate: volume.rate,
+            volume_burst: volume.burst,
+            total_concurrency: total.concurrency,
+            total_rate: total.rate,
+            total_burst: total.burst,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The budget of each volume.
+    pub fn volume(&self) -> crate::limits::BudgetLimits {
+        crate::limits::BudgetLimits {
+            concurrency: self.volume_concurrency,
+            rate: self.volume_rate,
+            burst: self.volume_burst,
+        }
+    }
+
+    /// The budget of the whole process.
+    pub fn total(&self) -> crate::limits::BudgetLimits {
+        crate::limits::BudgetLimits {
+            concurrency: self.total_concurrency,
+            rate: self.total_rate,
+            burst: self.total_burst,
+        }
+    }
+}
+
 /// `[file]`: the file backend.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -334,6 +396,7 @@ impl Default for Config {
             rules: Vec::new(),
             vault: VaultConfig::default(),
             file: FileConfig::default(),
+            limits: LimitsConfig::default(),
             source_file: PathBuf::new(),
         }
     }
@@ -519,6 +582,7 @@ impl Config {
             refresh_interval: self.refresh_interval,
             audit_every_open: self.audit && self.audit_every_open,
             audit_window: self.audit.then_some(self.audit_interval),
+            volume_limits: self.limits.volume(),
             ..crate::filesystem::FsOptions::default()
         }
     }
@@ -989,6 +1053,52 @@ mod tests {
             assert_eq!(full.rules.len(), 3);
             assert_eq!(full.mode, Mode(0o444));
             assert_eq!(full.vault.addr.len(), 2);
+            assert_eq!(
+                full.limits.volume(),
+                crate::limits::BudgetLimits::volume_default()
+            );
+            assert_eq!(
+                full.limits.total(),
+                crate::limits::BudgetLimits::total_default()
+            );
+            assert_eq!(full.fs_options().volume_limits, full.limits.volume());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn limits_are_read_from_their_block_and_zero_is_refused_by_file_and_key() {
+        jail(|jail| {
+            jail.create_file(
+                "config.toml",
+                "[limits]\ncached_secrets = 5\nvolume_rate = 3\nvolume_burst = 7\ntotal_concurrency = 2\n",
+            )?;
+            let config =
+                Config::load(Path::new("config.toml"), true, &FlagOverrides::default()).unwrap();
+            assert_eq!(config.limits.cached_secrets.get(), 5);
+            assert_eq!(
+                config.limits.volume(),
+                crate::limits::BudgetLimits::new(8, 3, 7)
+            );
+            assert_eq!(config.limits.total().concurrency.get(), 2);
+            for bad in [
+                "volume_rate = 0",
+                "total_burst = 0",
+                "cached_secrets = 0",
+                "rate = 5",
+            ] {
+                jail.create_file("config.toml", &format!("[limits]\n{bad}\n"))?;
+                let error = Config::load(Path::new("config.toml"), true, &FlagOverrides::default())
+                    .unwrap_err()
+                    .to_string();
+                let key = bad.split(' ').next().unwrap_or_default();
+                assert!(
+                    error.contains("config.toml")
+                        && error.contains("limits")
+                        && error.contains(key),
+                    "{bad}: {error}"
+                );
+            }
             Ok(())
         });
     }

@@ -102,6 +102,27 @@ impl SecretSource for FileSource {
         let prefix = format!("{}/", path.as_str());
         Ok(self.load()?.keys().any(|key| key.starts_with(&prefix)))
     }
+
+    /// As Vault lists a folder: so a container probing names costs one read of the file per folder per
+    /// `negative_ttl`, not one per name.
+    async fn list(&self, dir: &VaultPath) -> Result<Vec<String>, SourceError> {
+        let prefix = format!("{}/", dir.as_str());
+        let mut names: Vec<String> = self
+            .load()?
+            .keys()
+            .filter_map(|key| key.strip_prefix(&prefix))
+            .map(|rest| match rest.split_once('/') {
+                Some((folder, _)) => format!("{folder}/"),
+                None => rest.to_owned(),
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        if names.is_empty() {
+            return Err(SourceError::NotFound);
+        }
+        Ok(names)
+    }
 }
 
 #[cfg(test)]
@@ -137,6 +158,17 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(secret.render(&View::Default).unwrap().as_slice(), b"s3cr3t");
+        let mut listed = source.list(&vault_path("secret/app-1")).await.unwrap();
+        listed.sort();
+        assert_eq!(listed, ["db", "db-password", "team/"]);
+        assert_eq!(
+            source.list(&vault_path("secret")).await.unwrap(),
+            ["app-1/"]
+        );
+        assert_eq!(
+            source.list(&vault_path("secret/app-1/db")).await,
+            Err(SourceError::NotFound)
+        );
         let db = source.read(&vault_path("secret/app-1/db")).await.unwrap();
         assert_eq!(
             db.render(&View::Field("port".into())).unwrap().as_slice(),

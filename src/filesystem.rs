@@ -1,7 +1,10 @@
 //! The filesystem core: names to secrets, and inodes. Kernel-free, so tests drive it directly; the FUSE adapter in
 //! `fuse.rs` only translates.
 //!
-//! Directories list nothing: every name resolves by exact lookup.
+//! Directories list nothing: every name resolves by exact lookup. A name not in memory is first looked up in its
+//! folder's index (one LIST per folder per `negative_ttl`, see [`crate::cache`]), after its own access rule is
+//! decided, so a missing name costs no read; each Vault request a mount makes passes its own budget
+//! ([`crate::limits`]).
 //!
 //! A file inode's content never changes. That lets the kernel cache names, attributes and pages for a long time
 //! (reads then cost no round trip to this process), and it means no reader can ever see half an old value and half
@@ -16,7 +19,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use crate::audit::{Auditor, Outcome, Requester};
-use crate::cache::SecretCache;
+use crate::cache::{Listed, SecretCache};
+use crate::limits::{BudgetLimits, RequestBudget};
 use crate::names::{FileName, SecretRef, VaultPath, View};
 use crate::secret::{SecretBytes, SourceError};
 
@@ -91,6 +95,8 @@ pub struct FsOptions {
     pub audit_every_open: bool,
     /// Audit reads and refused lookups, at most one line per (container, key, result) per this window; `None`: off.
     pub audit_window: Option<Duration>,
+    /// This volume's own budget of Vault requests (`limits.volume_*`), apart from every other volume's.
+    pub volume_limits: BudgetLimits,
 }
 
 impl Default for FsOptions {
@@ -104,6 +110,7 @@ impl Default for FsOptions {
             refresh_interval: Duration::from_secs(60),
             audit_every_open: false,
             audit_window: None,
+            volume_limits: BudgetLimits::volume_default(),
         }
     }
 }
@@ -265,6 +272,9 @@ pub struct SecretFs {
     serving_stale: std::sync::atomic::AtomicBool,
     router: Arc<dyn SecretRouter>,
     options: FsOptions,
+    /// Every Vault request this mount makes passes it (then the process's): a container flooding this volume
+    /// waits on this budget only.
+    budget: RequestBudget,
     inodes: Mutex<InodeTable>,
     /// Where each (inode, pid)'s last read ended: a read starting there continues an open already audited.
     read_positions: Mutex<HashMap<(u64, u32), u64>>,
@@ -281,6 +291,7 @@ impl SecretFs {
     /// A filesystem whose every secret path is decided, and read, by `router`.
     pub fn routed(root: VaultPath, router: Arc<dyn SecretRouter>, options: FsOptions) -> Self {
         SecretFs {
+            budget: RequestBudget::new(root.as_str(), options.volume_limits),
             root: root.clone(),
             serving_stale: std::sync::atomic::AtomicBool::new(false),
             router,
@@ -341,6 +352,11 @@ impl SecretFs {
 
     pub fn options(&self) -> &FsOptions {
         &self.options
+    }
+
+    /// This volume's request budget (its counters are for tests and the bench).
+    pub fn budget(&self) -> &RequestBudget {
+        &self.budget
     }
 
     /// Connects the kernel side once the filesystem is mounted.
@@ -416,13 +432,68 @@ impl SecretFs {
             return Err(FsError::NotFound);
         }
         let plain = file_name.view == View::Default && file_name.version.is_none();
-        let (key, content) = match cache.read_fresh(&secret_ref, Duration::MAX).await {
+        // A secret in memory is served without asking anything, and one read before is read again (through an
+        // outage, its last value is served without first waiting for a LIST). Any other name is first looked up in
+        // its directory's index, so a missing name costs no read and a folder no LIST.
+        let cached = cache.cached(&secret_ref);
+        let listed = if cached.is_some() || cache.remembered(&secret_ref) {
+            None
+        } else {
+            self.listed(&cache, dir, &file_name.key).await?
+        };
+        match listed {
+            Some(Listed {
+                secret: false,
+                folder: false,
+            }) => {
+                cache.note_missing(&secret_ref.path);
+                return Err(FsError::NotFound);
+            }
+            Some(Listed {
+                secret: false,
+                folder: true,
+            }) => {
+                if !plain {
+                    return Err(FsError::NotFound);
+                }
+                let key = NodeKey::Directory(secret_ref.path);
+                let (ino, size) = self.inodes().remember(key.clone(), parent, name, None);
+                return Ok(self.attr(ino, &key, size));
+            }
+            _ => {}
+        }
+        let read = match cached {
+            Some(secret) => Ok(secret),
+            None => cache
+                .read_within(&secret_ref, Duration::MAX, Some(&self.budget))
+                .await
+                .map(|(secret, _)| secret),
+        };
+        let (key, content) = match read {
             Ok(secret) => {
                 let content = secret.render(&file_name.view).ok_or(FsError::NotFound)?;
                 (NodeKey::File(secret_ref, file_name.view), Some(content))
             }
+            // Listed, but no value: deleted since the index was taken, or a KV v2 secret whose latest version is
+            // deleted (its metadata is still listed). A folder of the same name may remain; if none does, the path
+            // is remembered as missing, so asking again costs nothing (a pinned version says nothing of the rest).
+            Err(SourceError::NotFound) if listed.is_some() => {
+                let folder = listed.is_some_and(|listed| listed.folder);
+                if folder && plain {
+                    (NodeKey::Directory(secret_ref.path), None)
+                } else {
+                    if !folder && secret_ref.version.is_none() {
+                        cache.note_missing(&secret_ref.path);
+                    }
+                    return Err(FsError::NotFound);
+                }
+            }
+            // No index: whether the name is a folder costs a LIST of its own.
             Err(SourceError::NotFound) if plain => {
-                if cache.is_folder(&secret_ref.path).await? {
+                if cache
+                    .is_folder_within(&secret_ref.path, Some(&self.budget))
+                    .await?
+                {
                     (NodeKey::Directory(secret_ref.path), None)
                 } else {
                     cache.note_missing(&secret_ref.path);
@@ -432,7 +503,14 @@ impl SecretFs {
             // A policy may grant a subtree (`secret/data/app-1/*`) but not a secret at its root: the name is still
             // a folder if the same credentials may list it.
             Err(denied @ SourceError::Denied(_)) if plain => {
-                if cache.is_folder(&secret_ref.path).await.unwrap_or(false) {
+                let folder = match listed {
+                    Some(listed) => listed.folder,
+                    None => cache
+                        .is_folder_within(&secret_ref.path, Some(&self.budget))
+                        .await
+                        .unwrap_or(false),
+                };
+                if folder {
                     (NodeKey::Directory(secret_ref.path), None)
                 } else {
                     return Err(denied.into());
@@ -442,6 +520,24 @@ impl SecretFs {
         };
         let (ino, size) = self.inodes().remember(key.clone(), parent, name, content);
         Ok(self.attr(ino, &key, size))
+    }
+
+    /// What `dir`'s index says about `key`, when one may be used: only if the access rules route `dir` itself to
+    /// `cache` (the same rule's credentials as the name), so a LIST never goes where a read of the same path would
+    /// not. The name's own rule was decided before this, and a listed name is still read through it.
+    async fn listed(
+        &self,
+        cache: &Arc<SecretCache>,
+        dir: &VaultPath,
+        key: &str,
+    ) -> Result<Option<Listed>, FsError> {
+        match self.router.route(dir) {
+            Ok(dir_cache) if Arc::ptr_eq(&dir_cache, cache) => cache
+                .listed(dir, key, Some(&self.budget))
+                .await
+                .map_err(FsError::from),
+            _ => Ok(None),
+        }
     }
 
     fn route(&self, path: &VaultPath) -> Result<Arc<SecretCache>, FsError> {
@@ -537,7 +633,7 @@ impl SecretFs {
             // Within stale_ttl of an outage the cache answers with the last value; an error means the secret is
             // gone, denied, or unreachable for longer than that: its names are retired, so readers get the error.
             let latest = match self.route(&path.path) {
-                Ok(cache) => cache.read_or_stale(&path, max_age).await,
+                Ok(cache) => cache.read_within(&path, max_age, Some(&self.budget)).await,
                 Err(error) => Err(SourceError::Refused(error.to_string())),
             };
             let latest = match latest {
@@ -712,11 +808,10 @@ mod tests {
             }
         }
         assert_eq!(
-            source.reads(),
-            500,
-            "one read per missing name, not per attempt"
+            (source.reads(), source.folder_checks(), source.lists()),
+            (0, 0, 1),
+            "one LIST of the directory answers for every name in it, and no name is read"
         );
-        assert_eq!(source.folder_checks(), 500);
         assert_eq!(
             cache.entries(),
             0,
@@ -724,15 +819,456 @@ mod tests {
         );
         assert_eq!(cache.missing_len(), 500);
 
-        // A key created in Vault shows up once the negative TTL has passed.
+        // A key created in Vault shows up once the negative TTL has passed (the index is taken again).
         source.put("secret/app-1/probe-7", json!({"value": "late"}));
         assert!(fs.lookup(ROOT_INODE, OsStr::new("probe-7")).await.is_err());
         tokio::time::sleep(Duration::from_millis(350)).await;
         assert_eq!(cat(&fs, ROOT_INODE, "probe-7").await.unwrap(), "late");
-        // Existing secrets and folders are never taken for missing.
+        assert_eq!((source.lists(), source.reads()), (2, 1));
+        // Existing secrets and folders are never taken for missing; a listed folder costs no LIST of its own.
         assert_eq!(cat(&fs, ROOT_INODE, "db-password").await.unwrap(), "s3cr3t");
         let team = fs.lookup(ROOT_INODE, OsStr::new("team")).await.unwrap();
         assert_eq!(team.kind, NodeKind::Directory);
+        assert_eq!(source.folder_checks(), 0);
+    }
+
+    /// A filesystem over `source` with a short negative TTL and a fast-biting volume budget.
+    fn probing_fs(source: Arc<MemorySource>, limits: BudgetLimits) -> (SecretFs, Arc<SecretCache>) {
+        let cache = Arc::new(
+            SecretCache::new(source, Duration::from_secs(30), Duration::from_millis(200))
+                .with_negative_ttl(Duration::from_secs(30)),
+        );
+        let options = FsOptions {
+            volume_limits: limits,
+            ..FsOptions::default()
+        };
+        let fs = SecretFs::new(
+            VaultPath::from_volume_name("secret/app-1").unwrap(),
+            cache.clone(),
+            options,
+        );
+        (fs, cache)
+    }
+
+    fn unlimited() -> BudgetLimits {
+        BudgetLimits::new(1000, 1_000_000, 1_000_000)
+    }
+
+    async fn errno_of(fs: &SecretFs, parent: u64, name: &str) -> Option<i32> {
+        fs.lookup(parent, OsStr::new(name))
+            .await
+            .err()
+            .map(|e| e.errno())
+    }
+
+    /// Names an attacker would try: prefixes of folders, views and versions of missing names, folders with and
+    /// without a secret of the same name, nested missing folders. Each is answered right, from one LIST per folder.
+    #[tokio::test]
+    async fn attacker_names_are_answered_from_the_index_without_reads() {
+        let source = source();
+        source.put("secret/app-1/db/replica", json!({"value": "r"}));
+        let (fs, _) = probing_fs(source.clone(), unlimited());
+        for name in [
+            "tea",
+            "te",
+            "t",
+            "team-",
+            "db-",
+            "db-passwor",
+            "probe#user",
+            "probe#",
+            "probe@3",
+            "probe@3#user",
+            "team@2",
+            "team#user",
+            "team#",
+        ] {
+            assert_eq!(
+                errno_of(&fs, ROOT_INODE, name).await,
+                Some(libc_errno::ENOENT),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            (source.reads(), source.folder_checks(), source.lists()),
+            (0, 0, 1),
+            "no name above was read"
+        );
+        // A secret and a folder of the same name: the secret is the file, as before; a folder alone is a directory.
+        assert_eq!(
+            cat(&fs, ROOT_INODE, "db").await.unwrap(),
+            r#"{"password":"pw","user":"app"}"#
+        );
+        assert_eq!(cat(&fs, ROOT_INODE, "db#user").await.unwrap(), "app");
+        let team = fs.lookup(ROOT_INODE, OsStr::new("team")).await.unwrap();
+        assert_eq!(team.kind, NodeKind::Directory);
+        assert_eq!((source.reads(), source.folder_checks()), (1, 0));
+        // Inside a folder: its own index, one LIST, then nothing more for any number of missing names.
+        for i in 0..200 {
+            assert_eq!(
+                errno_of(&fs, team.ino, &format!("deeper-{i}")).await,
+                Some(libc_errno::ENOENT)
+            );
+        }
+        assert_eq!(cat(&fs, team.ino, "db").await.unwrap(), "nested");
+        assert_eq!(
+            (source.reads(), source.folder_checks(), source.lists()),
+            (2, 0, 2)
+        );
+        // Listed but without a value (deleted since the index was taken, or a KV v2 secret whose latest version
+        // is deleted): one read, then remembered as missing, in every view.
+        source.remove("secret/app-1/db-password");
+        for name in [
+            "db-password",
+            "db-password",
+            "db-password#user",
+            "db-password#",
+        ] {
+            assert_eq!(
+                errno_of(&fs, ROOT_INODE, name).await,
+                Some(libc_errno::ENOENT),
+                "{name}"
+            );
+        }
+        assert_eq!((source.reads(), source.lists()), (3, 2));
+    }
+
+    /// A router that refuses one directory (as a rule could) and sends everything else to one cache.
+    struct RefusingDir {
+        cache: Arc<SecretCache>,
+        refused: VaultPath,
+        other: Option<Arc<SecretCache>>,
+    }
+
+    impl SecretRouter for RefusingDir {
+        fn route(&self, path: &VaultPath) -> Result<Arc<SecretCache>, RouteError> {
+            if path == &self.refused {
+                return match &self.other {
+                    Some(other) => Ok(other.clone()),
+                    None => Err(RouteError::Unavailable("refused by the test".into())),
+                };
+            }
+            Ok(self.cache.clone())
+        }
+    }
+
+    /// A directory the rules refuse, or route to other credentials, is never listed: its names are read one by
+    /// one with their own rule's credentials, a read and a LIST for a missing name (the documented fallback).
+    #[tokio::test]
+    async fn a_directory_routed_elsewhere_is_never_listed() {
+        for other in [false, true] {
+            let source = source();
+            let other_source = self::source();
+            let cache = Arc::new(
+                SecretCache::new(
+                    source.clone(),
+                    Duration::from_secs(30),
+                    Duration::from_secs(2),
+                )
+                .with_negative_ttl(Duration::from_secs(30)),
+            );
+            let other_cache = Arc::new(SecretCache::new(
+                other_source.clone(),
+                Duration::from_secs(30),
+                Duration::from_secs(2),
+            ));
+            let root = VaultPath::from_volume_name("secret/app-1").unwrap();
+            let router = RefusingDir {
+                cache: cache.clone(),
+                refused: root.clone(),
+                other: other.then_some(other_cache),
+            };
+            let fs = SecretFs::routed(root, Arc::new(router), FsOptions::default());
+            for i in 0..20 {
+                assert_eq!(
+                    errno_of(&fs, ROOT_INODE, &format!("probe-{i}")).await,
+                    Some(libc_errno::ENOENT)
+                );
+            }
+            assert_eq!(cat(&fs, ROOT_INODE, "db-password").await.unwrap(), "s3cr3t");
+            assert_eq!(source.lists() + other_source.lists(), 0, "other: {other}");
+            assert_eq!(other_source.requests(), 0);
+            assert_eq!((source.reads(), source.folder_checks()), (21, 20));
+        }
+    }
+
+    /// A LIST the policy denies leaves the index unused for negative_ttl: names are read, and a missing one costs
+    /// a read and a LIST once (the documented fallback cost), and nothing when repeated.
+    #[tokio::test]
+    async fn a_denied_list_falls_back_to_reads_and_is_not_retried_per_name() {
+        let source = source();
+        source.set_list_failure(Some(SourceError::Denied("no list capability".into())));
+        let (fs, _) = probing_fs(source.clone(), unlimited());
+        for _ in 0..2 {
+            for i in 0..50 {
+                assert_eq!(
+                    errno_of(&fs, ROOT_INODE, &format!("probe-{i}")).await,
+                    Some(libc_errno::ENOENT)
+                );
+            }
+        }
+        assert_eq!(cat(&fs, ROOT_INODE, "db-password").await.unwrap(), "s3cr3t");
+        assert_eq!(
+            (source.lists(), source.reads(), source.folder_checks()),
+            (1, 51, 50)
+        );
+    }
+
+    /// The index is capped: a folder with more names than MAX_INDEX_NAMES is not indexed (names are read).
+    #[tokio::test]
+    async fn a_folder_too_large_is_not_indexed() {
+        let source = Arc::new(MemorySource::default());
+        for i in 0..=crate::cache::MAX_INDEX_NAMES {
+            source.put(&format!("secret/app-1/k-{i}"), json!({"value": "v"}));
+        }
+        let (fs, cache) = probing_fs(source.clone(), unlimited());
+        assert_eq!(
+            errno_of(&fs, ROOT_INODE, "missing").await,
+            Some(libc_errno::ENOENT)
+        );
+        assert_eq!(cat(&fs, ROOT_INODE, "k-5").await.unwrap(), "v");
+        assert_eq!(
+            (source.lists(), source.reads(), source.folder_checks()),
+            (1, 2, 1)
+        );
+        assert_eq!(
+            cache.indexed(),
+            (1, 0),
+            "the refusal is remembered, no names are"
+        );
+    }
+
+    /// Two volumes over one cache share its indexes but not their budgets: one volume exhausting its own budget
+    /// gets EIO after vault.timeout (one log line), while the other keeps reading; cached reads never wait.
+    #[tokio::test]
+    async fn volumes_sharing_a_cache_have_separate_budgets_and_cached_reads_never_wait() {
+        let source = source();
+        source.set_list_failure(Some(SourceError::Unavailable("no LIST".into())));
+        let cache = Arc::new(
+            SecretCache::new(
+                source.clone(),
+                Duration::from_secs(30),
+                Duration::from_millis(100),
+            )
+            .with_negative_ttl(Duration::from_secs(30)),
+        );
+        let tight = FsOptions {
+            volume_limits: BudgetLimits::new(4, 1, 4),
+            ..FsOptions::default()
+        };
+        let root = VaultPath::from_volume_name("secret/app-1").unwrap();
+        let flooded = SecretFs::new(root.clone(), cache.clone(), tight.clone());
+        let other = SecretFs::new(root, cache.clone(), tight);
+        // Read before the flood: served from memory afterwards.
+        assert_eq!(
+            cat(&flooded, ROOT_INODE, "db-password").await.unwrap(),
+            "s3cr3t"
+        );
+        let started = std::time::Instant::now();
+        let mut eio = 0;
+        for i in 0..20 {
+            if errno_of(&flooded, ROOT_INODE, &format!("probe-{i}")).await == Some(libc_errno::EIO)
+            {
+                eio += 1;
+            }
+        }
+        // The burst left one probe (a read and a LIST); each token refilled (1/s) lets at most one more through.
+        let refilled = started.elapsed().as_secs() + 1;
+        assert!(
+            20 - eio <= 1 + refilled,
+            "{eio} of 20 probes gave EIO once the budget was spent"
+        );
+        assert!(
+            flooded.budget().lines_logged() <= refilled / 10 + 1,
+            "one line per interval"
+        );
+        assert!(flooded.budget().lines_logged() >= 1);
+        assert_eq!(flooded.budget().refused(), eio, "each EIO is one refusal");
+        let requests = source.requests();
+        for _ in 0..100 {
+            assert_eq!(
+                cat(&flooded, ROOT_INODE, "db-password").await.unwrap(),
+                "s3cr3t"
+            );
+        }
+        assert_eq!(source.requests(), requests, "cached reads cost no request");
+        assert_eq!(
+            flooded.budget().refused(),
+            eio,
+            "and never wait on the spent budget"
+        );
+        // The other volume has its own budget: it reads a key never read before.
+        assert_eq!(cat(&other, ROOT_INODE, "db#user").await.unwrap(), "app");
+        assert_eq!(other.budget().refused(), 0);
+    }
+
+    /// A refresh waiting for its volume's spent budget holds its key's request lock; a lookup of the same key, still
+    /// fresh in memory, is answered without waiting for it.
+    #[tokio::test]
+    async fn a_refresh_waiting_on_the_budget_does_not_hold_up_cached_lookups() {
+        let source = source();
+        let cache = Arc::new(
+            SecretCache::new(
+                source.clone(),
+                Duration::from_secs(30),
+                Duration::from_secs(5),
+            )
+            .with_negative_ttl(Duration::from_secs(30)),
+        );
+        let options = FsOptions {
+            refresh_interval: Duration::from_millis(2),
+            volume_limits: BudgetLimits::new(100, 1, 2),
+            ..FsOptions::default()
+        };
+        let fs = Arc::new(SecretFs::new(
+            VaultPath::from_volume_name("secret/app-1").unwrap(),
+            cache,
+            options,
+        ));
+        // The index and the read spend the burst.
+        let attr = fs
+            .lookup(ROOT_INODE, OsStr::new("db-password"))
+            .await
+            .unwrap();
+        settle().await;
+        let refresh = tokio::spawn({
+            let fs = fs.clone();
+            async move { fs.refresh().await }
+        });
+        settle().await;
+        assert!(!refresh.is_finished(), "the refresh waits for a token");
+        fs.forget(attr.ino, 1);
+        assert_eq!(cat(&fs, ROOT_INODE, "db-password").await.unwrap(), "s3cr3t");
+        assert!(
+            !refresh.is_finished(),
+            "the lookup was answered while the refresh still waited"
+        );
+        assert_eq!(refresh.await.unwrap(), 0);
+        assert_eq!(fs.budget().refused(), 0);
+    }
+
+    /// Through an outage, a key read before is read again at once (its last value served), without first trying
+    /// to LIST its folder: a hanging Vault costs one timeout, not two.
+    #[tokio::test]
+    async fn an_outage_serves_a_key_read_before_without_trying_its_folder_index() {
+        let source = source();
+        let cache = Arc::new(
+            SecretCache::new(
+                source.clone(),
+                Duration::from_millis(1),
+                Duration::from_secs(2),
+            )
+            .with_stale_ttl(Duration::from_secs(60))
+            .with_negative_ttl(Duration::from_millis(10)),
+        );
+        let fs = SecretFs::new(
+            VaultPath::from_volume_name("secret/app-1").unwrap(),
+            cache,
+            FsOptions::default(),
+        );
+        let attr = fs
+            .lookup(ROOT_INODE, OsStr::new("db-password"))
+            .await
+            .unwrap();
+        assert_eq!((source.lists(), source.reads()), (1, 1));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        source.set_failure(Some(SourceError::Unavailable("sealed".into())));
+        fs.forget(attr.ino, 1);
+        assert_eq!(cat(&fs, ROOT_INODE, "db-password").await.unwrap(), "s3cr3t");
+        assert_eq!((source.lists(), source.reads()), (1, 2), "a read, no LIST");
+    }
+
+    /// Readers waiting on a request in flight share its admission: 30 concurrent lookups of one new key are one
+    /// LIST and one read, charged once.
+    #[tokio::test]
+    async fn coalesced_readers_take_no_extra_budget() {
+        let source = source();
+        source.set_delay(Duration::from_millis(50));
+        let (fs, _) = probing_fs(source.clone(), unlimited());
+        let fs = Arc::new(fs);
+        let mut readers = Vec::new();
+        for _ in 0..30 {
+            let fs = fs.clone();
+            readers.push(tokio::spawn(async move {
+                fs.lookup(ROOT_INODE, OsStr::new("db-password")).await
+            }));
+        }
+        for reader in readers {
+            assert!(reader.await.unwrap().is_ok());
+        }
+        assert_eq!((source.lists(), source.reads()), (1, 1));
+        assert_eq!(fs.budget().admitted(), 2);
+    }
+
+    /// Memory stays flat: positive entries are LRU-bounded, missing names and indexes capped.
+    #[tokio::test]
+    async fn secrets_kept_are_bounded_least_recently_used_first() {
+        let source = Arc::new(MemorySource::default());
+        for i in 0..50 {
+            source.put(
+                &format!("secret/app-1/k-{i}"),
+                json!({"value": format!("v{i}")}),
+            );
+        }
+        let cache = Arc::new(
+            SecretCache::new(
+                source.clone(),
+                Duration::from_secs(30),
+                Duration::from_secs(2),
+            )
+            .with_max_secrets(10),
+        );
+        for i in 0..50 {
+            let path = VaultPath::from_volume_name(&format!("secret/app-1/k-{i}")).unwrap();
+            assert!(cache.read(&path).await.is_ok());
+        }
+        assert_eq!(cache.entries(), 10);
+        // The most recent ten are in memory; an older one is read again.
+        let reads = source.reads();
+        let recent = VaultPath::from_volume_name("secret/app-1/k-45").unwrap();
+        let old = VaultPath::from_volume_name("secret/app-1/k-3").unwrap();
+        cache.read(&recent).await.unwrap();
+        assert_eq!(source.reads(), reads);
+        cache.read(&old).await.unwrap();
+        assert_eq!(source.reads(), reads + 1);
+    }
+
+    #[tokio::test]
+    async fn the_names_all_indexes_hold_are_capped() {
+        use crate::cache::{MAX_INDEXED_NAMES, MAX_INDEX_NAMES};
+        let source = Arc::new(MemorySource::default());
+        let dirs = MAX_INDEXED_NAMES / MAX_INDEX_NAMES + 2;
+        for d in 0..dirs {
+            for i in 0..MAX_INDEX_NAMES {
+                source.put(&format!("secret/d-{d}/k-{i}"), json!({"value": "v"}));
+            }
+        }
+        let cache = SecretCache::new(
+            source.clone(),
+            Duration::from_secs(30),
+            Duration::from_secs(2),
+        )
+        .with_negative_ttl(Duration::from_secs(60));
+        for d in 0..dirs {
+            let dir = VaultPath::from_volume_name(&format!("secret/d-{d}")).unwrap();
+            let listed = cache.listed(&dir, "k-1", None).await.unwrap();
+            assert_eq!(listed.map(|l| l.secret), Some(true));
+            assert_eq!(
+                cache
+                    .listed(&dir, "nope", None)
+                    .await
+                    .unwrap()
+                    .map(|l| l.secret),
+                Some(false)
+            );
+        }
+        let (indexed_dirs, names) = cache.indexed();
+        assert!(names <= MAX_INDEXED_NAMES, "{names}");
+        assert!(
+            indexed_dirs < dirs,
+            "the least recently used were dropped: {indexed_dirs}"
+        );
+        assert_eq!(source.lists(), dirs);
     }
 
     #[tokio::test]

@@ -1,9 +1,9 @@
 //! docker-volume-libsecret: HashiCorp Vault secrets as read-only files in Docker containers.
 //!
 //! Cores (kernel-free, tested with fakes): [`names`], [`secret`], [`cache`], [`filesystem`], [`volumes`],
-//! [`plugin`], [`config`]. Thin edges: [`server`] (HTTP over the plugin socket), [`fuse`], [`vault`],
-//! [`file_source`], [`mounter`], [`state`], [`broker`] (the token broker's socket), [`root_only`] (the ownership and mode checks of secret and
-//! credential files).
+//! [`plugin`], [`config`], [`limits`]. Thin edges: [`server`] (HTTP over the plugin socket), [`fuse`], [`vault`],
+//! [`file_source`], [`mounter`], [`state`], [`broker`] (the token broker's socket), [`root_only`] (the ownership and
+//! mode checks of secret and credential files).
 #![forbid(unsafe_code)]
 
 pub mod access;
@@ -16,6 +16,7 @@ pub mod file_source;
 pub mod filesystem;
 pub mod fuse;
 pub mod hardening;
+pub mod limits;
 pub mod logging;
 pub mod mounter;
 pub mod names;

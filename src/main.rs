@@ -22,6 +22,7 @@ use docker_volume_libsecret::cache::SecretCache;
 use docker_volume_libsecret::cli::{Cli, Command};
 use docker_volume_libsecret::config::{BackendKind, Config, MountMode};
 use docker_volume_libsecret::file_source::FileSource;
+use docker_volume_libsecret::limits::RequestBudget;
 use docker_volume_libsecret::mounter::{
     clean_stale_mounts, detach, mount_volume, prepare_mountpoint, InProcessMounter, VolumeCaches,
 };
@@ -127,10 +128,17 @@ fn main() -> ExitCode {
     }
 }
 
-fn new_cache(config: &Config, source: Arc<dyn SecretSource>) -> SecretCache {
+/// A cache of one set of credentials; every cache of the process shares `total`, the process's request budget.
+fn new_cache(
+    config: &Config,
+    source: Arc<dyn SecretSource>,
+    total: &Arc<RequestBudget>,
+) -> SecretCache {
     SecretCache::new(source, config.cache_ttl, config.vault.timeout)
         .with_stale_ttl(config.stale_ttl)
         .with_negative_ttl(config.negative_ttl)
+        .with_max_secrets(config.limits.cached_secrets.get())
+        .with_total_budget(total.clone())
 }
 
 /// The caches volumes read through, and the Vault logins behind them, by scope (none for the file backend).
@@ -220,6 +228,7 @@ async fn open_caches(
     tokens: Tokens,
 ) -> anyhow::Result<Backend> {
     let access = config.access_rules();
+    let total = Arc::new(RequestBudget::new("all volumes", config.limits.total()));
     Ok(match config.backend() {
         BackendKind::Vault => {
             let mut sources: HashMap<AuthScope, Arc<VaultSource>> = HashMap::new();
@@ -231,7 +240,7 @@ async fn open_caches(
                     }
                     Tokens::Lent => lent_vault(config, *scope)?,
                 });
-                roots.insert(*scope, Arc::new(new_cache(config, vault.clone())));
+                roots.insert(*scope, Arc::new(new_cache(config, vault.clone(), &total)));
                 sources.insert(*scope, vault);
             }
             let logins = sources
@@ -246,7 +255,11 @@ async fn open_caches(
                     let vault = sources
                         .get(&scope)
                         .ok_or_else(|| format!("the credentials of {scope} were not loaded"))?;
-                    Ok(new_cache(&config, Arc::new(vault.in_namespace(namespace))))
+                    Ok(new_cache(
+                        &config,
+                        Arc::new(vault.in_namespace(namespace)),
+                        &total,
+                    ))
                 }),
             );
             Backend { caches, logins }
@@ -258,7 +271,7 @@ async fn open_caches(
             Backend {
                 caches: VolumeCaches::single(
                     access,
-                    Arc::new(new_cache(config, Arc::new(source))),
+                    Arc::new(new_cache(config, Arc::new(source), &total)),
                     "the file backend has no namespaces",
                 ),
                 logins: Vec::new(),

@@ -121,6 +121,16 @@ pub trait SecretSource: Send + Sync + 'static {
     /// Whether `path` is a folder holding at least one secret (used only to resolve a nested name such as
     /// `team/db`; the answer is never shown as a listing).
     async fn is_folder(&self, path: &VaultPath) -> Result<bool, SourceError>;
+
+    /// The names directly below folder `dir`, as Vault's LIST gives them: `name` for a secret, `name/` for a folder
+    /// (both when a secret and a folder share a name). A folder with nothing below it is `NotFound`. Used only to
+    /// decide which names exist (never shown as a listing). A source that cannot list says `Unavailable`, and every
+    /// name is then read instead.
+    async fn list(&self, _dir: &VaultPath) -> Result<Vec<String>, SourceError> {
+        Err(SourceError::Unavailable(
+            "this source cannot list".to_owned(),
+        ))
+    }
 }
 
 #[cfg(test)]

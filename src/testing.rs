@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::audit::{AuditRecord, AuditSink, ContainerResolver};
+use crate::audit::{AuditRecord, AuditSink, ContainerResolver, Suppressed};
 use crate::names::VaultPath;
 use crate::secret::{Secret, SecretSource, SourceError};
 use crate::volumes::{MountIds, RecordStore, StoreError, VolumeRecord};
@@ -18,8 +18,10 @@ pub struct MemorySource {
     secrets: Mutex<BTreeMap<String, serde_json::Value>>,
     delay: Mutex<Duration>,
     failure: Mutex<Option<SourceError>>,
+    list_failure: Mutex<Option<SourceError>>,
     reads: AtomicUsize,
     folder_checks: AtomicUsize,
+    lists: AtomicUsize,
 }
 
 impl MemorySource {
@@ -49,6 +51,21 @@ impl MemorySource {
     /// How many `is_folder` calls reached the source.
     pub fn folder_checks(&self) -> usize {
         self.folder_checks.load(Ordering::SeqCst)
+    }
+
+    /// How many `list` calls reached the source.
+    pub fn lists(&self) -> usize {
+        self.lists.load(Ordering::SeqCst)
+    }
+
+    /// Every call that reached the source: reads, folder checks and lists.
+    pub fn requests(&self) -> usize {
+        self.reads() + self.folder_checks() + self.lists()
+    }
+
+    /// Makes `list` (only) fail with `error` until cleared with `None`, as a policy without `list` would.
+    pub fn set_list_failure(&self, error: Option<SourceError>) {
+        *lock(&self.list_failure) = error;
     }
 
     async fn pause(&self) -> Result<(), SourceError> {
@@ -92,6 +109,29 @@ impl SecretSource for MemorySource {
         let prefix = format!("{}/", path.as_str());
         Ok(lock(&self.secrets).keys().any(|k| k.starts_with(&prefix)))
     }
+
+    async fn list(&self, dir: &VaultPath) -> Result<Vec<String>, SourceError> {
+        self.lists.fetch_add(1, Ordering::SeqCst);
+        self.pause().await?;
+        if let Some(error) = lock(&self.list_failure).clone() {
+            return Err(error);
+        }
+        let prefix = format!("{}/", dir.as_str());
+        let mut names: Vec<String> = lock(&self.secrets)
+            .keys()
+            .filter_map(|key| key.strip_prefix(&prefix))
+            .map(|rest| match rest.split_once('/') {
+                Some((folder, _)) => format!("{folder}/"),
+                None => rest.to_owned(),
+            })
+            .collect();
+        names.dedup();
+        if names.is_empty() {
+            // Vault answers 404 for a folder with nothing below it.
+            return Err(SourceError::NotFound);
+        }
+        Ok(names)
+    }
 }
 
 /// Containers by pid, for an [`crate::audit::Auditor`] under test.
@@ -105,17 +145,26 @@ impl ContainerResolver for FixedContainers {
 
 /// An [`AuditSink`] that keeps what it is given; clones share the records.
 #[derive(Default, Clone)]
-pub struct RecordingAuditSink(Arc<Mutex<Vec<AuditRecord>>>);
+pub struct RecordingAuditSink(Arc<Mutex<Vec<AuditRecord>>>, Arc<Mutex<Vec<Suppressed>>>);
 
 impl RecordingAuditSink {
     pub fn records(&self) -> Vec<AuditRecord> {
         lock(&self.0).clone()
+    }
+
+    /// The "N similar lines suppressed" reports.
+    pub fn suppressed(&self) -> Vec<Suppressed> {
+        lock(&self.1).clone()
     }
 }
 
 impl AuditSink for RecordingAuditSink {
     fn emit(&self, record: &AuditRecord) {
         lock(&self.0).push(record.clone());
+    }
+
+    fn emit_suppressed(&self, summary: &Suppressed) {
+        lock(&self.1).push(summary.clone());
     }
 }
 

@@ -543,4 +543,28 @@ impl SecretSource for VaultSource {
             },
         }
     }
+
+    /// KV v2: `LIST <mount>/metadata/<dir>/`; v1: `LIST <mount>/<dir>/` (the mount itself when `dir` is it).
+    async fn list(&self, dir: &VaultPath) -> Result<Vec<String>, SourceError> {
+        let mount = self.mount_of(dir).await?;
+        let relative = Self::relative(&mount, dir);
+        let folder = if relative.is_empty() {
+            String::new()
+        } else {
+            format!("{relative}/")
+        };
+        let list_path = if mount.version == 2 {
+            format!("{}/metadata/{folder}", mount.mount)
+        } else {
+            format!("{}/{folder}", mount.mount)
+        };
+        let listed = self
+            .session
+            .exec(self.namespace.as_deref(), || ListRequest {
+                path: list_path.clone(),
+            })
+            .await
+            .map_err(source_error)?;
+        Ok(listed.data.map(|list| list.keys).unwrap_or_default())
+    }
 }
