@@ -94,7 +94,8 @@ struct Setup {
 }
 
 impl Setup {
-    /// `config` is the `[vault]`/`[[rules]]` part; the rest is added.
+    /// `config` is the `[vault]`/`[[rules]]` part; the rest is added. Nothing is served from memory (no cache to
+    /// speak of, no stale values, no folder index), so every read of a new key needs a live token.
     fn new(dir: tempfile::TempDir, vault_and_rules: &str) -> Setup {
         let config = dir.path().join("config.toml");
         let broker = dir.path().join("run/broker.sock");
@@ -102,7 +103,7 @@ impl Setup {
             &config,
             format!(
                 "mount_mode = \"in-process\"\nbroker_socket = \"{}\"\nstate_dir = \"{}\"\nmount_root = \"{}\"\n\
-                 cache_ttl = \"1s\"\nstale_ttl = \"0s\"\n{vault_and_rules}",
+                 cache_ttl = \"1s\"\nstale_ttl = \"0s\"\nnegative_ttl = \"0s\"\n{vault_and_rules}",
                 broker.display(),
                 dir.path().join("state").display(),
                 dir.path().join("mounts").display(),
