@@ -7,11 +7,18 @@
 //! - P5: 500 volumes mounted at once: the driver's RSS against its RSS with nothing mounted, and the memory each
 //!   mount unit costs (PSS: shared pages counted once across all units; RSS: every mapped page).
 //! - P6: socket activation to READY, against the same for a trivial notify service.
+//! - P9: Vault logins and live tokens for 100 and 500 AppRole mount units, in another host with OpenBao inside it
+//!   (its audit log counts the logins). The baseline is the behaviour before the token broker: measured in the same
+//!   run when `LIBSECRET_P9_BASELINE_DEB` names a package built from before it, else the figure issue 12 reports
+//!   (one login and one token per unit, and the driver's own), said so.
 //!
-//! It asserts nothing: timings vary by machine and load.
+//! It asserts nothing: timings vary by machine and load. `cargo bench --bench service -- p9` runs only the figures
+//! named (p4, p5, p6, p9).
 
 #[path = "../tests/support/docker.rs"]
 mod docker;
+#[path = "../tests/support/openbao_in_host.rs"]
+mod openbao_in_host;
 #[path = "../tests/support/systemd_host.rs"]
 mod systemd_host;
 
@@ -171,7 +178,10 @@ fn p5(host: &SystemdHost) {
             .trim()
             .to_owned()
     };
-    host.exec_ok("sync");
+    // Socket activation starts the driver (P6 and P4 have done so when they ran first).
+    host.exec_ok(
+        "curl -s -o /dev/null --unix-socket /run/docker/plugins/libsecret.sock -X POST http://plugin/Plugin.Activate; sync",
+    );
     let idle = memory_kb(host, &driver_pid()).0;
     let started = std::time::Instant::now();
     host.exec_ok(&format!(
@@ -212,13 +222,125 @@ fn p5(host: &SystemdHost) {
     );
 }
 
+/// P9: one AppRole scope ([vault]), 500 volumes `secret/p9/vN`; logins and live tokens after 100 and 500 mounts.
+/// What P9 saw after mounting some number of volumes.
+struct P9Figures {
+    units: String,
+    read: String,
+    logins: usize,
+    tokens: usize,
+}
+
+/// Set to a package built from before the token broker (`git archive <commit>`, packaging/build-deb.sh) to measure
+/// P9's baseline in the same run.
+const P9_BASELINE_ENV: &str = "LIBSECRET_P9_BASELINE_DEB";
+
+fn p9() {
+    let deb = std::fs::read_dir(workspace().join("target/debian"))
+        .expect("target/debian: run packaging/build-deb.sh")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .expect("no .deb: run packaging/build-deb.sh");
+    let before = std::env::var_os(P9_BASELINE_ENV).map(|path| p9_measure(&PathBuf::from(path)));
+    let after = p9_measure(&deb);
+    for (index, target) in [100, VOLUMES].into_iter().enumerate() {
+        let now = &after[index];
+        let baseline = match &before {
+            Some(before) => format!(
+                "before, measured with {}: {} logins, {} live tokens ({} units active, {} read their secret)",
+                std::env::var(P9_BASELINE_ENV).unwrap_or_default(),
+                before[index].logins,
+                before[index].tokens,
+                before[index].units,
+                before[index].read
+            ),
+            None => format!(
+                "before (one login per unit plus the driver's, as issue 12 reports; not measured in this run, set \
+                 {P9_BASELINE_ENV}): {} logins, {} live tokens",
+                target + 1,
+                target + 1
+            ),
+        };
+        println!(
+            "P9 {target} AppRole mounts ({} units active, {} read their secret): {} Vault logins, {} live tokens; {baseline}",
+            now.units, now.read, now.logins, now.tokens
+        );
+    }
+}
+
+/// One host with OpenBao and `deb`: logins and live tokens after 100 and after 500 mounts.
+fn p9_measure(deb: &std::path::Path) -> Vec<P9Figures> {
+    use openbao_in_host as bao;
+    let host = SystemdHost::start();
+    host.copy_in(deb, "/root/p.deb");
+    bao::install(&host);
+    let role_id = bao::approle(&host, "p9", "p9", "1h", "24h", 0);
+    let secret_id = bao::secret_id(&host, "p9");
+    host.exec_ok(&format!(
+        "for i in $(seq 0 {last}); do curl -fs -o /dev/null -H 'X-Vault-Token: {token}' -X POST            -d \"{{\\\"data\\\":{{\\\"value\\\":\\\"value-$i\\\"}}}}\" {addr}/v1/secret/data/p9/v$i/key; done
+         DEBIAN_FRONTEND=noninteractive apt-get install -y -q /root/p.deb >/dev/null
+         umask 077
+         echo {role_id} > /etc/docker-volume-libsecret/role-id
+         echo {secret_id} > /etc/docker-volume-libsecret/secret-id
+         printf '[vault]\\naddr = \"{addr}\"\\nauth = \"approle\"\\n[vault.approle]\\nrole_id_file = \"/etc/docker-volume-libsecret/role-id\"\\nsecret_id_file = \"/etc/docker-volume-libsecret/secret-id\"\\n' \
+           > /etc/docker-volume-libsecret/config.toml
+         systemctl enable --now docker-volume-libsecret.socket",
+        last = VOLUMES - 1,
+        token = bao::ROOT_TOKEN,
+        addr = bao::ADDR,
+    ));
+    let mut mounted = 0;
+    let mut figures = Vec::new();
+    for target in [100, VOLUMES] {
+        host.exec_ok(&format!(
+            "for i in $(seq {mounted} {last}); do
+               curl -s -o /dev/null --unix-socket /run/docker/plugins/libsecret.sock -X POST -d \"{{\\\"Name\\\":\\\"secret/p9/v$i\\\"}}\" http://plugin/VolumeDriver.Create
+               curl -s -o /dev/null --unix-socket /run/docker/plugins/libsecret.sock -X POST -d \"{{\\\"Name\\\":\\\"secret/p9/v$i\\\",\\\"ID\\\":\\\"p9\\\"}}\" http://plugin/VolumeDriver.Mount
+             done",
+            last = target - 1
+        ));
+        mounted = target;
+        // Every unit reads once, so each has needed its token.
+        let read = host.exec_ok(&format!(
+            "n=0; for i in $(seq 0 {last}); do [ \"$(cat /run/docker-volume-libsecret/mounts/secret%2Fp9%2Fv$i/key)\" = value-$i ] && n=$((n+1)); done; echo $n",
+            last = target - 1
+        ));
+        let units = host.exec_ok(
+            "systemctl list-units --no-legend --state=active 'docker-volume-libsecret-mount-*' | wc -l",
+        );
+        figures.push(P9Figures {
+            units: units.trim().to_owned(),
+            read: read.trim().to_owned(),
+            logins: bao::requests(&host, "auth/approle/login"),
+            tokens: bao::live_tokens(&host),
+        });
+    }
+    figures
+}
+
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    let host = setup();
-    std::thread::sleep(Duration::from_secs(1));
-    p6(&host);
-    p4(&host);
-    p5(&host);
+    let chosen: Vec<String> = std::env::args()
+        .filter(|a| ["p4", "p5", "p6", "p9"].contains(&a.as_str()))
+        .collect();
+    let run = |figure: &str| chosen.is_empty() || chosen.iter().any(|c| c == figure);
+    if run("p4") || run("p5") || run("p6") {
+        let host = setup();
+        std::thread::sleep(Duration::from_secs(1));
+        if run("p6") {
+            p6(&host);
+        }
+        if run("p4") {
+            p4(&host);
+        }
+        if run("p5") {
+            p5(&host);
+        }
+    }
+    if run("p9") {
+        p9();
+    }
 }

@@ -88,6 +88,10 @@ pub struct Config {
     pub negative_ttl: Duration,
     /// How mounts are served: `"auto"`, `"systemd"` (transient units) or `"in-process"`.
     pub mount_mode: MountMode,
+    /// The token broker's control socket (root-only; its directory is created 0700 if missing): the driver logs in
+    /// once per set of credentials and lends the tokens to its mount units over it, so only the driver reads
+    /// credential files.
+    pub broker_socket: PathBuf,
     /// Owner of the files and directory of every volume (numeric); a volume's `uid` option overrides it.
     pub uid: u32,
     /// Group of the files and directory of every volume (numeric); a volume's `gid` option overrides it.
@@ -380,6 +384,7 @@ impl Default for Config {
             stale_ttl: Duration::from_secs(3600),
             negative_ttl: Duration::from_secs(5),
             mount_mode: MountMode::Auto,
+            broker_socket: PathBuf::from(crate::broker::DEFAULT_SOCKET),
             audit: true,
             audit_interval: Duration::from_secs(60),
             audit_every_open: false,
@@ -713,6 +718,31 @@ impl Config {
             .collect()
     }
 
+    /// What identifies a scope's credentials (and its rule) across processes: a unit asks the driver's token broker
+    /// for the token of a scope with this, and a unit whose config differs is refused. A SHA-256 over the rule's
+    /// fingerprint (or `[vault]`'s credential settings) and the Vault addresses; never a secret.
+    pub fn scope_fingerprint(&self, scope: crate::access::AuthScope) -> String {
+        let identity = match scope {
+            crate::access::AuthScope::Rule(index) => self
+                .rule_fingerprints()
+                .get(index)
+                .cloned()
+                .unwrap_or_else(|| format!("no rule {index}")),
+            crate::access::AuthScope::Default => {
+                let vault = &self.vault;
+                serde_json::json!({
+                    "auth": vault.auth,
+                    "token_file": vault.token_file,
+                    "approle": vault.approle,
+                    "cert": vault.cert,
+                    "namespace": vault.namespace,
+                })
+                .to_string()
+            }
+        };
+        crate::names::sha256_hex(&format!("{identity}\0{}", self.vault.addr.join(",")))
+    }
+
     /// The Vault settings a scope reads with: `[vault]`, or `[vault]` with rule N's credentials instead.
     pub fn vault_for(&self, scope: crate::access::AuthScope) -> VaultConfig {
         let crate::access::AuthScope::Rule(index) = scope else {
@@ -800,6 +830,7 @@ impl Config {
 #[allow(clippy::result_large_err)] // figment::Jail's closures must return figment's (large) error type
 mod tests {
     use super::*;
+    use crate::access::AuthScope;
     use crate::names::VaultPath;
 
     /// figment's Jail isolates the environment and working directory of each test.
@@ -1196,5 +1227,60 @@ mod tests {
         assert!(error.contains("/nonexistent/c.toml"), "{error}");
         let credential = Credential::new("hvs.secret".into());
         assert!(!format!("{credential:?}").contains("hvs"));
+    }
+
+    #[test]
+    fn scope_fingerprints_follow_credentials_and_rules_and_never_hold_a_token() {
+        jail(|jail| {
+            let write = |jail: &mut figment::Jail, secret_file: &str, token: &str| {
+                jail.create_file(
+                    "config.toml",
+                    &format!(
+                        r#"
+                        [vault]
+                        addr = "http://vault:8200"
+                        token = "{token}"
+                        [[rules]]
+                        path = "secret/app"
+                        auth = "approle"
+                        approle = {{ role_id_file = "/r", secret_id_file = "{secret_file}" }}
+                        [[rules]]
+                        path = "secret"
+                        "#
+                    ),
+                )
+            };
+            let load =
+                || Config::load(Path::new("config.toml"), true, &FlagOverrides::default()).unwrap();
+            write(jail, "/s", "token-one")?;
+            let base = load();
+            let rule = base.scope_fingerprint(AuthScope::Rule(0));
+            let default = base.scope_fingerprint(AuthScope::Default);
+            assert_ne!(rule, default);
+            assert_eq!(
+                rule,
+                load().scope_fingerprint(AuthScope::Rule(0)),
+                "stable across loads"
+            );
+            assert!(!default.contains("token-one") && !rule.contains("token-one"));
+            // An inline token is not a credential setting the fingerprint covers (units never see it).
+            write(jail, "/s", "token-two")?;
+            assert_eq!(load().scope_fingerprint(AuthScope::Default), default);
+            // Other credentials for the rule change its fingerprint, not [vault]'s.
+            write(jail, "/other-secret-id", "token-one")?;
+            let changed = load();
+            assert_ne!(changed.scope_fingerprint(AuthScope::Rule(0)), rule);
+            assert_eq!(changed.scope_fingerprint(AuthScope::Default), default);
+            // Another Vault changes every fingerprint.
+            jail.set_env("VAULT_ADDR", "http://elsewhere:8200");
+            let moved = load();
+            assert_ne!(moved.scope_fingerprint(AuthScope::Default), default);
+            assert_ne!(moved.scope_fingerprint(AuthScope::Rule(0)), rule);
+            assert_eq!(
+                base.broker_socket,
+                PathBuf::from(crate::broker::DEFAULT_SOCKET)
+            );
+            Ok(())
+        });
     }
 }

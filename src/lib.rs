@@ -2,12 +2,13 @@
 //!
 //! Cores (kernel-free, tested with fakes): [`names`], [`secret`], [`cache`], [`filesystem`], [`volumes`],
 //! [`plugin`], [`config`], [`limits`]. Thin edges: [`server`] (HTTP over the plugin socket), [`fuse`], [`vault`],
-//! [`file_source`], [`mounter`], [`state`], [`root_only`] (the ownership and mode checks of secret and
-//! credential files).
+//! [`file_source`], [`mounter`], [`state`], [`broker`] (the token broker's socket), [`root_only`] (the ownership and
+//! mode checks of secret and credential files).
 #![forbid(unsafe_code)]
 
 pub mod access;
 pub mod audit;
+pub mod broker;
 pub mod cache;
 pub mod cli;
 pub mod config;

@@ -17,9 +17,10 @@ use clap::CommandFactory;
 use sd_notify::NotifyState;
 
 use docker_volume_libsecret::access::AuthScope;
+use docker_volume_libsecret::broker::{self, Broker};
 use docker_volume_libsecret::cache::SecretCache;
 use docker_volume_libsecret::cli::{Cli, Command};
-use docker_volume_libsecret::config::{AuthMethod, BackendKind, Config, FlagOverrides, MountMode};
+use docker_volume_libsecret::config::{BackendKind, Config, MountMode};
 use docker_volume_libsecret::file_source::FileSource;
 use docker_volume_libsecret::limits::RequestBudget;
 use docker_volume_libsecret::mounter::{
@@ -30,9 +31,9 @@ use docker_volume_libsecret::plugin::Plugin;
 use docker_volume_libsecret::secret::SecretSource;
 use docker_volume_libsecret::state::DirRecordStore;
 use docker_volume_libsecret::systemd::{
-    may_carry_secret, mount_unit_environment, sets_secret_table, MountUnitTemplate, SystemdMounter,
+    mount_unit_environment, sets_secret_table, MountUnitTemplate, SystemdMounter,
 };
-use docker_volume_libsecret::vault::{VaultSetupError, VaultSource};
+use docker_volume_libsecret::vault::{Lending, VaultSetupError, VaultSource};
 use docker_volume_libsecret::volumes::{Mounter, VolumeOptions, Volumes};
 use docker_volume_libsecret::{hardening, logging, server};
 
@@ -112,7 +113,7 @@ fn main() -> ExitCode {
                      with ps; put it in a root-only file and use token_file instead"
                 );
             }
-            runtime.block_on(serve(config, &cli, &flags))
+            runtime.block_on(serve(config, &cli))
         }
     };
     // A mount unit that stopped while its filesystem was in use leaves the FUSE thread waiting for the kernel:
@@ -140,10 +141,10 @@ fn new_cache(
         .with_total_budget(total.clone())
 }
 
-/// The caches volumes read through, and the Vault logins behind them (none for the file backend).
+/// The caches volumes read through, and the Vault logins behind them, by scope (none for the file backend).
 struct Backend {
     caches: VolumeCaches,
-    logins: Vec<Arc<VaultSource>>,
+    logins: Vec<(AuthScope, Arc<VaultSource>)>,
 }
 
 /// How the first contact with Vault goes at start.
@@ -197,12 +198,34 @@ async fn open_vault(
     Ok(vault)
 }
 
-/// Opens the configured backend (a Vault login for each set of credentials in `scopes`) and the caches volumes read
-/// through.
+/// Where a process's Vault tokens come from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tokens {
+    /// The driver's way: it logs in with each scope's credentials.
+    LogIn(FirstContact),
+    /// A mount unit's way: the driver's token broker lends them; no credential file is read.
+    Lent,
+}
+
+/// A mount unit's Vault backend for `scope`: the token comes from the driver's token broker.
+fn lent_vault(config: &Config, scope: AuthScope) -> anyhow::Result<VaultSource> {
+    let lending = Lending {
+        socket: config.broker_socket.clone(),
+        scope,
+        fingerprint: config.scope_fingerprint(scope),
+    };
+    let vault = VaultSource::lent(&config.vault_for(scope), lending)
+        .with_context(|| format!("Vault settings of {scope}"))?;
+    vault.keep_trying();
+    Ok(vault)
+}
+
+/// Opens the configured backend (a Vault login, or a lent token, for each set of credentials in `scopes`) and the
+/// caches volumes read through.
 async fn open_caches(
     config: &Config,
     scopes: &[AuthScope],
-    first_contact: FirstContact,
+    tokens: Tokens,
 ) -> anyhow::Result<Backend> {
     let access = config.access_rules();
     let total = Arc::new(RequestBudget::new("all volumes", config.limits.total()));
@@ -211,11 +234,19 @@ async fn open_caches(
             let mut sources: HashMap<AuthScope, Arc<VaultSource>> = HashMap::new();
             let mut roots = HashMap::new();
             for scope in scopes {
-                let vault = Arc::new(open_vault(config, *scope, first_contact).await?);
+                let vault = Arc::new(match tokens {
+                    Tokens::LogIn(first_contact) => {
+                        open_vault(config, *scope, first_contact).await?
+                    }
+                    Tokens::Lent => lent_vault(config, *scope)?,
+                });
                 roots.insert(*scope, Arc::new(new_cache(config, vault.clone(), &total)));
                 sources.insert(*scope, vault);
             }
-            let logins = sources.values().cloned().collect();
+            let logins = sources
+                .iter()
+                .map(|(scope, vault)| (*scope, vault.clone()))
+                .collect();
             let config = config.clone();
             let caches = VolumeCaches::new(
                 access,
@@ -283,55 +314,55 @@ async fn shutdown_signal() {
     }
 }
 
-/// Why mount units could not log in on their own, if they could not: a token that reaches the driver only through
-/// argv or the environment (a unit would need a copy there), a `LIBSECRET_*` table units are not given because it may
-/// hold the token, or a response-wrapped secret ID (single-use: the driver has unwrapped it).
-fn units_cannot_authenticate(config: &Config, flags: &FlagOverrides) -> Option<&'static str> {
+/// Why mount units could not load the driver's configuration, if they could not. Their tokens come from the
+/// driver's token broker, so how the driver authenticates does not matter (a token from argv or the environment, a
+/// response-wrapped secret ID): what remains is a `LIBSECRET_*` variable setting a whole table that may hold the
+/// token. Units are not given it, and with it they would lose the table's other settings (such as the address).
+fn units_cannot_load_config(config: &Config) -> Option<&'static str> {
     if config.backend() != BackendKind::Vault {
         return None;
     }
-    let set_names: Vec<String> = std::env::vars_os()
+    let sets_table = std::env::vars_os()
         .filter(|(_, value)| !value.is_empty())
         .filter_map(|(name, _)| name.into_string().ok())
-        .collect();
-    let env_token = set_names.iter().any(|name| may_carry_secret(name));
-    if set_names.iter().any(|name| sets_secret_table(name)) {
-        return Some(
-            "a LIBSECRET_* variable sets a whole table that may hold the token (such as LIBSECRET_VAULT), which \
-             mount units must not inherit; set its keys one by one (LIBSECRET_VAULT__ADDR) to use mount units",
-        );
-    }
-    match config.vault.auth {
-        AuthMethod::Token
-            if config.vault.token_file.is_none() && (flags.has_argv_token() || env_token) =>
-        {
-            Some(
-                "the Vault token came from the command line or the environment, which mount units must not \
-                 inherit; put the token in vault.token_file to use mount units",
-            )
-        }
-        _ if wrapped_secret_id(config) => Some(
-            "a response-wrapped secret ID can be unwrapped only once, by the driver; mount units could not log in",
-        ),
-        _ => None,
-    }
+        .any(|name| sets_secret_table(&name));
+    sets_table.then_some(
+        "a LIBSECRET_* variable sets a whole table that may hold the token (such as LIBSECRET_VAULT), which \
+         mount units must not inherit; set its keys one by one (LIBSECRET_VAULT__ADDR) to use mount units",
+    )
 }
 
-/// Whether `[vault]` or any rule logs in with a response-wrapped secret ID.
-fn wrapped_secret_id(config: &Config) -> bool {
-    (config.vault.auth == AuthMethod::Approle && config.vault.approle.secret_id_wrapped)
-        || config.rules.iter().any(|rule| {
-            rule.auth == Some(AuthMethod::Approle)
-                && rule.approle.as_ref().is_some_and(|a| a.secret_id_wrapped)
-        })
+/// Starts lending the driver's tokens to mount units on `config.broker_socket`, until the driver stops. The
+/// driver's tokens are not revoked when it stops: units keep reading with them while it restarts, and they expire
+/// at their TTL.
+fn start_broker(
+    config: &Config,
+    logins: &[(AuthScope, Arc<VaultSource>)],
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = broker::bind(&config.broker_socket)?;
+    let mut lender = Broker::new(nix::unistd::geteuid().as_raw());
+    for (scope, vault) in logins {
+        lender.add(*scope, config.scope_fingerprint(*scope), vault.clone());
+    }
+    tracing::info!(
+        socket = %config.broker_socket.display(),
+        scopes = logins.len(),
+        "lending Vault tokens to mount units"
+    );
+    Ok(tokio::spawn(broker::run(
+        Arc::new(lender),
+        listener,
+        std::future::pending(),
+    )))
 }
 
+/// The mounter, and for mount units the token broker lending them the driver's tokens.
 async fn choose_mounter(
     config: &Config,
     cli: &Cli,
-    flags: &FlagOverrides,
     caches: Arc<VolumeCaches>,
-) -> anyhow::Result<Box<dyn Mounter>> {
+    logins: &[(AuthScope, Arc<VaultSource>)],
+) -> anyhow::Result<(Box<dyn Mounter>, Option<tokio::task::JoinHandle<()>>)> {
     let systemd_host = Path::new("/run/systemd/system").is_dir();
     let mut use_units = match config.mount_mode {
         MountMode::InProcess => false,
@@ -339,9 +370,24 @@ async fn choose_mounter(
         MountMode::Auto => systemd_host,
     };
     if use_units {
-        if let Some(reason) = units_cannot_authenticate(config, flags) {
+        if let Some(reason) = units_cannot_load_config(config) {
             tracing::warn!("serving mounts in-process (they end when the driver stops): {reason}");
             use_units = false;
+        }
+    }
+    // Lent also with in-process mounts: units an earlier driver started may still be running and need tokens.
+    let mut lending = None;
+    if config.backend() == BackendKind::Vault {
+        match start_broker(config, logins) {
+            Ok(task) => lending = Some(task),
+            Err(error) if use_units => {
+                tracing::warn!(
+                    "serving mounts in-process (they end when the driver stops): {error:#}"
+                );
+                use_units = false;
+            }
+            // Mounts are the driver's own here: only units of an earlier driver would have needed it.
+            Err(error) => tracing::info!("mount units cannot be lent tokens: {error:#}"),
         }
     }
     if !use_units {
@@ -349,11 +395,14 @@ async fn choose_mounter(
             mount_mode = "in-process",
             "mounts are served by the driver process"
         );
-        return Ok(Box::new(InProcessMounter::new(
-            caches,
-            config.fs_options(),
-            tokio::runtime::Handle::current(),
-        )));
+        return Ok((
+            Box::new(InProcessMounter::new(
+                caches,
+                config.fs_options(),
+                tokio::runtime::Handle::current(),
+            )),
+            None,
+        ));
     }
     let template = MountUnitTemplate {
         executable: std::env::current_exe().context("locating this binary for mount units")?,
@@ -369,15 +418,18 @@ async fn choose_mounter(
         mount_mode = "systemd",
         "each mount is served by a transient systemd unit"
     );
-    Ok(Box::new(mounter))
+    Ok((Box::new(mounter), lending))
 }
 
 /// `STATUS=`: volumes and mounts, then whatever keeps a Vault login from reading (unreachable, rejected, since
 /// when).
-fn status_line(volumes: &Mutex<Volumes>, logins: &[Arc<VaultSource>]) -> String {
+fn status_line(volumes: &Mutex<Volumes>, logins: &[(AuthScope, Arc<VaultSource>)]) -> String {
     let (volumes, mounts) = volumes.lock().unwrap_or_else(|p| p.into_inner()).counts();
     let mut status = format!("{volumes} volume(s), {mounts} mounted");
-    let mut troubles: Vec<String> = logins.iter().filter_map(|login| login.status()).collect();
+    let mut troubles: Vec<String> = logins
+        .iter()
+        .filter_map(|(_, login)| login.status())
+        .collect();
     troubles.dedup();
     for trouble in troubles {
         status.push_str("; ");
@@ -387,7 +439,7 @@ fn status_line(volumes: &Mutex<Volumes>, logins: &[Arc<VaultSource>]) -> String 
 }
 
 /// Sends STATUS= (and WATCHDOG=1 when systemd asks for it) while the runtime is healthy.
-async fn report_health(volumes: Arc<Mutex<Volumes>>, logins: Vec<Arc<VaultSource>>) {
+async fn report_health(volumes: Arc<Mutex<Volumes>>, logins: Vec<(AuthScope, Arc<VaultSource>)>) {
     let watchdog = sd_notify::watchdog_enabled();
     let period = watchdog.map_or(Duration::from_secs(10), |timeout| timeout / 3);
     let mut ticker = tokio::time::interval(period);
@@ -437,17 +489,22 @@ fn refuse_queued_calls() {
     });
 }
 
-async fn serve(config: Config, cli: &Cli, flags: &FlagOverrides) -> anyhow::Result<()> {
+async fn serve(config: Config, cli: &Cli) -> anyhow::Result<()> {
     if config.rules.is_empty() {
         tracing::warn!(
             "no access rules: anyone who may run docker can mount any path the Vault credentials can read; add \
              [[rules]] to the config to restrict volumes to the paths they need"
         );
     }
-    let backend = open_caches(&config, &all_scopes(&config), FirstContact::detect()).await?;
+    let backend = open_caches(
+        &config,
+        &all_scopes(&config),
+        Tokens::LogIn(FirstContact::detect()),
+    )
+    .await?;
     let logins = backend.logins;
     let caches = Arc::new(backend.caches);
-    let mounter = choose_mounter(&config, cli, flags, caches.clone()).await?;
+    let (mounter, lending) = choose_mounter(&config, cli, caches.clone(), &logins).await?;
     for path in clean_stale_mounts(&config.mount_root) {
         tracing::info!(mountpoint = %path.display(), "removed a leftover mountpoint");
     }
@@ -481,6 +538,10 @@ async fn serve(config: Config, cli: &Cli, flags: &FlagOverrides) -> anyhow::Resu
     server::run(listener, plugin, shutdown_signal()).await;
 
     health.abort();
+    if let Some(lending) = lending {
+        // Units keep the tokens they hold (valid until their TTL) and find the next driver on the same path.
+        lending.abort();
+    }
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
     let _ = tokio::task::spawn_blocking(move || {
         volumes.lock().unwrap_or_else(|p| p.into_inner()).shutdown();
@@ -492,7 +553,8 @@ async fn serve(config: Config, cli: &Cli, flags: &FlagOverrides) -> anyhow::Resu
     Ok(())
 }
 
-/// Mount-unit mode: serves one volume until SIGTERM, reading credentials from the config and token files itself.
+/// Mount-unit mode: serves one volume until SIGTERM. The config gives the Vault address and TLS settings; the
+/// tokens are lent by the driver's token broker (no credential file is read here).
 async fn serve_mount(
     config: Config,
     volume: String,
@@ -503,15 +565,16 @@ async fn serve_mount(
         VaultPath::from_volume_name(&volume).with_context(|| format!("volume {volume:?}"))?;
     let options = VolumeOptions::parse(&options).context("volume options")?;
     let namespace = options.namespace.as_deref();
-    // Every read below the volume is decided by its own rule, so the unit logs in with each set of credentials
-    // those rules may name (and none other).
+    // Every read below the volume is decided by its own rule, so the unit borrows the token of each set of
+    // credentials those rules may name (and none other).
     let access = config.access_rules();
     access
         .decide(namespace, &vault_path)
         .context("access rules")?;
     let scopes = access.scopes_below(namespace, &vault_path);
-    // A mount unit never waits for Vault: it mounts at once, and reads give EIO until a login works.
-    let backend = open_caches(&config, &scopes, FirstContact::Background).await?;
+    // A mount unit never waits for Vault nor the driver: it mounts at once, and reads give EIO until the driver
+    // lends a token.
+    let backend = open_caches(&config, &scopes, Tokens::Lent).await?;
     let caches = Arc::new(backend.caches);
     let router = caches.router(namespace);
     // The driver starts this unit only when no live server has the volume: anything mounted here is dead.
@@ -541,10 +604,7 @@ async fn serve_mount(
     // removed) does not wait for that: exiting closes the FUSE connection.
     let unmounting = tokio::task::spawn_blocking(move || mount.unmount());
     let unmounted = tokio::time::timeout(UNMOUNT_WAIT, unmounting).await;
-    // Tokens this unit logged in for die with it, so they neither pile up nor use up secret_id_num_uses.
-    for login in &backend.logins {
-        login.revoke_login().await;
-    }
+    // The tokens are the driver's (lent, and other units read with them): a unit never revokes them.
     let in_use = match unmounted {
         Ok(joined) => match joined.context("unmounting")? {
             Ok(()) => false,

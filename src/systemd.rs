@@ -3,8 +3,9 @@
 //! not in the driver's cgroup, so containers keep reading their secrets while the driver restarts, crashes or is
 //! upgraded; the next driver process adopts them. Transient units never touch the disk: a reboot ends them.
 //!
-//! A unit reads its credentials itself, from the root-only config file and token file: nothing secret goes into
-//! its argv, environment or unit properties.
+//! A unit reads the root-only config file itself (address, TLS, rules) and borrows its Vault tokens from the
+//! driver's token broker (src/broker.rs): it reads no credential file, and nothing secret goes into its argv,
+//! environment or unit properties.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

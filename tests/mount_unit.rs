@@ -1,6 +1,8 @@
-//! The `serve-mount` mode a transient mount unit runs, as systemd starts it (the same argv), against real OpenBao:
-//! a unit over a parent volume logs in with the credentials of each rule below it and decides every path, and a
-//! unit that stops revokes the tokens it logged in with.
+//! The `serve-mount` mode a transient mount unit runs, as systemd starts it (the same argv), against real OpenBao
+//! and a real driver (in-process mounts, its token broker on a socket in the test's directory): a unit borrows the
+//! driver's token of each rule below its volume and never logs in, reads a credential file, renews or revokes; it
+//! mounts without a driver (EIO until a token is lent), keeps reading while the driver is down, and a token revoked
+//! behind the driver's back is replaced when a unit finds it dead.
 
 mod support;
 
@@ -9,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::json;
-use support::driver::BINARY;
+use support::driver::{Driver, BINARY};
 use support::openbao::OpenBao;
 use support::root_only_file;
 
@@ -85,8 +87,58 @@ fn live_tokens(bao: &OpenBao) -> usize {
     reply["data"]["keys"].as_array().map_or(0, Vec::len)
 }
 
-#[test]
-fn a_unit_over_a_parent_volume_reads_each_path_with_its_rules_login_and_revokes_it_when_it_stops() {
+/// A test directory with a config (in-process mounts, the broker socket inside the directory) and its driver.
+struct Setup {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl Setup {
+    /// `config` is the `[vault]`/`[[rules]]` part; the rest is added. Nothing is served from memory (no cache to
+    /// speak of, no stale values, no folder index), so every read of a new key needs a live token.
+    fn new(dir: tempfile::TempDir, vault_and_rules: &str) -> Setup {
+        let config = dir.path().join("config.toml");
+        let broker = dir.path().join("run/broker.sock");
+        std::fs::write(
+            &config,
+            format!(
+                "mount_mode = \"in-process\"\nbroker_socket = \"{}\"\nstate_dir = \"{}\"\nmount_root = \"{}\"\n\
+                 cache_ttl = \"1s\"\nstale_ttl = \"0s\"\nnegative_ttl = \"0s\"\n{vault_and_rules}",
+                broker.display(),
+                dir.path().join("state").display(),
+                dir.path().join("mounts").display(),
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        Setup { dir, config }
+    }
+
+    fn driver(&self, log: &str) -> Driver {
+        Driver::start_with_config(
+            &self.config,
+            &[],
+            &self.dir.path().join("plugin.sock"),
+            &self.dir.path().join(log),
+            &[],
+        )
+    }
+
+    fn unit(&self, volume: &str, name: &str) -> MountUnit {
+        MountUnit::start(
+            &self.config,
+            volume,
+            &self.dir.path().join(name),
+            &self.dir.path().join(format!("{name}.log")),
+        )
+    }
+}
+
+/// OpenBao with `secret/app-1/db`, `secret/admin/root` and `secret/shared/x`; AppRoles `app-1` (its paths only)
+/// and `shared` (all of secret/); a config whose [vault] logs in as `shared`, rule 0 refuses secret/admin and rule
+/// 1 gives secret/app-1 its own AppRole.
+fn two_roles() -> (OpenBao, Setup) {
     support::require_fuse();
     let bao = OpenBao::start();
     bao.kv_put(
@@ -117,14 +169,10 @@ fn a_unit_over_a_parent_volume_reads_each_path_with_its_rules_login_and_revokes_
     );
     let app1 = bao.approle(None, "app-1", &["app-1"]);
     let shared = bao.approle(None, "shared", &["shared"]);
-
     let dir = tempfile::tempdir().unwrap();
     let file = |name: &str, value: &str| root_only_file(dir.path(), name, value);
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
+    let rules = format!(
+        r#"
 [vault]
 addr = "{addr}"
 auth = "approle"
@@ -145,43 +193,64 @@ approle = {{ role_id_file = "{app_role}", secret_id_file = "{app_secret}" }}
 [[rules]]
 path = "secret"
 "#,
-            addr = bao.addr(),
-            shared_role = file("shared.role-id", &shared.role_id).display(),
-            shared_secret = file("shared.secret-id", &shared.secret_id).display(),
-            app_role = file("app-1.role-id", &app1.role_id).display(),
-            app_secret = file("app-1.secret-id", &app1.secret_id).display(),
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        addr = bao.addr(),
+        shared_role = file("shared.role-id", &shared.role_id).display(),
+        shared_secret = file("shared.secret-id", &shared.secret_id).display(),
+        app_role = file("app-1.role-id", &app1.role_id).display(),
+        app_secret = file("app-1.secret-id", &app1.secret_id).display(),
+    );
+    let setup = Setup::new(dir, &rules);
+    (bao, setup)
+}
 
+fn read(path: &Path) -> std::io::Result<String> {
+    std::fs::read_to_string(path)
+}
+
+#[test]
+fn units_borrow_each_rules_token_from_the_driver_and_never_log_in_read_credentials_or_revoke() {
+    let (bao, setup) = two_roles();
     let tokens_before = live_tokens(&bao);
     let mark = bao.audit_len();
-    let mountpoint = dir.path().join("mnt");
-    let mut unit = MountUnit::start(&config, "secret", &mountpoint, &dir.path().join("unit.log"));
-    // Both rules below the volume logged in: [vault]'s AppRole and app-1's.
-    let logins = bao.audit_count_since(mark, "auth/approle/login");
+    let driver = setup.driver("driver.log");
+    // The driver logs in once per set of credentials: [vault]'s AppRole and rule 1's.
     assert_eq!(
-        logins,
+        bao.audit_count_since(mark, "auth/approle/login"),
         2,
-        "one login per rule the volume spans:\n{}",
-        unit.log()
+        "{}",
+        driver.log()
     );
-    assert_eq!(live_tokens(&bao), tokens_before + 2);
-
+    // Only the driver reads credential files: without them units still read.
+    for name in [
+        "shared.role-id",
+        "shared.secret-id",
+        "app-1.role-id",
+        "app-1.secret-id",
+    ] {
+        std::fs::remove_file(setup.dir.path().join(name)).unwrap();
+    }
+    let mut parent = setup.unit("secret", "parent");
+    let child = setup.unit("secret/app-1", "child");
+    let mnt = setup.dir.path().join("parent");
     assert_eq!(
-        std::fs::read_to_string(mountpoint.join("app-1/db")).unwrap(),
-        "app-1-password"
+        read(&mnt.join("app-1/db")).unwrap(),
+        "app-1-password",
+        "{}",
+        parent.log()
     );
+    assert_eq!(read(&mnt.join("shared/x")).unwrap(), "shared");
     assert_eq!(
-        std::fs::read_to_string(mountpoint.join("shared/x")).unwrap(),
-        "shared"
+        read(&setup.dir.path().join("child/db")).unwrap(),
+        "app-1-password",
+        "{}",
+        child.log()
     );
-    let denied = std::fs::read_to_string(mountpoint.join("admin/root")).unwrap_err();
+    let denied = read(&mnt.join("admin/root")).unwrap_err();
     assert_eq!(denied.raw_os_error(), Some(nix::libc::EACCES));
-    let app_reads: Vec<_> = bao
-        .audit_requests_since(mark)
-        .into_iter()
+    let requests = bao.audit_requests_since(mark);
+    // Each path was read with its own rule's token (the driver's logins, lent).
+    let app_reads: Vec<_> = requests
+        .iter()
         .filter(|r| r.path == "secret/data/app-1/db")
         .collect();
     assert!(
@@ -191,75 +260,215 @@ path = "secret"
                 .all(|r| r.role_name.as_deref() == Some("app-1")),
         "{app_reads:?}"
     );
-    assert!(bao
-        .audit_requests_since(mark)
+    assert!(requests
+        .iter()
+        .filter(|r| r.path == "secret/data/shared/x")
+        .all(|r| r.role_name.as_deref() == Some("shared")));
+    assert!(requests
         .iter()
         .all(|r| !r.path.starts_with("secret/data/admin")));
-
-    // Stopping the unit revokes both tokens: none is left behind in OpenBao.
-    assert!(
-        unit.stop(),
-        "serve-mount did not exit cleanly:\n{}",
-        unit.log()
-    );
+    // Two units, three scopes borrowed: still the driver's two logins, two tokens, and no renewal by a unit.
     assert_eq!(
-        bao.audit_count_since(mark, "auth/token/revoke-self"),
+        bao.audit_count_since(mark, "auth/approle/login"),
         2,
         "{}",
-        unit.log()
+        parent.log()
     );
+    assert_eq!(live_tokens(&bao), tokens_before + 2);
+    assert!(
+        parent.stop(),
+        "serve-mount did not exit cleanly:\n{}",
+        parent.log()
+    );
+    drop(child);
+    assert_eq!(bao.audit_count_since(mark, "auth/token/revoke-self"), 0);
+    assert_eq!(bao.audit_count_since(mark, "auth/token/renew-self"), 0);
     assert_eq!(
         live_tokens(&bao),
-        tokens_before,
-        "tokens left after the unit stopped"
+        tokens_before + 2,
+        "the driver's tokens are not the units' to revoke"
     );
-}
-
-/// OpenBao with `secret/app/x`, and a unit serving `secret/app` at `<dir>/mnt` with an operator's token file.
-fn unit_with_an_operators_token() -> (OpenBao, String, tempfile::TempDir, MountUnit) {
-    support::require_fuse();
-    let bao = OpenBao::start();
-    bao.kv_put(None, "secret", "app/x", json!({"value": "v"}));
-    let token = bao.create_token(None, &["root"], "1h");
-    let dir = tempfile::tempdir().unwrap();
-    let token_file = root_only_file(dir.path(), "token", &token);
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[vault]\naddr = \"{}\"\ntoken_file = \"{}\"\n",
-            bao.addr(),
-            token_file.display()
-        ),
-    )
-    .unwrap();
-    let unit = MountUnit::start(
-        &config,
-        "secret/app",
-        &dir.path().join("mnt"),
-        &dir.path().join("unit.log"),
+    let logs = format!(
+        "{}{}{}",
+        driver.log(),
+        parent.log(),
+        read(&setup.dir.path().join("child.log")).unwrap_or_default()
     );
-    (bao, token, dir, unit)
+    assert!(
+        logs.contains("lending Vault tokens to mount units"),
+        "{logs}"
+    );
 }
 
 #[test]
-fn a_unit_with_an_operators_token_file_never_revokes_it() {
-    let (bao, token, dir, mut unit) = unit_with_an_operators_token();
-    let mountpoint = dir.path().join("mnt");
-    assert_eq!(std::fs::read_to_string(mountpoint.join("x")).unwrap(), "v");
+fn a_unit_without_a_driver_mounts_gives_eio_and_reads_once_the_driver_lends_a_token() {
+    let (bao, setup) = two_roles();
+    let unit = setup.unit("secret/app-1", "child");
+    let file = setup.dir.path().join("child/db");
+    let error = read(&file).unwrap_err();
+    assert_eq!(error.raw_os_error(), Some(nix::libc::EIO), "{}", unit.log());
     let mark = bao.audit_len();
-    assert!(unit.stop(), "{}", unit.log());
+    let driver = setup.driver("driver.log");
+    support::wait_until(
+        "a read once the driver lends tokens",
+        Duration::from_secs(30),
+        || read(&file).is_ok_and(|v| v == "app-1-password"),
+    );
+    assert_eq!(
+        bao.audit_count_since(mark, "auth/approle/login"),
+        2,
+        "{}",
+        driver.log()
+    );
+    assert!(
+        unit.log().contains("token broker"),
+        "the unit says where it waits for its token:\n{}",
+        unit.log()
+    );
+}
+
+#[test]
+fn a_unit_keeps_reading_while_the_driver_is_down_and_borrows_from_the_next_one() {
+    let (bao, setup) = two_roles();
+    let mark = bao.audit_len();
+    let mut first = setup.driver("driver-1.log");
+    let unit = setup.unit("secret/app-1", "child");
+    let mnt = setup.dir.path().join("child");
+    assert_eq!(
+        read(&mnt.join("db")).unwrap(),
+        "app-1-password",
+        "{}",
+        unit.log()
+    );
+    assert!(first.stop());
+    // A key written while the driver is away is read with the token the unit holds.
+    bao.kv_put(None, "secret", "app-1/while-down", json!({"value": "v1"}));
+    assert_eq!(
+        read(&mnt.join("while-down")).unwrap(),
+        "v1",
+        "{}",
+        unit.log()
+    );
+    let second = setup.driver("driver-2.log");
+    bao.kv_put(None, "secret", "app-1/after", json!({"value": "v2"}));
+    assert_eq!(read(&mnt.join("after")).unwrap(), "v2");
+    // Each driver start logged in once per scope; the unit never did.
+    assert_eq!(
+        bao.audit_count_since(mark, "auth/approle/login"),
+        4,
+        "{}",
+        second.log()
+    );
     assert_eq!(bao.audit_count_since(mark, "auth/token/revoke-self"), 0);
-    let (status, _) = bao.request("GET", "auth/token/lookup-self", None, Some(&token), None);
-    assert_eq!(status, 200, "the operator's token still works");
+}
+
+#[test]
+fn a_token_revoked_behind_the_drivers_back_is_replaced_when_a_unit_finds_it_dead() {
+    let (bao, setup) = two_roles();
+    let driver = setup.driver("driver.log");
+    let unit = setup.unit("secret/app-1", "child");
+    let mnt = setup.dir.path().join("child");
+    assert_eq!(
+        read(&mnt.join("db")).unwrap(),
+        "app-1-password",
+        "{}",
+        unit.log()
+    );
+    // Revoke every AppRole token (the driver's two), as an operator cleaning up might.
+    let accessors = bao.call(
+        "LIST",
+        "auth/token/accessors",
+        None,
+        serde_json::Value::Null,
+    );
+    for accessor in accessors["data"]["keys"].as_array().unwrap() {
+        let info = bao.call(
+            "POST",
+            "auth/token/lookup-accessor",
+            None,
+            json!({ "accessor": accessor }),
+        );
+        if info["data"]["path"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("auth/approle/"))
+        {
+            bao.call(
+                "POST",
+                "auth/token/revoke-accessor",
+                None,
+                json!({ "accessor": accessor }),
+            );
+        }
+    }
+    let mark = bao.audit_len();
+    bao.kv_put(None, "secret", "app-1/fresh", json!({"value": "fresh"}));
+    // The unit's 403 is checked (lookup-self), the broker told, the driver checks its own token and logs in again.
+    support::wait_until(
+        "a read after the token was replaced",
+        Duration::from_secs(30),
+        || read(&mnt.join("fresh")).is_ok_and(|v| v == "fresh"),
+    );
+    assert_eq!(
+        bao.audit_count_since(mark, "auth/approle/login"),
+        1,
+        "one new login, for the dead scope only:\n{}\n{}",
+        driver.log(),
+        unit.log()
+    );
+}
+
+#[test]
+fn lent_tokens_run_out_and_units_move_to_the_drivers_next_login_without_a_failed_read() {
+    let (bao, setup) = two_roles();
+    // Tokens of 4 s, 8 s at most: within the test each is replaced several times.
+    for role in ["app-1", "shared"] {
+        bao.call(
+            "POST",
+            &format!("auth/approle/role/{role}"),
+            None,
+            json!({"token_ttl": "4s", "token_max_ttl": "8s"}),
+        );
+    }
+    let mark = bao.audit_len();
+    let driver = setup.driver("driver.log");
+    let unit = setup.unit("secret/app-1", "child");
+    let mnt = setup.dir.path().join("child");
+    let rounds = 20;
+    let started = std::time::Instant::now();
+    for round in 0..rounds {
+        // A new key each round: the read must reach Vault (stale serving is off), so it needs a live token.
+        let key = format!("round-{round}");
+        bao.kv_put(
+            None,
+            "secret",
+            &format!("app-1/{key}"),
+            json!({"value": key}),
+        );
+        assert_eq!(
+            read(&mnt.join(&key)).map_err(|e| format!("{e}\n{}\n{}", unit.log(), driver.log())),
+            Ok(key.clone()),
+            "round {round}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    // Two scopes, one login each at start and about one per max TTL after: nowhere near one per read. The rounds
+    // took over 20 s, past the 8 s max TTL, so the first tokens did run out (more than the 2 first logins).
+    let logins = bao.audit_count_since(mark, "auth/approle/login");
+    let lifetimes = started.elapsed().as_secs() as usize / 5 + 1;
+    assert!(
+        (3..=2 * (1 + lifetimes)).contains(&logins),
+        "{logins} logins in {rounds} rounds ({lifetimes} token lifetimes):\n{}",
+        driver.log()
+    );
 }
 
 #[test]
 fn a_unit_stopped_while_a_container_holds_its_mount_still_ends() {
-    let (_bao, _, dir, mut unit) = unit_with_an_operators_token();
-    let mountpoint = dir.path().join("mnt");
+    let (_bao, setup) = two_roles();
+    let _driver = setup.driver("driver.log");
+    let mut unit = setup.unit("secret/app-1", "child");
     // An open file keeps the filesystem busy, as a running container does.
-    let held = std::fs::File::open(mountpoint.join("x")).unwrap();
+    let held = std::fs::File::open(setup.dir.path().join("child/db")).unwrap();
     let pid = nix::unistd::Pid::from_raw(unit.child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     support::wait_until(

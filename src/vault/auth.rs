@@ -109,6 +109,18 @@ pub enum Auth {
         mount: String,
         role: Option<String>,
     },
+    /// A mount unit's way: the token is lent by the driver's token broker, which logged in with the scope's
+    /// credentials (the unit never reads them). The token stays the driver's: never renewed nor revoked here; a
+    /// new one is asked for at about 2/3 of what is left of its TTL, and when Vault says it is dead.
+    Lent(Lending),
+}
+
+/// Where a unit's token comes from: the broker's socket, and the scope it asks for.
+pub struct Lending {
+    pub socket: PathBuf,
+    pub scope: crate::access::AuthScope,
+    /// The scope's fingerprint in this unit's config ([`crate::config::Config::scope_fingerprint`]).
+    pub fingerprint: String,
 }
 
 /// Reads a credential file: root-only, trimmed, non-empty, and only characters a header may carry.
@@ -179,7 +191,18 @@ impl Auth {
             Auth::TokenFile(path) => format!("token_file {}", path.display()),
             Auth::AppRole { mount, .. } => format!("approle at auth/{mount}"),
             Auth::Cert { mount, .. } => format!("cert at auth/{mount}"),
+            Auth::Lent(lending) => format!(
+                "the driver's login for {} (token broker {})",
+                lending.scope,
+                lending.socket.display()
+            ),
         }
+    }
+
+    /// Whether the token is lent by the driver: it is never renewed here, and the broker (a local socket) is asked
+    /// again sooner than Vault would be.
+    pub fn is_lent(&self) -> bool {
+        matches!(self, Auth::Lent(_))
     }
 
     /// Whether a login yields a new token (AppRole, cert). A token file yields whatever the file holds.
@@ -198,7 +221,19 @@ impl Auth {
         transport: &Transport,
         namespace: Option<&str>,
     ) -> Result<Login, AuthError> {
+        self.login_replacing(transport, namespace, None).await
+    }
+
+    /// [`login`](Self::login) to replace `dead`, a token Vault no longer accepts: a lent token's broker is told
+    /// (by digest), so the driver checks its own login. Other methods log in as usual.
+    pub async fn login_replacing(
+        &self,
+        transport: &Transport,
+        namespace: Option<&str>,
+        dead: Option<&str>,
+    ) -> Result<Login, AuthError> {
         match self {
+            Auth::Lent(lending) => borrow(lending, transport.timeout(), dead).await,
             Auth::InlineToken(token) => lookup(transport, namespace, token.clone()).await,
             Auth::TokenFile(path) => {
                 let token = read_credential(path, "vault.token_file")?;
@@ -283,6 +318,36 @@ impl Auth {
             })?;
         *unwrapped.lock().unwrap_or_else(|p| p.into_inner()) = Some((secret_id.clone(), digest));
         Ok(secret_id)
+    }
+}
+
+/// Asks the driver's token broker for the scope's token.
+async fn borrow(
+    lending: &Lending,
+    timeout: Duration,
+    dead: Option<&str>,
+) -> Result<Login, AuthError> {
+    use crate::broker::{ask, AskError, Request};
+    let request = Request {
+        scope: lending.scope.into(),
+        fingerprint: lending.fingerprint.clone(),
+        dead_token: dead.map(crate::names::sha256_hex),
+    };
+    match ask(&lending.socket, &request, timeout).await {
+        Ok(lent) => Ok(Login {
+            token: lent.token,
+            // A token with nothing left is asked for again at once, not taken for one that never expires (zero).
+            ttl: lent
+                .ttl
+                .map_or(Duration::ZERO, |ttl| ttl.max(Duration::from_secs(1))),
+            renewable: false,
+            policies: Vec::new(),
+        }),
+        Err(error @ AskError::Unreachable { .. }) => Err(AuthError::Unavailable(error.to_string())),
+        Err(error @ AskError::Refused { refusal, .. }) if refusal.is_transient() => {
+            Err(AuthError::Unavailable(error.to_string()))
+        }
+        Err(error) => Err(AuthError::Rejected(error.to_string())),
     }
 }
 

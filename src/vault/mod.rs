@@ -24,6 +24,7 @@ use rustify_derive::Endpoint;
 use serde::Deserialize;
 use vaultrs::error::ClientError;
 
+pub use self::auth::Lending;
 use self::auth::{Auth, AuthError};
 use self::session::Session;
 use self::transport::Transport;
@@ -210,9 +211,19 @@ impl VaultSource {
     /// wrong (an address, TLS files, a missing credential setting). Nothing logs in until
     /// [`first_login`](Self::first_login), [`keep_trying`](Self::keep_trying) or a read.
     pub fn new(config: &VaultConfig) -> Result<Self, VaultSetupError> {
-        let transport = Transport::new(config)?;
         let auth =
             Auth::from_config(config).map_err(|e| VaultSetupError::Credential(e.to_string()))?;
+        Self::with_auth(config, auth)
+    }
+
+    /// A mount unit's backend: `config`'s transport (addresses, TLS, the client certificate), with the token lent
+    /// by the driver's token broker instead of a login of its own. No credential file is read here.
+    pub fn lent(config: &VaultConfig, lending: Lending) -> Result<Self, VaultSetupError> {
+        Self::with_auth(config, Auth::Lent(lending))
+    }
+
+    fn with_auth(config: &VaultConfig, auth: Auth) -> Result<Self, VaultSetupError> {
+        let transport = Transport::new(config)?;
         let session = Session::new(transport, auth, config.namespace.clone());
         let overrides = config
             .kv_version
@@ -290,7 +301,9 @@ impl VaultSource {
     }
 
     /// Revokes the token this source logged in with (AppRole, cert; never an operator's token_file or inline
-    /// token), bounded by `vault.timeout`, and ends the login. For a mount unit that stops.
+    /// token, nor a lent one), bounded by `vault.timeout`, and ends the login. The service itself no longer calls it:
+    /// mount units borrow the driver's tokens, and the driver leaves its own to expire so units keep reading while
+    /// it restarts.
     pub async fn revoke_login(&self) {
         self.session.revoke_login().await
     }
@@ -482,6 +495,15 @@ impl VaultSource {
             .strip_prefix(&mount.mount)
             .map(|rest| rest.trim_start_matches('/'))
             .unwrap_or(path.as_str())
+    }
+}
+
+/// The driver lends its login's token to mount units (src/broker.rs).
+#[async_trait]
+impl crate::broker::TokenLender for VaultSource {
+    async fn lend(&self, dead_token: Option<&str>) -> Result<crate::broker::Lent, String> {
+        let (token, ttl) = self.session.lend(dead_token).await?;
+        Ok(crate::broker::Lent { token, ttl })
     }
 }
 

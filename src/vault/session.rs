@@ -10,6 +10,10 @@
 //!   starts is not fatal. The first login is retried in the background with jittered backoff (1 s up to
 //!   `LOGIN_MAX_BACKOFF`), and a request that finds no token tries at once (at most once per `ON_DEMAND_INTERVAL`),
 //!   so reads recover as soon as Vault answers. Credential files are read again at every attempt.
+//! - A mount unit's token is lent by the driver ([`Auth::Lent`], src/broker.rs): it is never renewed nor revoked
+//!   here; the broker is asked again at about 2/3 of what is left of its TTL and when Vault says it is dead, and
+//!   while the driver is away the unit keeps its token and retries with jittered backoff (1 s up to
+//!   `LENT_MAX_BACKOFF`). The driver lends its own token with [`Session::lend`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, Weak};
@@ -37,6 +41,9 @@ const LOGIN_MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// A request that finds no token tries to log in itself, but not more often than this (a container probing names
 /// while Vault is down must not turn into a login storm).
 const ON_DEMAND_INTERVAL: Duration = Duration::from_secs(1);
+/// The longest wait between asks of the driver's token broker: a local socket, cheap to ask, and a restarted driver
+/// should be found well before a lent token runs out.
+const LENT_MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 struct TokenState {
     token: Zeroizing<String>,
@@ -153,6 +160,17 @@ impl Session {
         }
         let attempt = self.auth.login(&self.transport, self.namespace()).await;
         let failure = match attempt {
+            Ok(login) if self.auth.is_lent() => {
+                tracing::info!(
+                    auth = %self.auth.describe(),
+                    ttl_seconds = login.ttl.as_secs(),
+                    "got a Vault token from the driver"
+                );
+                self.health.logged_in();
+                self.install(login, 0);
+                *self.last_attempt.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                return Ok(());
+            }
             Ok(login) => {
                 tracing::info!(
                     vault_addr = %self.transport.current_address(),
@@ -254,7 +272,7 @@ impl Session {
                 if !self.token_is_dead(generation).await {
                     return Err(error);
                 }
-                if let Err(reason) = self.replace_token(generation).await {
+                if let Err(reason) = self.replace_token(generation, Some(&token)).await {
                     tracing::warn!(%reason, "the Vault token is no longer valid and could not be replaced");
                     return Err(error);
                 }
@@ -308,8 +326,9 @@ impl Session {
         }
     }
 
-    /// Replaces the token of `generation` by a new login, unless another task already has.
-    async fn replace_token(&self, generation: u64) -> Result<(), AuthError> {
+    /// Replaces the token of `generation` by a new login, unless another task already has. `dead`: the token, when
+    /// Vault said it is dead (a lent token's broker is told).
+    async fn replace_token(&self, generation: u64, dead: Option<&str>) -> Result<(), AuthError> {
         let _replacing = self.replacing.lock().await;
         if self.is_closed() {
             return Err(AuthError::Unavailable(
@@ -319,8 +338,15 @@ impl Session {
         if self.token().1 != generation {
             return Ok(());
         }
-        let login = self.auth.login(&self.transport, self.namespace()).await?;
-        tracing::info!(auth = %self.auth.describe(), ttl_seconds = login.ttl.as_secs(), "logged in to Vault again");
+        let login = self
+            .auth
+            .login_replacing(&self.transport, self.namespace(), dead)
+            .await?;
+        if self.auth.is_lent() {
+            tracing::debug!(auth = %self.auth.describe(), ttl_seconds = login.ttl.as_secs(), "got a new token from the driver");
+        } else {
+            tracing::info!(auth = %self.auth.describe(), ttl_seconds = login.ttl.as_secs(), "logged in to Vault again");
+        }
         self.health.logged_in();
         self.install(login, generation);
         Ok(())
@@ -366,6 +392,28 @@ impl Session {
         auth::revoke_self(&self.transport, self.namespace(), &token).await
     }
 
+    /// The current token and what is left of its TTL (`None`: it never expires), for the driver's token broker to
+    /// lend to a mount unit. Without a token a login is tried now (at most once per `ON_DEMAND_INTERVAL`). `dead`:
+    /// the digest of a token a unit found dead; if it is this session's, it is checked with lookup-self (at most
+    /// once per `VERIFY_INTERVAL`, so units cannot force logins) and replaced if Vault says so.
+    pub async fn lend(
+        &self,
+        dead: Option<&str>,
+    ) -> Result<(Zeroizing<String>, Option<Duration>), String> {
+        self.ensure_token().await?;
+        if let Some(dead) = dead {
+            let (token, generation) = self.token();
+            if crate::names::sha256_hex(&token) == dead && self.token_is_dead(generation).await {
+                tracing::info!(auth = %self.auth.describe(), "a mount unit found the Vault token dead; logging in again");
+                self.replace_token(generation, Some(&token))
+                    .await
+                    .map_err(|error| error.to_string())?;
+            }
+        }
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        Ok((state.token.clone(), state.expires_in()))
+    }
+
     /// Keeps the token alive for as long as the session lives.
     pub fn spawn_lifecycle(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let session = Arc::downgrade(self);
@@ -390,7 +438,10 @@ fn plan(session: &Session) -> (Duration, Next, u64) {
     let due = jitter(state.ttl.mul_f64(2.0 / 3.0)).saturating_sub(state.obtained.elapsed());
     // A renewal that granted under half of the login's TTL means the max TTL is close: log in instead.
     let capped = state.ttl < state.login_ttl / 2;
-    let next = if state.renewable && !(capped && session.auth.mints_tokens()) {
+    let next = if session.auth.is_lent() {
+        // The driver's token: the driver renews it; ask the broker again for it (or its successor).
+        Next::Replace
+    } else if state.renewable && !(capped && session.auth.mints_tokens()) {
         Next::Renew
     } else if session.auth.mints_tokens() {
         Next::Replace
@@ -407,6 +458,10 @@ async fn lifecycle(session: Weak<Session>, mut changed: watch::Receiver<u64>) {
     let mut backoff = MIN_BACKOFF;
     let mut login_backoff = MIN_BACKOFF;
     let mut warned_expiry = false;
+    let (max_backoff, max_login_backoff) = match session.upgrade() {
+        Some(session) if session.auth.is_lent() => (LENT_MAX_BACKOFF, LENT_MAX_BACKOFF),
+        _ => (MAX_BACKOFF, LOGIN_MAX_BACKOFF),
+    };
     loop {
         let Some(strong) = session.upgrade() else {
             return;
@@ -428,7 +483,7 @@ async fn lifecycle(session: Weak<Session>, mut changed: watch::Receiver<u64>) {
             drop(strong);
             if outcome.is_err() {
                 let delay = jitter(login_backoff);
-                login_backoff = (login_backoff * 2).min(LOGIN_MAX_BACKOFF);
+                login_backoff = (login_backoff * 2).min(max_login_backoff);
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     result = changed.changed() => if result.is_err() { return },
@@ -480,7 +535,7 @@ async fn lifecycle(session: Weak<Session>, mut changed: watch::Receiver<u64>) {
                     warned_expiry = true;
                 }
                 let delay = jitter(backoff);
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                backoff = (backoff * 2).min(max_backoff);
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     result = changed.changed() => if result.is_err() { return },
@@ -535,5 +590,129 @@ async fn replace(session: &Session, generation: u64) -> Result<(), AuthError> {
         }
         return Ok(());
     }
-    session.replace_token(generation).await
+    session.replace_token(generation, None).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access::AuthScope;
+    use crate::broker::{self, Broker, Lent, TokenLender};
+    use crate::config::VaultConfig;
+    use async_trait::async_trait;
+
+    const TOKEN: &str = "s.lent-session-test-5e1a";
+
+    /// Lends a fixed token with a fixed TTL (`Some(None)`: it never expires), or (`None`) refuses for lack of one.
+    struct Fixed(Option<Option<Duration>>);
+
+    #[async_trait]
+    impl TokenLender for Fixed {
+        async fn lend(&self, _dead: Option<&str>) -> Result<Lent, String> {
+            match self.0 {
+                Some(ttl) => Ok(Lent {
+                    token: Zeroizing::new(TOKEN.to_owned()),
+                    ttl,
+                }),
+                None => Err("Vault at http://127.0.0.1:9 cannot be reached".to_owned()),
+            }
+        }
+    }
+
+    /// A unit's session borrowing `[vault]`'s token (fingerprint "fp") from a broker lending `lender`'s; Vault
+    /// itself (a closed port) is never needed.
+    async fn unit_session(
+        dir: &std::path::Path,
+        lender: Option<Fixed>,
+    ) -> (Arc<Session>, Option<tokio::task::JoinHandle<()>>) {
+        let socket = dir.join("run/broker.sock");
+        let serving = lender.map(|lender| {
+            let mut lending = Broker::new(0);
+            lending.add(AuthScope::Default, "fp".to_owned(), Arc::new(lender));
+            tokio::spawn(broker::run(
+                Arc::new(lending),
+                broker::bind(&socket).unwrap(),
+                std::future::pending(),
+            ))
+        });
+        let config = VaultConfig {
+            addr: vec!["http://127.0.0.1:9".to_owned()],
+            timeout: Duration::from_secs(5),
+            ..VaultConfig::default()
+        };
+        let auth = Auth::Lent(auth::Lending {
+            socket,
+            scope: AuthScope::Default,
+            fingerprint: "fp".to_owned(),
+        });
+        (
+            Session::new(Transport::new(&config).unwrap(), auth, None),
+            serving,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_lent_token_is_never_renewed_and_is_asked_for_again_at_two_thirds_of_what_is_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let (session, _serving) =
+            unit_session(dir.path(), Some(Fixed(Some(Some(Duration::from_secs(30)))))).await;
+        session.login_now().await.unwrap();
+        assert_eq!(session.token().0.as_str(), TOKEN);
+        let (due, next, _) = plan(&session);
+        assert!(
+            matches!(next, Next::Replace),
+            "a lent token is never renewed"
+        );
+        assert!(
+            due <= Duration::from_secs(20),
+            "asked again by 2/3 of 30 s: {due:?}"
+        );
+        assert!(
+            !session.auth.mints_tokens(),
+            "never revoked as a login of its own"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lent_token_that_never_expires_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (session, _serving) = unit_session(dir.path(), Some(Fixed(Some(None)))).await;
+        session.login_now().await.unwrap();
+        assert!(matches!(plan(&session).1, Next::Idle));
+    }
+
+    #[tokio::test]
+    async fn no_driver_or_a_driver_without_a_token_is_unavailable_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let (absent, _) = unit_session(dir.path(), None).await;
+        let error = absent.login_now().await.unwrap_err();
+        assert!(matches!(error, AuthError::Unavailable(_)), "{error}");
+        assert!(error.to_string().contains("broker.sock"), "{error}");
+        let (empty, _serving) = unit_session(dir.path(), Some(Fixed(None))).await;
+        let error = empty.login_now().await.unwrap_err();
+        assert!(matches!(error, AuthError::Unavailable(_)), "{error}");
+        assert!(error.to_string().contains("cannot be reached"), "{error}");
+        assert!(!empty.has_token());
+    }
+
+    #[tokio::test]
+    async fn another_configs_fingerprint_is_rejected_without_the_token_in_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("run/broker.sock");
+        let mut lending = Broker::new(0);
+        lending.add(
+            AuthScope::Default,
+            "the-drivers-fp".to_owned(),
+            Arc::new(Fixed(Some(Some(Duration::from_secs(30))))),
+        );
+        let _serving = tokio::spawn(broker::run(
+            Arc::new(lending),
+            broker::bind(&socket).unwrap(),
+            std::future::pending(),
+        ));
+        let (session, _) = unit_session(dir.path(), None).await;
+        let error = session.login_now().await.unwrap_err();
+        assert!(matches!(error, AuthError::Rejected(_)), "{error}");
+        assert!(!error.to_string().contains(TOKEN), "{error}");
+    }
 }
