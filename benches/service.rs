@@ -25,14 +25,10 @@ mod systemd_host;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use systemd_host::SystemdHost;
+use systemd_host::{package, workspace, SystemdHost};
 
 const TOKEN: &str = "hvs.bench-root-token";
 const VOLUMES: usize = 500;
-
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn median(mut samples: Vec<f64>) -> f64 {
     samples.sort_by(f64::total_cmp);
@@ -59,12 +55,7 @@ fn activation_ms(host: &SystemdHost, unit: &str) -> f64 {
 }
 
 fn setup() -> SystemdHost {
-    let deb = std::fs::read_dir(workspace().join("target/debian"))
-        .expect("target/debian: run packaging/build-deb.sh")
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .expect("no .deb: run packaging/build-deb.sh");
+    let deb = package();
     let host = SystemdHost::start();
     host.copy_in(&deb, "/root/p.deb");
     host.copy_in(
@@ -236,12 +227,7 @@ struct P9Figures {
 const P9_BASELINE_ENV: &str = "LIBSECRET_P9_BASELINE_DEB";
 
 fn p9() {
-    let deb = std::fs::read_dir(workspace().join("target/debian"))
-        .expect("target/debian: run packaging/build-deb.sh")
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .expect("no .deb: run packaging/build-deb.sh");
+    let deb = package();
     let before = std::env::var_os(P9_BASELINE_ENV).map(|path| p9_measure(&PathBuf::from(path)));
     let after = p9_measure(&deb);
     for (index, target) in [100, VOLUMES].into_iter().enumerate() {

@@ -50,6 +50,10 @@ trace=$(mktemp)
 trap 'docker rm -f -v "$host" >/dev/null 2>&1 || true; rm -f "$trace" "$trace.run"' EXIT
 profile() {
   docker exec -i "$host" sh -c 'cat > /etc/docker-volume-libsecret/config.toml; rm -f /run/lackey; mkfifo /run/lackey'
+  # Mount units borrow their token from the driver (its token broker), so the driver runs under the same config.
+  docker exec "$host" sh -c 'systemctl restart docker-volume-libsecret
+    for _ in $(seq 100); do [ -S /run/docker-volume-libsecret/broker.sock ] && break; sleep 0.1; done
+    [ -S /run/docker-volume-libsecret/broker.sock ] || { echo "the driver did not start its token broker" >&2; exit 1; }'
   docker exec "$host" sh -c 'grep "^SB" /run/lackey | sort -u' >"$trace.run" &
   local reader=$!
   docker exec "$host" systemd-run --quiet --unit=profile -p Type=notify -p NotifyAccess=main -p TimeoutStartSec=300 \

@@ -106,22 +106,7 @@ impl SecretSource for FileSource {
     /// As Vault lists a folder: so a container probing names costs one read of the file per folder per
     /// `negative_ttl`, not one per name.
     async fn list(&self, dir: &VaultPath) -> Result<Vec<String>, SourceError> {
-        let prefix = format!("{}/", dir.as_str());
-        let mut names: Vec<String> = self
-            .load()?
-            .keys()
-            .filter_map(|key| key.strip_prefix(&prefix))
-            .map(|rest| match rest.split_once('/') {
-                Some((folder, _)) => format!("{folder}/"),
-                None => rest.to_owned(),
-            })
-            .collect();
-        names.sort();
-        names.dedup();
-        if names.is_empty() {
-            return Err(SourceError::NotFound);
-        }
-        Ok(names)
+        crate::secret::children_of(self.load()?.keys(), dir)
     }
 }
 

@@ -101,6 +101,30 @@ fn render_value(value: &serde_json::Value) -> SecretBytes {
     }
 }
 
+/// The children of `dir` among `keys` (full secret paths), as Vault lists a folder: a secret's name, or `folder/`
+/// for a folder with secrets below it; sorted, each once. Sources that hold every key in memory list with this.
+/// `NotFound` when there are none, as Vault answers for a folder with nothing below it.
+pub fn children_of<'a>(
+    keys: impl IntoIterator<Item = &'a String>,
+    dir: &VaultPath,
+) -> Result<Vec<String>, SourceError> {
+    let prefix = format!("{}/", dir.as_str());
+    let mut names: Vec<String> = keys
+        .into_iter()
+        .filter_map(|key| key.strip_prefix(&prefix))
+        .map(|rest| match rest.split_once('/') {
+            Some((folder, _)) => format!("{folder}/"),
+            None => rest.to_owned(),
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    if names.is_empty() {
+        return Err(SourceError::NotFound);
+    }
+    Ok(names)
+}
+
 /// Where secrets come from. The filesystem only ever talks to this trait.
 #[async_trait]
 pub trait SecretSource: Send + Sync + 'static {

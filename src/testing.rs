@@ -116,21 +116,7 @@ impl SecretSource for MemorySource {
         if let Some(error) = lock(&self.list_failure).clone() {
             return Err(error);
         }
-        let prefix = format!("{}/", dir.as_str());
-        let mut names: Vec<String> = lock(&self.secrets)
-            .keys()
-            .filter_map(|key| key.strip_prefix(&prefix))
-            .map(|rest| match rest.split_once('/') {
-                Some((folder, _)) => format!("{folder}/"),
-                None => rest.to_owned(),
-            })
-            .collect();
-        names.dedup();
-        if names.is_empty() {
-            // Vault answers 404 for a folder with nothing below it.
-            return Err(SourceError::NotFound);
-        }
-        Ok(names)
+        crate::secret::children_of(lock(&self.secrets).keys(), dir)
     }
 }
 

@@ -15,11 +15,10 @@ mod openbao_in_host;
 #[path = "support/systemd_host.rs"]
 mod systemd_host;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use openbao_in_host as bao;
-use systemd_host::SystemdHost;
+use systemd_host::{package, SystemdHost};
 
 const DRIVER: &str = "docker-volume-libsecret.service";
 const SOCKET: &str = "docker-volume-libsecret.socket";
@@ -32,24 +31,6 @@ const TEAM_A_SECRET_ID_USES: u32 = 20;
 /// The roles' token TTLs: short, so tokens run out (and are replaced) within the test.
 const TOKEN_TTL: &str = "15s";
 const TOKEN_MAX_TTL_SECS: u64 = 30;
-
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The newest package built by packaging/build-deb.sh.
-fn package() -> PathBuf {
-    let dir = workspace().join("target/debian");
-    std::fs::read_dir(&dir)
-        .ok()
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "deb"))
-        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
-        .unwrap_or_else(|| panic!("no .deb in {}: run packaging/build-deb.sh", dir.display()))
-}
 
 fn volumes() -> Vec<String> {
     ["team-a", "other"]

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use support::docker::TEST_IMAGE;
-use support::systemd_host::SystemdHost;
+use support::systemd_host::{package, SystemdHost};
 
 const SECRET: &str = "s3cr3t-from-openbao-51c7";
 const TOKEN: &str = "outage-root-token-0a9e";
@@ -36,29 +36,6 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 
 /// One host at a time: each runs its own dockerd and they are heavy for a 2-core machine.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The newest package built by packaging/build-deb.sh.
-fn package() -> PathBuf {
-    let dir = workspace().join("target/debian");
-    let newest = std::fs::read_dir(&dir)
-        .ok()
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "deb"))
-        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok());
-    newest.unwrap_or_else(|| {
-        panic!(
-            "no .deb in {}: run packaging/build-deb.sh (scripts/test.sh does)",
-            dir.display()
-        )
-    })
-}
 
 fn bao() -> PathBuf {
     support::openbao::find_bao().unwrap_or_else(|| {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use support::docker::TEST_IMAGE;
-use support::systemd_host::SystemdHost;
+use support::systemd_host::{package, workspace, SystemdHost};
 
 const SECRET: &str = "s3cr3t-from-vault-9f2c";
 const TOKEN: &str = "hvs.systemd-host-root-token-7d1e";
@@ -20,29 +20,6 @@ const SOCKET: &str = "docker-volume-libsecret.socket";
 
 /// One host at a time: each runs its own dockerd and they are heavy for a 2-core machine.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The newest package built by packaging/build-deb.sh.
-fn package() -> PathBuf {
-    let dir = workspace().join("target/debian");
-    let newest = std::fs::read_dir(&dir)
-        .ok()
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "deb"))
-        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok());
-    newest.unwrap_or_else(|| {
-        panic!(
-            "no .deb in {}: run packaging/build-deb.sh (scripts/test.sh does)",
-            dir.display()
-        )
-    })
-}
 
 fn test_server() -> PathBuf {
     let path = workspace().join("target/debug/vault-api-server");

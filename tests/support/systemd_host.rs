@@ -19,6 +19,30 @@ use std::time::{Duration, Instant};
 
 use super::docker::{docker, docker_ok};
 
+/// The workspace root (the package is built below it).
+pub fn workspace() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The newest package built by packaging/build-deb.sh; panics naming the script when there is none.
+pub fn package() -> std::path::PathBuf {
+    let dir = workspace().join("target/debian");
+    let newest = std::fs::read_dir(&dir)
+        .ok()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "deb"))
+        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok());
+    newest.unwrap_or_else(|| {
+        panic!(
+            "no .deb in {}: run packaging/build-deb.sh (scripts/test.sh does)",
+            dir.display()
+        )
+    })
+}
+
 /// Built by `scripts/build-systemd-host.sh` (also run by `scripts/setup-test-host.sh`).
 pub const SYSTEMD_HOST_IMAGE: &str = "libsecret-test/systemd-host:bookworm";
 
