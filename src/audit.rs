@@ -12,7 +12,6 @@
 //! first looked up or read through a mount (and again after each rotation). With `audit_every_open`, every open
 //! reaches the driver and is audited, at the cost of one round trip per open.
 
-use std::num::NonZeroUsize;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -190,9 +189,7 @@ impl Auditor {
             window,
             resolver,
             sink,
-            windows: Mutex::new(LruCache::new(
-                NonZeroUsize::new(MAX_WINDOWS).unwrap_or(NonZeroUsize::MIN),
-            )),
+            windows: Mutex::new(crate::cache::bounded_lru(MAX_WINDOWS)),
             refusals: Mutex::new(RefusalLines {
                 window_start: Instant::now(),
                 written: 0,

@@ -145,6 +145,14 @@ fn capacity(n: usize) -> NonZeroUsize {
     NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN)
 }
 
+/// An LRU map of at most `cap` entries that grows as it fills. `LruCache::new` reserves room for all `cap` entries
+/// at once: a few hundred kB per map, in every one of hundreds of mount units that mostly hold a handful of secrets.
+pub(crate) fn bounded_lru<K: std::hash::Hash + Eq, V>(cap: usize) -> LruCache<K, V> {
+    let mut map = LruCache::new(NonZeroUsize::MIN);
+    map.resize(capacity(cap));
+    map
+}
+
 impl SecretCache {
     /// `ttl` is how long a read value is served before asking the source again; `timeout` bounds every request.
     pub fn new(source: Arc<dyn SecretSource>, ttl: Duration, timeout: Duration) -> Self {
@@ -154,10 +162,10 @@ impl SecretCache {
             timeout,
             stale_ttl: Duration::ZERO,
             negative_ttl: Duration::ZERO,
-            slots: Mutex::new(LruCache::new(capacity(DEFAULT_MAX_SECRETS))),
-            missing: Mutex::new(LruCache::new(capacity(MAX_MISSING))),
+            slots: Mutex::new(bounded_lru(DEFAULT_MAX_SECRETS)),
+            missing: Mutex::new(bounded_lru(MAX_MISSING)),
             indexes: Mutex::new(Indexes {
-                entries: LruCache::new(capacity(MAX_INDEXED_DIRS)),
+                entries: bounded_lru(MAX_INDEXED_DIRS),
                 names: 0,
                 taking: HashMap::new(),
             }),
@@ -180,7 +188,7 @@ impl SecretCache {
 
     /// Keeps at most `max` secrets (the least recently used are dropped first, and read again when next needed).
     pub fn with_max_secrets(mut self, max: usize) -> Self {
-        self.slots = Mutex::new(LruCache::new(capacity(max)));
+        self.slots = Mutex::new(bounded_lru(max));
         self
     }
 
@@ -570,6 +578,22 @@ mod tests {
     use super::*;
     use crate::testing::MemorySource;
     use serde_json::json;
+
+    #[test]
+    fn a_bounded_lru_keeps_its_cap_and_drops_the_least_recently_used() {
+        let mut map = bounded_lru::<u32, u32>(3);
+        for key in 0..3 {
+            map.put(key, key);
+        }
+        map.get(&0);
+        map.put(3, 3);
+        assert_eq!(map.len(), 3);
+        assert_eq!(map.cap().get(), 3);
+        assert!(
+            map.contains(&0) && !map.contains(&1),
+            "1 was the least recently used"
+        );
+    }
 
     fn path(p: &str) -> VaultPath {
         VaultPath::from_volume_name(p).unwrap()
