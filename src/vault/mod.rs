@@ -121,8 +121,28 @@ pub enum VaultSetupError {
     Unreachable { addr: String, reason: String },
 }
 
+/// What hyper says when a new connection closed before the request could be sent on it.
+const CLOSED_BEFORE_REQUEST: &str = "connection was not ready";
+
 /// Sorts a failed first contact by what the operator must fix. TLS failures reach us only as error text.
-fn classify_unavailable(addr: String, reason: String) -> VaultSetupError {
+///
+/// `presents_client_cert`: under TLS 1.3 a listener that refuses the client certificate sends its alert after the
+/// client's handshake is done, so the client sometimes loses the alert and sees only a connection closed before
+/// its request. With a client certificate that is by far the likeliest cause, and the fix is the same.
+fn classify_unavailable(
+    addr: String,
+    reason: String,
+    presents_client_cert: bool,
+) -> VaultSetupError {
+    if presents_client_cert && reason.contains(CLOSED_BEFORE_REQUEST) {
+        return VaultSetupError::ClientCertRefused {
+            addr,
+            reason: format!(
+                "Vault closed the connection right after the TLS handshake, as a listener that refuses the \
+                 client certificate does ({reason})"
+            ),
+        };
+    }
     const CLIENT_CERT_ALERTS: [&str; 4] = [
         "alert: UnknownCA",
         "alert: BadCertificate",
@@ -148,6 +168,8 @@ pub struct VaultSource {
     namespace: Option<String>,
     overrides: BTreeMap<String, u8>,
     mounts: Mutex<HashMap<String, DetectedMount>>,
+    /// Whether the transport presents `vault.client_cert`: decides how a lost TLS alert is read.
+    presents_client_cert: bool,
 }
 
 fn describe_client_error(error: &ClientError) -> String {
@@ -235,6 +257,7 @@ impl VaultSource {
             session,
             overrides,
             mounts: Mutex::new(HashMap::new()),
+            presents_client_cert: config.client_cert.is_some(),
         })
     }
 
@@ -269,7 +292,11 @@ impl VaultSource {
                 method,
                 reason,
             }),
-            Ok(Err(AuthError::Unavailable(reason))) => Err(classify_unavailable(addr, reason)),
+            Ok(Err(AuthError::Unavailable(reason))) => Err(classify_unavailable(
+                addr,
+                reason,
+                self.presents_client_cert,
+            )),
             Err(_) => Err(VaultSetupError::Unreachable {
                 addr,
                 reason: format!("no answer within {}s", wait.as_secs_f32()),
@@ -297,6 +324,7 @@ impl VaultSource {
             namespace: Some(namespace),
             overrides: self.overrides.clone(),
             mounts: Mutex::new(HashMap::new()),
+            presents_client_cert: self.presents_client_cert,
         }
     }
 
@@ -566,5 +594,30 @@ impl SecretSource for VaultSource {
             .await
             .map_err(source_error)?;
         Ok(listed.data.map(|list| list.keys).unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_closed_before_the_request_is_a_refused_client_cert_only_when_one_is_presented()
+    {
+        let lost_alert = "login at auth/cert/login: request failed: error sending request: client error (Canceled): \
+                          operation was canceled: connection was not ready";
+        assert!(matches!(
+            classify_unavailable("https://v:8200".into(), lost_alert.into(), true),
+            VaultSetupError::ClientCertRefused { .. }
+        ));
+        assert!(matches!(
+            classify_unavailable("https://v:8200".into(), lost_alert.into(), false),
+            VaultSetupError::Unreachable { .. }
+        ));
+        let refused = "request failed: received fatal alert: UnknownCA";
+        assert!(matches!(
+            classify_unavailable("https://v:8200".into(), refused.into(), false),
+            VaultSetupError::ClientCertRefused { .. }
+        ));
     }
 }
