@@ -2,6 +2,9 @@
 //! unit `test-openbao.service` in dev mode on the host's loopback, with a file audit device (OpenBao 2 declares
 //! audit devices in the server config, not over the API), so tests and benchmarks count logins and tokens.
 //!
+//! [`install_persistent`] runs it instead as a real server that survives a reboot of the host: raft storage on the
+//! host's disk, initialised once with one key share, unsealed by the unit after every start.
+//!
 //! Included by path next to `mod docker;` and `mod systemd_host;` (like systemd_host.rs itself), from a test or a
 //! benchmark. Fails loudly when bao is missing, never skips.
 #![allow(dead_code)]
@@ -53,6 +56,94 @@ UNIT
         curl -fs {ADDR}/v1/sys/health >/dev/null"#
     ));
     bao(host, "auth enable approle");
+}
+
+/// Where [`install_persistent`] keeps the unseal request (`{"key": ...}`, root-only) the unit replays at start.
+pub const UNSEAL_REQUEST: &str = "/etc/openbao/unseal.json";
+
+/// Copies bao in and runs it as the enabled unit [`UNIT`]: a real server (not dev mode) on 127.0.0.1:8200 with raft
+/// storage under /var/lib/openbao and the audit log at [`AUDIT_LOG`], so its data, tokens and mounts survive
+/// [`SystemdHost::reboot`]. It is initialised here with one key share; the unit's `ExecStartPost=` unseals it from
+/// [`UNSEAL_REQUEST`] after every start and waits until it is active, and the unit is ordered before Docker and
+/// the driver, so they never meet a sealed Vault after a boot. No credential is on the server's command line or in
+/// what it logs. KV v2 is enabled at `secret/` (as in dev mode). Returns the root token from the init.
+pub fn install_persistent(host: &SystemdHost) -> String {
+    host.copy_in(&find_bao(), "/usr/local/bin/bao");
+    host.exec_ok(&format!(
+        r#"set -e
+        mkdir -p /etc/openbao /var/lib/openbao
+        cat > /etc/openbao/server.hcl <<'HCL'
+storage "raft" {{
+  path = "/var/lib/openbao"
+  node_id = "test-host"
+  performance_multiplier = 1
+}}
+listener "tcp" {{
+  address = "127.0.0.1:8200"
+  cluster_address = "127.0.0.1:8201"
+  tls_disable = true
+}}
+api_addr = "{ADDR}"
+cluster_addr = "https://127.0.0.1:8201"
+audit "file" "test" {{
+  options {{
+    file_path = "{AUDIT_LOG}"
+  }}
+}}
+HCL
+        cat > /usr/local/bin/unseal-openbao <<'SH'
+#!/bin/sh
+# Waits for the listener; unseals with the key of the init (none before the first init) and waits until active.
+for i in $(seq 1 300); do curl -s -o /dev/null {ADDR}/v1/sys/seal-status && break; sleep 0.1; done
+[ -f {UNSEAL_REQUEST} ] || exit 0
+curl -sf -o /dev/null -X PUT --data @{UNSEAL_REQUEST} {ADDR}/v1/sys/unseal
+for i in $(seq 1 300); do curl -fs -o /dev/null {ADDR}/v1/sys/health && exit 0; sleep 0.1; done
+exit 1
+SH
+        chmod 700 /usr/local/bin/unseal-openbao
+        cat > /etc/systemd/system/{UNIT} <<'UNIT'
+[Unit]
+Description=OpenBao on loopback with raft storage (test Vault)
+Before=docker.service docker-volume-libsecret.service
+[Service]
+ExecStart=/usr/local/bin/bao server -config=/etc/openbao/server.hcl
+ExecStartPost=/usr/local/bin/unseal-openbao
+[Install]
+WantedBy=multi-user.target
+UNIT
+        systemctl daemon-reload
+        systemctl enable --now {UNIT}"#
+    ));
+    let init = host.exec_ok(&format!(
+        "BAO_ADDR={ADDR} /usr/local/bin/bao operator init -key-shares=1 -key-threshold=1 -format=json"
+    ));
+    let init: serde_json::Value =
+        serde_json::from_str(&init).unwrap_or_else(|e| panic!("bao operator init: {e}: {init}"));
+    let key = init["unseal_keys_b64"][0]
+        .as_str()
+        .unwrap_or_else(|| panic!("no unseal key in the init reply"));
+    let root_token = init["root_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no root token in the init reply"))
+        .to_owned();
+    host.exec_ok(&format!(
+        "umask 077 && printf '{{\"key\":\"%s\"}}' '{key}' > {UNSEAL_REQUEST} && /usr/local/bin/unseal-openbao"
+    ));
+    // A new KV v2 mount refuses writes for a moment (its upgrade): retry the first one.
+    host.exec_ok(&format!(
+        "export BAO_ADDR={ADDR} BAO_TOKEN={root_token}
+        /usr/local/bin/bao secrets enable -path=secret kv-v2 >/dev/null
+        for i in $(seq 1 100); do /usr/local/bin/bao kv put secret/ready value=1 >/dev/null 2>&1 && break; sleep 0.1; done
+        /usr/local/bin/bao kv metadata delete secret/ready >/dev/null"
+    ));
+    root_token
+}
+
+/// Runs `bao <args>` as root on the host with `token`; its stdout.
+pub fn bao_as(host: &SystemdHost, token: &str, args: &str) -> String {
+    host.exec_ok(&format!(
+        "BAO_ADDR={ADDR} BAO_TOKEN={token} /usr/local/bin/bao {args}"
+    ))
 }
 
 /// Runs `bao <args>` as root on the host; its stdout.
