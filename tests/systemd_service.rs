@@ -2,38 +2,35 @@
 //! installed with apt, the socket enabled, socket activation, journald, mounts as transient units, driver
 //! restarts, SIGKILL, upgrade, reboot, remove and purge.
 //!
-//! Needs the systemd host image (scripts/build-systemd-host.sh) and the package and test server built by
-//! scripts/test.sh (packaging/build-deb.sh, `cargo build -p vault-api-server`). Fails, never skips.
+//! Vault is a real OpenBao inside the host (tests/support/openbao_in_host.rs, `install_persistent`): a raft-backed
+//! server run as an enabled unit, so a reboot of the host brings back the same server with the same data, as it
+//! would in production, unsealed by its unit before Docker starts.
+//!
+//! Needs the systemd host image and bao (scripts/build-systemd-host.sh, scripts/setup-test-host.sh) and the package
+//! (packaging/build-deb.sh, run by scripts/test.sh). Fails, never skips.
 
+#[path = "support/openbao_in_host.rs"]
+mod openbao_in_host;
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::docker::TEST_IMAGE;
-use support::systemd_host::{package, workspace, SystemdHost};
+use support::systemd_host::{self, package, SystemdHost};
 
 const SECRET: &str = "s3cr3t-from-vault-9f2c";
-const TOKEN: &str = "hvs.systemd-host-root-token-7d1e";
 const DRIVER: &str = "docker-volume-libsecret.service";
 const SOCKET: &str = "docker-volume-libsecret.socket";
 
 /// One host at a time: each runs its own dockerd and they are heavy for a 2-core machine.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn test_server() -> PathBuf {
-    let path = workspace().join("target/debug/vault-api-server");
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build -p vault-api-server` (scripts/test.sh does)",
-        path.display()
-    );
-    path
-}
-
-/// A systemd host with a Vault-API server on its loopback, the busybox image, and the package copied in.
+/// A systemd host with OpenBao on its loopback, the busybox image, and the package copied in.
 struct Host {
     host: SystemdHost,
+    /// OpenBao's root token (from its init): what the driver is configured with.
+    token: String,
     _turn: std::sync::MutexGuard<'static, ()>,
 }
 
@@ -48,33 +45,27 @@ impl Host {
     fn start() -> Host {
         let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
         let deb = package();
-        let server = test_server();
         let host = SystemdHost::start();
         host.copy_in(&deb, "/root/docker-volume-libsecret.deb");
-        host.copy_in(&server, "/usr/local/bin/vault-api-server");
         host.load_image(TEST_IMAGE);
-        // The Vault-API server as a real (persistent) unit, so it is back after a reboot, before Docker.
-        host.exec_ok(&format!(
-            r#"set -e
-            mkdir -p /etc/test-vault
-            cat > /etc/test-vault/seed.json <<'JSON'
-            {{"secret/app-1/db-password": {{"value": "{SECRET}"}}, "secret/app-1/api": {{"user": "svc", "key": "k3y"}}}}
-JSON
-            cat > /etc/systemd/system/test-vault.service <<'UNIT'
-[Unit]
-Description=Vault-API test server on loopback
-Before=docker.service docker-volume-libsecret.service
-[Service]
-ExecStart=/usr/local/bin/vault-api-server --listen 127.0.0.1:8200 --root-token {TOKEN} --seed /etc/test-vault/seed.json
-[Install]
-WantedBy=multi-user.target
-UNIT
-            systemctl daemon-reload
-            systemctl enable --now test-vault.service
-            for i in $(seq 1 50); do curl -fs http://127.0.0.1:8200/v1/sys/health >/dev/null && exit 0; sleep 0.1; done
-            exit 1"#
-        ));
-        Host { host, _turn: turn }
+        // A real OpenBao with raft storage as an enabled unit ordered before Docker: after a reboot it is the same
+        // server with the same secrets and token, unsealed by its unit, not a fresh one seeded again.
+        let token = openbao_in_host::install_persistent(&host);
+        openbao_in_host::bao_as(
+            &host,
+            &token,
+            &format!("kv put secret/app-1/db-password value={SECRET} >/dev/null"),
+        );
+        openbao_in_host::bao_as(
+            &host,
+            &token,
+            "kv put secret/app-1/api user=svc key=k3y >/dev/null",
+        );
+        Host {
+            host,
+            token,
+            _turn: turn,
+        }
     }
 
     /// apt install, configure Vault with a root-only token file, enable the socket.
@@ -83,13 +74,14 @@ UNIT
         self.exec_ok(&format!(
             r#"set -e
             umask 077
-            printf '%s\n' '{TOKEN}' > /etc/docker-volume-libsecret/token
+            printf '%s\n' '{token}' > /etc/docker-volume-libsecret/token
             cat > /etc/docker-volume-libsecret/config.toml <<'TOML'
 [vault]
 addr = "http://127.0.0.1:8200"
 token_file = "/etc/docker-volume-libsecret/token"
 TOML
-            systemctl enable --now {SOCKET}"#
+            systemctl enable --now {SOCKET}"#,
+            token = self.token
         ));
     }
 
@@ -226,20 +218,17 @@ fn install_enable_and_read_a_secret_with_socket_activation_and_journald() {
         units.contains("VOLUME=secret/app-1/"),
         "structured fields: {units}"
     );
-    // Every journal entry on the host, except the test Vault server's own (its argv holds the root token).
+    // Every journal entry on the host, OpenBao's own included (no credential is on its command line).
     let entries = host.journal("-o json");
-    let ours: Vec<&str> = entries
-        .lines()
-        .filter(|line| !line.contains("\"_COMM\":\"vault-api-serve"))
-        .collect();
-    assert!(ours.len() > 20, "{entries}");
-    for entry in ours {
+    let all: Vec<&str> = entries.lines().collect();
+    assert!(all.len() > 20, "{entries}");
+    for entry in all {
         assert!(
             !entry.contains(SECRET),
             "the secret value reached the journal: {entry}"
         );
         assert!(
-            !entry.contains(TOKEN),
+            !entry.contains(&host.token),
             "the token reached the journal: {entry}"
         );
     }
@@ -257,7 +246,10 @@ fn install_enable_and_read_a_secret_with_socket_activation_and_journald() {
         procs.contains("serve-mount") && procs.contains("--config"),
         "{procs}"
     );
-    assert!(!procs.contains(TOKEN) && !procs.contains(SECRET), "{procs}");
+    assert!(
+        !procs.contains(&host.token) && !procs.contains(SECRET),
+        "{procs}"
+    );
     // Each process maps libc and the loader, nothing more: every other shared object costs each of hundreds of
     // mount units its resident pages (libm.so.6 alone was 320 KB; src/pow.rs).
     let libraries = host.exec_ok(
@@ -283,7 +275,7 @@ fn install_enable_and_read_a_secret_with_socket_activation_and_journald() {
     );
     assert!(stored.contains("secret/app-1"), "{stored}");
     assert!(
-        !stored.contains(TOKEN) && !stored.contains(SECRET),
+        !stored.contains(&host.token) && !stored.contains(SECRET),
         "{stored}"
     );
     host.exec_ok("docker rm -f holder");
