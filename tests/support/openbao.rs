@@ -99,7 +99,7 @@ impl OpenBao {
         // retry a few times on a server that dies at start.
         let mut last_err = String::new();
         for _attempt in 0..3 {
-            match Self::try_start(&bin) {
+            match Self::try_start(&bin, "") {
                 Ok(bao) => return bao,
                 Err(e) => last_err = e,
             }
@@ -107,7 +107,8 @@ impl OpenBao {
         panic!("could not start OpenBao ({}): {last_err}", bin.display());
     }
 
-    fn try_start(bin: &Path) -> Result<OpenBao, String> {
+    /// One attempt of [`OpenBao::start`]; `extra_config` (HCL) is appended to the server's config file.
+    fn try_start(bin: &Path, extra_config: &str) -> Result<OpenBao, String> {
         let dir = tempfile::Builder::new()
             .prefix("openbao-test-")
             .tempdir()
@@ -122,6 +123,7 @@ impl OpenBao {
     file_path = "{}"
   }}
 }}
+{extra_config}
 "#,
             audit_log.display()
         );
@@ -564,6 +566,42 @@ impl OpenBao {
             .iter()
             .filter(|r| r.path == path)
             .count()
+    }
+}
+
+impl OpenBao {
+    /// [`OpenBao::start`] with a second, TLS listener on 127.0.0.1 serving `cert_file` (a PEM chain) and `key_file`;
+    /// returns the server and the TLS listener's port. The listener requests client certificates without requiring
+    /// them (Vault's default), so the `cert` auth method works on it. The plain listener stays what [`OpenBao::addr`]
+    /// names, for set-up.
+    pub fn start_tls(cert_file: &Path, key_file: &Path) -> (OpenBao, u16) {
+        let bin = find_bao().unwrap_or_else(|| {
+            panic!("OpenBao's `bao` not found at {BAO_BIN} nor on PATH: run scripts/setup-test-host.sh")
+        });
+        let mut last_err = String::new();
+        for _attempt in 0..3 {
+            // The TLS listener has its own cluster listener on its port + 1, like the dev one.
+            let tls_port = free_port_pair();
+            let listener = format!(
+                r#"listener "tcp" {{
+  address = "127.0.0.1:{tls_port}"
+  cluster_address = "127.0.0.1:{}"
+  tls_cert_file = "{}"
+  tls_key_file = "{}"
+}}"#,
+                tls_port + 1,
+                cert_file.display(),
+                key_file.display()
+            );
+            match Self::try_start(&bin, &listener) {
+                Ok(bao) => return (bao, tls_port),
+                Err(e) => last_err = e,
+            }
+        }
+        panic!(
+            "could not start OpenBao with TLS ({}): {last_err}",
+            bin.display()
+        );
     }
 }
 
