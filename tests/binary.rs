@@ -1,5 +1,7 @@
 //! The binary as an operator runs it: foreground mode, socket activation, configuration errors, bad credentials
-//! failing fast in the foreground, and a Vault that is down or rejects the credentials at start. Uses the file backend or the Vault-API test server; no Docker needed.
+//! failing fast in the foreground, and a Vault that is down or rejects the credentials at start. Uses the file backend or
+//! a real OpenBao (tests/support/openbao.rs); only the Vault that stops listening and comes back on the same address
+//! is the home-made server's (a fault OpenBao cannot produce on command). No Docker needed.
 
 mod support;
 
@@ -10,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::driver::{run_once, Driver, BINARY};
+use support::openbao::OpenBao;
 use support::plugin_client::{call, call_raw, err_of};
 use vault_api_server::{ServerConfig, TestVault};
 
@@ -228,6 +231,7 @@ fn read_errno(path: &Path) -> Option<i32> {
 #[test]
 fn an_unreachable_vault_at_start_leaves_the_plugin_api_up_and_reads_recover_without_a_restart() {
     support::require_fuse();
+    // The home-made server: its listener stops and starts again on the same address on command.
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let vault = runtime
         .block_on(TestVault::start(ServerConfig {
@@ -382,11 +386,13 @@ impl NotifySocket {
 #[test]
 fn under_systemd_rejected_credentials_leave_the_api_up_and_a_fixed_token_file_takes_effect() {
     support::require_fuse();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let vault = runtime
-        .block_on(TestVault::start(ServerConfig::default()))
-        .unwrap();
-    vault.put("secret/app-1/db-password", json!({"value": "s3cr3t"}));
+    let vault = OpenBao::start();
+    vault.kv_put(
+        None,
+        "secret",
+        "app-1/db-password",
+        json!({"value": "s3cr3t"}),
+    );
     let dir = tempfile::tempdir().unwrap();
     let token_file = support::root_only_file(dir.path(), "token", "hvs.wrong-token-value");
     let mut notify = NotifySocket::bind(dir.path());
@@ -447,10 +453,7 @@ fn under_systemd_rejected_credentials_leave_the_api_up_and_a_fixed_token_file_ta
 
 #[test]
 fn a_token_vault_rejects_fails_fast_with_what_to_fix() {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let vault = runtime
-        .block_on(TestVault::start(ServerConfig::default()))
-        .unwrap();
+    let vault = OpenBao::start();
     let (code, output) = run_once(
         &[
             "--config",
