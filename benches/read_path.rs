@@ -5,7 +5,7 @@
 //! - P2: `docker run --rm` of a container that cats a secret through the plugin, against the same run with a
 //!   `local` volume holding the same file.
 //! - P3: Vault requests made for 100 readers of one key over 60 s (refresh_interval 60 s), through the real Vault
-//!   client against the Vault-API test server.
+//!   client against a real OpenBao (`bao server -dev`, tests/support/openbao.rs; its audit log counts requests).
 //! - P7: how long a value changed in Vault takes to reach a reader, against refresh_interval, and P1 measured while
 //!   values rotate.
 //! - P8: Vault requests and the driver's RSS growth for 20,000 distinct missing names through one mount (with the
@@ -13,10 +13,21 @@
 //!   (negative_ttl 0, no budgets: the cost before issue 12); and P1 of another volume's cached secret measured
 //!   during the flood, against P1 measured just before it.
 //!
+//! P3, P7 and P8 read from OpenBao; P1 and P2 need no Vault (an in-memory source, the file backend).
+//!
 //! P4 (Mount RPC), P5 (500 mounts) and P6 (activation to READY) need a systemd host: `cargo bench --bench service`.
 //!
 //! It asserts nothing: timings vary by machine and load, so they are reported, never tested. Name figures to
 //! measure only those: `cargo bench --bench read_path -- P1 P8`.
+
+#[path = "../tests/support/http.rs"]
+mod http;
+#[path = "../tests/support/openbao.rs"]
+mod openbao;
+// OpenBao's helpers need these two; the bench uses little of them.
+#[allow(dead_code)]
+#[path = "../tests/support/vault_admin.rs"]
+mod vault_admin;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -191,10 +202,10 @@ fn p2() {
     let _ = driver.wait();
 }
 
-/// Mounts `volume` from a real Vault client talking to the Vault-API test server.
+/// Mounts `volume` from a real Vault client talking to OpenBao.
 fn vault_mount(
     runtime: &tokio::runtime::Runtime,
-    vault: &vault_api_server::TestVault,
+    vault: &openbao::OpenBao,
     volume: &str,
     refresh_interval: Duration,
 ) -> (tempfile::TempDir, fuse::FuseMount) {
@@ -230,25 +241,27 @@ fn vault_mount(
     (dir, mount)
 }
 
-fn data_reads(vault: &vault_api_server::TestVault) -> usize {
+/// KV v2 data reads in OpenBao's audit log after `mark` (an earlier `audit_len`).
+fn data_reads(vault: &openbao::OpenBao, mark: usize) -> usize {
     vault
-        .requests()
+        .audit_requests_since(mark)
         .iter()
-        .filter(|r| r.path.starts_with("/v1/secret/data/"))
+        .filter(|r| r.path.starts_with("secret/data/"))
         .count()
 }
 
 fn p3() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let vault = runtime
-        .block_on(vault_api_server::TestVault::start(
-            vault_api_server::ServerConfig::default(),
-        ))
-        .expect("Vault-API server");
-    vault.put("secret/p3/key", serde_json::json!({ "value": SECRET }));
+    let vault = openbao::OpenBao::start();
+    vault.kv_put(
+        None,
+        "secret",
+        "p3/key",
+        serde_json::json!({ "value": SECRET }),
+    );
     let (dir, mount) = vault_mount(&runtime, &vault, "secret/p3", Duration::from_secs(60));
     let path = dir.path().join("mnt/key");
-    vault.reset_requests();
+    let mark = vault.audit_len();
     let deadline = Instant::now() + Duration::from_secs(60);
     let readers: Vec<_> = (0..100)
         .map(|_| {
@@ -267,21 +280,19 @@ fn p3() {
     let reads: u64 = readers.into_iter().map(|r| r.join().unwrap_or(0)).sum();
     println!(
         "P3 Vault requests for 100 readers of one key over 60 s (refresh_interval 60 s): {} requests for {reads} reads, i.e. {} per key per minute (target <= 2; the ideal is 1 read + 1 refresh)",
-        data_reads(&vault),
-        data_reads(&vault)
+        data_reads(&vault, mark),
+        data_reads(&vault, mark)
     );
     let _ = mount.unmount();
 }
 
 fn p7() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let vault = runtime
-        .block_on(vault_api_server::TestVault::start(
-            vault_api_server::ServerConfig::default(),
-        ))
-        .expect("Vault-API server");
-    vault.put(
-        "secret/p7/key",
+    let vault = openbao::OpenBao::start();
+    vault.kv_put(
+        None,
+        "secret",
+        "p7/key",
         serde_json::json!({ "value": "v0-".to_owned() + SECRET }),
     );
     let refresh = Duration::from_secs(2);
@@ -296,7 +307,12 @@ fn p7() {
     for round in 1..=5 {
         let value = format!("v{round}-{SECRET}");
         std::fs::write(&baseline, &value).expect("write tmpfs");
-        vault.put("secret/p7/key", serde_json::json!({ "value": value }));
+        vault.kv_put(
+            None,
+            "secret",
+            "p7/key",
+            serde_json::json!({ "value": value }),
+        );
         let changed = Instant::now();
         // Reads while the change propagates: the fast path must hold during rotation too.
         while std::fs::read_to_string(&path).expect("read") != value {
@@ -399,17 +415,10 @@ fn p8() {
     use docker_volume_libsecret::vault::VaultSource;
     const NAMES: usize = 20_000;
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let vault = runtime
-        .block_on(vault_api_server::TestVault::start(
-            vault_api_server::ServerConfig::default(),
-        ))
-        .expect("Vault-API server");
-    vault.put("secret/p8/key", serde_json::json!({ "value": SECRET }));
-    vault.put(
-        "secret/p8-other/key",
-        serde_json::json!({ "value": SECRET }),
-    );
-    vault.put("secret/p8-old/key", serde_json::json!({ "value": SECRET }));
+    let vault = openbao::OpenBao::start();
+    for path in ["p8/key", "p8-other/key", "p8-old/key"] {
+        vault.kv_put(None, "secret", path, serde_json::json!({ "value": SECRET }));
+    }
     let config = VaultConfig {
         addr: vec![vault.addr()],
         token: Some(Credential::new(vault.root_token().to_owned())),
@@ -458,14 +467,14 @@ fn p8() {
     open_read_close(&cached, 200);
     open_read_close(&baseline, 200);
     // Counted from the volume's first lookup: its folder's index is taken then, with the read of `key`.
-    vault.reset_requests();
+    let mark = vault.audit_len();
     assert_eq!(
         std::fs::read(flooded.join("key")).expect("read").len(),
         SECRET.len()
     );
     // The first flood also warms the allocator.
     let first_took = flood(&flooded, "first", NAMES);
-    let first_requests = vault.requests().len();
+    let first_requests = vault.audit_len() - mark;
 
     let iterations = 2_000;
     let (mut quiet, mut quiet_base) = (Vec::new(), Vec::new());
@@ -473,7 +482,7 @@ fn p8() {
         quiet.push(open_read_close(&cached, iterations));
         quiet_base.push(open_read_close(&baseline, iterations));
     }
-    vault.reset_requests();
+    let mark = vault.audit_len();
     let rss_before = rss_kb();
     let flooding = std::sync::atomic::AtomicBool::new(true);
     let (took, during, during_base) = std::thread::scope(|scope| {
@@ -490,11 +499,11 @@ fn p8() {
         (prober.join().expect("prober"), during, during_base)
     });
     let grown_kb = rss_kb().saturating_sub(rss_before);
-    let requests = vault.requests().len();
+    let requests = vault.audit_len() - mark;
 
-    vault.reset_requests();
+    let mark = vault.audit_len();
     let old_took = flood(&old, "probe", NAMES);
-    let old_requests = vault.requests().len();
+    let old_requests = vault.audit_len() - mark;
     println!(
         "P8 one secret and {NAMES} distinct missing names through one mount: {first_requests} Vault requests (the \
          folder's index and the read), the names in {:.1} s; {NAMES} more within negative_ttl: {requests} requests in {:.1} s, driver RSS +{grown_kb} kB (target <= \

@@ -1,5 +1,6 @@
-//! `cargo bench --bench service` (as root; needs the systemd host image, `packaging/build-deb.sh` and
-//! `cargo build -p vault-api-server`, all done by scripts/test.sh).
+//! `cargo bench --bench service` (as root; needs the systemd host image and OpenBao (scripts/setup-test-host.sh) and
+//! `packaging/build-deb.sh` (scripts/test.sh runs it)). Vault is a real OpenBao inside the host
+//! (tests/support/openbao_in_host.rs).
 //!
 //! In a real systemd host with the Debian package installed, prints each figure next to a baseline measured in the
 //! same run:
@@ -25,9 +26,8 @@ mod systemd_host;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use systemd_host::{package, workspace, SystemdHost};
+use systemd_host::{package, SystemdHost};
 
-const TOKEN: &str = "hvs.bench-root-token";
 const VOLUMES: usize = 500;
 
 fn median(mut samples: Vec<f64>) -> f64 {
@@ -58,30 +58,23 @@ fn setup() -> SystemdHost {
     let deb = package();
     let host = SystemdHost::start();
     host.copy_in(&deb, "/root/p.deb");
-    host.copy_in(
-        &workspace().join("target/debug/vault-api-server"),
-        "/usr/local/bin/vault-api-server",
-    );
-    let seed: serde_json::Map<String, serde_json::Value> = (0..VOLUMES)
-        .map(|i| {
-            (
-                format!("secret/v{i}/key"),
-                serde_json::json!({ "value": format!("value-{i}") }),
-            )
-        })
-        .collect();
-    let seed_file = tempfile::NamedTempFile::new().expect("seed");
-    std::fs::write(seed_file.path(), serde_json::to_vec(&seed).expect("json")).expect("seed");
-    host.copy_in(seed_file.path(), "/root/seed.json");
+    openbao_in_host::install(&host);
     host.exec_ok(&format!(
-        "systemd-run --unit=bench-vault /usr/local/bin/vault-api-server --listen 127.0.0.1:8200 --root-token {TOKEN} \
-           --seed /root/seed.json >/dev/null 2>&1
-         for i in $(seq 1 50); do curl -fs http://127.0.0.1:8200/v1/sys/health >/dev/null && break; sleep 0.1; done
+        "for i in $(seq 0 {last}); do
+           for try in $(seq 1 50); do
+             curl -fs -o /dev/null -H 'X-Vault-Token: {token}' -X POST \
+               -d \"{{\\\"data\\\":{{\\\"value\\\":\\\"value-$i\\\"}}}}\" {addr}/v1/secret/data/v$i/key && break
+             sleep 0.1
+           done
+         done
          DEBIAN_FRONTEND=noninteractive apt-get install -y -q /root/p.deb >/dev/null
-         umask 077; echo {TOKEN} > /etc/docker-volume-libsecret/token
-         printf '[vault]\\naddr = \"http://127.0.0.1:8200\"\\ntoken_file = \"/etc/docker-volume-libsecret/token\"\\n' \
+         umask 077; echo {token} > /etc/docker-volume-libsecret/token
+         printf '[vault]\\naddr = \"{addr}\"\\ntoken_file = \"/etc/docker-volume-libsecret/token\"\\n' \
            > /etc/docker-volume-libsecret/config.toml
-         systemctl enable --now docker-volume-libsecret.socket"
+         systemctl enable --now docker-volume-libsecret.socket",
+        last = VOLUMES - 1,
+        token = openbao_in_host::ROOT_TOKEN,
+        addr = openbao_in_host::ADDR,
     ));
     host
 }
