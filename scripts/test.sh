@@ -16,9 +16,8 @@ cargo fmt --all -- --check
 echo "[test] cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
-echo "[test] building the Debian package and the Vault-API test server (for the systemd host tests)"
+echo "[test] building the Debian package (for the systemd host tests)"
 bash packaging/build-deb.sh
-cargo build --quiet -p vault-api-server
 
 echo "[test] cargo test --workspace --no-fail-fast -- --test-threads=1"
 status=0
