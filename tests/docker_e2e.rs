@@ -43,7 +43,7 @@ impl Host {
     /// OpenBao with the test secrets and no driver yet. Its root token is random (`root-<32 hex digits>`), so it
     /// cannot appear in a log by accident and the leak checks below mean something.
     fn without_driver() -> Host {
-        Host::with_vault(|| OpenBao::start(), tempfile::tempdir().unwrap())
+        Host::with_vault(OpenBao::start, tempfile::tempdir().unwrap())
     }
 
     /// [`without_driver`](Self::without_driver) with the OpenBao `start` makes, in the test directory `dir`.
