@@ -6,7 +6,8 @@
 //! host's disk, initialised once with one key share, unsealed by the unit after every start.
 //!
 //! Included by path next to `mod docker;` and `mod systemd_host;` (like systemd_host.rs itself), from a test or a
-//! benchmark. Fails loudly when bao is missing, never skips.
+//! benchmark; a test that uses `mod support;` includes it by path too and imports `support::systemd_host` at its root
+//! (tests/systemd_service.rs). Fails loudly when bao is missing, never skips.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
