@@ -34,10 +34,10 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use docker_volume_libsecret::cache::SecretCache;
-use docker_volume_libsecret::filesystem::{FsOptions, SecretFs};
-use docker_volume_libsecret::fuse;
+use docker_volume_libsecret::fs::fuse;
+use docker_volume_libsecret::fs::{FsOptions, SecretFs};
 use docker_volume_libsecret::names::VaultPath;
+use docker_volume_libsecret::source::cache::SecretCache;
 use docker_volume_libsecret::testing::MemorySource;
 
 const SECRET: &str = "s3cr3t-value-of-a-typical-length-0123456789";
@@ -210,7 +210,7 @@ fn vault_mount(
     refresh_interval: Duration,
 ) -> (tempfile::TempDir, fuse::FuseMount) {
     use docker_volume_libsecret::config::{Credential, VaultConfig};
-    use docker_volume_libsecret::vault::VaultSource;
+    use docker_volume_libsecret::source::vault::VaultSource;
     let config = VaultConfig {
         addr: vec![vault.addr()],
         token: Some(Credential::new(vault.root_token().to_owned())),
@@ -376,7 +376,7 @@ fn cache_mount(
     runtime: &tokio::runtime::Runtime,
     cache: &Arc<SecretCache>,
     volume: &str,
-    limits: docker_volume_libsecret::limits::BudgetLimits,
+    limits: docker_volume_libsecret::source::limits::BudgetLimits,
 ) -> (tempfile::TempDir, fuse::FuseMount) {
     let options = FsOptions {
         volume_limits: limits,
@@ -411,8 +411,8 @@ fn flood(mountpoint: &Path, prefix: &str, names: usize) -> Duration {
 
 fn p8() {
     use docker_volume_libsecret::config::{Credential, VaultConfig};
-    use docker_volume_libsecret::limits::{BudgetLimits, RequestBudget};
-    use docker_volume_libsecret::vault::VaultSource;
+    use docker_volume_libsecret::source::limits::{BudgetLimits, RequestBudget};
+    use docker_volume_libsecret::source::vault::VaultSource;
     const NAMES: usize = 20_000;
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let vault = openbao::OpenBao::start();

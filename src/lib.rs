@@ -1,32 +1,26 @@
 //! docker-volume-libsecret: HashiCorp Vault secrets as read-only files in Docker containers.
 //!
-//! Cores (kernel-free, tested with fakes): [`names`], [`secret`], [`cache`], [`filesystem`], [`volumes`],
-//! [`plugin`], [`config`], [`limits`]. Thin edges: [`server`] (HTTP over the plugin socket), [`fuse`], [`vault`],
-//! [`file_source`], [`mounter`], [`state`], [`broker`] (the token broker's socket), [`root_only`] (the ownership and
-//! mode checks of secret and credential files).
+//! The module map (ARCHITECTURE.md walks through it):
+//! - [`app`]: the driver's `run(listener, shutdown)` and a mount unit's run, wiring everything below.
+//! - [`plugin`]: Docker's volume plugin protocol (a transport-free core) and its HTTP server edge.
+//! - [`volumes`]: volume records, options and mount counts (a core, no I/O of its own).
+//! - [`mount`]: where a volume's filesystem is served: in this process or in a transient systemd unit.
+//! - [`fs`]: the secret filesystem (a kernel-free core), its FUSE adapter and its audit log.
+//! - [`source`]: where secrets come from: the source trait, the cache, routing by rule, the file backend, Vault.
+//! - [`access`]: the access rules, decided for every path read.
+//! - [`names`]: Vault paths, views (`name@N`, `name#field`) and escaping.
+//! - [`config`]: the layered configuration and the command line.
+//! - [`sys`]: process hardening, logging and ownership checks of root-only files.
 #![forbid(unsafe_code)]
 
 pub mod access;
-pub mod audit;
-pub mod broker;
-pub mod cache;
-pub mod cli;
 pub mod config;
-pub mod file_source;
-pub mod filesystem;
-pub mod fuse;
-pub mod hardening;
-pub mod limits;
-pub mod logging;
-pub mod mounter;
+pub mod fs;
+pub mod mount;
 pub mod names;
 pub mod plugin;
-pub mod root_only;
-pub mod secret;
-pub mod server;
-pub mod state;
-pub mod systemd;
+pub mod source;
+pub mod sys;
 #[doc(hidden)]
 pub mod testing;
-pub mod vault;
 pub mod volumes;

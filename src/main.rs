@@ -17,25 +17,26 @@ use clap::CommandFactory;
 use sd_notify::NotifyState;
 
 use docker_volume_libsecret::access::AuthScope;
-use docker_volume_libsecret::broker::{self, Broker};
-use docker_volume_libsecret::cache::SecretCache;
-use docker_volume_libsecret::cli::{Cli, Command};
+use docker_volume_libsecret::config::cli::{Cli, Command};
 use docker_volume_libsecret::config::{BackendKind, Config, MountMode};
-use docker_volume_libsecret::file_source::FileSource;
-use docker_volume_libsecret::limits::RequestBudget;
-use docker_volume_libsecret::mounter::{
-    clean_stale_mounts, detach, mount_volume, prepare_mountpoint, InProcessMounter, VolumeCaches,
-};
-use docker_volume_libsecret::names::VaultPath;
-use docker_volume_libsecret::plugin::Plugin;
-use docker_volume_libsecret::secret::SecretSource;
-use docker_volume_libsecret::state::DirRecordStore;
-use docker_volume_libsecret::systemd::{
+use docker_volume_libsecret::mount::broker::{self, Broker};
+use docker_volume_libsecret::mount::in_process::{mount_volume, InProcessMounter};
+use docker_volume_libsecret::mount::mountpoint::{clean_stale_mounts, detach, prepare_mountpoint};
+use docker_volume_libsecret::mount::systemd::{
     mount_unit_environment, sets_secret_table, MountUnitTemplate, SystemdMounter,
 };
-use docker_volume_libsecret::vault::{Lending, VaultSetupError, VaultSource};
+use docker_volume_libsecret::names::VaultPath;
+use docker_volume_libsecret::plugin::server;
+use docker_volume_libsecret::plugin::Plugin;
+use docker_volume_libsecret::source::cache::SecretCache;
+use docker_volume_libsecret::source::file::FileSource;
+use docker_volume_libsecret::source::limits::RequestBudget;
+use docker_volume_libsecret::source::router::VolumeCaches;
+use docker_volume_libsecret::source::vault::{Lending, VaultSetupError, VaultSource};
+use docker_volume_libsecret::source::SecretSource;
+use docker_volume_libsecret::sys::{hardening, logging};
+use docker_volume_libsecret::volumes::store::DirRecordStore;
 use docker_volume_libsecret::volumes::{Mounter, VolumeOptions, Volumes};
-use docker_volume_libsecret::{hardening, logging, server};
 
 /// How long a stopping mount unit waits for the kernel to release its filesystem.
 const UNMOUNT_WAIT: Duration = Duration::from_secs(2);

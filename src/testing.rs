@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::audit::{AuditRecord, AuditSink, ContainerResolver, Suppressed};
+use crate::fs::audit::{AuditRecord, AuditSink, ContainerResolver, Suppressed};
 use crate::names::VaultPath;
-use crate::secret::{Secret, SecretSource, SourceError};
+use crate::source::{Secret, SecretSource, SourceError};
 use crate::volumes::{MountIds, RecordStore, StoreError, VolumeRecord};
 
 /// A [`SecretSource`] backed by a map, counting its reads, with an optional delay and forced error.
@@ -116,11 +116,11 @@ impl SecretSource for MemorySource {
         if let Some(error) = lock(&self.list_failure).clone() {
             return Err(error);
         }
-        crate::secret::children_of(lock(&self.secrets).keys(), dir)
+        crate::source::children_of(lock(&self.secrets).keys(), dir)
     }
 }
 
-/// Containers by pid, for an [`crate::audit::Auditor`] under test.
+/// Containers by pid, for an [`crate::fs::audit::Auditor`] under test.
 pub struct FixedContainers(pub HashMap<u32, String>);
 
 impl ContainerResolver for FixedContainers {

@@ -14,16 +14,16 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use docker_volume_libsecret::access::{AccessRules, AuthScope, Rule};
-use docker_volume_libsecret::audit::{Auditor, REFUSAL_BURST};
-use docker_volume_libsecret::cache::{SecretCache, MAX_INDEXED_NAMES, MAX_MISSING};
 use docker_volume_libsecret::config::{Credential, VaultConfig};
-use docker_volume_libsecret::filesystem::{FsOptions, SecretFs, SecretRouter};
-use docker_volume_libsecret::fuse;
-use docker_volume_libsecret::limits::{BudgetLimits, RequestBudget};
-use docker_volume_libsecret::mounter::VolumeCaches;
+use docker_volume_libsecret::fs::audit::{Auditor, REFUSAL_BURST};
+use docker_volume_libsecret::fs::fuse;
+use docker_volume_libsecret::fs::{FsOptions, SecretFs, SecretRouter};
 use docker_volume_libsecret::names::VaultPath;
-use docker_volume_libsecret::secret::{SecretSource, SourceError};
-use docker_volume_libsecret::vault::VaultSource;
+use docker_volume_libsecret::source::cache::{SecretCache, MAX_INDEXED_NAMES, MAX_MISSING};
+use docker_volume_libsecret::source::limits::{BudgetLimits, RequestBudget};
+use docker_volume_libsecret::source::router::VolumeCaches;
+use docker_volume_libsecret::source::vault::VaultSource;
+use docker_volume_libsecret::source::{SecretSource, SourceError};
 use serde_json::json;
 use support::openbao::{AuditRequest, OpenBao};
 
@@ -171,9 +171,7 @@ fn mount(
 }
 
 fn one_cache(cache: &Arc<SecretCache>) -> Arc<dyn SecretRouter> {
-    Arc::new(docker_volume_libsecret::filesystem::EveryPath(
-        cache.clone(),
-    ))
+    Arc::new(docker_volume_libsecret::fs::EveryPath(cache.clone()))
 }
 
 fn paths(requests: &[AuditRequest]) -> Vec<String> {

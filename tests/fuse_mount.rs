@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use docker_volume_libsecret::cache::SecretCache;
-use docker_volume_libsecret::filesystem::{FsOptions, SecretFs};
-use docker_volume_libsecret::fuse::{self, FuseMount};
+use docker_volume_libsecret::fs::fuse::{self, FuseMount};
+use docker_volume_libsecret::fs::{FsOptions, SecretFs};
 use docker_volume_libsecret::names::VaultPath;
-use docker_volume_libsecret::secret::SourceError;
+use docker_volume_libsecret::source::cache::SecretCache;
+use docker_volume_libsecret::source::SourceError;
 use docker_volume_libsecret::testing::MemorySource;
 use serde_json::json;
 

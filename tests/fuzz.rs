@@ -20,7 +20,7 @@ use docker_volume_libsecret::names::{
     check_segment, escape_component, FileName, VaultPath, View, MAX_VOLUME_NAME_BYTES,
 };
 use docker_volume_libsecret::plugin::{Plugin, Reply};
-use docker_volume_libsecret::secret::Secret;
+use docker_volume_libsecret::source::Secret;
 use docker_volume_libsecret::testing::MemoryRecordStore;
 use docker_volume_libsecret::volumes::{
     ActiveMount, Mounter, VolumeOptions, VolumeRecord, Volumes,

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use docker_volume_libsecret::config::{AuthMethod, Credential, VaultConfig};
 use docker_volume_libsecret::names::{VaultPath, View};
-use docker_volume_libsecret::secret::{SecretSource, SourceError};
-use docker_volume_libsecret::vault::{VaultSetupError, VaultSource};
+use docker_volume_libsecret::source::vault::{VaultSetupError, VaultSource};
+use docker_volume_libsecret::source::{SecretSource, SourceError};
 use serde_json::json;
 use support::openbao::{AuditRequest, OpenBao};
 
@@ -56,7 +56,7 @@ fn write_secret_file(dir: &Path, name: &str, value: &str) -> PathBuf {
     path
 }
 
-fn text(secret: &docker_volume_libsecret::secret::Secret) -> String {
+fn text(secret: &docker_volume_libsecret::source::Secret) -> String {
     String::from_utf8(secret.render(&View::Default).unwrap().to_vec()).unwrap()
 }
 

@@ -8,12 +8,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use docker_volume_libsecret::cache::SecretCache;
 use docker_volume_libsecret::config::{Credential, VaultConfig};
-use docker_volume_libsecret::filesystem::{FsOptions, SecretFs};
-use docker_volume_libsecret::fuse;
+use docker_volume_libsecret::fs::fuse;
+use docker_volume_libsecret::fs::{FsOptions, SecretFs};
 use docker_volume_libsecret::names::VaultPath;
-use docker_volume_libsecret::vault::VaultSource;
+use docker_volume_libsecret::source::cache::SecretCache;
+use docker_volume_libsecret::source::vault::VaultSource;
 use serde_json::json;
 use support::wait_until;
 use vault_api_server::{ServerConfig, TestVault};

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use docker_volume_libsecret::names::VaultPath;
+use docker_volume_libsecret::plugin::server;
 use docker_volume_libsecret::plugin::Plugin;
-use docker_volume_libsecret::server;
-use docker_volume_libsecret::state::DirRecordStore;
+use docker_volume_libsecret::volumes::store::DirRecordStore;
 use docker_volume_libsecret::volumes::{ActiveMount, Mounter, VolumeRecord, Volumes};
 use serde_json::json;
 use support::plugin_client::{call, call_raw, err_of};

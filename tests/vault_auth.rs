@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use docker_volume_libsecret::config::{AuthMethod, Credential, VaultConfig};
 use docker_volume_libsecret::names::{VaultPath, View};
-use docker_volume_libsecret::secret::SecretSource;
-use docker_volume_libsecret::vault::{VaultSetupError, VaultSource};
+use docker_volume_libsecret::source::vault::{VaultSetupError, VaultSource};
+use docker_volume_libsecret::source::SecretSource;
 use serde_json::json;
 use support::vault_admin::Admin;
 use vault_api_server::{RequestRecord, ServerConfig, TestVault};

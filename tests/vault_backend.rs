@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use docker_volume_libsecret::config::{Credential, VaultConfig};
 use docker_volume_libsecret::names::{VaultPath, View};
-use docker_volume_libsecret::secret::{SecretSource, SourceError};
-use docker_volume_libsecret::vault::{VaultSetupError, VaultSource};
+use docker_volume_libsecret::source::vault::{VaultSetupError, VaultSource};
+use docker_volume_libsecret::source::{SecretSource, SourceError};
 use serde_json::json;
 use vault_api_server::{KvVersion, ServerConfig, TestVault};
 

@@ -9,12 +9,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use docker_volume_libsecret::cache::SecretCache;
 use docker_volume_libsecret::config::{AuthMethod, Credential, VaultConfig};
-use docker_volume_libsecret::filesystem::{FsOptions, SecretFs};
-use docker_volume_libsecret::fuse;
+use docker_volume_libsecret::fs::fuse;
+use docker_volume_libsecret::fs::{FsOptions, SecretFs};
 use docker_volume_libsecret::names::VaultPath;
-use docker_volume_libsecret::vault::{VaultSetupError, VaultSource};
+use docker_volume_libsecret::source::cache::SecretCache;
+use docker_volume_libsecret::source::vault::{VaultSetupError, VaultSource};
 use serde_json::json;
 use support::vault_admin::Admin;
 use support::wait_until;

@@ -2,9 +2,9 @@
 //! `fuse.rs` only translates.
 //!
 //! Directories list nothing: every name resolves by exact lookup. A name not in memory is first looked up in its
-//! folder's index (one LIST per folder per `negative_ttl`, see [`crate::cache`]), after its own access rule is
+//! folder's index (one LIST per folder per `negative_ttl`, see [`crate::source::cache`]), after its own access rule is
 //! decided, so a missing name costs no read; each Vault request a mount makes passes its own budget
-//! ([`crate::limits`]).
+//! ([`crate::source::limits`]).
 //!
 //! A file inode's content never changes. That lets the kernel cache names, attributes and pages for a long time
 //! (reads then cost no round trip to this process), and it means no reader can ever see half an old value and half
@@ -13,16 +13,19 @@
 //! cached entry ([`Invalidator`]). The next lookup gets a new inode with the new content, while files already open
 //! keep reading the old inode to the end.
 
+pub mod audit;
+pub mod fuse;
+
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use crate::audit::{Auditor, Outcome, Requester};
-use crate::cache::{Listed, SecretCache};
-use crate::limits::{BudgetLimits, RequestBudget};
+use crate::fs::audit::{Auditor, Outcome, Requester};
 use crate::names::{FileName, SecretRef, VaultPath, View};
-use crate::secret::{SecretBytes, SourceError};
+use crate::source::cache::{Listed, SecretCache};
+use crate::source::limits::{BudgetLimits, RequestBudget};
+use crate::source::{SecretBytes, SourceError};
 
 /// The root directory's inode number (FUSE's fixed value).
 pub const ROOT_INODE: u64 = 1;
@@ -1018,7 +1021,7 @@ mod tests {
     #[tokio::test]
     async fn a_folder_too_large_is_not_indexed() {
         let source = Arc::new(MemorySource::default());
-        for i in 0..=crate::cache::MAX_INDEX_NAMES {
+        for i in 0..=crate::source::cache::MAX_INDEX_NAMES {
             source.put(&format!("secret/app-1/k-{i}"), json!({"value": "v"}));
         }
         let (fs, cache) = probing_fs(source.clone(), unlimited());
@@ -1235,7 +1238,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_names_all_indexes_hold_are_capped() {
-        use crate::cache::{MAX_INDEXED_NAMES, MAX_INDEX_NAMES};
+        use crate::source::cache::{MAX_INDEXED_NAMES, MAX_INDEX_NAMES};
         let source = Arc::new(MemorySource::default());
         let dirs = MAX_INDEXED_NAMES / MAX_INDEX_NAMES + 2;
         for d in 0..dirs {
@@ -1304,7 +1307,7 @@ mod tests {
 
     #[tokio::test]
     async fn audited_lookups_record_missing_and_refused_keys_by_path() {
-        use crate::audit::{Auditor, Outcome};
+        use crate::fs::audit::{Auditor, Outcome};
         use crate::testing::{FixedContainers, RecordingAuditSink};
         let source = source();
         let (fs, _) = fs_with(source.clone());

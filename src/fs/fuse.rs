@@ -17,8 +17,8 @@ use fuser::{
     ReplyWrite, Request, SessionACL, TimeOrNow, WriteFlags,
 };
 
-use crate::audit::Requester;
-use crate::filesystem::{FsError, Invalidator, NodeAttr, NodeKind, SecretFs, ROOT_INODE};
+use crate::fs::audit::Requester;
+use crate::fs::{FsError, Invalidator, NodeAttr, NodeKind, SecretFs, ROOT_INODE};
 
 struct FuseAdapter {
     fs: Arc<SecretFs>,

@@ -19,7 +19,7 @@ use zeroize::Zeroize;
 
 use super::VaultSetupError;
 use crate::config::VaultConfig;
-use crate::root_only::{read_root_only, Keep};
+use crate::sys::root_only::{read_root_only, Keep};
 
 /// The most redirects one request follows (a standby points at the active node: one is normal).
 const MAX_REDIRECTS: usize = 3;

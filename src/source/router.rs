@@ -1,17 +1,15 @@
-//! Serves each mounted volume with FUSE inside this process, and cleans mountpoints left by a driver that died.
+//! Which cache reads a path: one cache per set of credentials (and per child namespace), chosen for every path by
+//! the access rules. The gate that admits volumes at Create and Mount (their path's rule and engine) lives here too.
 
 use std::collections::HashMap;
-use std::os::unix::fs::DirBuilderExt;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::access::{AccessRules, AuthScope};
-use crate::cache::SecretCache;
-use crate::filesystem::{FsOptions, RouteError, SecretFs, SecretRouter};
-use crate::fuse::{self, FuseMount};
-use crate::names::{escape_component, VaultPath};
-use crate::secret::SourceError;
-use crate::volumes::{ActiveMount, Mounter, VolumeError, VolumeGate, VolumeOptions, VolumeRecord};
+use crate::fs::{RouteError, SecretRouter};
+use crate::names::VaultPath;
+use crate::source::cache::SecretCache;
+use crate::source::SourceError;
+use crate::volumes::{VolumeError, VolumeGate};
 
 /// Makes the cache for a child namespace of a scope: a view of the same backend and login in that namespace.
 pub type NamespaceCacheFactory =
@@ -147,179 +145,12 @@ impl SecretRouter for VolumeRouter {
     }
 }
 
-/// Mounts volumes in-process (foreground mode, and hosts without systemd).
-pub struct InProcessMounter {
-    caches: Arc<VolumeCaches>,
-    fs_options: FsOptions,
-    runtime: tokio::runtime::Handle,
-}
-
-impl InProcessMounter {
-    pub fn new(
-        caches: Arc<VolumeCaches>,
-        fs_options: FsOptions,
-        runtime: tokio::runtime::Handle,
-    ) -> Self {
-        InProcessMounter {
-            caches,
-            fs_options,
-            runtime,
-        }
-    }
-}
-
-struct InProcessMount {
-    mount: FuseMount,
-}
-
-impl ActiveMount for InProcessMount {
-    fn unmount(self: Box<Self>) -> Result<(), String> {
-        let mountpoint = self.mount.mountpoint().to_owned();
-        self.mount
-            .unmount()
-            .map_err(|e| format!("unmounting {}: {e}", mountpoint.display()))?;
-        remove_mountpoint(&mountpoint);
-        Ok(())
-    }
-
-    fn is_alive(&self) -> bool {
-        !is_stale_mount(self.mount.mountpoint())
-    }
-
-    fn outlives_driver(&self) -> bool {
-        false
-    }
-}
-
-/// Serves volume `name` (Vault path `path`) with FUSE at an already prepared `mountpoint`: the one way both the
-/// driver (in-process mounts) and a mount unit (`serve-mount`) mount a volume.
-pub fn mount_volume(
-    name: &str,
-    path: &VaultPath,
-    router: Arc<dyn SecretRouter>,
-    fs_options: FsOptions,
-    mountpoint: &Path,
-    runtime: tokio::runtime::Handle,
-) -> std::io::Result<FuseMount> {
-    let audit_window = fs_options.audit_window;
-    let fs = Arc::new(SecretFs::routed(path.clone(), router, fs_options));
-    if let Some(window) = audit_window {
-        fs.set_auditor(crate::audit::Auditor::for_volume(name, window));
-    }
-    let fs_name = format!("libsecret:{}", escape_component(name));
-    fuse::mount(fs, mountpoint, &fs_name, runtime)
-}
-
-pub fn remove_mountpoint(mountpoint: &Path) {
-    if let Err(error) = std::fs::remove_dir(mountpoint) {
-        if error.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!(mountpoint = %mountpoint.display(), %error, "could not remove the mountpoint");
-        }
-    }
-}
-
-impl Mounter for InProcessMounter {
-    fn mount(
-        &self,
-        record: &VolumeRecord,
-        path: &VaultPath,
-        mountpoint: &Path,
-    ) -> Result<Box<dyn ActiveMount>, String> {
-        prepare_mountpoint(mountpoint)?;
-        let options = VolumeOptions::parse(&record.options).map_err(|e| e.to_string())?;
-        let router = self.caches.router(options.namespace.as_deref());
-        let fs_options = options.fs_options(&self.fs_options);
-        let mount = mount_volume(
-            &record.name,
-            path,
-            router,
-            fs_options,
-            mountpoint,
-            self.runtime.clone(),
-        )
-        .map_err(|e| {
-            remove_mountpoint(mountpoint);
-            format!(
-                "FUSE mount at {} failed: {e} (is /dev/fuse available and fuse3 installed?)",
-                mountpoint.display()
-            )
-        })?;
-        Ok(Box::new(InProcessMount { mount }))
-    }
-}
-
-/// Whether `path` is a FUSE mount whose server is gone (`Transport endpoint is not connected`).
-///
-/// The kernel may answer `stat` of the mount root from its attribute cache even after the server died, so this
-/// looks up a name no secret can have: the kernel never caches that answer, and a live server refuses it without
-/// asking Vault.
-pub fn is_stale_mount(path: &Path) -> bool {
-    let not_connected = |result: std::io::Result<std::fs::Metadata>| matches!(result, Err(e) if e.raw_os_error() == Some(nix::libc::ENOTCONN));
-    not_connected(std::fs::symlink_metadata(path.join("\u{1}liveness-probe")))
-        || not_connected(std::fs::metadata(path))
-}
-
-/// Detaches whatever is mounted at `path` (nothing mounted there is fine).
-pub fn detach(path: &Path) -> Result<(), String> {
-    match nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH) {
-        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
-        Err(error) => Err(format!(
-            "detaching the mount at {}: {error}",
-            path.display()
-        )),
-    }
-}
-
-/// Makes `mountpoint` an empty directory, detaching a dead mount left there (never handed to Docker).
-pub fn prepare_mountpoint(mountpoint: &Path) -> Result<(), String> {
-    if let Some(root) = mountpoint.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(root)
-            .map_err(|e| format!("creating {}: {e}", root.display()))?;
-    }
-    if is_stale_mount(mountpoint) {
-        tracing::warn!(mountpoint = %mountpoint.display(), "detaching a stale mount (transport endpoint is not connected)");
-        detach(mountpoint)?;
-    }
-    match std::fs::DirBuilder::new().mode(0o755).create(mountpoint) {
-        Ok(()) => Ok(()),
-        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(error) => Err(format!("creating {}: {error}", mountpoint.display())),
-    }
-}
-
-/// Detaches and removes every dead mount under `mount_root`; returns the paths cleaned.
-pub fn clean_stale_mounts(mount_root: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(mount_root) else {
-        return Vec::new();
-    };
-    let mut cleaned = Vec::new();
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if is_stale_mount(&path) {
-            match detach(&path) {
-                Ok(()) => {
-                    remove_mountpoint(&path);
-                    cleaned.push(path);
-                }
-                Err(reason) => tracing::warn!(%reason, "stale mount left in place"),
-            }
-        } else if std::fs::remove_dir(&path).is_ok() {
-            // An empty leftover directory: nothing was mounted there.
-            cleaned.push(path);
-        }
-    }
-    cleaned
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::access::Rule;
-    use crate::audit::{Auditor, Outcome, Requester};
-    use crate::filesystem::{FsError, ROOT_INODE};
+    use crate::fs::audit::{Auditor, Outcome, Requester};
+    use crate::fs::{FsError, FsOptions, SecretFs, ROOT_INODE};
     use crate::testing::{FixedContainers, MemorySource, RecordingAuditSink};
     use serde_json::json;
     use std::ffi::OsStr;
@@ -427,10 +258,7 @@ mod tests {
             matches!(admin, Err(FsError::Refused { ref reason }) if reason.contains("rules[0]")),
             "{admin:?}"
         );
-        assert_eq!(
-            admin.unwrap_err().errno(),
-            crate::filesystem::libc_errno::EACCES
-        );
+        assert_eq!(admin.unwrap_err().errno(), crate::fs::libc_errno::EACCES);
         let reads_before = broad.reads();
         for name in ["admin#", "admin@1", "admin#value"] {
             assert!(matches!(

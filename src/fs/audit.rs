@@ -189,7 +189,7 @@ impl Auditor {
             window,
             resolver,
             sink,
-            windows: Mutex::new(crate::cache::bounded_lru(MAX_WINDOWS)),
+            windows: Mutex::new(crate::source::cache::bounded_lru(MAX_WINDOWS)),
             refusals: Mutex::new(RefusalLines {
                 window_start: Instant::now(),
                 written: 0,

@@ -1,6 +1,8 @@
 //! Docker's volume plugin protocol (v1): decodes a method and JSON body, calls [`Volumes`], encodes the reply.
 //! Transport-free: `server.rs` feeds it HTTP requests, tests feed it bytes.
 
+pub mod server;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 

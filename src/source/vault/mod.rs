@@ -30,7 +30,7 @@ use self::session::Session;
 use self::transport::Transport;
 use crate::config::VaultConfig;
 use crate::names::VaultPath;
-use crate::secret::{Secret, SecretSource, SourceError};
+use crate::source::{Secret, SecretSource, SourceError};
 
 /// A Vault reply envelope, read leniently: Vault-API servers differ in which envelope keys they send (RustyVault
 /// omits `request_id`, which vaultrs' own response types require), and only `data` matters here.
@@ -526,12 +526,12 @@ impl VaultSource {
     }
 }
 
-/// The driver lends its login's token to mount units (src/broker.rs).
+/// The driver lends its login's token to mount units (src/mount/broker.rs).
 #[async_trait]
-impl crate::broker::TokenLender for VaultSource {
-    async fn lend(&self, dead_token: Option<&str>) -> Result<crate::broker::Lent, String> {
+impl crate::mount::broker::TokenLender for VaultSource {
+    async fn lend(&self, dead_token: Option<&str>) -> Result<crate::mount::broker::Lent, String> {
         let (token, ttl) = self.session.lend(dead_token).await?;
-        Ok(crate::broker::Lent { token, ttl })
+        Ok(crate::mount::broker::Lent { token, ttl })
     }
 }
 

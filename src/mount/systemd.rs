@@ -4,7 +4,7 @@
 //! upgraded; the next driver process adopts them. Transient units never touch the disk: a reboot ends them.
 //!
 //! A unit reads the root-only config file itself (address, TLS, rules) and borrows its Vault tokens from the
-//! driver's token broker (src/broker.rs): it reads no credential file, and nothing secret goes into its argv,
+//! driver's token broker (src/mount/broker.rs): it reads no credential file, and nothing secret goes into its argv,
 //! environment or unit properties.
 
 use std::collections::BTreeMap;
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use zbus::zvariant::{OwnedObjectPath, Value};
 
-use crate::mounter::{detach, is_stale_mount, prepare_mountpoint, remove_mountpoint};
+use crate::mount::mountpoint::{detach, is_stale_mount, prepare_mountpoint, remove_mountpoint};
 use crate::names::{sha256_hex, VaultPath};
 use crate::volumes::{ActiveMount, Mounter, VolumeOptions, VolumeRecord};
 
@@ -24,7 +24,7 @@ pub const UNIT_PREFIX: &str = "docker-volume-libsecret-mount-";
 const MAX_UNIT_NAME: usize = 255;
 
 /// The journald identifier of the driver and its mount units.
-pub use crate::logging::SYSLOG_IDENTIFIER;
+pub use crate::sys::logging::SYSLOG_IDENTIFIER;
 
 /// glibc's malloc settings for mount units, of which hundreds may run (issue #6, target P5): one arena (the FUSE
 /// thread would otherwise get its own), and the default mmap threshold kept fixed, since freeing fuser's 16 MiB

@@ -17,7 +17,7 @@
 //! names (`MAX_MISSING`), indexes (`MAX_INDEX_NAMES` per directory, `MAX_INDEXED_NAMES` in all), and "read
 //! failed" lines are rate-limited with a count.
 //!
-//! Every request to the source passes the caller's volume budget and the process's ([`crate::limits`]); answers
+//! Every request to the source passes the caller's volume budget and the process's ([`crate::source::limits`]); answers
 //! from memory, and readers waiting on a request in flight, pass none.
 
 use std::collections::hash_map::RandomState;
@@ -30,9 +30,9 @@ use std::time::{Duration, Instant};
 use lru::LruCache;
 use tokio::sync::Mutex as AsyncMutex;
 
-use crate::limits::{self, Refused, RequestBudget};
 use crate::names::{SecretRef, VaultPath};
-use crate::secret::{Secret, SecretSource, SourceError};
+use crate::source::limits::{self, Refused, RequestBudget};
+use crate::source::{Secret, SecretSource, SourceError};
 
 /// One key: its last value, readable at once, and the state of its requests.
 #[derive(Default)]

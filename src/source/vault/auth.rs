@@ -16,7 +16,7 @@ use zeroize::Zeroizing;
 use super::transport::Transport;
 use super::{describe_client_error, status_of};
 use crate::config::{AuthMethod, VaultConfig};
-use crate::root_only::{read_root_only, Keep};
+use crate::sys::root_only::{read_root_only, Keep};
 
 /// A token and what Vault said about it.
 pub struct Login {
@@ -327,7 +327,7 @@ async fn borrow(
     timeout: Duration,
     dead: Option<&str>,
 ) -> Result<Login, AuthError> {
-    use crate::broker::{ask, AskError, Request};
+    use crate::mount::broker::{ask, AskError, Request};
     let request = Request {
         scope: lending.scope.into(),
         fingerprint: lending.fingerprint.clone(),

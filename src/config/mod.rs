@@ -2,6 +2,8 @@
 //! (`/etc/docker-volume-libsecret/config.toml`), Vault's own variables (`VAULT_ADDR`, `VAULT_TOKEN`, `VAULT_CACERT`,
 //! `VAULT_NAMESPACE`), `LIBSECRET_*` variables (`LIBSECRET_VAULT__ADDR` for `vault.addr`), then command-line flags.
 
+pub mod cli;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -328,10 +330,10 @@ pub struct LimitsConfig {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        let volume = crate::limits::BudgetLimits::volume_default();
-        let total = crate::limits::BudgetLimits::total_default();
+        let volume = crate::source::limits::BudgetLimits::volume_default();
+        let total = crate::source::limits::BudgetLimits::total_default();
         LimitsConfig {
-            cached_secrets: std::num::NonZeroUsize::new(crate::cache::DEFAULT_MAX_SECRETS)
+            cached_secrets: std::num::NonZeroUsize::new(crate::source::cache::DEFAULT_MAX_SECRETS)
                 .unwrap_or(std::num::NonZeroUsize::MIN),
             volume_concurrency: volume.concurrency,
             volume_rate: volume.rate,
@@ -345,8 +347,8 @@ impl Default for LimitsConfig {
 
 impl LimitsConfig {
     /// The budget of each volume.
-    pub fn volume(&self) -> crate::limits::BudgetLimits {
-        crate::limits::BudgetLimits {
+    pub fn volume(&self) -> crate::source::limits::BudgetLimits {
+        crate::source::limits::BudgetLimits {
             concurrency: self.volume_concurrency,
             rate: self.volume_rate,
             burst: self.volume_burst,
@@ -354,8 +356,8 @@ impl LimitsConfig {
     }
 
     /// The budget of the whole process.
-    pub fn total(&self) -> crate::limits::BudgetLimits {
-        crate::limits::BudgetLimits {
+    pub fn total(&self) -> crate::source::limits::BudgetLimits {
+        crate::source::limits::BudgetLimits {
             concurrency: self.total_concurrency,
             rate: self.total_rate,
             burst: self.total_burst,
@@ -384,7 +386,7 @@ impl Default for Config {
             stale_ttl: Duration::from_secs(3600),
             negative_ttl: Duration::from_secs(5),
             mount_mode: MountMode::Auto,
-            broker_socket: PathBuf::from(crate::broker::DEFAULT_SOCKET),
+            broker_socket: PathBuf::from(crate::mount::broker::DEFAULT_SOCKET),
             audit: true,
             audit_interval: Duration::from_secs(60),
             audit_every_open: false,
@@ -573,8 +575,8 @@ fn without_value(kind: &figment::error::Kind) -> String {
 
 impl Config {
     /// Ownership, modes and refresh of the files the mounts show.
-    pub fn fs_options(&self) -> crate::filesystem::FsOptions {
-        crate::filesystem::FsOptions {
+    pub fn fs_options(&self) -> crate::fs::FsOptions {
+        crate::fs::FsOptions {
             uid: self.uid,
             gid: self.gid,
             file_mode: self.mode.0,
@@ -583,7 +585,7 @@ impl Config {
             audit_every_open: self.audit && self.audit_every_open,
             audit_window: self.audit.then_some(self.audit_interval),
             volume_limits: self.limits.volume(),
-            ..crate::filesystem::FsOptions::default()
+            ..crate::fs::FsOptions::default()
         }
     }
 
@@ -1023,7 +1025,7 @@ mod tests {
     /// The packaged example documents real keys: uncommenting every `# key = value` line still loads.
     #[test]
     fn the_packaged_example_config_loads_with_every_key_set() {
-        let example = include_str!("../packaging/config.toml");
+        let example = include_str!("../../packaging/config.toml");
         let uncommented: String = example
             .lines()
             .map(|line| match line.strip_prefix("# ") {
@@ -1055,11 +1057,11 @@ mod tests {
             assert_eq!(full.vault.addr.len(), 2);
             assert_eq!(
                 full.limits.volume(),
-                crate::limits::BudgetLimits::volume_default()
+                crate::source::limits::BudgetLimits::volume_default()
             );
             assert_eq!(
                 full.limits.total(),
-                crate::limits::BudgetLimits::total_default()
+                crate::source::limits::BudgetLimits::total_default()
             );
             assert_eq!(full.fs_options().volume_limits, full.limits.volume());
             Ok(())
@@ -1078,7 +1080,7 @@ mod tests {
             assert_eq!(config.limits.cached_secrets.get(), 5);
             assert_eq!(
                 config.limits.volume(),
-                crate::limits::BudgetLimits::new(8, 3, 7)
+                crate::source::limits::BudgetLimits::new(8, 3, 7)
             );
             assert_eq!(config.limits.total().concurrency.get(), 2);
             for bad in [
@@ -1278,7 +1280,7 @@ mod tests {
             assert_ne!(moved.scope_fingerprint(AuthScope::Rule(0)), rule);
             assert_eq!(
                 base.broker_socket,
-                PathBuf::from(crate::broker::DEFAULT_SOCKET)
+                PathBuf::from(crate::mount::broker::DEFAULT_SOCKET)
             );
             Ok(())
         });

@@ -1,5 +1,11 @@
 //! The boundary between the filesystem and wherever secrets live (Vault, a file, a test fake).
 
+pub mod cache;
+pub mod file;
+pub mod limits;
+pub mod router;
+pub mod vault;
+
 use std::collections::BTreeMap;
 use std::fmt;
 

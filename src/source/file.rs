@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 
 use crate::names::VaultPath;
-use crate::root_only::{read_root_only, Keep};
-use crate::secret::{Secret, SecretSource, SourceError};
+use crate::source::{Secret, SecretSource, SourceError};
+use crate::sys::root_only::{read_root_only, Keep};
 
 pub struct FileSource {
     path: PathBuf,
@@ -106,7 +106,7 @@ impl SecretSource for FileSource {
     /// As Vault lists a folder: so a container probing names costs one read of the file per folder per
     /// `negative_ttl`, not one per name.
     async fn list(&self, dir: &VaultPath) -> Result<Vec<String>, SourceError> {
-        crate::secret::children_of(self.load()?.keys(), dir)
+        crate::source::children_of(self.load()?.keys(), dir)
     }
 }
 

@@ -10,7 +10,7 @@
 //!   starts is not fatal. The first login is retried in the background with jittered backoff (1 s up to
 //!   `LOGIN_MAX_BACKOFF`), and a request that finds no token tries at once (at most once per `ON_DEMAND_INTERVAL`),
 //!   so reads recover as soon as Vault answers. Credential files are read again at every attempt.
-//! - A mount unit's token is lent by the driver ([`Auth::Lent`], src/broker.rs): it is never renewed nor revoked
+//! - A mount unit's token is lent by the driver ([`Auth::Lent`], src/mount/broker.rs): it is never renewed nor revoked
 //!   here; the broker is asked again at about 2/3 of what is left of its TTL and when Vault says it is dead, and
 //!   while the driver is away the unit keeps its token and retries with jittered backoff (1 s up to
 //!   `LENT_MAX_BACKOFF`). The driver lends its own token with [`Session::lend`].
@@ -597,8 +597,8 @@ async fn replace(session: &Session, generation: u64) -> Result<(), AuthError> {
 mod tests {
     use super::*;
     use crate::access::AuthScope;
-    use crate::broker::{self, Broker, Lent, TokenLender};
     use crate::config::VaultConfig;
+    use crate::mount::broker::{self, Broker, Lent, TokenLender};
     use async_trait::async_trait;
 
     const TOKEN: &str = "s.lent-session-test-5e1a";

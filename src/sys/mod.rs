@@ -1,0 +1,5 @@
+//! The process's dealings with the host: hardening, logging, and ownership checks of root-only files.
+
+pub mod hardening;
+pub mod logging;
+pub mod root_only;
