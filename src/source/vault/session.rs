@@ -436,8 +436,9 @@ fn plan(session: &Session) -> (Duration, Next, u64) {
         return (IDLE_CHECK, Next::Idle, state.generation);
     };
     let due = jitter(state.ttl.mul_f64(2.0 / 3.0)).saturating_sub(state.obtained.elapsed());
-    // A renewal that granted under half of the login's TTL means the max TTL is close: log in instead.
-    let capped = state.ttl < state.login_ttl / 2;
+    // A renewal that granted clearly less than the login's TTL means the max TTL caps it: log in instead, before
+    // the token reaches its max TTL (where Vault refuses renewals with a 500, not a 4xx).
+    let capped = state.ttl.as_secs_f64() < state.login_ttl.as_secs_f64() * 0.75;
     let next = if session.auth.is_lent() {
         // The driver's token: the driver renews it; ask the broker again for it (or its successor).
         Next::Replace
@@ -564,6 +565,12 @@ async fn renew(session: &Session, generation: u64) -> Result<(), AuthError> {
         }
         Err(AuthError::Rejected(reason)) if session.auth.can_replace_token() => {
             tracing::info!(%reason, "Vault refused to renew the token; logging in again");
+            replace(session, generation).await
+        }
+        // Vault answers a renewal past the token's max TTL with a 500 ("past the max TTL, cannot renew"). A method
+        // that mints tokens can always log in instead; when Vault is down, that login fails too and is retried.
+        Err(error) if session.auth.mints_tokens() => {
+            tracing::info!(reason = %error, "could not renew the Vault token; logging in again");
             replace(session, generation).await
         }
         Err(error) => Err(error),
