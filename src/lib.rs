@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod app;
 pub mod config;
 pub mod fs;
 pub mod mount;

@@ -1,6 +1,7 @@
 //! In-memory fakes for tests of the cores (also used by the integration tests under `tests/`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::fs::audit::{AuditRecord, AuditSink, ContainerResolver, Suppressed};
+use crate::mount::{ActiveMount, MountError, MountPlan, Mounter};
 use crate::names::VaultPath;
 use crate::source::{Secret, SecretSource, SourceError};
 use crate::volumes::{MountIds, RecordStore, StoreError, VolumeRecord};
@@ -196,5 +198,160 @@ impl RecordStore for MemoryRecordStore {
             mounts.insert(name.to_owned(), ids.clone());
         }
         Ok(())
+    }
+}
+
+/// The one fake [`Mounter`] of the test suite: tracks live mountpoints and counts mounts and unmounts, and records
+/// every way a mount request breaks an invariant (see [`FakeMounter::violations`]). Clones share their state.
+///
+/// - [`FakeMounter::outliving`] mounts behave like systemd units: they survive the driver and can be adopted.
+/// - [`FakeMounter::hold`] makes the mounts of one volume take a while, as a slow unit start does (a tokio sleep,
+///   so a paused clock skips it).
+/// - [`FakeMounter::kill_all`] is a reboot, or every mount server dying.
+#[derive(Debug, Clone, Default)]
+pub struct FakeMounter {
+    state: Arc<FakeMounterState>,
+    outlives: bool,
+}
+
+#[derive(Debug, Default)]
+struct FakeMounterState {
+    live: Mutex<BTreeSet<PathBuf>>,
+    violations: Mutex<Vec<String>>,
+    held: Mutex<HashMap<String, Duration>>,
+    failing: Mutex<Option<String>>,
+    mounts: AtomicUsize,
+    unmounts: AtomicUsize,
+}
+
+/// One mount of a [`FakeMounter`].
+#[derive(Debug)]
+pub struct FakeMount {
+    state: Arc<FakeMounterState>,
+    mountpoint: PathBuf,
+    outlives: bool,
+}
+
+impl FakeMounter {
+    /// A mounter whose mounts end with the driver (the in-process mode).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A mounter whose mounts outlive the driver and are adopted by the next one (the systemd mode).
+    pub fn outliving() -> Self {
+        FakeMounter {
+            outlives: true,
+            ..Self::default()
+        }
+    }
+
+    /// The live mountpoints.
+    pub fn live(&self) -> Vec<PathBuf> {
+        lock(&self.state.live).iter().cloned().collect()
+    }
+
+    /// Every mount server dies (or the host reboots): nothing is live any more.
+    pub fn kill_all(&self) {
+        lock(&self.state.live).clear();
+    }
+
+    /// Mounts of `volume` take `delay` from now on.
+    pub fn hold(&self, volume: &str, delay: Duration) {
+        lock(&self.state.held).insert(volume.to_owned(), delay);
+    }
+
+    /// Mounts fail with `reason` from now on (`None`: they work again).
+    pub fn fail_with(&self, reason: Option<&str>) {
+        *lock(&self.state.failing) = reason.map(str::to_owned);
+    }
+
+    /// How many mounts were started.
+    pub fn mounts(&self) -> usize {
+        self.state.mounts.load(Ordering::SeqCst)
+    }
+
+    /// How many mounts were ended.
+    pub fn unmounts(&self) -> usize {
+        self.state.unmounts.load(Ordering::SeqCst)
+    }
+
+    /// Broken invariants seen so far: a mountpoint mounted twice, an unmount of what is not mounted, a plan whose
+    /// Vault path or mountpoint does not follow from the volume name.
+    pub fn violations(&self) -> Vec<String> {
+        lock(&self.state.violations).clone()
+    }
+
+    fn violation(&self, what: String) {
+        lock(&self.state.violations).push(what);
+    }
+}
+
+#[async_trait]
+impl ActiveMount for FakeMount {
+    async fn unmount(self: Box<Self>) -> Result<(), MountError> {
+        self.state.unmounts.fetch_add(1, Ordering::SeqCst);
+        if !lock(&self.state.live).remove(&self.mountpoint) {
+            lock(&self.state.violations).push(format!(
+                "unmount of {:?}, which is not mounted",
+                self.mountpoint
+            ));
+        }
+        Ok(())
+    }
+
+    async fn is_alive(&self) -> bool {
+        lock(&self.state.live).contains(&self.mountpoint)
+    }
+
+    fn outlives_driver(&self) -> bool {
+        self.outlives
+    }
+}
+
+#[async_trait]
+impl Mounter for FakeMounter {
+    async fn mount(&self, plan: &MountPlan) -> Result<Box<dyn ActiveMount>, MountError> {
+        let delay = lock(&self.state.held).get(&plan.name).copied();
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
+        if let Some(reason) = lock(&self.state.failing).clone() {
+            return Err(MountError::Mountpoint(reason));
+        }
+        match VaultPath::from_volume_name(&plan.name) {
+            Ok(expected) if expected == plan.path => {}
+            other => self.violation(format!(
+                "mounting {:?} at Vault path {:?}; the name parses as {other:?}",
+                plan.name, plan.path
+            )),
+        }
+        let escaped = crate::names::escape_component(&plan.name);
+        if plan.mountpoint.file_name() != Some(std::ffi::OsStr::new(&escaped)) {
+            self.violation(format!(
+                "mountpoint {:?} of {:?} is not its escaped name",
+                plan.mountpoint, plan.name
+            ));
+        }
+        self.state.mounts.fetch_add(1, Ordering::SeqCst);
+        if !lock(&self.state.live).insert(plan.mountpoint.clone()) {
+            self.violation(format!("{:?} mounted twice", plan.mountpoint));
+        }
+        Ok(Box::new(FakeMount {
+            state: self.state.clone(),
+            mountpoint: plan.mountpoint.clone(),
+            outlives: self.outlives,
+        }))
+    }
+
+    async fn adopt(&self, plan: &MountPlan) -> Option<Box<dyn ActiveMount>> {
+        let alive = lock(&self.state.live).contains(&plan.mountpoint);
+        (self.outlives && alive).then(|| {
+            Box::new(FakeMount {
+                state: self.state.clone(),
+                mountpoint: plan.mountpoint.clone(),
+                outlives: true,
+            }) as Box<dyn ActiveMount>
+        })
     }
 }

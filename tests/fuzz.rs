@@ -21,10 +21,8 @@ use docker_volume_libsecret::names::{
 };
 use docker_volume_libsecret::plugin::{Plugin, Reply};
 use docker_volume_libsecret::source::Secret;
-use docker_volume_libsecret::testing::MemoryRecordStore;
-use docker_volume_libsecret::volumes::{
-    ActiveMount, Mounter, VolumeOptions, VolumeRecord, Volumes,
-};
+use docker_volume_libsecret::testing::{FakeMounter, MemoryRecordStore};
+use docker_volume_libsecret::volumes::{VolumeOptions, Volumes};
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -95,79 +93,13 @@ impl Drop for Tally {
 // ---------------------------------------------------------------------------------------------------------------
 // In-memory fakes of the public traits
 
-/// Tracks live mountpoints, and records every way a mount request breaks an invariant (checked after each call).
-#[derive(Default, Clone)]
-struct FakeMounter {
-    live: Arc<Mutex<BTreeSet<PathBuf>>>,
-    violations: Arc<Mutex<Vec<String>>>,
-}
-
-struct FakeMount {
-    live: Arc<Mutex<BTreeSet<PathBuf>>>,
-    violations: Arc<Mutex<Vec<String>>>,
-    mountpoint: PathBuf,
-}
-
-impl ActiveMount for FakeMount {
-    fn unmount(self: Box<Self>) -> Result<(), String> {
-        if !self.live.lock().unwrap().remove(&self.mountpoint) {
-            self.violations.lock().unwrap().push(format!(
-                "unmount of {:?}, which is not mounted",
-                self.mountpoint
-            ));
-        }
-        Ok(())
-    }
-    fn is_alive(&self) -> bool {
-        self.live.lock().unwrap().contains(&self.mountpoint)
-    }
-    fn outlives_driver(&self) -> bool {
-        false
-    }
-}
-
-impl Mounter for FakeMounter {
-    fn mount(
-        &self,
-        record: &VolumeRecord,
-        path: &VaultPath,
-        mountpoint: &Path,
-    ) -> Result<Box<dyn ActiveMount>, String> {
-        let mut violations = self.violations.lock().unwrap();
-        match VaultPath::from_volume_name(&record.name) {
-            Ok(expected) if &expected == path => {}
-            other => violations.push(format!(
-                "mounting {:?} at Vault path {path:?}; the name parses as {other:?}",
-                record.name
-            )),
-        }
-        let escaped = escape_component(&record.name);
-        if mountpoint != Path::new(MOUNT_ROOT).join(&escaped)
-            || mountpoint.parent() != Some(Path::new(MOUNT_ROOT))
-        {
-            violations.push(format!(
-                "mountpoint {mountpoint:?} of {:?} is not one component under the root",
-                record.name
-            ));
-        }
-        if !self.live.lock().unwrap().insert(mountpoint.to_owned()) {
-            violations.push(format!("{mountpoint:?} mounted twice"));
-        }
-        Ok(Box::new(FakeMount {
-            live: self.live.clone(),
-            violations: self.violations.clone(),
-            mountpoint: mountpoint.to_owned(),
-        }))
-    }
-}
-
 struct Harness {
     plugin: Plugin,
     mounter: FakeMounter,
 }
 
-fn harness() -> Harness {
-    let mounter = FakeMounter::default();
+fn harness(rt: &tokio::runtime::Runtime) -> Harness {
+    let mounter = FakeMounter::new();
     // Rules that allow every path in every namespace, so the model's "valid name and options" is what Create
     // accepts (the namespace option needs a rule naming the namespace).
     let allow_all = |namespace: Option<&str>| docker_volume_libsecret::access::Rule {
@@ -176,18 +108,19 @@ fn harness() -> Harness {
         allow: true,
         own_auth: false,
     };
-    let volumes = Volumes::open_with_access(
-        Box::new(MemoryRecordStore::default()),
-        Box::new(mounter.clone()),
-        PathBuf::from(MOUNT_ROOT),
-        docker_volume_libsecret::access::AccessRules::new(
-            vec![allow_all(None), allow_all(Some("**"))],
-            "fuzz [[rules]]",
-        ),
-    )
-    .unwrap();
+    let volumes = rt
+        .block_on(Volumes::open_with_access(
+            Box::new(MemoryRecordStore::default()),
+            Box::new(mounter.clone()),
+            PathBuf::from(MOUNT_ROOT),
+            docker_volume_libsecret::access::AccessRules::new(
+                vec![allow_all(None), allow_all(Some("**"))],
+                "fuzz [[rules]]",
+            ),
+        ))
+        .unwrap();
     Harness {
-        plugin: Plugin::new(Arc::new(Mutex::new(volumes))),
+        plugin: Plugin::new(Arc::new(volumes)),
         mounter,
     }
 }
@@ -895,7 +828,7 @@ fn run_plugin_case(
     requests: &[Request],
     coverage: &Coverage,
 ) -> Result<(), TestCaseError> {
-    let harness = harness();
+    let harness = harness(rt);
     let mut model = Model {
         synced: true,
         ..Model::default()
@@ -917,7 +850,7 @@ fn run_plugin_case(
             check_model(&mut model, request, &reply, rt, &harness.plugin)
                 .map_err(|e| TestCaseError::fail(format!("{request:?}: {e}")))?;
         }
-        let violations = std::mem::take(&mut *harness.mounter.violations.lock().unwrap());
+        let violations = harness.mounter.violations();
         prop_assert!(violations.is_empty(), "{:?}: {:?}", request, violations);
     }
     if model.synced {
@@ -927,7 +860,8 @@ fn run_plugin_case(
             .filter(|(_, ids)| !ids.is_empty())
             .map(|(name, _)| Path::new(MOUNT_ROOT).join(escape_component(name)))
             .collect();
-        prop_assert_eq!(&*harness.mounter.live.lock().unwrap(), &expected);
+        let live: BTreeSet<PathBuf> = harness.mounter.live().into_iter().collect();
+        prop_assert_eq!(&live, &expected);
     }
     Ok(())
 }
@@ -1320,7 +1254,7 @@ fn regression_edge_volume_names() {
 #[test]
 fn regression_plugin_bodies() {
     let rt = runtime();
-    let h = harness();
+    let h = harness(&rt);
     let cases: &[(&str, &[u8], u16)] = &[
         ("/VolumeDriver.Create", b"", 400),
         ("/VolumeDriver.Create", b"null", 400),

@@ -3,53 +3,16 @@
 
 mod support;
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::Arc;
 
-use docker_volume_libsecret::names::VaultPath;
 use docker_volume_libsecret::plugin::server;
 use docker_volume_libsecret::plugin::Plugin;
+use docker_volume_libsecret::testing::FakeMounter;
 use docker_volume_libsecret::volumes::store::DirRecordStore;
-use docker_volume_libsecret::volumes::{ActiveMount, Mounter, VolumeRecord, Volumes};
+use docker_volume_libsecret::volumes::Volumes;
 use serde_json::json;
 use support::plugin_client::{call, call_raw, err_of};
-
-/// Records which mountpoints are live.
-#[derive(Default, Clone)]
-struct FakeMounter(Arc<Mutex<BTreeMap<PathBuf, usize>>>);
-
-struct FakeMount(Arc<Mutex<BTreeMap<PathBuf, usize>>>, PathBuf);
-
-impl ActiveMount for FakeMount {
-    fn unmount(self: Box<Self>) -> Result<(), String> {
-        self.0.lock().unwrap().remove(&self.1);
-        Ok(())
-    }
-    fn is_alive(&self) -> bool {
-        self.0.lock().unwrap().contains_key(&self.1)
-    }
-    fn outlives_driver(&self) -> bool {
-        false
-    }
-}
-
-impl Mounter for FakeMounter {
-    fn mount(
-        &self,
-        _: &VolumeRecord,
-        _: &VaultPath,
-        mountpoint: &Path,
-    ) -> Result<Box<dyn ActiveMount>, String> {
-        *self
-            .0
-            .lock()
-            .unwrap()
-            .entry(mountpoint.to_owned())
-            .or_default() += 1;
-        Ok(Box::new(FakeMount(self.0.clone(), mountpoint.to_owned())))
-    }
-}
 
 struct TestServer {
     socket: PathBuf,
@@ -64,19 +27,21 @@ impl TestServer {
         let socket = state.path().join("plugin.sock");
         let mounter = FakeMounter::default();
         let store = DirRecordStore::open(state.path()).unwrap();
-        let volumes = Volumes::open(
-            Box::new(store),
-            Box::new(mounter.clone()),
-            PathBuf::from("/run/test-mounts"),
-        )
-        .unwrap();
-        let plugin = Plugin::new(Arc::new(Mutex::new(volumes)));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let socket_path = socket.clone();
+        let fake = mounter.clone();
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Runtime::new().unwrap();
             runtime.block_on(async move {
+                let volumes = Volumes::open(
+                    Box::new(store),
+                    Box::new(fake),
+                    PathBuf::from("/run/test-mounts"),
+                )
+                .await
+                .unwrap();
+                let plugin = Plugin::new(Arc::new(volumes));
                 let (listener, activated) = server::listener(&socket_path).unwrap();
                 assert!(!activated);
                 ready_tx.send(()).unwrap();
@@ -101,7 +66,7 @@ impl TestServer {
     }
 
     fn live_mounts(&self) -> usize {
-        self.mounter.0.lock().unwrap().len()
+        self.mounter.live().len()
     }
 
     /// Stops the server and hands back its state directory.

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use zbus::zvariant::{OwnedObjectPath, Value};
 
 use crate::mount::mountpoint::{detach, is_stale_mount, prepare_mountpoint, remove_mountpoint};
-use crate::names::{sha256_hex, VaultPath};
-use crate::volumes::{ActiveMount, Mounter, VolumeOptions, VolumeRecord};
+use crate::mount::{ActiveMount, MountError, MountPlan, Mounter};
+use crate::names::sha256_hex;
 
 /// Every mount unit's name starts with this.
 pub const UNIT_PREFIX: &str = "docker-volume-libsecret-mount-";
@@ -204,14 +204,11 @@ pub struct MountUnitTemplate {
     pub access: crate::access::AccessRules,
 }
 
-/// The digest of the rules deciding `record`'s reads, as its unit's description carries it (`(rules <hex>)`).
-fn rules_tag(access: &crate::access::AccessRules, record: &VolumeRecord) -> Option<String> {
-    let path = VaultPath::from_volume_name(&record.name).ok()?;
-    let namespace = VolumeOptions::parse(&record.options).ok()?.namespace;
-    Some(format!(
-        "(rules {})",
-        access.digest_below(namespace.as_deref(), &path)
-    ))
+/// The digest of the rules deciding the planned volume's reads, as its unit's description carries it
+/// (`(rules <hex>)`).
+fn rules_tag(access: &crate::access::AccessRules, plan: &MountPlan) -> String {
+    let namespace = plan.parsed.namespace.as_deref();
+    format!("(rules {})", access.digest_below(namespace, &plan.path))
 }
 
 /// Starts and stops mount units over the system bus.
@@ -219,8 +216,15 @@ fn rules_tag(access: &crate::access::AccessRules, record: &VolumeRecord) -> Opti
 pub struct SystemdMounter {
     manager: ManagerProxy<'static>,
     connection: zbus::Connection,
-    runtime: tokio::runtime::Handle,
     template: MountUnitTemplate,
+}
+
+impl std::fmt::Debug for SystemdMounter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SystemdMounter")
+            .field("template", &self.template)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SystemdMounter {
@@ -230,7 +234,6 @@ impl SystemdMounter {
         Ok(SystemdMounter {
             manager,
             connection,
-            runtime: tokio::runtime::Handle::current(),
             template,
         })
     }
@@ -328,7 +331,7 @@ impl SystemdMounter {
         volume: &str,
         mountpoint: &Path,
         options: &BTreeMap<String, String>,
-        rules_tag: Option<String>,
+        rules_tag: String,
     ) -> Result<(), UnitError> {
         // A failed or stopping leftover of the same name would make StartTransientUnit refuse.
         self.stop(unit).await?;
@@ -354,8 +357,7 @@ impl SystemdMounter {
             (
                 "Description",
                 Value::from(format!(
-                    "docker-volume-libsecret mount of volume {volume} {}",
-                    rules_tag.unwrap_or_default()
+                    "docker-volume-libsecret mount of volume {volume} {rules_tag}"
                 )),
             ),
             ("Type", Value::from("notify")),
@@ -455,31 +457,44 @@ pub fn mount_unit_hardening() -> Vec<(&'static str, Value<'static>)> {
 }
 
 /// A volume served by a mount unit.
+#[derive(Debug)]
 struct UnitMount {
     mounter: SystemdMounter,
     unit: String,
     mountpoint: PathBuf,
 }
 
+impl UnitMount {
+    async fn is_active(&self) -> bool {
+        let state = self.mounter.active_state(&self.unit).await;
+        matches!(state, Ok(Some(ref s)) if s == "active")
+    }
+}
+
+#[async_trait::async_trait]
 impl ActiveMount for UnitMount {
-    fn unmount(self: Box<Self>) -> Result<(), String> {
-        self.mounter
-            .runtime
-            .block_on(self.mounter.stop(&self.unit))
-            .map_err(|e| e.to_string())?;
+    async fn unmount(self: Box<Self>) -> Result<(), MountError> {
+        self.mounter.stop(&self.unit).await?;
         // The unit is gone, so whatever is still mounted there is dead (a SIGKILLed server leaves its mount).
-        detach(&self.mountpoint)?;
-        remove_mountpoint(&self.mountpoint);
+        let mountpoint = self.mountpoint.clone();
+        tokio::task::spawn_blocking(move || {
+            detach(&mountpoint).map_err(MountError::Mountpoint)?;
+            remove_mountpoint(&mountpoint);
+            Ok::<(), MountError>(())
+        })
+        .await??;
         tracing::info!(unit = %self.unit, mountpoint = %self.mountpoint.display(), "mount unit stopped");
         Ok(())
     }
 
-    fn is_alive(&self) -> bool {
-        let state = self
-            .mounter
-            .runtime
-            .block_on(self.mounter.active_state(&self.unit));
-        matches!(state, Ok(Some(ref s)) if s == "active") && !is_stale_mount(&self.mountpoint)
+    async fn is_alive(&self) -> bool {
+        if !self.is_active().await {
+            return false;
+        }
+        let mountpoint = self.mountpoint.clone();
+        tokio::task::spawn_blocking(move || !is_stale_mount(&mountpoint))
+            .await
+            .unwrap_or(false)
     }
 
     fn outlives_driver(&self) -> bool {
@@ -487,70 +502,64 @@ impl ActiveMount for UnitMount {
     }
 }
 
+#[async_trait::async_trait]
 impl Mounter for SystemdMounter {
-    fn mount(
-        &self,
-        record: &VolumeRecord,
-        _path: &VaultPath,
-        mountpoint: &Path,
-    ) -> Result<Box<dyn ActiveMount>, String> {
-        prepare_mountpoint(mountpoint)?;
-        // Refused here rather than by a unit that fails to start.
-        VolumeOptions::parse(&record.options).map_err(|e| e.to_string())?;
-        let unit = unit_name(&record.name);
+    async fn mount(&self, plan: &MountPlan) -> Result<Box<dyn ActiveMount>, MountError> {
+        let mountpoint = plan.mountpoint.clone();
+        tokio::task::spawn_blocking(move || prepare_mountpoint(&mountpoint))
+            .await?
+            .map_err(MountError::Mountpoint)?;
+        let unit = unit_name(&plan.name);
         let started = Instant::now();
-        self.runtime
-            .block_on(self.start(
-                &unit,
-                &record.name,
-                mountpoint,
-                &record.options,
-                rules_tag(&self.template.access, record),
-            ))
-            .map_err(|e| e.to_string())?;
+        self.start(
+            &unit,
+            &plan.name,
+            &plan.mountpoint,
+            &plan.options,
+            rules_tag(&self.template.access, plan),
+        )
+        .await?;
         tracing::info!(
-            volume = %record.name,
+            volume = %plan.name,
             unit = %unit,
-            mountpoint = %mountpoint.display(),
+            mountpoint = %plan.mountpoint.display(),
             start_ms = started.elapsed().as_millis() as u64,
             "mount unit started"
         );
         Ok(Box::new(UnitMount {
             mounter: self.clone(),
             unit,
-            mountpoint: mountpoint.to_owned(),
+            mountpoint: plan.mountpoint.clone(),
         }))
     }
 
-    fn adopt(&self, record: &VolumeRecord, mountpoint: &Path) -> Option<Box<dyn ActiveMount>> {
-        let unit = unit_name(&record.name);
+    async fn adopt(&self, plan: &MountPlan) -> Option<Box<dyn ActiveMount>> {
         let mount = UnitMount {
             mounter: self.clone(),
-            unit,
-            mountpoint: mountpoint.to_owned(),
+            unit: unit_name(&plan.name),
+            mountpoint: plan.mountpoint.clone(),
         };
-        if mount.is_alive() {
+        if mount.is_alive().await {
             // A unit decides every read by the rules it started with: adopt it only if those are still in force.
             let description = self
-                .runtime
-                .block_on(self.description(&mount.unit))
+                .description(&mount.unit)
+                .await
                 .ok()
                 .flatten()
                 .unwrap_or_default();
-            let current = rules_tag(&self.template.access, record).unwrap_or_default();
-            if description.ends_with(&current) {
-                tracing::info!(volume = %record.name, unit = %mount.unit, "re-adopted a running mount unit");
+            if description.ends_with(&rules_tag(&self.template.access, plan)) {
+                tracing::info!(volume = %plan.name, unit = %mount.unit, "re-adopted a running mount unit");
                 return Some(Box::new(mount));
             }
             tracing::warn!(
-                volume = %record.name,
+                volume = %plan.name,
                 unit = %mount.unit,
                 "stopping a running mount unit that decides reads by other access rules than those now in force; \
                  containers using it must be restarted"
             );
         }
         // A unit that lost its mount is of no use to anyone: stop it, so the next Mount starts clean.
-        let _ = self.runtime.block_on(self.stop(&mount.unit));
+        let _ = self.stop(&mount.unit).await;
         None
     }
 }

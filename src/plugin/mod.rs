@@ -4,14 +4,13 @@
 pub mod server;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::names::VaultPath;
-use crate::volumes::{VolumeError, VolumeGate, VolumeInfo, VolumeOptions, Volumes};
+use crate::volumes::{VolumeError, VolumeInfo, Volumes};
 
 /// The protocol's error edge: everything becomes `{"Err": "..."}` with a status.
 #[derive(Debug, thiserror::Error)]
@@ -26,8 +25,6 @@ pub enum PluginError {
         #[source]
         source: VolumeError,
     },
-    #[error("internal error: {0}")]
-    Internal(String),
 }
 
 impl PluginError {
@@ -35,7 +32,7 @@ impl PluginError {
         match self {
             PluginError::UnknownEndpoint(_) => 404,
             PluginError::MalformedBody { .. } => 400,
-            PluginError::Volume { .. } | PluginError::Internal(_) => 500,
+            PluginError::Volume { .. } => 500,
         }
     }
 }
@@ -85,12 +82,11 @@ fn parse<T: DeserializeOwned>(method: &str, body: &[u8]) -> Result<T, PluginErro
     })
 }
 
-/// The protocol handler shared by every connection.
-#[derive(Clone)]
+/// The protocol handler shared by every connection. It holds no lock of its own: [`Volumes`] orders the calls
+/// of each volume, and calls for different volumes run side by side.
+#[derive(Clone, Debug)]
 pub struct Plugin {
-    volumes: Arc<Mutex<Volumes>>,
-    /// Admits volumes at Create and Mount by their engine (none: every engine, as for the file backend).
-    gate: Option<Arc<dyn VolumeGate>>,
+    volumes: Arc<Volumes>,
 }
 
 fn now_rfc3339() -> String {
@@ -108,62 +104,17 @@ fn volume_json(info: &VolumeInfo) -> Value {
     })
 }
 
+/// Tags a volume error with the protocol method it answers.
+fn volume_error(method: &str) -> impl FnOnce(VolumeError) -> PluginError + '_ {
+    move |source| PluginError::Volume {
+        method: method.to_owned(),
+        source,
+    }
+}
+
 impl Plugin {
-    pub fn new(volumes: Arc<Mutex<Volumes>>) -> Self {
-        Plugin {
-            volumes,
-            gate: None,
-        }
-    }
-
-    /// Also asks `gate` before every Create and Mount.
-    pub fn with_gate(mut self, gate: Arc<dyn VolumeGate>) -> Self {
-        self.gate = Some(gate);
-        self
-    }
-
-    /// Asks the gate about volume `name` with `options`. A bad name or option is left for the volume core to
-    /// report, with its own message.
-    async fn admit(
-        &self,
-        method: &str,
-        name: &str,
-        options: &BTreeMap<String, String>,
-    ) -> Result<(), PluginError> {
-        let Some(gate) = &self.gate else {
-            return Ok(());
-        };
-        let (Ok(path), Ok(parsed)) = (
-            VaultPath::from_volume_name(name),
-            VolumeOptions::parse(options),
-        ) else {
-            return Ok(());
-        };
-        gate.admit(name, &path, parsed.namespace.as_deref())
-            .await
-            .map_err(|source| PluginError::Volume {
-                method: method.to_owned(),
-                source,
-            })
-    }
-
-    /// Runs `f` on the volumes off the async threads: mounting waits for the kernel.
-    async fn with_volumes<T: Send + 'static>(
-        &self,
-        method: &str,
-        f: impl FnOnce(&mut Volumes) -> Result<T, VolumeError> + Send + 'static,
-    ) -> Result<T, PluginError> {
-        let volumes = self.volumes.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let mut volumes = volumes.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut volumes)
-        })
-        .await
-        .map_err(|error| PluginError::Internal(error.to_string()))?;
-        result.map_err(|source| PluginError::Volume {
-            method: method.to_owned(),
-            source,
-        })
+    pub fn new(volumes: Arc<Volumes>) -> Self {
+        Plugin { volumes }
     }
 
     /// Handles `POST /<method>` with `body`.
@@ -207,65 +158,64 @@ impl Plugin {
             }
             "VolumeDriver.Create" => {
                 let request: CreateRequest = parse(method, body)?;
-                let name = request.name.clone();
                 let options = request.opts.unwrap_or_default();
-                self.admit(method, &name, &options).await?;
-                self.with_volumes(method, move |v| {
-                    v.create(&request.name, options, now_rfc3339())
-                })
-                .await?;
-                tracing::info!(volume = %name, "volume created");
+                self.volumes
+                    .create(&request.name, options, now_rfc3339())
+                    .await
+                    .map_err(volume_error(method))?;
+                tracing::info!(volume = %request.name, "volume created");
                 Ok(json!({ "Err": "" }))
             }
             "VolumeDriver.Remove" => {
                 let request: NameRequest = parse(method, body)?;
-                let name = request.name.clone();
-                self.with_volumes(method, move |v| v.remove(&request.name))
-                    .await?;
-                tracing::info!(volume = %name, "volume removed");
+                self.volumes
+                    .remove(&request.name)
+                    .map_err(volume_error(method))?;
+                tracing::info!(volume = %request.name, "volume removed");
                 Ok(json!({ "Err": "" }))
             }
             "VolumeDriver.Mount" => {
                 let request: MountRequest = parse(method, body)?;
-                let (name, id) = (request.name.clone(), request.id.clone());
-                let lookup = name.clone();
-                let options = self
-                    .with_volumes(method, move |v| v.options_of(&lookup))
-                    .await?;
-                self.admit(method, &name, &options).await?;
+                let (name, id) = (&request.name, &request.id);
                 let mountpoint = self
-                    .with_volumes(method, move |v| v.mount(&request.name, &request.id))
-                    .await?;
+                    .volumes
+                    .mount(name, id)
+                    .await
+                    .map_err(volume_error(method))?;
                 tracing::info!(volume = %name, mount_id = %id, mountpoint = %mountpoint.display(), "volume mounted");
                 Ok(json!({ "Mountpoint": mountpoint.display().to_string(), "Err": "" }))
             }
             "VolumeDriver.Unmount" => {
                 let request: MountRequest = parse(method, body)?;
-                let (name, id) = (request.name.clone(), request.id.clone());
+                let (name, id) = (&request.name, &request.id);
                 let unmounted = self
-                    .with_volumes(method, move |v| v.unmount(&request.name, &request.id))
-                    .await?;
+                    .volumes
+                    .unmount(name, id)
+                    .await
+                    .map_err(volume_error(method))?;
                 tracing::info!(volume = %name, mount_id = %id, filesystem_unmounted = unmounted, "volume unmounted");
                 Ok(json!({ "Err": "" }))
             }
             "VolumeDriver.Path" => {
                 let request: NameRequest = parse(method, body)?;
                 let info = self
-                    .with_volumes(method, move |v| v.get(&request.name))
-                    .await?;
+                    .volumes
+                    .get(&request.name)
+                    .map_err(volume_error(method))?;
                 let mountpoint = info.mountpoint.map(|p| p.display().to_string());
                 Ok(json!({ "Mountpoint": mountpoint.unwrap_or_default(), "Err": "" }))
             }
             "VolumeDriver.Get" => {
                 let request: NameRequest = parse(method, body)?;
                 let info = self
-                    .with_volumes(method, move |v| v.get(&request.name))
-                    .await?;
+                    .volumes
+                    .get(&request.name)
+                    .map_err(volume_error(method))?;
                 Ok(json!({ "Volume": volume_json(&info), "Err": "" }))
             }
             "VolumeDriver.List" => {
                 parse::<Value>(method, body)?;
-                let volumes = self.with_volumes(method, |v| Ok(v.list())).await?;
+                let volumes = self.volumes.list();
                 tracing::info!(endpoint = %path, volumes = volumes.len(), "volumes listed");
                 let volumes: Vec<Value> = volumes.iter().map(volume_json).collect();
                 Ok(json!({ "Volumes": volumes, "Err": "" }))

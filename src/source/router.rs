@@ -4,8 +4,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::access::{AccessRules, AuthScope};
+use crate::access::{AccessRules, AuthScope, Grant};
 use crate::fs::{RouteError, SecretRouter};
+use crate::mount::MountPlan;
 use crate::names::VaultPath;
 use crate::source::cache::SecretCache;
 use crate::source::SourceError;
@@ -87,26 +88,18 @@ impl VolumeCaches {
 
 #[async_trait::async_trait]
 impl VolumeGate for VolumeCaches {
-    /// The volume's own path must be allowed by the rules, and lie in a KV engine. When Vault cannot answer, the
-    /// engine is left to the reads, which check it again each time: Create and Mount never wait for Vault.
-    async fn admit(
-        &self,
-        name: &str,
-        path: &VaultPath,
-        namespace: Option<&str>,
-    ) -> Result<(), VolumeError> {
-        let grant = self.access.decide(namespace, path).map_err(|refusal| {
-            tracing::warn!(volume = %name, reason = %refusal, "volume refused by the access rules");
-            VolumeError::from(refusal)
-        })?;
+    /// The volume's own path, granted by the rules, must lie in a KV engine. When Vault cannot answer, the engine
+    /// is left to the reads, which check it again each time: Create and Mount never wait for Vault.
+    async fn admit(&self, plan: &MountPlan, grant: Grant) -> Result<(), VolumeError> {
+        let name = &plan.name;
         let cache = self
-            .cache_of(grant.scope, namespace)
-            .map_err(|reason| VolumeError::Mount {
+            .cache_of(grant.scope, plan.parsed.namespace.as_deref())
+            .map_err(|reason| VolumeError::Unavailable {
                 name: name.to_owned(),
                 reason,
             })?;
         // Every read checks the engine again, so a slow Vault is not waited for here: Create and Mount stay quick.
-        let checked = tokio::time::timeout(ADMIT_ENGINE_CHECK, cache.check_served(path))
+        let checked = tokio::time::timeout(ADMIT_ENGINE_CHECK, cache.check_served(&plan.path))
             .await
             .unwrap_or_else(|_| Err(SourceError::Unavailable("no answer in time".to_owned())));
         match checked {
@@ -344,6 +337,26 @@ mod tests {
         );
     }
 
+    /// Create's and Mount's decision on volume `name`: its rule, then the gate's engine check.
+    async fn admit(
+        caches: &VolumeCaches,
+        name: &str,
+        namespace: Option<&str>,
+    ) -> Result<(), VolumeError> {
+        let options = namespace
+            .map(|ns| (String::from("namespace"), ns.to_owned()))
+            .into_iter()
+            .collect();
+        let record = crate::volumes::VolumeRecord {
+            name: name.to_owned(),
+            options,
+            created_at: String::new(),
+        };
+        let plan = crate::volumes::plan_mount(&record, "/run/test/mount".into())?;
+        let grant = crate::volumes::decide_access(&caches.access, &plan)?;
+        caches.admit(&plan, grant).await
+    }
+
     #[tokio::test]
     async fn a_namespace_no_rule_names_is_refused_and_the_gate_refuses_non_kv_engines() {
         let (broad, app1) = sources();
@@ -360,34 +373,24 @@ mod tests {
             router.route(&path("secret/app-1/db")),
             Err(RouteError::Refused(_))
         ));
-        let refused = caches
-            .admit("secret/app-1", &path("secret/app-1"), Some("finance"))
-            .await;
+        let refused = admit(&caches, "secret/app-1", Some("finance")).await;
         assert!(
             matches!(refused, Err(VolumeError::Refused(_))),
             "{refused:?}"
         );
-        assert!(caches
-            .admit("secret/app-1", &path("secret/app-1"), None)
-            .await
-            .is_ok());
+        assert!(admit(&caches, "secret/app-1", None).await.is_ok());
 
         app1.set_failure(Some(SourceError::Refused(
             "cubbyhole/ is Vault's cubbyhole path".into(),
         )));
-        let refused = caches
-            .admit("secret/app-1", &path("secret/app-1"), None)
-            .await;
+        let refused = admit(&caches, "secret/app-1", None).await;
         assert!(
             matches!(refused, Err(VolumeError::NotServed { ref reason, .. }) if reason.contains("cubbyhole")),
             "{refused:?}"
         );
         // Vault not answering does not keep a volume from being created or mounted: reads check again.
         app1.set_failure(Some(SourceError::Unavailable("sealed".into())));
-        assert!(caches
-            .admit("secret/app-1", &path("secret/app-1"), None)
-            .await
-            .is_ok());
+        assert!(admit(&caches, "secret/app-1", None).await.is_ok());
     }
 
     #[test]

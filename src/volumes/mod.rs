@@ -1,11 +1,19 @@
-//! Volume bookkeeping: records, mount reference counts and the mountpoint of each volume. No I/O of its own:
-//! persistence goes through [`RecordStore`] and mounting through [`Mounter`], so tests drive it with fakes.
+//! Volume bookkeeping: records, mount reference counts and the mountpoint of each volume, and the one place a
+//! Mount is decided ([`plan_mount`], [`decide_access`], then the [`VolumeGate`]). No I/O of its own: persistence
+//! goes through [`RecordStore`] and mounting through [`Mounter`], so tests drive it with fakes.
+//!
+//! Concurrency: the book (records, slots, counts) is behind one short-held lock that is never held across an
+//! await. Each volume has its own async slot lock, held across its mount or unmount: calls for one volume are
+//! ordered, calls for different volumes never wait on each other, however long a unit start takes.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
+use crate::access::{AccessRules, Grant};
+use crate::mount::{ActiveMount, MountError, MountPlan, Mounter};
 use crate::names::{escape_component, NameError, VaultPath};
 
 mod options;
@@ -40,10 +48,18 @@ pub enum VolumeError {
     NotFound(String),
     #[error("volume {0:?} is mounted by {1} container(s); stop them before removing it")]
     InUse(String, usize),
+    #[error("volume {0:?} is being mounted or unmounted; try again")]
+    Busy(String),
     #[error("could not save volume state: {0}")]
     Store(#[from] StoreError),
-    #[error("could not mount volume {name:?}: {reason}")]
-    Mount { name: String, reason: String },
+    #[error("could not mount volume {name:?}: {source}")]
+    Mount {
+        name: String,
+        #[source]
+        source: Box<MountError>,
+    },
+    #[error("volume {name:?} cannot be read now: {reason}")]
+    Unavailable { name: String, reason: String },
     #[error(transparent)]
     Refused(Box<crate::access::AccessError>),
     #[error("volume {name:?} is not served: {reason}")]
@@ -85,46 +101,53 @@ pub trait RecordStore: Send + Sync {
     fn save_mounts(&self, name: &str, ids: &MountIds) -> Result<(), StoreError>;
 }
 
-/// A mounted volume, live until `unmount`.
-pub trait ActiveMount: Send {
-    fn unmount(self: Box<Self>) -> Result<(), String>;
-    /// Whether the filesystem still answers (its server runs and the mountpoint is not stale).
-    fn is_alive(&self) -> bool;
-    /// Whether the mount outlives the driver process (a systemd unit) and must be left running at shutdown.
-    fn outlives_driver(&self) -> bool;
-}
-
-/// Admits a volume at Create and Mount by what only the secret source knows (its engine type). Asked before the
-/// volumes are locked, since it may wait for Vault.
+/// Admits a volume at Create and Mount by what only the secret source knows (its engine type), once the access
+/// rules have granted its path. It may wait for Vault, so it is asked with no lock held.
 #[async_trait::async_trait]
 pub trait VolumeGate: Send + Sync {
-    async fn admit(
-        &self,
-        name: &str,
-        path: &VaultPath,
-        namespace: Option<&str>,
-    ) -> Result<(), VolumeError>;
+    async fn admit(&self, plan: &MountPlan, grant: Grant) -> Result<(), VolumeError>;
 }
 
-/// Mounts a volume's filesystem at a mountpoint.
-pub trait Mounter: Send + Sync {
-    fn mount(
-        &self,
-        record: &VolumeRecord,
-        path: &VaultPath,
-        mountpoint: &Path,
-    ) -> Result<Box<dyn ActiveMount>, String>;
-
-    /// A live mount of `record` left by an earlier driver process, if there is one.
-    fn adopt(&self, _record: &VolumeRecord, _mountpoint: &Path) -> Option<Box<dyn ActiveMount>> {
-        None
-    }
+/// Everything a Mount acts on, decided from the record alone: the Vault path and the parsed options. The one place
+/// a volume's name and options are parsed for mounting.
+pub fn plan_mount(record: &VolumeRecord, mountpoint: PathBuf) -> Result<MountPlan, VolumeError> {
+    let path = vault_path(&record.name)?;
+    let parsed = VolumeOptions::parse(&record.options)?;
+    Ok(MountPlan {
+        name: record.name.clone(),
+        path,
+        options: record.options.clone(),
+        parsed,
+        mountpoint,
+    })
 }
 
+/// The access rules' decision on the planned volume's own path (reads below it are decided again, each one, by
+/// the filesystem's router).
+pub fn decide_access(access: &AccessRules, plan: &MountPlan) -> Result<Grant, VolumeError> {
+    access
+        .decide(plan.parsed.namespace.as_deref(), &plan.path)
+        .map_err(|refusal| {
+            tracing::warn!(volume = %plan.name, reason = %refusal, "volume refused by the access rules");
+            VolumeError::from(refusal)
+        })
+}
+
+fn vault_path(name: &str) -> Result<VaultPath, VolumeError> {
+    VaultPath::from_volume_name(name).map_err(|reason| VolumeError::InvalidName {
+        name: name.to_owned(),
+        reason,
+    })
+}
+
+#[derive(Debug)]
 struct MountState {
     ids: MountIds,
     active: Box<dyn ActiveMount>,
 }
+
+/// One volume's mount, behind its own lock: held across a mount or unmount of that volume only.
+type Slot = Arc<tokio::sync::Mutex<Option<MountState>>>;
 
 /// A volume as `Get`/`List` report it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,81 +158,133 @@ pub struct VolumeInfo {
     pub mount_ids: usize,
 }
 
+/// The bookkeeping: quick to update, never locked across an await.
+struct Book {
+    store: Box<dyn RecordStore>,
+    records: BTreeMap<String, VolumeRecord>,
+    slots: HashMap<String, Slot>,
+    /// Mount IDs per mounted volume, as the slots hold them, so Get and List never wait for a mount.
+    mounted: HashMap<String, usize>,
+}
+
+impl Book {
+    /// Saves `ids` as `name`'s mount IDs and counts them.
+    fn record_mounts(&mut self, name: &str, ids: &MountIds) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            self.mounted.remove(name);
+        } else {
+            self.mounted.insert(name.to_owned(), ids.len());
+        }
+        self.store.save_mounts(name, ids)
+    }
+}
+
 /// Every volume of this driver, with its mounts.
 pub struct Volumes {
-    store: Box<dyn RecordStore>,
+    book: Mutex<Book>,
     mounter: Box<dyn Mounter>,
+    /// Admits volumes at Create and Mount by their engine (none: every engine, as for the file backend).
+    gate: Option<Arc<dyn VolumeGate>>,
     mount_root: PathBuf,
-    records: BTreeMap<String, VolumeRecord>,
-    mounts: HashMap<String, MountState>,
-    access: crate::access::AccessRules,
+    access: AccessRules,
+}
+
+impl std::fmt::Debug for Volumes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Volumes")
+            .field("mount_root", &self.mount_root)
+            .field("mounter", &self.mounter)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Volumes {
     /// Loads the persisted records and adopts the mounts an earlier driver process left running; mount IDs whose
     /// mount is gone (after a reboot or crash) are forgotten, since Docker sends Mount again when it needs one.
-    pub fn open(
+    pub async fn open(
         store: Box<dyn RecordStore>,
         mounter: Box<dyn Mounter>,
         mount_root: PathBuf,
     ) -> Result<Self, StoreError> {
-        Self::open_with_access(
-            store,
-            mounter,
-            mount_root,
-            crate::access::AccessRules::allow_all(),
-        )
+        Self::open_with_access(store, mounter, mount_root, AccessRules::allow_all()).await
     }
 
     /// [`open`](Self::open) under `access`: a running mount whose volume the rules now refuse is stopped, not
     /// adopted, so a rule added while the driver was down also holds for containers that were running.
-    pub fn open_with_access(
+    pub async fn open_with_access(
         store: Box<dyn RecordStore>,
         mounter: Box<dyn Mounter>,
         mount_root: PathBuf,
-        access: crate::access::AccessRules,
+        access: AccessRules,
     ) -> Result<Self, StoreError> {
         let records: BTreeMap<String, VolumeRecord> = store
             .load_all()?
             .into_iter()
             .map(|record| (record.name.clone(), record))
             .collect();
-        let mut volumes = Volumes {
-            store,
+        let left_mounted = store.load_mounts()?;
+        let volumes = Volumes {
+            book: Mutex::new(Book {
+                store,
+                records,
+                slots: HashMap::new(),
+                mounted: HashMap::new(),
+            }),
             mounter,
+            gate: None,
             mount_root,
-            records,
-            mounts: HashMap::new(),
             access,
         };
-        for (name, ids) in volumes.store.load_mounts()? {
-            let adopted = volumes
-                .records
-                .get(&name)
-                .and_then(|record| volumes.mounter.adopt(record, &volumes.mountpoint_of(&name)));
-            let refusal = volumes.records.get(&name).and_then(|record| {
-                let namespace = VolumeOptions::parse(&record.options).ok()?.namespace;
-                volumes.check_access(&name, namespace.as_deref()).err()
-            });
-            match (adopted, refusal) {
-                (Some(active), Some(refusal)) => {
-                    tracing::warn!(volume = %name, reason = %refusal, "stopping a running mount the access rules now refuse");
-                    if let Err(reason) = active.unmount() {
-                        tracing::warn!(volume = %name, %reason, "could not stop the refused mount");
-                    }
-                    volumes.store.save_mounts(&name, &MountIds::new())?;
-                }
-                (Some(active), None) if !ids.is_empty() => {
-                    tracing::info!(volume = %name, mount_ids = ids.len(), "adopted a running mount");
-                    volumes.mounts.insert(name, MountState { ids, active });
-                }
-                (_, _) => {
-                    tracing::info!(volume = %name, "forgot mount IDs of a mount that is gone");
-                    volumes.store.save_mounts(&name, &MountIds::new())?;
-                }
-            }
+        for (name, ids) in left_mounted {
+            volumes.adopt(name, ids).await?;
         }
         Ok(volumes)
+    }
+
+    /// Takes over the mount `name` had when the driver last saved it, or forgets its IDs.
+    async fn adopt(&self, name: String, ids: MountIds) -> Result<(), StoreError> {
+        let record = self.book().records.get(&name).cloned();
+        let plan = record.and_then(|record| plan_mount(&record, self.mountpoint_of(&name)).ok());
+        let (adopted, refusal) = match &plan {
+            Some(plan) => (
+                self.mounter.adopt(plan).await,
+                decide_access(&self.access, plan).err(),
+            ),
+            None => (None, None),
+        };
+        match (adopted, refusal) {
+            (Some(active), Some(refusal)) => {
+                tracing::warn!(volume = %name, reason = %refusal, "stopping a running mount the access rules now refuse");
+                if let Err(reason) = active.unmount().await {
+                    tracing::warn!(volume = %name, %reason, "could not stop the refused mount");
+                }
+                self.book().record_mounts(&name, &MountIds::new())
+            }
+            (Some(active), None) if !ids.is_empty() => {
+                tracing::info!(volume = %name, mount_ids = ids.len(), "adopted a running mount");
+                let mut book = self.book();
+                book.mounted.insert(name.clone(), ids.len());
+                let slot = Arc::new(tokio::sync::Mutex::new(Some(MountState { ids, active })));
+                book.slots.insert(name, slot);
+                Ok(())
+            }
+            (_, _) => {
+                tracing::info!(volume = %name, "forgot mount IDs of a mount that is gone");
+                self.book().record_mounts(&name, &MountIds::new())
+            }
+        }
+    }
+
+    /// Also asks `gate` at every Create and Mount.
+    pub fn with_gate(mut self, gate: Arc<dyn VolumeGate>) -> Self {
+        self.gate = Some(gate);
+        self
+    }
+
+    fn book(&self) -> MutexGuard<'_, Book> {
+        self.book
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The mountpoint a volume gets: one directory per volume name under the mount root, collision-free.
@@ -217,132 +292,163 @@ impl Volumes {
         self.mount_root.join(escape_component(name))
     }
 
-    fn vault_path(name: &str) -> Result<VaultPath, VolumeError> {
-        VaultPath::from_volume_name(name).map_err(|reason| VolumeError::InvalidName {
-            name: name.to_owned(),
-            reason,
-        })
-    }
-
-    /// Restricts which paths may be volumes (checked at Create and at every Mount, so a rule added later also
-    /// applies to volumes created before it).
-    pub fn set_access(&mut self, access: crate::access::AccessRules) {
-        self.access = access;
-    }
-
-    fn check_access(&self, name: &str, namespace: Option<&str>) -> Result<(), VolumeError> {
-        let path = Self::vault_path(name)?;
-        self.access.decide(namespace, &path).map(|_| ()).map_err(|refusal| {
-            tracing::warn!(volume = %name, reason = %refusal, "volume refused by the access rules");
-            VolumeError::from(refusal)
-        })
+    /// Decides whether the planned volume may be mounted now: its path's rule, then its engine. Made at every
+    /// Create and Mount, so a rule added later also applies to volumes created before it.
+    async fn admit(&self, plan: &MountPlan) -> Result<(), VolumeError> {
+        let grant = decide_access(&self.access, plan)?;
+        match &self.gate {
+            Some(gate) => gate.admit(plan, grant).await,
+            None => Ok(()),
+        }
     }
 
     /// Creates a volume, or does nothing when it exists (Docker may repeat Create).
-    pub fn create(
-        &mut self,
+    pub async fn create(
+        &self,
         name: &str,
         options: BTreeMap<String, String>,
         now_rfc3339: String,
     ) -> Result<(), VolumeError> {
-        Self::vault_path(name)?;
-        let parsed = VolumeOptions::parse(&options)?;
-        self.check_access(name, parsed.namespace.as_deref())?;
-        if self.records.contains_key(name) {
-            return Ok(());
-        }
         let record = VolumeRecord {
             name: name.to_owned(),
             options,
             created_at: now_rfc3339,
         };
-        self.store.save(&record)?;
-        self.records.insert(name.to_owned(), record);
+        let plan = plan_mount(&record, self.mountpoint_of(name))?;
+        self.admit(&plan).await?;
+        let mut book = self.book();
+        if book.records.contains_key(name) {
+            return Ok(());
+        }
+        book.store.save(&record)?;
+        book.records.insert(name.to_owned(), record);
         Ok(())
     }
 
     /// Removes a volume that no container uses.
-    pub fn remove(&mut self, name: &str) -> Result<(), VolumeError> {
-        if !self.records.contains_key(name) {
+    pub fn remove(&self, name: &str) -> Result<(), VolumeError> {
+        let mut book = self.book();
+        if !book.records.contains_key(name) {
             return Err(VolumeError::NotFound(name.to_owned()));
         }
-        if let Some(state) = self.mounts.get(name) {
-            return Err(VolumeError::InUse(name.to_owned(), state.ids.len()));
+        if let Some(count) = book.mounted.get(name) {
+            return Err(VolumeError::InUse(name.to_owned(), *count));
         }
-        self.store.remove(name)?;
-        self.records.remove(name);
+        // A Mount or Unmount of it is under way (its slot is held): it decides the volume's state first.
+        if let Some(slot) = book.slots.get(name) {
+            if slot.try_lock().is_err() {
+                return Err(VolumeError::Busy(name.to_owned()));
+            }
+        }
+        book.store.remove(name)?;
+        book.records.remove(name);
+        book.slots.remove(name);
         Ok(())
     }
 
-    /// Mounts for mount ID `id`; the first user mounts the filesystem, later ones share it.
-    pub fn mount(&mut self, name: &str, id: &str) -> Result<PathBuf, VolumeError> {
-        let record = self
+    /// The volume's record and slot, if it exists.
+    fn record_and_slot(&self, name: &str) -> Result<(VolumeRecord, Slot), VolumeError> {
+        let mut book = self.book();
+        let record = book
             .records
             .get(name)
+            .cloned()
             .ok_or_else(|| VolumeError::NotFound(name.to_owned()))?;
-        let namespace = VolumeOptions::parse(&record.options)?.namespace;
-        self.check_access(name, namespace.as_deref())?;
-        let mountpoint = self.mountpoint_of(name);
-        let mut state = match self.mounts.remove(name) {
+        let slot = book.slots.entry(name.to_owned()).or_default().clone();
+        Ok((record, slot))
+    }
+
+    /// Mounts for mount ID `id`; the first user mounts the filesystem, later ones share it.
+    pub async fn mount(&self, name: &str, id: &str) -> Result<PathBuf, VolumeError> {
+        let (record, slot) = self.record_and_slot(name)?;
+        let plan = plan_mount(&record, self.mountpoint_of(name))?;
+        self.admit(&plan).await?;
+        let mut held = slot.lock().await;
+        // Removed (and perhaps created again, with a new slot) while this call waited for the slot.
+        if !self.holds_current_slot(name, &slot) {
+            return Err(VolumeError::NotFound(name.to_owned()));
+        }
+        let mut state = match held.take() {
+            Some(state) if state.active.is_alive().await => state,
             // A dead server's mountpoint is never handed out: serve it again, keeping the counts.
-            Some(state) if !state.active.is_alive() => {
+            Some(state) => {
                 tracing::warn!(volume = %name, "the mount's server is gone; mounting again");
-                let _ = state.active.unmount();
-                MountState {
-                    ids: state.ids,
-                    active: self.mount_filesystem(record, &mountpoint)?,
+                let _ = state.active.unmount().await;
+                match self.mount_filesystem(&plan).await {
+                    Ok(active) => MountState {
+                        ids: state.ids,
+                        active,
+                    },
+                    Err(error) => {
+                        // Nothing is mounted now: the counts go with the dead mount, as after a reboot.
+                        self.book().record_mounts(name, &MountIds::new())?;
+                        return Err(error);
+                    }
                 }
             }
-            Some(state) => state,
             None => MountState {
                 ids: MountIds::new(),
-                active: self.mount_filesystem(record, &mountpoint)?,
+                active: self.mount_filesystem(&plan).await?,
             },
         };
         *state.ids.entry(id.to_owned()).or_default() += 1;
-        let saved = self.store.save_mounts(name, &state.ids);
-        self.mounts.insert(name.to_owned(), state);
+        let saved = self.book().record_mounts(name, &state.ids);
+        *held = Some(state);
         saved?;
-        Ok(mountpoint)
+        Ok(plan.mountpoint)
     }
 
-    fn mount_filesystem(
+    /// Whether `slot` is still `name`'s slot: a volume removed and created again has a new one.
+    fn holds_current_slot(&self, name: &str, slot: &Slot) -> bool {
+        let book = self.book();
+        book.records.contains_key(name)
+            && book
+                .slots
+                .get(name)
+                .is_some_and(|current| Arc::ptr_eq(current, slot))
+    }
+
+    async fn mount_filesystem(
         &self,
-        record: &VolumeRecord,
-        mountpoint: &Path,
+        plan: &MountPlan,
     ) -> Result<Box<dyn ActiveMount>, VolumeError> {
-        let path = Self::vault_path(&record.name)?;
         self.mounter
-            .mount(record, &path, mountpoint)
-            .map_err(|reason| VolumeError::Mount {
-                name: record.name.clone(),
-                reason,
+            .mount(plan)
+            .await
+            .map_err(|source| VolumeError::Mount {
+                name: plan.name.clone(),
+                source: Box::new(source),
             })
     }
 
     /// Releases one use by `id`. Unknown volumes and IDs are ignored: Docker replays Unmount after crashes.
     /// Returns whether the filesystem was unmounted.
-    pub fn unmount(&mut self, name: &str, id: &str) -> Result<bool, VolumeError> {
-        let Some(state) = self.mounts.get_mut(name) else {
+    pub async fn unmount(&self, name: &str, id: &str) -> Result<bool, VolumeError> {
+        let Some(slot) = self.book().slots.get(name).cloned() else {
+            return Ok(false);
+        };
+        let mut held = slot.lock().await;
+        let Some(state) = held.as_mut() else {
             return Ok(false);
         };
         if let Some(count) = state.ids.get_mut(id) {
-            *count -= 1;
+            *count = count.saturating_sub(1);
             if *count == 0 {
                 state.ids.remove(id);
             }
         }
-        self.store.save_mounts(name, &state.ids)?;
+        self.book().record_mounts(name, &state.ids)?;
         if !state.ids.is_empty() {
             return Ok(false);
         }
-        if let Some(state) = self.mounts.remove(name) {
+        if let Some(state) = held.take() {
             state
                 .active
                 .unmount()
-                .map_err(|reason| VolumeError::Mount {
+                .await
+                .map_err(|source| VolumeError::Mount {
                     name: name.to_owned(),
-                    reason,
+                    source: Box::new(source),
                 })?;
         }
         Ok(true)
@@ -350,50 +456,58 @@ impl Volumes {
 
     /// The options volume `name` was created with.
     pub fn options_of(&self, name: &str) -> Result<BTreeMap<String, String>, VolumeError> {
-        self.records
+        self.book()
+            .records
             .get(name)
             .map(|record| record.options.clone())
             .ok_or_else(|| VolumeError::NotFound(name.to_owned()))
     }
 
     pub fn get(&self, name: &str) -> Result<VolumeInfo, VolumeError> {
-        let record = self
+        let book = self.book();
+        let record = book
             .records
             .get(name)
             .ok_or_else(|| VolumeError::NotFound(name.to_owned()))?;
-        Ok(self.info(record))
+        Ok(self.info(&book, record))
     }
 
     pub fn list(&self) -> Vec<VolumeInfo> {
-        self.records.values().map(|r| self.info(r)).collect()
+        let book = self.book();
+        book.records.values().map(|r| self.info(&book, r)).collect()
     }
 
-    fn info(&self, record: &VolumeRecord) -> VolumeInfo {
-        let state = self.mounts.get(&record.name);
+    fn info(&self, book: &Book, record: &VolumeRecord) -> VolumeInfo {
+        let mounted = book.mounted.get(&record.name).copied();
         VolumeInfo {
             name: record.name.clone(),
-            mountpoint: state.map(|_| self.mountpoint_of(&record.name)),
+            mountpoint: mounted.map(|_| self.mountpoint_of(&record.name)),
             created_at: record.created_at.clone(),
-            mount_ids: state.map_or(0, |s| s.ids.len()),
+            mount_ids: mounted.unwrap_or(0),
         }
     }
 
     /// Volumes and live mounts, for status lines.
     pub fn counts(&self) -> (usize, usize) {
-        (self.records.len(), self.mounts.len())
+        let book = self.book();
+        (book.records.len(), book.mounted.len())
     }
 
     /// Driver shutdown: unmounts what this process serves, and leaves mounts that outlive it (systemd units)
     /// running for running containers, to be adopted by the next driver process.
-    pub fn shutdown(&mut self) {
-        for (name, state) in self.mounts.drain() {
+    pub async fn shutdown(&self) {
+        let slots: Vec<(String, Slot)> = self.book().slots.drain().collect();
+        for (name, slot) in slots {
+            let Some(state) = slot.lock().await.take() else {
+                continue;
+            };
             if state.active.outlives_driver() {
                 continue;
             }
-            if let Err(reason) = state.active.unmount() {
+            if let Err(reason) = state.active.unmount().await {
                 tracing::warn!(volume = %name, %reason, "unmount at shutdown failed");
             }
-            if let Err(error) = self.store.save_mounts(&name, &MountIds::new()) {
+            if let Err(error) = self.book().record_mounts(&name, &MountIds::new()) {
                 tracing::warn!(volume = %name, %error, "could not clear mount IDs");
             }
         }
@@ -403,56 +517,10 @@ impl Volumes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::FakeMounter;
     use crate::testing::MemoryRecordStore as MemoryStore;
-    use std::sync::{Arc, Mutex};
 
-    /// Counts live mounts so tests can see exactly when the filesystem comes and goes. `outlives` makes its mounts
-    /// behave like systemd units: they survive the driver and can be adopted.
-    #[derive(Default, Clone)]
-    struct FakeMounter {
-        live: Arc<Mutex<Vec<PathBuf>>>,
-        outlives: bool,
-    }
-
-    struct FakeMount(Arc<Mutex<Vec<PathBuf>>>, PathBuf, bool);
-
-    impl ActiveMount for FakeMount {
-        fn unmount(self: Box<Self>) -> Result<(), String> {
-            self.0.lock().unwrap().retain(|p| p != &self.1);
-            Ok(())
-        }
-        fn is_alive(&self) -> bool {
-            self.0.lock().unwrap().contains(&self.1)
-        }
-        fn outlives_driver(&self) -> bool {
-            self.2
-        }
-    }
-
-    impl Mounter for FakeMounter {
-        fn mount(
-            &self,
-            _record: &VolumeRecord,
-            _path: &VaultPath,
-            mountpoint: &Path,
-        ) -> Result<Box<dyn ActiveMount>, String> {
-            self.live.lock().unwrap().push(mountpoint.to_owned());
-            Ok(Box::new(FakeMount(
-                self.live.clone(),
-                mountpoint.to_owned(),
-                self.outlives,
-            )))
-        }
-        fn adopt(&self, _record: &VolumeRecord, mountpoint: &Path) -> Option<Box<dyn ActiveMount>> {
-            let alive = self.live.lock().unwrap().iter().any(|p| p == mountpoint);
-            (self.outlives && alive).then(|| {
-                Box::new(FakeMount(self.live.clone(), mountpoint.to_owned(), true))
-                    as Box<dyn ActiveMount>
-            })
-        }
-    }
-
-    fn volumes() -> (Volumes, MemoryStore, FakeMounter) {
+    async fn volumes() -> (Volumes, MemoryStore, FakeMounter) {
         let store = MemoryStore::default();
         let mounter = FakeMounter::default();
         let volumes = Volumes::open(
@@ -460,119 +528,116 @@ mod tests {
             Box::new(mounter.clone()),
             PathBuf::from("/run/test/mounts"),
         )
+        .await
         .unwrap();
         (volumes, store, mounter)
     }
 
-    fn created(volumes: &mut Volumes, name: &str) {
+    async fn created(volumes: &Volumes, name: &str) {
         volumes
             .create(name, BTreeMap::new(), "2026-11-27T00:00:00Z".into())
+            .await
             .unwrap();
     }
 
-    #[test]
-    fn mounts_are_counted_per_id_and_the_last_unmount_unmounts() {
-        let (mut volumes, _, mounter) = volumes();
-        created(&mut volumes, "secret/app-1/");
-        let a = volumes.mount("secret/app-1/", "A").unwrap();
-        let b = volumes.mount("secret/app-1/", "B").unwrap();
+    #[tokio::test]
+    async fn mounts_are_counted_per_id_and_the_last_unmount_unmounts() {
+        let (volumes, _, mounter) = volumes().await;
+        created(&volumes, "secret/app-1/").await;
+        let a = volumes.mount("secret/app-1/", "A").await.unwrap();
+        let b = volumes.mount("secret/app-1/", "B").await.unwrap();
         assert_eq!(a, b);
         assert_eq!(a, PathBuf::from("/run/test/mounts/secret%2Fapp-1%2F"));
-        assert_eq!(mounter.live.lock().unwrap().len(), 1);
-        assert!(!volumes.unmount("secret/app-1/", "A").unwrap());
+        assert_eq!(mounter.live().len(), 1);
+        assert!(!volumes.unmount("secret/app-1/", "A").await.unwrap());
         assert_eq!(volumes.get("secret/app-1/").unwrap().mount_ids, 1);
-        assert!(volumes.unmount("secret/app-1/", "B").unwrap());
-        assert!(mounter.live.lock().unwrap().is_empty());
+        assert!(volumes.unmount("secret/app-1/", "B").await.unwrap());
+        assert!(mounter.live().is_empty());
         assert_eq!(volumes.get("secret/app-1/").unwrap().mountpoint, None);
     }
 
-    #[test]
-    fn a_repeated_mount_id_mounts_once_and_needs_its_own_unmount() {
-        let (mut volumes, _, mounter) = volumes();
-        created(&mut volumes, "secret/a");
-        volumes.mount("secret/a", "A").unwrap();
-        volumes.mount("secret/a", "A").unwrap();
-        assert_eq!(mounter.live.lock().unwrap().len(), 1);
+    #[tokio::test]
+    async fn a_repeated_mount_id_mounts_once_and_needs_its_own_unmount() {
+        let (volumes, _, mounter) = volumes().await;
+        created(&volumes, "secret/a").await;
+        volumes.mount("secret/a", "A").await.unwrap();
+        volumes.mount("secret/a", "A").await.unwrap();
+        assert_eq!(mounter.live().len(), 1);
         assert_eq!(volumes.get("secret/a").unwrap().mount_ids, 1);
-        assert!(!volumes.unmount("secret/a", "A").unwrap());
-        assert!(volumes.unmount("secret/a", "A").unwrap());
-        assert!(mounter.live.lock().unwrap().is_empty());
+        assert!(!volumes.unmount("secret/a", "A").await.unwrap());
+        assert!(volumes.unmount("secret/a", "A").await.unwrap());
+        assert!(mounter.live().is_empty());
     }
 
-    #[test]
-    fn unknown_and_stale_unmounts_are_harmless() {
-        let (mut volumes, _, mounter) = volumes();
-        created(&mut volumes, "secret/a");
-        assert!(!volumes.unmount("secret/a", "never-mounted").unwrap());
-        assert!(!volumes.unmount("no/such/volume", "X").unwrap());
-        volumes.mount("secret/a", "A").unwrap();
-        assert!(!volumes.unmount("secret/a", "stale").unwrap());
-        assert_eq!(mounter.live.lock().unwrap().len(), 1);
-        assert!(volumes.unmount("secret/a", "A").unwrap());
-        assert!(!volumes.unmount("secret/a", "A").unwrap());
+    #[tokio::test]
+    async fn unknown_and_stale_unmounts_are_harmless() {
+        let (volumes, _, mounter) = volumes().await;
+        created(&volumes, "secret/a").await;
+        assert!(!volumes.unmount("secret/a", "never-mounted").await.unwrap());
+        assert!(!volumes.unmount("no/such/volume", "X").await.unwrap());
+        volumes.mount("secret/a", "A").await.unwrap();
+        assert!(!volumes.unmount("secret/a", "stale").await.unwrap());
+        assert_eq!(mounter.live().len(), 1);
+        assert!(volumes.unmount("secret/a", "A").await.unwrap());
+        assert!(!volumes.unmount("secret/a", "A").await.unwrap());
     }
 
-    #[test]
-    fn records_persist_and_come_back() {
-        let (mut volumes, store, _) = volumes();
-        created(&mut volumes, "secret/a");
-        created(&mut volumes, "secret/a");
-        created(&mut volumes, "kv/b");
+    #[tokio::test]
+    async fn records_persist_and_come_back() {
+        let (volumes, store, _) = volumes().await;
+        created(&volumes, "secret/a").await;
+        created(&volumes, "secret/a").await;
+        created(&volumes, "kv/b").await;
         let reopened = Volumes::open(
             Box::new(store),
             Box::new(FakeMounter::default()),
             PathBuf::from("/x"),
         )
+        .await
         .unwrap();
         let names: Vec<_> = reopened.list().into_iter().map(|v| v.name).collect();
         assert_eq!(names, vec!["kv/b", "secret/a"]);
     }
 
-    fn reopen(store: &MemoryStore, mounter: &FakeMounter) -> Volumes {
+    async fn reopen(store: &MemoryStore, mounter: &FakeMounter) -> Volumes {
         Volumes::open(
             Box::new(store.clone()),
             Box::new(mounter.clone()),
             PathBuf::from("/run/test/mounts"),
         )
+        .await
         .unwrap()
     }
 
     /// Volumes over mounts that outlive the driver (like systemd units), with `secret/a` mounted by ID `A`.
-    fn units_with_one_mount() -> (MemoryStore, FakeMounter, Volumes) {
+    async fn units_with_one_mount() -> (MemoryStore, FakeMounter, Volumes) {
         let store = MemoryStore::default();
-        let mounter = FakeMounter {
-            outlives: true,
-            ..FakeMounter::default()
-        };
-        let mut volumes = reopen(&store, &mounter);
-        created(&mut volumes, "secret/a");
-        volumes.mount("secret/a", "A").unwrap();
+        let mounter = FakeMounter::outliving();
+        let volumes = reopen(&store, &mounter).await;
+        created(&volumes, "secret/a").await;
+        volumes.mount("secret/a", "A").await.unwrap();
         (store, mounter, volumes)
     }
 
-    #[test]
-    fn a_restarted_driver_adopts_live_mounts_with_their_counts() {
-        let (store, mounter, mut volumes) = units_with_one_mount();
-        volumes.mount("secret/a", "B").unwrap();
-        volumes.shutdown();
-        assert_eq!(
-            mounter.live.lock().unwrap().len(),
-            1,
-            "the unit keeps running"
-        );
-        let mut volumes = reopen(&store, &mounter);
+    #[tokio::test]
+    async fn a_restarted_driver_adopts_live_mounts_with_their_counts() {
+        let (store, mounter, volumes) = units_with_one_mount().await;
+        volumes.mount("secret/a", "B").await.unwrap();
+        volumes.shutdown().await;
+        assert_eq!(mounter.live().len(), 1, "the unit keeps running");
+        let volumes = reopen(&store, &mounter).await;
         assert_eq!(volumes.get("secret/a").unwrap().mount_ids, 2);
-        assert!(!volumes.unmount("secret/a", "A").unwrap());
-        assert!(volumes.unmount("secret/a", "B").unwrap());
-        assert!(mounter.live.lock().unwrap().is_empty());
+        assert!(!volumes.unmount("secret/a", "A").await.unwrap());
+        assert!(volumes.unmount("secret/a", "B").await.unwrap());
+        assert!(mounter.live().is_empty());
         assert!(store.mounted_names().is_empty());
     }
 
-    #[test]
-    fn a_running_mount_the_rules_now_refuse_is_stopped_not_adopted() {
-        let (store, mounter, mut volumes) = units_with_one_mount();
-        volumes.shutdown();
-        assert_eq!(mounter.live.lock().unwrap().len(), 1);
+    #[tokio::test]
+    async fn a_running_mount_the_rules_now_refuse_is_stopped_not_adopted() {
+        let (store, mounter, volumes) = units_with_one_mount().await;
+        volumes.shutdown().await;
+        assert_eq!(mounter.live().len(), 1);
         // The operator adds a deny rule for the volume while the driver is down.
         let access = crate::access::AccessRules::new(
             vec![crate::access::Rule {
@@ -589,51 +654,49 @@ mod tests {
             PathBuf::from("/run/test/mounts"),
             access,
         )
+        .await
         .unwrap();
-        assert!(
-            mounter.live.lock().unwrap().is_empty(),
-            "the refused unit is stopped"
-        );
+        assert!(mounter.live().is_empty(), "the refused unit is stopped");
         assert_eq!(volumes.get("secret/a").unwrap().mount_ids, 0);
         assert!(store.mounted_names().is_empty());
     }
 
-    #[test]
-    fn mount_ids_of_mounts_gone_by_a_reboot_are_forgotten() {
-        let (store, mounter, mut volumes) = units_with_one_mount();
-        volumes.shutdown();
-        mounter.live.lock().unwrap().clear(); // the reboot
-        let mut volumes = reopen(&store, &mounter);
+    #[tokio::test]
+    async fn mount_ids_of_mounts_gone_by_a_reboot_are_forgotten() {
+        let (store, mounter, volumes) = units_with_one_mount().await;
+        volumes.shutdown().await;
+        mounter.kill_all(); // the reboot
+        let volumes = reopen(&store, &mounter).await;
         assert_eq!(volumes.get("secret/a").unwrap().mount_ids, 0);
         assert!(store.mounted_names().is_empty());
         // Docker mounts again with the old ID for a restart-policy container.
-        volumes.mount("secret/a", "A").unwrap();
-        assert_eq!(mounter.live.lock().unwrap().len(), 1);
+        volumes.mount("secret/a", "A").await.unwrap();
+        assert_eq!(mounter.live().len(), 1);
     }
 
-    #[test]
-    fn a_dead_mount_is_served_again_before_its_mountpoint_is_handed_out() {
-        let (mut volumes, _, mounter) = volumes();
-        created(&mut volumes, "secret/a");
-        volumes.mount("secret/a", "A").unwrap();
-        mounter.live.lock().unwrap().clear(); // the server died
-        volumes.mount("secret/a", "B").unwrap();
-        assert_eq!(mounter.live.lock().unwrap().len(), 1);
+    #[tokio::test]
+    async fn a_dead_mount_is_served_again_before_its_mountpoint_is_handed_out() {
+        let (volumes, _, mounter) = volumes().await;
+        created(&volumes, "secret/a").await;
+        volumes.mount("secret/a", "A").await.unwrap();
+        mounter.kill_all(); // the server died
+        volumes.mount("secret/a", "B").await.unwrap();
+        assert_eq!(mounter.live().len(), 1);
         assert_eq!(volumes.get("secret/a").unwrap().mount_ids, 2);
     }
 
-    #[test]
-    fn in_process_mounts_end_with_the_driver() {
-        let (mut volumes, store, mounter) = volumes();
-        created(&mut volumes, "secret/a");
-        volumes.mount("secret/a", "A").unwrap();
-        volumes.shutdown();
-        assert!(mounter.live.lock().unwrap().is_empty());
+    #[tokio::test]
+    async fn in_process_mounts_end_with_the_driver() {
+        let (volumes, store, mounter) = volumes().await;
+        created(&volumes, "secret/a").await;
+        volumes.mount("secret/a", "A").await.unwrap();
+        volumes.shutdown().await;
+        assert!(mounter.live().is_empty());
         assert!(store.mounted_names().is_empty());
     }
 
-    #[test]
-    fn ownership_options_are_numeric_ids_and_octal_modes() {
+    #[tokio::test]
+    async fn ownership_options_are_numeric_ids_and_octal_modes() {
         let options = BTreeMap::from([
             ("uid".to_owned(), "1000".to_owned()),
             ("gid".to_owned(), "1001".to_owned()),
@@ -681,8 +744,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_namespace_option_is_a_plain_child_namespace() {
+    #[tokio::test]
+    async fn the_namespace_option_is_a_plain_child_namespace() {
         let parse = |value: &str| {
             VolumeOptions::parse(&BTreeMap::from([(
                 "namespace".to_owned(),
@@ -701,8 +764,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn refresh_interval_is_validated_and_credentials_are_refused_unechoed() {
+    #[tokio::test]
+    async fn refresh_interval_is_validated_and_credentials_are_refused_unechoed() {
         let parse = |k: &str, v: &str| {
             VolumeOptions::parse(&BTreeMap::from([(k.to_owned(), v.to_owned())]))
         };
@@ -726,34 +789,36 @@ mod tests {
         );
     }
 
-    #[test]
-    fn create_validates_names_and_options_and_remove_refuses_mounted_volumes() {
-        let (mut volumes, store, _) = volumes();
+    #[tokio::test]
+    async fn create_validates_names_and_options_and_remove_refuses_mounted_volumes() {
+        let (volumes, store, _) = volumes().await;
         assert!(matches!(
-            volumes.create("secret/../x", BTreeMap::new(), String::new()),
+            volumes
+                .create("secret/../x", BTreeMap::new(), String::new())
+                .await,
             Err(VolumeError::InvalidName { .. })
         ));
         let options = BTreeMap::from([("token".to_owned(), "x".to_owned())]);
         assert!(matches!(
-            volumes.create("secret/a", options, String::new()),
+            volumes.create("secret/a", options, String::new()).await,
             Err(VolumeError::CredentialOption { .. })
         ));
         let options = BTreeMap::from([("colour".to_owned(), "x".to_owned())]);
         assert!(matches!(
-            volumes.create("secret/a", options, String::new()),
+            volumes.create("secret/a", options, String::new()).await,
             Err(VolumeError::UnknownOption { .. })
         ));
         assert!(store.volume_names().is_empty());
-        created(&mut volumes, "secret/a");
-        volumes.mount("secret/a", "A").unwrap();
+        created(&volumes, "secret/a").await;
+        volumes.mount("secret/a", "A").await.unwrap();
         assert!(matches!(
             volumes.remove("secret/a"),
             Err(VolumeError::InUse(..))
         ));
-        volumes.unmount("secret/a", "A").unwrap();
+        volumes.unmount("secret/a", "A").await.unwrap();
         volumes.remove("secret/a").unwrap();
         assert!(matches!(
-            volumes.mount("secret/a", "A"),
+            volumes.mount("secret/a", "A").await,
             Err(VolumeError::NotFound(_))
         ));
     }

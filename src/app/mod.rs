@@ -1,0 +1,194 @@
+//! The driver and a mount unit, as functions: `main` parses arguments, loads the config and binds the socket, then
+//! calls [`run`] (the driver) or [`run_mount_unit`] (one systemd mount unit). Tests call them in-process.
+//!
+//! Policy lives here and in the modules it calls, not in `main`: which credentials a unit gets
+//! ([`run_mount_unit`]), the mount mode ([`mounting`]), health ([`health`]).
+
+mod backend;
+mod health;
+mod mounting;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sd_notify::NotifyState;
+use tokio::net::UnixListener;
+
+use crate::access::AuthScope;
+use crate::config::Config;
+use crate::mount::in_process::InProcessMount;
+use crate::mount::mountpoint::{clean_stale_mounts, detach};
+use crate::mount::{MountError, MountPlan};
+use crate::plugin::{server, Plugin};
+use crate::volumes::store::DirRecordStore;
+use crate::volumes::{plan_mount, StoreError, VolumeError, VolumeRecord, Volumes};
+
+pub use backend::{all_scopes, FirstContact, Tokens};
+pub use health::status_line;
+
+/// How long a stopping mount unit waits for the kernel to release its filesystem.
+const UNMOUNT_WAIT: Duration = Duration::from_secs(2);
+
+/// Why the driver or a mount unit could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("Vault credentials of {scope}: {source}")]
+    Vault {
+        scope: AuthScope,
+        source: crate::source::vault::VaultSetupError,
+    },
+    #[error("file backend: {}: {source}", path.display())]
+    FileBackend {
+        path: PathBuf,
+        source: crate::source::SourceError,
+    },
+    #[error("locating this binary for mount units: {0}")]
+    CurrentExe(std::io::Error),
+    #[error("connecting to systemd over D-Bus for mount units (set mount_mode = \"in-process\" to do without): {0}")]
+    Systemd(crate::mount::systemd::UnitError),
+    #[error("state directory: {0}")]
+    State(#[from] StoreError),
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
+    #[error(transparent)]
+    Mount(#[from] MountError),
+}
+
+/// Runs the driver: serves the plugin API on `listener` until `shutdown` completes, then unmounts what this process
+/// serves (mount units keep running for the next driver). `unit_args` are the non-secret arguments mount units
+/// are started with.
+pub async fn run(
+    config: Config,
+    unit_args: Vec<String>,
+    first_contact: FirstContact,
+    listener: UnixListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AppError> {
+    if config.rules.is_empty() {
+        tracing::warn!(
+            "no access rules: anyone who may run docker can mount any path the Vault credentials can read; add \
+             [[rules]] to the config to restrict volumes to the paths they need"
+        );
+    }
+    let backend =
+        backend::open_caches(&config, &all_scopes(&config), Tokens::LogIn(first_contact)).await?;
+    let logins = backend.logins;
+    let caches = Arc::new(backend.caches);
+    let (mounter, lending) =
+        mounting::choose_mounter(&config, unit_args, caches.clone(), &logins).await?;
+    for path in clean_stale_mounts(&config.mount_root) {
+        tracing::info!(mountpoint = %path.display(), "removed a leftover mountpoint");
+    }
+    let store = DirRecordStore::open(&config.state_dir)?;
+    let volumes = Volumes::open_with_access(
+        Box::new(store),
+        mounter,
+        config.mount_root.clone(),
+        config.access_rules(),
+    )
+    .await?
+    .with_gate(caches);
+    let (volume_count, mount_count) = volumes.counts();
+    let volumes = Arc::new(volumes);
+    tracing::info!(
+        socket = %config.socket.display(),
+        volumes = volume_count,
+        mounts = mount_count,
+        mount_root = %config.mount_root.display(),
+        "ready"
+    );
+    let status = status_line(&volumes, &logins);
+    let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+    let health = tokio::spawn(health::report(volumes.clone(), logins));
+
+    server::run(listener, Plugin::new(volumes.clone()), shutdown).await;
+
+    health.abort();
+    if let Some(lending) = lending {
+        // Units keep the tokens they hold (valid until their TTL) and find the next driver on the same path.
+        lending.abort();
+    }
+    let _ = sd_notify::notify(&[NotifyState::Stopping]);
+    volumes.shutdown().await;
+    Ok(())
+}
+
+/// Runs one mount unit: serves `volume` at `mountpoint` until `shutdown` completes. The config gives the Vault
+/// address and TLS settings; the tokens are lent by the driver's token broker (no credential file is read here).
+pub async fn run_mount_unit(
+    config: Config,
+    volume: String,
+    mountpoint: PathBuf,
+    options: BTreeMap<String, String>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AppError> {
+    let record = VolumeRecord {
+        name: volume,
+        options,
+        created_at: String::new(),
+    };
+    let plan = plan_mount(&record, mountpoint)?;
+    let namespace = plan.parsed.namespace.as_deref();
+    // Every read below the volume is decided by its own rule, so the unit borrows the token of each set of
+    // credentials those rules may name (and none other).
+    let access = config.access_rules();
+    crate::volumes::decide_access(&access, &plan)?;
+    let scopes = access.scopes_below(namespace, &plan.path);
+    // A mount unit never waits for Vault nor the driver: it mounts at once, and reads give EIO until the driver
+    // lends a token.
+    let backend = backend::open_caches(&config, &scopes, Tokens::Lent).await?;
+    let caches = Arc::new(backend.caches);
+    // The driver starts this unit only when no live server has the volume: anything mounted here is dead.
+    let stale = plan.mountpoint.clone();
+    tokio::task::spawn_blocking(move || detach(&stale))
+        .await
+        .map_err(MountError::from)?
+        .map_err(MountError::Mountpoint)?;
+    let router = caches.router(namespace);
+    let fs_options = plan.parsed.fs_options(&config.fs_options());
+    let mount = InProcessMount::serve(&plan, router, fs_options).await?;
+    tracing::info!(
+        volume = %plan.name,
+        vault_path = %plan.path,
+        mountpoint = %plan.mountpoint.display(),
+        "serving mount"
+    );
+    let status = format!("serving {} at {}", plan.name, plan.mountpoint.display());
+    let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+    shutdown.await;
+    let _ = sd_notify::notify(&[NotifyState::Stopping]);
+    end_mount_unit(&plan, mount).await
+}
+
+/// Unmounts at the end of a mount unit. The unmount detaches at once, then waits for the kernel to release the
+/// filesystem, which it does only when no container holds it. A unit stopped while in use (its volume refused after
+/// a rules change, the package removed) does not wait for that: exiting closes the FUSE connection. The tokens are
+/// the driver's (lent, and other units read with them): a unit never revokes them.
+async fn end_mount_unit(plan: &MountPlan, mount: InProcessMount) -> Result<(), AppError> {
+    let unmounting = tokio::task::spawn_blocking(move || mount.unmount_blocking());
+    let in_use = match tokio::time::timeout(UNMOUNT_WAIT, unmounting).await {
+        Ok(joined) => match joined.map_err(MountError::from)? {
+            Ok(()) => false,
+            Err(MountError::Unmount { source, .. })
+                if source.raw_os_error() == Some(nix::libc::EBUSY) =>
+            {
+                detach(&plan.mountpoint).map_err(MountError::Mountpoint)?;
+                true
+            }
+            Err(error) => return Err(error.into()),
+        },
+        Err(_) => true,
+    };
+    if in_use {
+        tracing::warn!(
+            volume = %plan.name,
+            mountpoint = %plan.mountpoint.display(),
+            "the mount is still in use by a container; ending its FUSE connection"
+        );
+    }
+    tracing::info!(volume = %plan.name, "mount served to the end");
+    Ok(())
+}
