@@ -6,9 +6,8 @@
 
 mod support;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -16,8 +15,7 @@ use std::time::{Duration, Instant};
 use docker_volume_libsecret::access::{AccessRules, AuthScope, Rule};
 use docker_volume_libsecret::config::{Credential, VaultConfig};
 use docker_volume_libsecret::fs::audit::{Auditor, REFUSAL_BURST};
-use docker_volume_libsecret::fs::fuse;
-use docker_volume_libsecret::fs::{FsOptions, SecretFs, SecretRouter};
+use docker_volume_libsecret::fs::{FsOptions, SecretRouter};
 use docker_volume_libsecret::names::VaultPath;
 use docker_volume_libsecret::source::cache::{SecretCache, MAX_INDEXED_NAMES, MAX_MISSING};
 use docker_volume_libsecret::source::limits::{BudgetLimits, RequestBudget};
@@ -25,6 +23,7 @@ use docker_volume_libsecret::source::router::VolumeCaches;
 use docker_volume_libsecret::source::vault::VaultSource;
 use docker_volume_libsecret::source::{SecretSource, SourceError};
 use serde_json::json;
+use support::mount::MountedVolume;
 use support::openbao::{AuditRequest, OpenBao};
 
 const NAMES: usize = 20_000;
@@ -125,53 +124,17 @@ fn vault_cache(
     )
 }
 
-/// A mounted volume: the temp dir holding its mountpoint, the mount, and its filesystem.
-struct Mounted {
-    dir: tempfile::TempDir,
-    _mount: fuse::FuseMount,
-    fs: Arc<SecretFs>,
-}
-
-impl Mounted {
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join("mnt").join(name)
-    }
-
-    fn read(&self, name: &str) -> Result<String, i32> {
-        std::fs::read_to_string(self.path(name)).map_err(|e| e.raw_os_error().unwrap_or(0))
-    }
-}
-
 fn mount(
     runtime: &tokio::runtime::Runtime,
     volume: &str,
     router: Arc<dyn SecretRouter>,
     options: FsOptions,
-) -> Mounted {
-    let fs = Arc::new(SecretFs::routed(
-        VaultPath::from_volume_name(volume).unwrap(),
-        router,
-        options,
-    ));
-    let dir = tempfile::tempdir().unwrap();
-    let mountpoint = dir.path().join("mnt");
-    std::fs::create_dir(&mountpoint).unwrap();
-    let mount = fuse::mount(
-        fs.clone(),
-        &mountpoint,
-        "libsecret:test",
-        runtime.handle().clone(),
-    )
-    .unwrap();
-    Mounted {
-        dir,
-        _mount: mount,
-        fs,
-    }
+) -> MountedVolume {
+    support::mount::mount_volume(runtime, volume, BTreeMap::new(), router, options)
 }
 
 fn one_cache(cache: &Arc<SecretCache>) -> Arc<dyn SecretRouter> {
-    Arc::new(docker_volume_libsecret::fs::EveryPath(cache.clone()))
+    support::mount::through(cache)
 }
 
 fn paths(requests: &[AuditRequest]) -> Vec<String> {
@@ -217,7 +180,7 @@ fn twenty_thousand_missing_names_cost_one_list_no_memory_and_leave_other_volumes
     );
     // Audited, as the service's volumes are by default: a line per refused lookup, rate-limited.
     flooded
-        .fs
+        .fs()
         .set_auditor(Auditor::for_volume("secret/app", Duration::from_secs(60)));
     // Another volume over the same cache (the same credentials): it shares the cache, not the budget.
     let other = mount(
@@ -321,8 +284,8 @@ fn twenty_thousand_missing_names_cost_one_list_no_memory_and_leave_other_volumes
         others.len() <= 1,
         "the other volume's new key cost one read: {others:?}"
     );
-    assert_eq!(other.fs.budget().refused(), 0);
-    assert_eq!(flooded.fs.budget().refused(), 0);
+    assert_eq!(other.fs().budget().refused(), 0);
+    assert_eq!(flooded.fs().budget().refused(), 0);
 
     let mark = bao.audit_len();
     probe("warm");
@@ -608,7 +571,7 @@ fn a_volume_over_its_budget_gets_eio_after_vault_timeout_with_one_line_per_inter
     );
     assert_eq!(eio + enoent, results.len(), "{results:?}");
     assert!(eio > 0 && enoent > 0, "{enoent} ENOENT, {eio} EIO");
-    assert_eq!(limited.fs.budget().refused(), eio as u64);
+    assert_eq!(limited.fs().budget().refused(), eio as u64);
     assert!(
         (requests.len() as f64) <= f64::from(RATE) * elapsed.as_secs_f64() + f64::from(BURST),
         "{} requests in {elapsed:?} over a rate of {RATE}/s",
@@ -620,5 +583,5 @@ fn a_volume_over_its_budget_gets_eio_after_vault_timeout_with_one_line_per_inter
         "one line per 10 s interval: {lines:?}"
     );
     assert!(lines[0].contains("refused="), "{}", lines[0]);
-    assert_eq!(spare.fs.budget().refused(), 0);
+    assert_eq!(spare.fs().budget().refused(), 0);
 }

@@ -3,41 +3,32 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use docker_volume_libsecret::fs::fuse::{self, FuseMount};
-use docker_volume_libsecret::fs::{FsOptions, SecretFs};
-use docker_volume_libsecret::names::VaultPath;
+use docker_volume_libsecret::fs::FsOptions;
 use docker_volume_libsecret::source::cache::SecretCache;
 use docker_volume_libsecret::source::SourceError;
 use docker_volume_libsecret::testing::MemorySource;
 use serde_json::json;
 
+/// A volume mounted through the product's mount path, over an in-memory source the test can change.
 struct Mounted {
-    mount: Option<FuseMount>,
+    volume: support::mount::MountedVolume,
     source: Arc<MemorySource>,
-    dir: tempfile::TempDir,
     _runtime: tokio::runtime::Runtime,
 }
 
 impl Mounted {
     fn root(&self) -> PathBuf {
-        self.dir.path().join("mnt")
+        self.volume.root()
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.root().join(name)
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        if let Some(mount) = self.mount.take() {
-            mount.unmount().unwrap();
-        }
+        self.volume.path(name)
     }
 }
 
@@ -71,20 +62,16 @@ fn mount_refreshing(
         refresh_interval,
         ..FsOptions::default()
     };
-    let fs = Arc::new(SecretFs::new(
-        VaultPath::from_volume_name(volume).unwrap(),
-        cache,
+    let volume = support::mount::mount_volume(
+        &runtime,
+        volume,
+        BTreeMap::new(),
+        support::mount::through(&cache),
         options,
-    ));
-    let dir = tempfile::tempdir().unwrap();
-    let mountpoint = dir.path().join("mnt");
-    std::fs::create_dir(&mountpoint).unwrap();
-    let mount = fuse::mount(fs, &mountpoint, "libsecret:test", runtime.handle().clone())
-        .unwrap_or_else(|e| panic!("FUSE mount failed: {e}"));
+    );
     Mounted {
-        mount: Some(mount),
+        volume,
         source,
-        dir,
         _runtime: runtime,
     }
 }
@@ -119,7 +106,7 @@ fn the_mount_is_a_fuse_mount_that_lists_nothing() {
         .find(|l| l.contains(m.root().to_str().unwrap()))
         .expect("mount missing from /proc/self/mountinfo");
     assert!(
-        line.contains(" - fuse") && line.contains("libsecret:test"),
+        line.contains(" - fuse") && line.contains("libsecret:secret%2Fapp-1%2F"),
         "{line}"
     );
     assert!(line.contains("allow_other"), "{line}");

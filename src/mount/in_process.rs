@@ -32,6 +32,7 @@ impl InProcessMounter {
 /// A volume served by a FUSE session of this process.
 pub struct InProcessMount {
     mount: FuseMount,
+    fs: Arc<SecretFs>,
 }
 
 impl std::fmt::Debug for InProcessMount {
@@ -60,8 +61,8 @@ impl InProcessMount {
                 fs.set_auditor(crate::fs::audit::Auditor::for_volume(&plan.name, window));
             }
             let fs_name = format!("libsecret:{}", escape_component(&plan.name));
-            match fuse::mount(fs, &plan.mountpoint, &fs_name, runtime) {
-                Ok(mount) => Ok(InProcessMount { mount }),
+            match fuse::mount(fs.clone(), &plan.mountpoint, &fs_name, runtime) {
+                Ok(mount) => Ok(InProcessMount { mount, fs }),
                 Err(source) => {
                     remove_mountpoint(&plan.mountpoint);
                     Err(MountError::Fuse {
@@ -72,6 +73,11 @@ impl InProcessMount {
             }
         })
         .await?
+    }
+
+    /// The filesystem served (its request budget, its inode table).
+    pub fn filesystem(&self) -> &Arc<SecretFs> {
+        &self.fs
     }
 
     /// Unmounts, waiting for the kernel to release the filesystem (it does once no process holds it), and removes

@@ -1,5 +1,6 @@
-//! A minimal blocking HTTP/1.1 client (`http://` only, `Connection: close`) for talking to Vault-API servers from
-//! any test, sync or async: it needs no runtime, so it works inside `#[tokio::test]` as well as in `#[test]`.
+//! The one hand-written HTTP/1.1 client of the tests (`Connection: close`, blocking, so it needs no runtime and works
+//! inside `#[tokio::test]` as well as in `#[test]`): [`exchange`] over any stream, [`request`] over TCP for Vault-API
+//! servers, and `plugin_client` over the plugin's unix socket.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -61,25 +62,55 @@ pub fn try_request(
     stream.set_write_timeout(Some(timeout)).unwrap();
 
     let payload = body.map(|b| b.to_string()).unwrap_or_default();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host_port}\r\nConnection: close\r\nAccept: application/json\r\n"
-    );
-    for (name, value) in headers {
-        req.push_str(&format!("{name}: {value}\r\n"));
-    }
+    let mut all_headers = vec![("Accept", "application/json")];
     if body.is_some() {
-        req.push_str("Content-Type: application/json\r\n");
+        all_headers.push(("Content-Type", "application/json"));
     }
-    req.push_str(&format!("Content-Length: {}\r\n\r\n", payload.len()));
-    req.push_str(&payload);
+    all_headers.extend_from_slice(headers);
+    let (status, body_bytes) = exchange(
+        &mut stream,
+        method,
+        path,
+        &host_port,
+        &all_headers,
+        payload.as_bytes(),
+    )?;
+    let value = if body_bytes.iter().all(u8::is_ascii_whitespace) {
+        Value::Null
+    } else {
+        serde_json::from_slice(&body_bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body_bytes).into_owned()))
+    };
+    Ok((status, value))
+}
+
+/// One request and its reply over `stream` (a TCP or unix socket): writes the head and `body`, reads to the end
+/// (the request says `Connection: close`), and returns the status and the body, de-chunked. A body the server did
+/// not read (it answered early, say 413) is no error: the reply is what counts.
+pub fn exchange(
+    stream: &mut (impl Read + Write),
+    method: &str,
+    path: &str,
+    host: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<(u16, Vec<u8>), String> {
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
     stream
-        .write_all(req.as_bytes())
+        .write_all(head.as_bytes())
         .map_err(|e| format!("write: {e}"))?;
+    let _ = stream.write_all(body);
 
     let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .map_err(|e| format!("read: {e}"))?;
+    if let Err(error) = stream.read_to_end(&mut raw) {
+        if raw.is_empty() {
+            return Err(format!("read: {error}"));
+        }
+    }
 
     let head_end = raw
         .windows(4)
@@ -112,14 +143,7 @@ pub fn try_request(
     } else if let Some(n) = content_length {
         body_bytes.truncate(n);
     }
-
-    let value = if body_bytes.iter().all(u8::is_ascii_whitespace) {
-        Value::Null
-    } else {
-        serde_json::from_slice(&body_bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body_bytes).into_owned()))
-    };
-    Ok((status, value))
+    Ok((status, body_bytes))
 }
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {

@@ -4,6 +4,7 @@
 pub mod docker;
 pub mod driver;
 pub mod http;
+pub mod mount;
 pub mod openbao;
 pub mod plugin_client;
 pub mod rvault;

@@ -1,9 +1,10 @@
-//! A minimal HTTP/1.1 client for the plugin socket, speaking exactly what Docker sends.
+//! The plugin socket's client, speaking exactly what Docker sends, over the one HTTP client ([`super::http`]).
 
-use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
+
+use super::http::exchange;
 
 /// POSTs `body` to `endpoint` (such as `/VolumeDriver.Mount`); returns the status and the JSON reply.
 pub fn call_raw(socket: &Path, endpoint: &str, body: &[u8]) -> (u16, serde_json::Value) {
@@ -11,7 +12,7 @@ pub fn call_raw(socket: &Path, endpoint: &str, body: &[u8]) -> (u16, serde_json:
 }
 
 /// One HTTP request over the socket, each read and write bounded by `timeout`; returns the status and the JSON
-/// reply.
+/// reply (a reply that is not JSON fails the test: the plugin always answers JSON).
 pub fn request(
     socket: &Path,
     method: &str,
@@ -23,29 +24,25 @@ pub fn request(
         .unwrap_or_else(|e| panic!("connecting to the plugin socket {}: {e}", socket.display()));
     stream.set_read_timeout(Some(timeout)).unwrap();
     stream.set_write_timeout(Some(timeout)).unwrap();
-    let head = format!(
-        "{method} {endpoint} HTTP/1.1\r\nHost: plugin.moby.localhost\r\n\
-         Accept: application/vnd.docker.plugins.v1.2+json\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).unwrap();
-    // A server may answer (413) before reading an oversized body; a broken pipe then is fine.
-    let _ = stream.write_all(body);
-    let mut reply = Vec::new();
-    let _ = stream.read_to_end(&mut reply);
-    let text = String::from_utf8_lossy(&reply);
-    let status: u16 = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no HTTP status in reply to {endpoint}: {text:?}"));
-    let json = text
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body)
-        .unwrap_or_default();
-    let value = serde_json::from_str(json)
-        .unwrap_or_else(|e| panic!("reply to {endpoint} is not JSON ({e}): {text:?}"));
+    let headers = [
+        ("Accept", "application/vnd.docker.plugins.v1.2+json"),
+        ("Content-Type", "application/json"),
+    ];
+    let (status, reply) = exchange(
+        &mut stream,
+        method,
+        endpoint,
+        "plugin.moby.localhost",
+        &headers,
+        body,
+    )
+    .unwrap_or_else(|e| panic!("{method} {endpoint}: {e}"));
+    let value = serde_json::from_slice(&reply).unwrap_or_else(|e| {
+        panic!(
+            "reply to {endpoint} is not JSON ({e}): {:?}",
+            String::from_utf8_lossy(&reply)
+        )
+    });
     (status, value)
 }
 
