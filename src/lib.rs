@@ -22,6 +22,7 @@ pub mod names;
 pub mod plugin;
 pub mod source;
 pub mod sys;
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod testing;
 pub mod volumes;

@@ -5,6 +5,13 @@
 //!
 //! Reads the linker map that packaging/build-deb.sh writes (target/hot-text.map; scripts/test.sh builds the package
 //! first). Fails, never skips, when the map is missing.
+// A test crate: failing loudly (unwrap, expect, panic, indexing) is how it reports.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -83,5 +90,53 @@ fn reads_function_names_from_an_lld_map() {
     assert_eq!(
         functions,
         HashSet::from(["_ZN3foo3bar17h0123456789abcdefE", "_RNvCs1_3std5abort"])
+    );
+}
+
+/// The fakes (src/testing.rs) are behind the `testing` feature, which only the dev-dependency on this crate turns
+/// on: `cargo build --release` (packaging/build-deb.sh) must resolve the crate without it.
+#[test]
+fn the_packaged_build_leaves_out_the_test_fakes() {
+    let features_of = |edges: &str| {
+        let output = std::process::Command::new(env!("CARGO"))
+            .current_dir(workspace())
+            .args([
+                "tree",
+                "--offline",
+                "-p",
+                "docker-volume-libsecret",
+                "--depth",
+                "0",
+                "-f",
+                "{f}",
+                "-e",
+                edges,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "cargo tree: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        // The first line is the crate itself; the rest lists its dependency sections.
+        String::from_utf8(output.stdout)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    let shipped = features_of("normal,features");
+    assert!(
+        !shipped.split(',').any(|feature| feature == "testing"),
+        "the shipped build enables: {shipped:?}"
+    );
+    // And the check sees the feature where it is on: tests and benches.
+    let tested = features_of("normal,dev,features");
+    assert!(
+        tested.split(',').any(|feature| feature == "testing"),
+        "the test build enables: {tested:?}"
     );
 }
