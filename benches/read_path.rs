@@ -19,6 +19,13 @@
 //!
 //! It asserts nothing: timings vary by machine and load, so they are reported, never tested. Name figures to
 //! measure only those: `cargo bench --bench read_path -- P1 P8`.
+// A test crate: failing loudly (unwrap, expect, panic, indexing) is how it reports.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 #[path = "../tests/support/http.rs"]
 mod http;

@@ -15,6 +15,13 @@
 //!
 //! It asserts nothing: timings vary by machine and load. `cargo bench --bench service -- p9` runs only the figures
 //! named (p4, p5, p6, p9).
+// A test crate: failing loudly (unwrap, expect, panic, indexing) is how it reports.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 #[path = "../tests/support/docker.rs"]
 mod docker;

@@ -113,7 +113,10 @@ pub fn matches(pattern: &str, path: &str) -> bool {
     }
     let pattern: Vec<&str> = pattern.split('/').collect();
     let path: Vec<&str> = path.split('/').collect();
-    (1..=path.len()).any(|depth| glob_segments(&pattern, &path[..depth]))
+    (1..=path.len()).any(|depth| {
+        path.get(..depth)
+            .is_some_and(|ancestor| glob_segments(&pattern, ancestor))
+    })
 }
 
 /// Whether a rule's namespace covers `namespace` (both `None`: the configured one). Exact, or a glob over segments;
@@ -154,7 +157,10 @@ pub fn may_match_below(pattern: &str, prefix: &str) -> bool {
 fn glob_segments(pattern: &[&str], path: &[&str]) -> bool {
     match pattern.split_first() {
         None => path.is_empty(),
-        Some((&"**", rest)) => (0..=path.len()).any(|skip| glob_segments(rest, &path[skip..])),
+        Some((&"**", rest)) => (0..=path.len()).any(|skip| {
+            path.get(skip..)
+                .is_some_and(|below| glob_segments(rest, below))
+        }),
         Some((segment, rest)) => match path.split_first() {
             Some((name, path_rest)) => {
                 glob_segment(segment, name) && glob_segments(rest, path_rest)
@@ -167,17 +173,22 @@ fn glob_segments(pattern: &[&str], path: &[&str]) -> bool {
 /// `*` within one segment: any run of characters.
 fn glob_segment(pattern: &str, name: &str) -> bool {
     let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
+    let (Some((first, after_first)), Some(last)) = (parts.split_first(), parts.last()) else {
         return pattern == name;
-    }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    };
+    let Some(middles) = after_first.split_last().map(|(_, middles)| middles) else {
+        // No `*` at all.
+        return pattern == name;
+    };
     if !name.starts_with(first) || name.len() < first.len() + last.len() || !name.ends_with(last) {
         return false;
     }
-    let mut rest = &name[first.len()..name.len() - last.len()];
-    for middle in &parts[1..parts.len() - 1] {
-        match rest.find(middle) {
-            Some(at) => rest = &rest[at + middle.len()..],
+    let Some(mut rest) = name.get(first.len()..name.len() - last.len()) else {
+        return false;
+    };
+    for middle in middles {
+        match rest.split_once(middle) {
+            Some((_, after)) => rest = after,
             None => return false,
         }
     }

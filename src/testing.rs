@@ -15,7 +15,7 @@ use crate::source::{Secret, SecretSource, SourceError};
 use crate::volumes::{MountIds, RecordStore, StoreError, VolumeRecord};
 
 /// A [`SecretSource`] backed by a map, counting its reads, with an optional delay and forced error.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct MemorySource {
     secrets: Mutex<BTreeMap<String, serde_json::Value>>,
     delay: Mutex<Duration>,
@@ -123,6 +123,7 @@ impl SecretSource for MemorySource {
 }
 
 /// Containers by pid, for an [`crate::fs::audit::Auditor`] under test.
+#[derive(Debug)]
 pub struct FixedContainers(pub HashMap<u32, String>);
 
 impl ContainerResolver for FixedContainers {
@@ -132,7 +133,7 @@ impl ContainerResolver for FixedContainers {
 }
 
 /// An [`AuditSink`] that keeps what it is given; clones share the records.
-#[derive(Default, Clone)]
+#[derive(Debug, Default, Clone)]
 pub struct RecordingAuditSink(Arc<Mutex<Vec<AuditRecord>>>, Arc<Mutex<Vec<Suppressed>>>);
 
 impl RecordingAuditSink {
@@ -157,7 +158,7 @@ impl AuditSink for RecordingAuditSink {
 }
 
 /// A [`RecordStore`] in memory; clones share the records, so a test can reopen a `Volumes` on the same store.
-#[derive(Default, Clone)]
+#[derive(Debug, Default, Clone)]
 pub struct MemoryRecordStore {
     records: Arc<Mutex<BTreeMap<String, VolumeRecord>>>,
     mounts: Arc<Mutex<BTreeMap<String, MountIds>>>,

@@ -3,6 +3,13 @@
 //! Each row of the attack table names what a container (or whoever may run `docker volume create`) tries, and
 //! asserts the refusal, the errno and the driver's audit line. OpenBao's own audit log shows which token read each
 //! path: the rule's AppRole for its prefix, never the broad `[vault]` token, and nothing at all for a refused path.
+// A test crate: failing loudly (unwrap, expect, panic, indexing) is how it reports.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod support;
 

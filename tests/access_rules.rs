@@ -4,6 +4,13 @@
 //! Two rules, two AppRoles, two policies: each volume reads with a token whose policy covers only its prefix. A path
 //! no rule allows is refused at Create and Mount by the rules; a path a rule allows but its AppRole's policy does not
 //! cover is refused by Vault itself. The driver's log says which.
+// A test crate: failing loudly (unwrap, expect, panic, indexing) is how it reports.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod support;
 

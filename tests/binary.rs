@@ -2,6 +2,13 @@
 //! failing fast in the foreground, and a Vault that is down or rejects the credentials at start. Uses the file backend or
 //! a real OpenBao (tests/support/openbao.rs); only the Vault that stops listening and comes back on the same address
 //! is the home-made server's (a fault OpenBao cannot produce on command). No Docker needed.
+// A test crate: failing loudly (unwrap, expect, panic, indexing) is how it reports.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod support;
 

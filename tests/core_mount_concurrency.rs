@@ -1,6 +1,13 @@
 //! Core tier: the mount boundary under concurrency, through the plugin core (`Plugin::handle`) with the one fake
 //! mounter. A slow unit start of one volume holds up no call for another volume; concurrent calls for one volume
 //! are ordered and keep exact counts.
+// A test crate: failing loudly (unwrap, expect, panic, indexing) is how it reports.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::path::PathBuf;
 use std::sync::Arc;

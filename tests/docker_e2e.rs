@@ -5,6 +5,13 @@
 //!
 //! Docker knows the plugin by its socket name, so these tests share `/run/docker/plugins/libsecret.sock` and must
 //! run one at a time (scripts/test.sh runs the suite with one test thread).
+// A test crate: failing loudly (unwrap, expect, panic, indexing) is how it reports.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod support;
 

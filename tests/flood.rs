@@ -3,6 +3,13 @@
 //! costs nothing, the driver's memory does not grow with the names tried, another volume keeps reading meanwhile,
 //! a folder the rules refuse (or give other credentials) is never listed, and a volume that spends its request
 //! budget gets EIO after vault.timeout, with one log line per interval.
+// A test crate: failing loudly (unwrap, expect, panic, indexing) is how it reports.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod support;
 

@@ -1,5 +1,12 @@
 //! Real FUSE mounts of the filesystem over an in-memory secret source, read through the kernel with std::fs.
 //! Needs root and /dev/fuse: it fails, never skips, without them.
+// A test crate: failing loudly (unwrap, expect, panic, indexing) is how it reports.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod support;
 

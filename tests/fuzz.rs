@@ -10,6 +10,13 @@
 //! - `volume_names_validate_and_escape_safely`: `VaultPath::from_volume_name` and `escape_component`.
 //! - `file_names_never_resolve_outside_the_volume`: `FileName::parse` and its `SecretRef` under a volume path.
 //! - `secrets_render_any_json`: `Secret::render` of arbitrary JSON fields in every view.
+// A test crate: failing loudly (unwrap, expect, panic, indexing) is how it reports.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -3,6 +3,13 @@
 //! driver's token of each rule below its volume and never logs in, reads a credential file, renews or revokes; it
 //! mounts without a driver (EIO until a token is lent), keeps reading while the driver is down, and a token revoked
 //! behind the driver's back is replaced when a unit finds it dead.
+// A test crate: failing loudly (unwrap, expect, panic, indexing) is how it reports.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod support;
 

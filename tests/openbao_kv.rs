@@ -2,6 +2,13 @@
 //! `tests/support/openbao.rs`): KV v2 (latest, pinned, deleted and destroyed versions), KV v1, nested folders and
 //! mounts, policy denials, AppRole, namespaces and a sealed server. Request counts come from OpenBao's own audit
 //! log. OpenBao missing is a failure, not a skip: run scripts/setup-test-host.sh.
+// A test crate: failing loudly (unwrap, expect, panic, indexing) is how it reports.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod support;
 

@@ -1,6 +1,13 @@
 //! Through a real FUSE mount and the real Vault client against the Vault-API test server: a Vault outage (keys
 //! already read keep serving, keys never read give EIO, everything recovers with no restart), and pinned KV v2
 //! versions.
+// A test crate: failing loudly (unwrap, expect, panic, indexing) is how it reports.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod support;
 

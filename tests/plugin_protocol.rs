@@ -1,5 +1,12 @@
 //! The plugin server over a real unix socket, with volume bookkeeping on an in-memory mounter: the protocol as
 //! Docker speaks it, and bad input that must get a clear `Err` without hurting the server.
+// A test crate: failing loudly (unwrap, expect, panic, indexing) is how it reports.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod support;
 

@@ -1,4 +1,11 @@
 //! Proves the RustyVault test harness (tests/support/rvault.rs) works against the real `rvault`.
+// A test crate: failing loudly (unwrap, expect, panic, indexing) is how it reports.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 #[path = "support/http.rs"]
 mod http;

@@ -7,6 +7,13 @@
 //!
 //! Needs the package (packaging/build-deb.sh), the host image and bao (scripts/setup-test-host.sh). Fails, never
 //! skips.
+// A test crate: failing loudly (unwrap, expect, panic, indexing) is how it reports.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 #[path = "support/docker.rs"]
 mod docker;

@@ -4,6 +4,13 @@
 //! Run: `cargo test --test systemd_host_smoke -- --test-threads=1`
 //!
 //! `mod support;` is not used: it declares modules this binary does not need.
+// A test crate: failing loudly (unwrap, expect, panic, indexing) is how it reports.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 #[path = "support/docker.rs"]
 mod docker;

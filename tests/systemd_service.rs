@@ -8,6 +8,13 @@
 //!
 //! Needs the systemd host image and bao (scripts/build-systemd-host.sh, scripts/setup-test-host.sh) and the package
 //! (packaging/build-deb.sh, run by scripts/test.sh). Fails, never skips.
+// A test crate: failing loudly (unwrap, expect, panic, indexing) is how it reports.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 #[path = "support/openbao_in_host.rs"]
 mod openbao_in_host;

@@ -1,6 +1,13 @@
 //! Auth methods and the token lifecycle of the real Vault client, against the Vault-API test server: AppRole (plain
 //! and response-wrapped secret IDs), renewal at 2/3 of the TTL, re-login for tokens that cannot be renewed, a dead
 //! token replaced on a 403, per-volume namespaces, TLS with a private CA and cert auth, and an HA address list.
+// A test crate: failing loudly (unwrap, expect, panic, indexing) is how it reports.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod support;
 

@@ -1,6 +1,13 @@
 //! The real Vault client (vaultrs) behind `VaultSource`, against two Vault-API servers: the test server under
 //! `tests/vault-api-server` (written from HashiCorp's API docs) and RustyVault (`rvault`, an independent
 //! implementation). RustyVault missing is a failure, not a skip.
+// A test crate: failing loudly (unwrap, expect, panic, indexing) is how it reports.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod support;
 

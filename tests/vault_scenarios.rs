@@ -1,6 +1,13 @@
 //! Production Vault scenarios, each read through a real FUSE mount over the real Vault client against the Vault-API
 //! test server: a 5 s token renewed for a minute, AppRole re-logins, rotation to a bigger value, Vault down for 20 s,
 //! TLS with a private CA and cert auth, and the first HA node down.
+// A test crate: failing loudly (unwrap, expect, panic, indexing) is how it reports.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod support;
 

@@ -83,6 +83,7 @@ pub trait AuditSink: Send + Sync {
 }
 
 /// Audit lines as journald entries (`AUDIT_*` fields), or stderr lines in the foreground.
+#[derive(Debug)]
 pub struct LogSink;
 
 impl AuditSink for LogSink {
@@ -119,6 +120,7 @@ pub trait ContainerResolver: Send + Sync {
 }
 
 /// Reads `/proc/<pid>/cgroup`.
+#[derive(Debug)]
 pub struct ProcCgroups;
 
 impl ContainerResolver for ProcCgroups {
@@ -175,6 +177,15 @@ pub struct Auditor {
     /// Per event key: when its window started, and how many events it suppressed.
     windows: Mutex<LruCache<EventKey, (Instant, u64)>>,
     refusals: Mutex<RefusalLines>,
+}
+
+impl std::fmt::Debug for Auditor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auditor")
+            .field("volume", &self.volume)
+            .field("window", &self.window)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Auditor {

@@ -317,6 +317,14 @@ pub struct FuseMount {
     mountpoint: PathBuf,
 }
 
+impl std::fmt::Debug for FuseMount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FuseMount")
+            .field("mountpoint", &self.mountpoint)
+            .finish_non_exhaustive()
+    }
+}
+
 impl FuseMount {
     pub fn mountpoint(&self) -> &Path {
         &self.mountpoint

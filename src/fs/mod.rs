@@ -136,6 +136,7 @@ pub enum RouteError {
 }
 
 /// One cache for every path: a source without access rules (tests, and the file backend's single view).
+#[derive(Debug)]
 pub struct EveryPath(pub Arc<SecretCache>);
 
 impl SecretRouter for EveryPath {
@@ -219,20 +220,17 @@ impl InodeTable {
         content: Option<SecretBytes>,
     ) -> (u64, u64) {
         let size = content.as_ref().map_or(0, |c| c.len() as u64);
-        if let Some(node) = self
-            .current
-            .get(&key)
-            .and_then(|ino| self.nodes.get_mut(ino))
-        {
-            let same = match (&node.content, &content) {
-                (Some(old), Some(new)) => old.as_slice() == new.as_slice(),
-                (None, None) => true,
-                _ => false,
-            };
-            if same {
-                node.lookups += 1;
-                let ino = self.current[&key];
-                return (ino, size);
+        if let Some(&ino) = self.current.get(&key) {
+            if let Some(node) = self.nodes.get_mut(&ino) {
+                let same = match (&node.content, &content) {
+                    (Some(old), Some(new)) => old.as_slice() == new.as_slice(),
+                    (None, None) => true,
+                    _ => false,
+                };
+                if same {
+                    node.lookups += 1;
+                    return (ino, size);
+                }
             }
         }
         let ino = self.next_ino;
@@ -283,6 +281,15 @@ pub struct SecretFs {
     read_positions: Mutex<HashMap<(u64, u32), u64>>,
     invalidator: OnceLock<Box<dyn Invalidator>>,
     auditor: OnceLock<Auditor>,
+}
+
+/// Names the volume only: the inodes hold secret values.
+impl std::fmt::Debug for SecretFs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretFs")
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SecretFs {
@@ -578,7 +585,9 @@ impl SecretFs {
             .unwrap_or(usize::MAX)
             .min(content.len());
         let end = start.saturating_add(size as usize).min(content.len());
-        Ok(SecretBytes::new(content[start..end].to_vec()))
+        Ok(SecretBytes::new(
+            content.get(start..end).unwrap_or_default().to_vec(),
+        ))
     }
 
     /// [`read`](Self::read), auditing each open once whatever offset it starts at: a read that does not continue

@@ -142,6 +142,16 @@ pub struct Lent {
     pub ttl: Option<Duration>,
 }
 
+/// Never prints the token.
+impl std::fmt::Debug for Lent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lent")
+            .field("token", &"<redacted>")
+            .field("ttl", &self.ttl)
+            .finish()
+    }
+}
+
 /// Whatever holds the driver's login for one scope (a Vault session in the driver, a fake in tests).
 #[async_trait]
 pub trait TokenLender: Send + Sync {
@@ -162,6 +172,15 @@ pub struct Broker {
     own_uid: u32,
     /// Per kind of refusal: when one was last logged, and how many since.
     logged: std::sync::Mutex<HashMap<Refusal, (std::time::Instant, u64)>>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("scopes", &self.scopes.len())
+            .field("own_uid", &self.own_uid)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Broker {

@@ -137,6 +137,18 @@ pub struct SecretCache {
     total: Arc<RequestBudget>,
 }
 
+/// Shows the timings only: the slots hold secret values.
+impl std::fmt::Debug for SecretCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretCache")
+            .field("ttl", &self.ttl)
+            .field("timeout", &self.timeout)
+            .field("stale_ttl", &self.stale_ttl)
+            .field("negative_ttl", &self.negative_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -16,6 +16,7 @@ use crate::names::VaultPath;
 use crate::source::{Secret, SecretSource, SourceError};
 use crate::sys::root_only::{read_root_only, Keep};
 
+#[derive(Debug)]
 pub struct FileSource {
     path: PathBuf,
 }

@@ -27,6 +27,14 @@ pub struct VolumeCaches {
     factory: NamespaceCacheFactory,
 }
 
+impl std::fmt::Debug for VolumeCaches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VolumeCaches")
+            .field("scopes", &self.roots.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl VolumeCaches {
     pub fn new(
         access: AccessRules,
@@ -126,6 +134,14 @@ const ADMIT_ENGINE_CHECK: std::time::Duration = std::time::Duration::from_secs(2
 pub struct VolumeRouter {
     caches: Arc<VolumeCaches>,
     namespace: Option<String>,
+}
+
+impl std::fmt::Debug for VolumeRouter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VolumeRouter")
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SecretRouter for VolumeRouter {

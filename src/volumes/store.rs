@@ -11,6 +11,7 @@ use crate::names::escape_component;
 use crate::volumes::{MountIds, RecordStore, StoreError, VolumeRecord};
 
 /// Records stored as files in a root-only directory.
+#[derive(Debug)]
 pub struct DirRecordStore {
     dir: PathBuf,
     mounts_dir: PathBuf,

@@ -1,5 +1,13 @@
 //! Shared helpers of the integration tests. Each test binary uses a different subset.
 #![allow(dead_code)]
+// Test support may fail loudly: a helper that cannot do its job panics with the reason, and the test fails there.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_debug_implementations
+)]
 
 pub mod docker;
 pub mod driver;

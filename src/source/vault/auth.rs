@@ -116,6 +116,7 @@ pub enum Auth {
 }
 
 /// Where a unit's token comes from: the broker's socket, and the scope it asks for.
+#[derive(Debug)]
 pub struct Lending {
     pub socket: PathBuf,
     pub scope: crate::access::AuthScope,

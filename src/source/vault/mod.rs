@@ -172,6 +172,15 @@ pub struct VaultSource {
     presents_client_cert: bool,
 }
 
+/// Never prints the session (it holds the token).
+impl std::fmt::Debug for VaultSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VaultSource")
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
 fn describe_client_error(error: &ClientError) -> String {
     match error {
         ClientError::APIError { code, errors } => format!("status {code}: {}", errors.join("; ")),
