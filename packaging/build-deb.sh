@@ -7,7 +7,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
 command -v cargo-deb >/dev/null 2>&1 || cargo install cargo-deb --locked --quiet
-# The linker map of the packaged build (build.rs): tests/hot_text_order.rs checks packaging/hot-text.order against it.
+# The linker map of the packaged build (build.rs): tests/core_hot_text_order.rs checks packaging/hot-text.order against it.
 export LIBSECRET_LINK_MAP="${LIBSECRET_LINK_MAP:-$PWD/target/hot-text.map}"
 cargo build --release --quiet -p docker-volume-libsecret
 mkdir -p target/man

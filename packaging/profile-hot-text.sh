@@ -2,7 +2,7 @@
 # Regenerates packaging/hot-text.order: the functions a mount unit runs, which build.rs has the linker place together
 # (issue #6, target P5). Run it after a toolchain or dependency update (symbol names change with them) or a change to
 # the code mount units run, then check the P5 line of `cargo bench --bench service`. A stale list costs memory, never
-# correctness, and tests/hot_text_order.rs fails when more than 1 in 20 of its names are not in the build.
+# correctness, and tests/core_hot_text_order.rs fails when more than 1 in 20 of its names are not in the build.
 #   packaging/profile-hot-text.sh
 # Needs root, docker, the systemd host image (scripts/build-systemd-host.sh), valgrind and python3.
 #

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Runs the proptest fuzz targets of tests/fuzz.rs (and the regression cases beside them) with many cases:
+# Runs the proptest fuzz targets of tests/core_fuzz.rs (and the regression cases beside them) with many cases:
 #
 #   FUZZ_CASES    cases per target (default 20000; the test suite's default is 2000)
 #   FUZZ_TIMEOUT  wall-clock bound in seconds for the run, not counting the build (default 300)
 #
 # Prints how many cases each target ran. Exits non-zero if any target or regression case fails, or if the run
 # exceeds the bound. A failing target prints proptest's minimal failing input: record it as a regression #[test]
-# in tests/fuzz.rs.
+# in tests/core_fuzz.rs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,13 +15,13 @@ bound="${FUZZ_TIMEOUT:-300}"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 
-echo "fuzz: building tests/fuzz.rs"
-cargo test --test fuzz --no-run --quiet
+echo "fuzz: building tests/core_fuzz.rs"
+cargo test --test core_fuzz --no-run --quiet
 
 echo "fuzz: ${FUZZ_CASES} cases per target, at most ${bound}s"
 started=$SECONDS
 status=0
-timeout --kill-after=10 "$bound" cargo test --quiet --test fuzz -- --nocapture >"$log" 2>&1 || status=$?
+timeout --kill-after=10 "$bound" cargo test --quiet --test core_fuzz -- --nocapture >"$log" 2>&1 || status=$?
 elapsed=$((SECONDS - started))
 
 # One line per target, from the count each target prints when it ends (pass or fail).

@@ -5,7 +5,7 @@
 //! `bao` is installed as `/usr/local/bin/bao` by `scripts/setup-test-host.sh`. Tests that need it never skip:
 //! [`OpenBao::start`] panics if it is missing.
 //!
-//! Facts about OpenBao 2.7 this module relies on (checked by hand, and by `tests/openbao_kv.rs`):
+//! Facts about OpenBao 2.7 this module relies on (checked by hand, and by `tests/vault_openbao_kv.rs`):
 //! - `bao server -dev` runs in memory, initialised and unsealed with one key share; it prints `Unseal Key: <key>`
 //!   on stdout and mounts KV v2 at `secret/`. The root token is the one given with `-dev-root-token-id`.
 //!   `-dev-no-store-token` keeps it from writing the token to `~/.vault-token`. Dev mode also binds a cluster

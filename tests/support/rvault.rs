@@ -4,7 +4,7 @@
 //! `rvault` is installed by `scripts/setup-test-host.sh` (`cargo install rusty_vault --locked`).
 //! Tests that need it never skip: [`RustyVault::start`] panics if it is missing.
 //!
-//! Facts about rvault 0.2.1 this module relies on (checked by hand and by `tests/rvault_smoke.rs`):
+//! Facts about rvault 0.2.1 this module relies on (checked by hand and by `tests/vault_rvault_smoke.rs`):
 //! - CLI: `rvault server --config <FILE>`; the file must end in `.hcl` or `.json` and holds
 //!   exactly one `storage` block and one `listener` block (HCL blocks written over several lines).
 //! - It starts uninitialised and sealed. `PUT /v1/sys/init {"secret_shares":N,"secret_threshold":M}`

@@ -567,7 +567,7 @@ fn a_table_of_bad_requests_gets_clear_errs_and_the_driver_keeps_serving() {
 }
 
 /// Names within the documented 1024-byte limit work end to end, however long their mountpoint's escaped name.
-/// (Fails today: see `regression_an_accepted_name_escapes_to_a_name_linux_can_create` in tests/fuzz.rs.)
+/// (Fails today: see `regression_an_accepted_name_escapes_to_a_name_linux_can_create` in tests/core_fuzz.rs.)
 #[test]
 fn a_long_name_within_the_limit_can_be_created_and_mounted() {
     let host = Host::start();
@@ -609,7 +609,7 @@ fn hostile_file_names_through_a_real_mount_fail_cleanly() {
     let long_256 = vec![b'a'; 256];
     let long_field = [b"db#".as_slice(), &[b'u'; 252]].concat();
     // `KEY@N` with N past u64 must not read the latest version (it does today: see
-    // `regression_an_out_of_range_version_is_not_the_latest` in tests/fuzz.rs).
+    // `regression_an_out_of_range_version_is_not_the_latest` in tests/core_fuzz.rs).
     let cases: Vec<(&str, Vec<u8>, &[i32])> = vec![
         ("a 255-byte name", long_255, &[ENOENT]),
         // The kernel hands FUSE names longer than NAME_MAX (255) to the driver, which answers ENOENT today
