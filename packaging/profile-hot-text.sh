@@ -4,7 +4,8 @@
 # the code mount units run, then check the P5 line of `cargo bench --bench service`. A stale list costs memory, never
 # correctness, and tests/core_hot_text_order.rs fails when more than 1 in 20 of its names are not in the build.
 #   packaging/profile-hot-text.sh
-# Needs root, docker, the systemd host image (scripts/build-systemd-host.sh), valgrind and python3.
+# Needs root, docker, the systemd host image (scripts/build-systemd-host.sh), valgrind, python3 and OpenBao at
+# /usr/local/bin/bao (scripts/setup-test-host.sh).
 #
 # It builds the package with a linker map, then in a systemd host serves a volume from a mount unit under valgrind
 # (lackey: every block of code entered), reads a secret and stops the unit, once with the default config and once
@@ -17,7 +18,8 @@ rm -f "$map"
 touch build.rs # relink, to write the map
 LIBSECRET_LINK_MAP=$map bash packaging/build-deb.sh >/dev/null
 [ -s "$map" ] || { echo "no linker map: build.rs did not use LLD's options" >&2; exit 1; }
-cargo build --quiet -p vault-api-server
+bao=/usr/local/bin/bao
+[ -x "$bao" ] || { echo "$bao missing: run scripts/setup-test-host.sh" >&2; exit 1; }
 deb=$(ls target/debian/*.deb)
 
 host=libsecret-hot-text-$$
@@ -30,18 +32,20 @@ for _ in $(seq 90); do
   sleep 1
 done
 docker cp "$deb" "$host:/root/p.deb"
-docker cp target/debug/vault-api-server "$host:/usr/local/bin/vault-api-server"
+docker cp "$bao" "$host:/usr/local/bin/bao"
 # valgrind's lackey, from this host (the image is Debian bookworm too).
 tar -C / -cf - usr/bin/valgrind usr/bin/valgrind.bin usr/libexec/valgrind/lackey-amd64-linux \
   usr/libexec/valgrind/vgpreload_core-amd64-linux.so usr/libexec/valgrind/default.supp |
   docker exec -i "$host" tar -C / -xf -
 docker exec "$host" sh -c '
-  echo "{\"secret/app/key\": {\"value\": \"v\"}}" > /root/seed.json
-  systemd-run --quiet --unit=vault /usr/local/bin/vault-api-server --listen 127.0.0.1:8200 --root-token hvs.t \
-    --seed /root/seed.json
-  for _ in $(seq 50); do curl -fs http://127.0.0.1:8200/v1/sys/health >/dev/null && break; sleep 0.1; done
+  systemd-run --quiet --unit=vault /usr/local/bin/bao server -dev -dev-root-token-id=profile-root-token \
+    -dev-listen-address=127.0.0.1:8200 -dev-no-store-token
+  for _ in $(seq 100); do curl -fs http://127.0.0.1:8200/v1/sys/health >/dev/null && break; sleep 0.2; done
+  curl -fs http://127.0.0.1:8200/v1/sys/health >/dev/null || { journalctl -u vault | tail -n 20; exit 1; }
+  curl -fsS -H "X-Vault-Token: profile-root-token" -X POST -d "{\"data\": {\"value\": \"v\"}}" \
+    http://127.0.0.1:8200/v1/secret/data/app/key >/dev/null
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q /root/p.deb >/dev/null 2>&1
-  umask 077; echo hvs.t > /etc/docker-volume-libsecret/token
+  umask 077; echo profile-root-token > /etc/docker-volume-libsecret/token
   mkdir -p /run/hot-text/mnt'
 
 # profile SECONDS < CONFIG: serves a volume under lackey with this config, reads a secret, waits, stops; appends the
@@ -62,7 +66,9 @@ profile() {
     --volume secret/app --mountpoint /run/hot-text/mnt
   docker exec "$host" sh -c 'grep -m1 " 00000000 .*/usr/bin/docker-volume-libsecret$" \
     /proc/$(systemctl show -p MainPID --value profile)/maps | cut -d- -f1' >>"$trace"
-  docker exec "$host" sh -c 'cat /run/hot-text/mnt/key >/dev/null; stat /run/hot-text/mnt/missing >/dev/null 2>&1 || true'
+  # The read must succeed: a profile of a failing read would order the wrong code.
+  docker exec "$host" sh -c 'cat /run/hot-text/mnt/key >/dev/null' || { echo "the mount unit could not read the secret" >&2; exit 1; }
+  docker exec "$host" sh -c 'stat /run/hot-text/mnt/missing >/dev/null 2>&1 || true'
   sleep "$1"
   docker exec "$host" systemctl stop profile
   wait "$reader"
