@@ -147,6 +147,16 @@ async fn kv_v2_latest_pinned_deleted_and_destroyed_versions() {
         "a destroyed version"
     );
     assert_eq!(
+        bao.kv_put(None, "secret", "app/gone", json!({"value": "x"})),
+        Some(1)
+    );
+    bao.kv_destroy(None, "secret", "app/gone", &[1]);
+    assert_eq!(
+        value(&source, "secret/app/gone").await,
+        Err(SourceError::NotFound),
+        "the latest version destroyed (not deleted)"
+    );
+    assert_eq!(
         value(&source, "secret/app/missing").await,
         Err(SourceError::NotFound)
     );
