@@ -1,6 +1,16 @@
-//! The real Vault client (vaultrs) behind `VaultSource`, against two Vault-API servers: the test server under
-//! `tests/vault-api-server` (written from HashiCorp's API docs) and RustyVault (`rvault`, an independent
-//! implementation). RustyVault missing is a failure, not a skip.
+//! The real Vault client (vaultrs) behind `VaultSource`, against three Vault-API servers:
+//! - OpenBao (`tests/support/openbao.rs`), with request counts from its audit log: start-up failing fast with what
+//!   to fix, the token file and the configured namespace, KV versions named in the config (no mount detection
+//!   then) and Vault's own non-KV paths refused unasked. KV v1/v2 detection and reads, deleted, destroyed and pinned
+//!   versions, policy denials and a sealed server are in `tests/vault_openbao_kv.rs`.
+//! - The Vault-API test server (`tests/vault-api-server`), only for what a real server cannot do on command: 500s,
+//!   connection resets and latency; a server without `sys/internal/ui/mounts` (OpenBao always serves it, and
+//!   answers 403 rather than the 404 of old servers that the KV v1 fallback is for); and showing the namespace
+//!   header of every request (OpenBao serves a token's own `auth/token/*` calls in the token's namespace whatever
+//!   the header says, so its audit log cannot show that header).
+//! - RustyVault (`rvault`, an independent implementation).
+//!
+//! OpenBao or RustyVault missing is a failure, not a skip.
 // A test crate: failing loudly (unwrap, expect, panic, indexing) is how it reports.
 #![allow(
     clippy::unwrap_used,
@@ -19,6 +29,7 @@ use docker_volume_libsecret::names::{VaultPath, View};
 use docker_volume_libsecret::source::vault::{VaultSetupError, VaultSource};
 use docker_volume_libsecret::source::{SecretSource, SourceError};
 use serde_json::json;
+use support::openbao::{AuditRequest, OpenBao};
 use vault_api_server::{KvVersion, ServerConfig, TestVault};
 
 fn path(p: &str) -> VaultPath {
@@ -91,125 +102,202 @@ async fn common_client_checks(
         .unwrap());
 }
 
-// ---- the Vault-API test server ----
+// ---- OpenBao ----
+
+/// The audited requests on exactly `path` with `operation`.
+fn count(requests: &[AuditRequest], operation: &str, path: &str) -> usize {
+    requests
+        .iter()
+        .filter(|r| r.operation == operation && r.path == path)
+        .count()
+}
+
+fn paths(requests: &[AuditRequest]) -> Vec<String> {
+    requests
+        .iter()
+        .map(|r| format!("{} {} [{}]", r.operation, r.path, r.namespace))
+        .collect()
+}
 
 #[tokio::test]
-async fn kv_v1_and_v2_are_detected_per_mount_and_read() {
-    let vault = TestVault::start(ServerConfig::default()).await.unwrap();
-    let source = VaultSource::connect(&config(&vault.addr(), vault.root_token()))
-        .await
-        .unwrap();
-    common_client_checks(&source, "secret", |p, v| vault.put(p, v)).await;
-    common_client_checks(&source, "kv", |p, v| vault.put(p, v)).await;
-    let requests = vault.requests();
-    let v2_reads = requests
-        .iter()
-        .filter(|r| r.path.starts_with("/v1/secret/data/"))
-        .count();
+async fn start_up_fails_fast_with_what_to_fix() {
+    let bao = OpenBao::start();
+    let mark = bao.audit_len();
+    let rejected = VaultSource::connect(&config(&bao.addr(), "not-a-token")).await;
     assert!(
-        v2_reads >= 3,
-        "KV v2 reads go to <mount>/data/: {:?}",
-        requests.iter().map(|r| &r.path).collect::<Vec<_>>()
+        matches!(rejected, Err(VaultSetupError::Rejected { .. })),
+        "{:?}",
+        rejected.as_ref().err()
     );
-    let detections = requests
+    assert_eq!(
+        count(
+            &bao.audit_requests_since(mark),
+            "read",
+            "auth/token/lookup-self"
+        ),
+        1,
+        "one lookup-self, not retried: {:#?}",
+        paths(&bao.audit_requests_since(mark))
+    );
+    let no_token = VaultSource::connect(&VaultConfig {
+        addr: vec![bao.addr()],
+        ..VaultConfig::default()
+    })
+    .await;
+    assert!(matches!(no_token, Err(VaultSetupError::Credential(_))));
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_addr = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    match VaultSource::connect(&config(&closed_addr, "x")).await {
+        Err(VaultSetupError::Unreachable { addr, .. }) => assert_eq!(addr, closed_addr),
+        Err(other) => panic!("unexpected error: {other}"),
+        Ok(_) => panic!("connected to a closed port"),
+    }
+    for error in [
+        rejected.err().unwrap().to_string(),
+        no_token.err().unwrap().to_string(),
+    ] {
+        assert!(!error.contains("not-a-token"), "{error}");
+        assert!(error.contains("token"), "{error}");
+    }
+}
+
+#[tokio::test]
+async fn the_token_file_is_read_and_the_namespace_is_sent() {
+    let bao = OpenBao::start();
+    bao.create_namespace("ns1");
+    bao.enable_kv(Some("ns1"), "secret", 2);
+    bao.kv_put(
+        Some("ns1"),
+        "secret",
+        "app/k",
+        json!({"value": "in-namespace"}),
+    );
+    bao.kv_put(
+        None,
+        "secret",
+        "app/k",
+        json!({"value": "in the root namespace"}),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let token_file =
+        support::root_only_file(dir.path(), "token", &format!("{}\n", bao.root_token()));
+    let mark = bao.audit_len();
+    let source = VaultSource::connect(&VaultConfig {
+        addr: vec![bao.addr()],
+        token_file: Some(token_file),
+        namespace: Some("ns1/".into()),
+        timeout: Duration::from_secs(2),
+        ..VaultConfig::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        value(&source, "secret/app/k").await.unwrap(),
+        "in-namespace"
+    );
+    let requests = bao.audit_requests_since(mark);
+    // OpenBao serves a token's own auth/token/* calls in the token's namespace whatever the header says: the
+    // lookup's namespace shows nothing about the client (the Vault-API test server checks its header below).
+    assert_eq!(count(&requests, "read", "auth/token/lookup-self"), 1);
+    let others: Vec<_> = requests
         .iter()
-        .filter(|r| r.path.starts_with("/v1/sys/internal/ui/mounts/"))
-        .count();
-    assert_eq!(detections, 2, "one detection per mount, then memoized");
+        .filter(|r| !r.path.starts_with("auth/token/"))
+        .collect();
+    assert_eq!(
+        others.iter().map(|r| r.path.as_str()).collect::<Vec<_>>(),
+        ["sys/internal/ui/mounts/secret/app/k", "secret/data/app/k"],
+        "{:#?}",
+        paths(&requests)
+    );
+    assert!(
+        others.iter().all(|r| r.namespace == "ns1"),
+        "{:#?}",
+        paths(&requests)
+    );
 }
 
 #[tokio::test]
-async fn deleted_and_destroyed_v2_versions_are_not_found() {
-    let vault = TestVault::start(ServerConfig::default()).await.unwrap();
-    let source = VaultSource::connect(&config(&vault.addr(), vault.root_token()))
-        .await
-        .unwrap();
-    vault.put("secret/a/k", json!({"value": "1"}));
-    vault.put("secret/a/k", json!({"value": "2"}));
-    assert_eq!(value(&source, "secret/a/k").await.unwrap(), "2");
-    vault.delete("secret/a/k");
+async fn configured_kv_versions_skip_mount_detection_and_a_wrong_one_finds_nothing() {
+    let bao = OpenBao::start();
+    bao.enable_kv(None, "kv", 1);
+    bao.kv_put(None, "kv", "app/k", json!({"value": "v1"}));
+    bao.kv_put(None, "secret", "app/k", json!({"value": "v2"}));
+    let mut settings = config(&bao.addr(), bao.root_token());
+    settings.kv_version.insert("kv/".into(), 1);
+    settings.kv_version.insert("secret/".into(), 1);
+    let mark = bao.audit_len();
+    let source = VaultSource::connect(&settings).await.unwrap();
+    assert_eq!(value(&source, "kv/app/k").await.unwrap(), "v1");
+    // A v2 mount read as v1 finds nothing (OpenBao answers the v1-style path with 404)...
     assert_eq!(
-        value(&source, "secret/a/k").await,
+        value(&source, "secret/app/k").await,
         Err(SourceError::NotFound)
     );
-    vault.put("secret/a/gone", json!({"value": "x"}));
-    vault.destroy_all("secret/a/gone");
+    // ...until the config names its version.
+    settings.kv_version.insert("secret/".into(), 2);
+    let source = VaultSource::connect(&settings).await.unwrap();
+    assert_eq!(value(&source, "secret/app/k").await.unwrap(), "v2");
+    let requests = bao.audit_requests_since(mark);
     assert_eq!(
-        value(&source, "secret/a/gone").await,
-        Err(SourceError::NotFound)
+        requests
+            .iter()
+            .filter(|r| r.path.starts_with("sys/internal/ui/mounts/"))
+            .count(),
+        0,
+        "a configured version is not detected: {:#?}",
+        paths(&requests)
     );
+    assert_eq!(count(&requests, "read", "kv/app/k"), 1);
+    assert_eq!(count(&requests, "read", "secret/app/k"), 1);
+    assert_eq!(count(&requests, "read", "secret/data/app/k"), 1);
 }
 
 #[tokio::test]
-async fn pinned_kv_v2_versions_are_read_and_deleted_or_destroyed_ones_are_not_found() {
-    let vault = TestVault::start(ServerConfig::default()).await.unwrap();
-    let source = VaultSource::connect(&config(&vault.addr(), vault.root_token()))
-        .await
-        .unwrap();
-    vault.put("secret/a/k", json!({"value": "one"}));
-    vault.put("secret/a/k", json!({"value": "two"}));
-    let version = |n| {
-        let source = &source;
-        async move {
-            let secret = source.read_version(&path("secret/a/k"), n).await?;
-            Ok::<_, SourceError>(
-                String::from_utf8(secret.render(&View::Default).unwrap().to_vec()).unwrap(),
-            )
-        }
-    };
-    assert_eq!(version(1).await.unwrap(), "one");
-    assert_eq!(version(2).await.unwrap(), "two");
-    assert_eq!(version(3).await, Err(SourceError::NotFound));
-    vault.delete("secret/a/k");
+async fn vaults_own_non_kv_paths_are_refused_without_asking() {
+    let bao = OpenBao::start();
+    // Not even a config override makes them KV v1.
+    let mut settings = config(&bao.addr(), bao.root_token());
+    settings.kv_version.insert("cubbyhole/".into(), 1);
+    let source = VaultSource::connect(&settings).await.unwrap();
+    let mark = bao.audit_len();
+    for path in [
+        "cubbyhole/x",
+        "sys/mounts",
+        "auth/token/lookup-self",
+        "identity/entity",
+    ] {
+        let refused = value(&source, path).await;
+        assert!(
+            matches!(&refused, Err(SourceError::Refused(why)) if why.contains("not a KV")),
+            "{path}: {refused:?}"
+        );
+        let path = VaultPath::from_volume_name(path).unwrap();
+        assert!(matches!(
+            source.check_served(&path).await,
+            Err(SourceError::Refused(_))
+        ));
+    }
     assert_eq!(
-        version(2).await,
-        Err(SourceError::NotFound),
-        "a soft-deleted version"
-    );
-    assert_eq!(version(1).await.unwrap(), "one");
-    vault.destroy_all("secret/a/k");
-    assert_eq!(
-        version(1).await,
-        Err(SourceError::NotFound),
-        "a destroyed version"
-    );
-    vault.put("kv/a/k", json!({"value": "v1 mount"}));
-    assert_eq!(
-        source.read_version(&path("kv/a/k"), 1).await.unwrap_err(),
-        SourceError::NotFound,
-        "KV v1 has no versions"
+        paths(&bao.audit_requests_since(mark)),
+        Vec::<String>::new(),
+        "refused without asking Vault"
     );
 }
 
+// ---- faults and missing endpoints: the Vault-API test server ----
+
+/// 500s and connection resets (faults OpenBao cannot produce on command) are Unavailable, and the next read after
+/// them works. A sealed server's 503 and policy denials are checked on OpenBao (`tests/vault_openbao_kv.rs`).
 #[tokio::test]
-async fn policy_denials_are_denied_and_outages_are_unavailable() {
+async fn server_errors_and_connection_resets_are_unavailable() {
     let vault = TestVault::start(ServerConfig::default()).await.unwrap();
     vault.put("secret/app-1/k", json!({"value": "1"}));
-    vault.put("secret/app-2/k", json!({"value": "2"}));
-    vault.set_policy(
-        "app-1",
-        &[
-            ("secret/data/app-1/*", &["read"]),
-            ("secret/metadata/app-1/*", &["list"]),
-        ],
-    );
-    let token = vault.create_token(&["app-1"], None, true);
-    let source = VaultSource::connect(&config(&vault.addr(), &token))
+    let source = VaultSource::connect(&config(&vault.addr(), vault.root_token()))
         .await
         .unwrap();
     assert_eq!(value(&source, "secret/app-1/k").await.unwrap(), "1");
-    assert!(matches!(
-        value(&source, "secret/app-2/k").await,
-        Err(SourceError::Denied(_))
-    ));
-
-    vault.faults().set_sealed(true);
-    let sealed = value(&source, "secret/app-1/k").await;
-    assert!(
-        matches!(&sealed, Err(SourceError::Unavailable(reason)) if reason.contains("503")),
-        "{sealed:?}"
-    );
-    vault.faults().set_sealed(false);
     vault.faults().set_status_override(Some(500));
     assert!(matches!(
         value(&source, "secret/app-1/k").await,
@@ -247,37 +335,10 @@ async fn a_slow_vault_is_cut_off_at_the_configured_timeout() {
     );
 }
 
+/// Every request, the token's lookup-self included, carries the configured namespace header as given. OpenBao's
+/// audit log cannot show it for `auth/token/*` (see the OpenBao test above).
 #[tokio::test]
-async fn start_up_fails_fast_with_what_to_fix() {
-    let vault = TestVault::start(ServerConfig::default()).await.unwrap();
-    let rejected = VaultSource::connect(&config(&vault.addr(), "not-a-token")).await;
-    assert!(matches!(rejected, Err(VaultSetupError::Rejected { .. })));
-    let no_token = VaultSource::connect(&VaultConfig {
-        addr: vec![vault.addr()],
-        ..VaultConfig::default()
-    })
-    .await;
-    assert!(matches!(no_token, Err(VaultSetupError::Credential(_))));
-
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let closed_addr = format!("http://{}", closed.local_addr().unwrap());
-    drop(closed);
-    match VaultSource::connect(&config(&closed_addr, "x")).await {
-        Err(VaultSetupError::Unreachable { addr, .. }) => assert_eq!(addr, closed_addr),
-        Err(other) => panic!("unexpected error: {other}"),
-        Ok(_) => panic!("connected to a closed port"),
-    }
-    for error in [
-        rejected.err().unwrap().to_string(),
-        no_token.err().unwrap().to_string(),
-    ] {
-        assert!(!error.contains("not-a-token"), "{error}");
-        assert!(error.contains("token"), "{error}");
-    }
-}
-
-#[tokio::test]
-async fn the_token_file_is_read_and_the_namespace_is_sent() {
+async fn the_namespace_header_is_sent_on_every_request() {
     let vault = TestVault::start(ServerConfig::default()).await.unwrap();
     vault.put("ns1/secret/app/k", json!({"value": "in-namespace"}));
     let dir = tempfile::tempdir().unwrap();
@@ -301,12 +362,20 @@ async fn the_token_file_is_read_and_the_namespace_is_sent() {
         value(&source, "secret/app/k").await.unwrap(),
         "in-namespace"
     );
-    assert!(vault
-        .requests()
+    let requests = vault.requests();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.path == "/v1/auth/token/lookup-self"),
+        "{requests:?}"
+    );
+    assert!(requests
         .iter()
         .all(|r| r.namespace.as_deref() == Some("ns1/")));
 }
 
+/// A server without `sys/internal/ui/mounts` (old servers answer 404; OpenBao always serves it, with 403 where the
+/// token may not look): the CLI's rule, KV v1 at the first segment, unless the config names the version.
 #[tokio::test]
 async fn without_mount_detection_the_first_segment_is_kv_v1_unless_configured() {
     let vault = TestVault::start(ServerConfig {
@@ -333,32 +402,6 @@ async fn without_mount_detection_the_first_segment_is_kv_v1_unless_configured() 
     settings.kv_version.insert("secret/".into(), 2);
     let source = VaultSource::connect(&settings).await.unwrap();
     assert_eq!(value(&source, "secret/app/k").await.unwrap(), "v2");
-    // Vault's own non-KV paths are never taken as KV v1, not even by a config override, and are never asked for.
-    settings.kv_version.insert("cubbyhole/".into(), 1);
-    let source = VaultSource::connect(&settings).await.unwrap();
-    let before = vault.requests().len();
-    for path in [
-        "cubbyhole/x",
-        "sys/mounts",
-        "auth/token/lookup-self",
-        "identity/entity",
-    ] {
-        let refused = value(&source, path).await;
-        assert!(
-            matches!(&refused, Err(SourceError::Refused(why)) if why.contains("not a KV")),
-            "{path}: {refused:?}"
-        );
-        let path = VaultPath::from_volume_name(path).unwrap();
-        assert!(matches!(
-            source.check_served(&path).await,
-            Err(SourceError::Refused(_))
-        ));
-    }
-    assert_eq!(
-        vault.requests().len(),
-        before,
-        "refused without asking Vault"
-    );
 }
 
 // ---- RustyVault ----

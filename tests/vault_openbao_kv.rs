@@ -147,6 +147,16 @@ async fn kv_v2_latest_pinned_deleted_and_destroyed_versions() {
         "a destroyed version"
     );
     assert_eq!(
+        bao.kv_put(None, "secret", "app/gone", json!({"value": "x"})),
+        Some(1)
+    );
+    bao.kv_destroy(None, "secret", "app/gone", &[1]);
+    assert_eq!(
+        value(&source, "secret/app/gone").await,
+        Err(SourceError::NotFound),
+        "the latest version destroyed (not deleted)"
+    );
+    assert_eq!(
         value(&source, "secret/app/missing").await,
         Err(SourceError::NotFound)
     );
@@ -352,7 +362,7 @@ async fn approle_logs_in_with_plain_and_wrapped_secret_ids() {
     let secret_id_file = write_secret_file(dir.path(), "secret-id", &creds.secret_id);
 
     let mark = bao.audit_len();
-    let source = VaultSource::connect(&approle_config(&bao, role_id_file, secret_id_file))
+    let source = VaultSource::connect(&approle_config(&bao, role_id_file.clone(), secret_id_file))
         .await
         .unwrap();
     assert_eq!(
@@ -408,6 +418,20 @@ async fn approle_logs_in_with_plain_and_wrapped_secret_ids() {
         .unwrap()
         .to_string();
     assert!(error.contains("wrapping token works once"), "{error}");
+    assert!(!error.contains(&wrapping_token), "{error}");
+
+    // Wrong credentials fail at start, naming the method and never the secret.
+    let bad = write_secret_file(dir.path(), "bad-secret-id", "not-a-secret-id");
+    let config = approle_config(&bao, role_id_file, bad);
+    match VaultSource::connect(&config).await {
+        Err(error @ VaultSetupError::Rejected { .. }) => {
+            let text = error.to_string();
+            assert!(text.contains("approle"), "{text}");
+            assert!(!text.contains("not-a-secret-id"), "{text}");
+        }
+        Err(other) => panic!("unexpected error: {other}"),
+        Ok(_) => panic!("a bad secret ID logged in"),
+    }
 }
 
 #[tokio::test]

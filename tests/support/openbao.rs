@@ -76,6 +76,14 @@ pub struct AuditRequest {
     pub mount_type: Option<String>,
 }
 
+/// A request OpenBao answered with an error, from [`OpenBao::audit_errors_since`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditError {
+    pub request: AuditRequest,
+    /// The response entry's `error`, such as `1 error occurred:\n\t* permission denied\n\n`.
+    pub error: String,
+}
+
 /// AppRole credentials made by [`OpenBao::approle`].
 #[derive(Debug, Clone)]
 pub struct AppRoleCredentials {
@@ -440,18 +448,78 @@ impl OpenBao {
         );
     }
 
-    /// A new service token in `namespace` with `policies` (and `default`) and `ttl` (such as `1h`).
+    /// A new service token in `namespace` with `policies` (and `default`) and `ttl` (such as `1h`). It is
+    /// renewable: renew-self without an increment grants `ttl` again.
     pub fn create_token(&self, namespace: Option<&str>, policies: &[&str], ttl: &str) -> String {
-        let reply = self.call(
-            "POST",
-            "auth/token/create",
-            namespace,
-            json!({ "policies": policies, "ttl": ttl }),
-        );
+        self.create_token_with(namespace, json!({ "policies": policies, "ttl": ttl }))
+    }
+
+    /// A new token from `auth/token/create` with `params` (`policies`, `ttl`, `renewable`, `period`, `id`, ...).
+    pub fn create_token_with(&self, namespace: Option<&str>, params: Value) -> String {
+        let reply = self.call("POST", "auth/token/create", namespace, params);
         reply["auth"]["client_token"]
             .as_str()
             .unwrap_or_else(|| panic!("auth/token/create: no client_token in {reply}"))
             .to_owned()
+    }
+
+    /// Revokes `token` (and its children) as root, through `auth/token/revoke`.
+    pub fn revoke_token(&self, token: &str) {
+        self.call("POST", "auth/token/revoke", None, json!({ "token": token }));
+    }
+
+    /// The status OpenBao answers `GET auth/token/lookup-self` with `token`: 200 live, 403 revoked or unknown.
+    pub fn token_status(&self, token: &str) -> u16 {
+        self.request("GET", "auth/token/lookup-self", None, Some(token), None)
+            .0
+    }
+
+    /// The accessors of the live tokens of the root namespace that were issued at `path` (such as
+    /// `auth/approle/login`), from `LIST auth/token/accessors` and `auth/token/lookup-accessor`. Unlike the audit
+    /// log, which only holds HMACs, this names the tokens a client obtained.
+    pub fn live_token_accessors_issued_at(&self, path: &str) -> Vec<String> {
+        let (status, listed) = self.request(
+            "LIST",
+            "auth/token/accessors",
+            None,
+            Some(&self.root_token),
+            None,
+        );
+        if status == 404 {
+            return Vec::new();
+        }
+        assert_eq!(status, 200, "LIST auth/token/accessors: {listed}");
+        let keys = listed["data"]["keys"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        keys.iter()
+            .filter_map(Value::as_str)
+            .filter(|accessor| {
+                let (status, info) = self.request(
+                    "POST",
+                    "auth/token/lookup-accessor",
+                    None,
+                    Some(&self.root_token),
+                    Some(&json!({ "accessor": accessor })),
+                );
+                // A token can die between the list and its lookup.
+                status == 200 && info["data"]["path"] == path
+            })
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The status OpenBao answers `auth/token/lookup-accessor` for `accessor` with: 200 while its token lives.
+    pub fn accessor_status(&self, accessor: &str) -> u16 {
+        self.request(
+            "POST",
+            "auth/token/lookup-accessor",
+            None,
+            Some(&self.root_token),
+            Some(&json!({ "accessor": accessor })),
+        )
+        .0
     }
 
     /// Enables AppRole at `auth/approle` in `namespace` (once), creates `role` with `policies` (service tokens,
@@ -527,19 +595,10 @@ impl OpenBao {
 
     /// Every request entry of the audit log so far, oldest first.
     pub fn audit_requests(&self) -> Vec<AuditRequest> {
-        let path = self.audit_log_path();
-        let text = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("read the audit log {}: {e}", path.display()));
-        // The server may be writing a line right now: only whole lines count.
-        let whole = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
-        whole
-            .lines()
-            .filter(|line| !line.trim().is_empty())
-            .filter_map(|line| {
-                let entry: Value = serde_json::from_str(line)
-                    .unwrap_or_else(|e| panic!("audit log line is not JSON ({e}): {line}"));
-                (entry["type"] == "request").then(|| parse_audit_request(&entry))
-            })
+        self.audit_entries()
+            .iter()
+            .filter(|entry| entry["type"] == "request")
+            .map(parse_audit_request)
             .collect()
     }
 
@@ -560,6 +619,56 @@ impl OpenBao {
         requests
     }
 
+    /// The requests logged after `mark` that OpenBao answered with an error (a `"response"` entry with `error`
+    /// set: a denial, a dead token, a sealed server, a bad request), oldest first. A KV read of a missing secret
+    /// (404) carries no error there.
+    pub fn audit_errors_since(&self, mark: usize) -> Vec<AuditError> {
+        let entries = self.audit_entries();
+        let requests: Vec<&Value> = entries.iter().filter(|e| e["type"] == "request").collect();
+        assert!(
+            mark <= requests.len(),
+            "audit mark {mark} is past the log's {} requests",
+            requests.len()
+        );
+        let ids: std::collections::HashSet<&str> = requests[mark..]
+            .iter()
+            .filter_map(|e| e["request"]["id"].as_str())
+            .collect();
+        entries
+            .iter()
+            .filter(|e| e["type"] == "response")
+            .filter(|e| {
+                e["request"]["id"]
+                    .as_str()
+                    .is_some_and(|id| ids.contains(id))
+            })
+            .filter_map(|e| {
+                let error = e["error"].as_str().filter(|error| !error.is_empty())?;
+                Some(AuditError {
+                    request: parse_audit_request(e),
+                    error: error.to_owned(),
+                })
+            })
+            .collect()
+    }
+
+    /// Every whole entry of the audit log so far, requests and responses, oldest first.
+    fn audit_entries(&self) -> Vec<Value> {
+        let path = self.audit_log_path();
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("read the audit log {}: {e}", path.display()));
+        // The server may be writing a line right now: only whole lines count.
+        let whole = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
+        whole
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .map(|line| {
+                serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("audit log line is not JSON ({e}): {line}"))
+            })
+            .collect()
+    }
+
     /// How many requests to exactly `path` (as in [`AuditRequest::path`]) were logged after `mark`.
     pub fn audit_count_since(&self, mark: usize, path: &str) -> usize {
         self.audit_requests_since(mark)
@@ -575,17 +684,23 @@ impl OpenBao {
     /// them (Vault's default), so the `cert` auth method works on it. The plain listener stays what [`OpenBao::addr`]
     /// names, for set-up.
     pub fn start_tls(cert_file: &Path, key_file: &Path) -> (OpenBao, u16) {
+        Self::start_tls_on("127.0.0.1", cert_file, key_file)
+    }
+
+    /// [`OpenBao::start_tls`] with the TLS listener on the loopback address `host` (such as `127.0.0.2`, for a
+    /// second "host"); the plain set-up listener stays on 127.0.0.1.
+    pub fn start_tls_on(host: &str, cert_file: &Path, key_file: &Path) -> (OpenBao, u16) {
         let bin = find_bao().unwrap_or_else(|| {
             panic!("OpenBao's `bao` not found at {BAO_BIN} nor on PATH: run scripts/setup-test-host.sh")
         });
         let mut last_err = String::new();
         for _attempt in 0..3 {
             // The TLS listener has its own cluster listener on its port + 1, like the dev one.
-            let tls_port = free_port_pair();
+            let tls_port = free_port_pair_on(host);
             let listener = format!(
                 r#"listener "tcp" {{
-  address = "127.0.0.1:{tls_port}"
-  cluster_address = "127.0.0.1:{}"
+  address = "{host}:{tls_port}"
+  cluster_address = "{host}:{}"
   tls_cert_file = "{}"
   tls_key_file = "{}"
 }}"#,
@@ -649,6 +764,25 @@ fn is_executable(p: &Path) -> bool {
     std::fs::metadata(p)
         .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         .unwrap_or(false)
+}
+
+/// [`free_port_pair`] on the loopback address `host`.
+fn free_port_pair_on(host: &str) -> u16 {
+    if host == "127.0.0.1" {
+        return free_port_pair();
+    }
+    for _ in 0..20 {
+        let Ok(port) = std::net::TcpListener::bind((host, 0))
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+        else {
+            continue;
+        };
+        if port < u16::MAX && std::net::TcpListener::bind((host, port + 1)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port pair on {host}");
 }
 
 /// A free port whose successor was free too: dev mode binds its cluster listener on the API port + 1.
