@@ -520,6 +520,17 @@ mod tests {
     use std::sync::Mutex;
 
     const TOKEN: &str = "s.broker-test-token-9f3e";
+
+    #[test]
+    fn a_lent_token_never_shows_in_debug_output() {
+        let lent = Lent {
+            token: Zeroizing::new(TOKEN.to_owned()),
+            ttl: Some(Duration::from_secs(30)),
+        };
+        let shown = format!("{lent:?} {lent:#?}");
+        assert!(!shown.contains(TOKEN), "{shown}");
+        assert!(shown.contains("redacted") && shown.contains("30s"), "{shown}");
+    }
     const FINGERPRINT: &str = "fp-rule-1";
 
     /// A lender with a fixed token (or none), counting calls and remembering dead-token hints.
