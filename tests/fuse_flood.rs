@@ -32,6 +32,7 @@ use docker_volume_libsecret::source::{SecretSource, SourceError};
 use serde_json::json;
 use support::mount::MountedVolume;
 use support::openbao::{AuditRequest, OpenBao};
+use support::vault_client::paths;
 
 const NAMES: usize = 20_000;
 const NEGATIVE_TTL: Duration = Duration::from_secs(60);
@@ -142,14 +143,6 @@ fn mount(
 
 fn one_cache(cache: &Arc<SecretCache>) -> Arc<dyn SecretRouter> {
     support::mount::through(cache)
-}
-
-fn paths(requests: &[AuditRequest]) -> Vec<String> {
-    requests
-        .iter()
-        .take(10)
-        .map(|r| format!("{} {}", r.operation, r.path))
-        .collect()
 }
 
 #[test]

@@ -16,16 +16,17 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use docker_volume_libsecret::config::{AuthMethod, Credential, VaultConfig};
+use docker_volume_libsecret::config::{Credential, VaultConfig};
 use docker_volume_libsecret::names::{VaultPath, View};
 use docker_volume_libsecret::source::vault::VaultSource;
 use docker_volume_libsecret::source::SecretSource;
 use serde_json::json;
-use support::openbao::{AuditRequest, OpenBao};
+use support::openbao::OpenBao;
 use support::vault_admin::Admin;
+use support::vault_client::{approle_config, count, credential_file, paths, token_file_config};
 use vault_api_server::{ServerConfig, TestVault};
 
 async fn read(source: &VaultSource, path: &str) -> Result<String, String> {
@@ -34,56 +35,6 @@ async fn read(source: &VaultSource, path: &str) -> Result<String, String> {
         .await
         .map_err(|e| format!("{e:?}"))?;
     Ok(String::from_utf8(secret.render(&View::Default).unwrap().to_vec()).unwrap())
-}
-
-fn write_secret_file(dir: &Path, name: &str, value: &str) -> PathBuf {
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = dir.join(name);
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&path)
-        .unwrap();
-    std::io::Write::write_all(&mut file, format!("{value}\n").as_bytes()).unwrap();
-    path
-}
-
-fn approle_config(addr: &str, role_id_file: PathBuf, secret_id_file: PathBuf) -> VaultConfig {
-    let mut config = VaultConfig {
-        addr: vec![addr.to_owned()],
-        auth: AuthMethod::Approle,
-        timeout: Duration::from_secs(2),
-        ..VaultConfig::default()
-    };
-    config.approle.role_id_file = Some(role_id_file);
-    config.approle.secret_id_file = Some(secret_id_file);
-    config
-}
-
-fn token_file_config(addr: &str, token_file: PathBuf) -> VaultConfig {
-    VaultConfig {
-        addr: vec![addr.to_owned()],
-        token_file: Some(token_file),
-        timeout: Duration::from_secs(2),
-        ..VaultConfig::default()
-    }
-}
-
-/// The audited requests with `operation` on exactly `path` (`read` for GET, `update` for POST).
-fn count(requests: &[AuditRequest], operation: &str, path: &str) -> usize {
-    requests
-        .iter()
-        .filter(|r| r.operation == operation && r.path == path)
-        .count()
-}
-
-fn paths(requests: &[AuditRequest]) -> Vec<String> {
-    requests
-        .iter()
-        .map(|r| format!("{} {} [{}]", r.operation, r.path, r.namespace))
-        .collect()
 }
 
 /// The KV reads (of the `secret/` mount) after `mark` that OpenBao answered with an error.
@@ -148,8 +99,8 @@ async fn non_renewable_approle_tokens_are_replaced_by_new_logins() {
     let dir = tempfile::tempdir().unwrap();
     let config = approle_config(
         &bao.addr(),
-        write_secret_file(dir.path(), "role-id", &role_id),
-        write_secret_file(dir.path(), "secret-id", &admin.secret_id("batch").await),
+        credential_file(dir.path(), "role-id", &role_id),
+        credential_file(dir.path(), "secret-id", &admin.secret_id("batch").await),
     );
     let mark = bao.audit_len();
     let source = VaultSource::connect(&config).await.unwrap();
@@ -171,14 +122,14 @@ async fn a_revoked_token_is_replaced_from_the_token_file_and_the_read_retried() 
     bao.kv_put(None, "secret", "app/k", json!({"value": "v"}));
     let first = bao.create_token(None, &["root"], "1h");
     let dir = tempfile::tempdir().unwrap();
-    let token_file = write_secret_file(dir.path(), "token", &first);
+    let token_file = credential_file(dir.path(), "token", &first);
     let config = token_file_config(&bao.addr(), token_file);
     let source = VaultSource::connect(&config).await.unwrap();
     assert_eq!(read(&source, "secret/app/k").await.unwrap(), "v");
 
     // An operator rotates the token: the file gets the new one and the old one is revoked.
     let second = bao.create_token(None, &["root"], "1h");
-    write_secret_file(dir.path(), "token", &second);
+    credential_file(dir.path(), "token", &second);
     bao.revoke_token(&first);
     assert_eq!(bao.token_status(&first), 403);
     tokio::time::sleep(Duration::from_secs(6)).await; // past the 403 re-check interval
@@ -192,7 +143,7 @@ async fn a_revoked_token_is_replaced_from_the_token_file_and_the_read_retried() 
     // A real policy denial stays a denial: no endless re-reading.
     bao.put_policy(None, "narrow", APP_POLICY);
     let narrow = bao.create_token(None, &["narrow"], "1h");
-    write_secret_file(dir.path(), "token", &narrow);
+    credential_file(dir.path(), "token", &narrow);
     let source = VaultSource::connect(&config).await.unwrap();
     bao.kv_put(None, "secret", "other/k", json!({"value": "x"}));
     let mark = bao.audit_len();
@@ -270,13 +221,13 @@ async fn credential_files_must_be_root_only() {
     let admin = bao.admin();
     let role_id = admin.approle("app", &["default"], "1h", "service").await;
     let dir = tempfile::tempdir().unwrap();
-    let token_file = write_secret_file(
+    let token_file = credential_file(
         dir.path(),
         "token",
         &bao.create_token(None, &["root"], "1h"),
     );
-    let role_id_file = write_secret_file(dir.path(), "role-id", &role_id);
-    let secret_id_file = write_secret_file(dir.path(), "secret-id", &admin.secret_id("app").await);
+    let role_id_file = credential_file(dir.path(), "role-id", &role_id);
+    let secret_id_file = credential_file(dir.path(), "secret-id", &admin.secret_id("app").await);
     let pki = vault_api_server::pki::TestPki::generate(&["localhost"]);
     pki.write_to(dir.path()).unwrap();
     let client_key = dir.path().join("client-key.pem");
@@ -376,8 +327,8 @@ async fn revoke_login_revokes_the_token_an_approle_login_obtained() {
     let dir = tempfile::tempdir().unwrap();
     let config = approle_config(
         &bao.addr(),
-        write_secret_file(dir.path(), "role-id", &role_id),
-        write_secret_file(dir.path(), "secret-id", &admin.secret_id("app").await),
+        credential_file(dir.path(), "role-id", &role_id),
+        credential_file(dir.path(), "secret-id", &admin.secret_id("app").await),
     );
     let mark = bao.audit_len();
     let source = VaultSource::connect(&config).await.unwrap();
@@ -419,7 +370,7 @@ async fn revoke_login_never_revokes_an_operators_token() {
         ..VaultConfig::default()
     };
     let from_file = VaultConfig {
-        token_file: Some(write_secret_file(dir.path(), "token", &in_file)),
+        token_file: Some(credential_file(dir.path(), "token", &in_file)),
         ..base.clone()
     };
     let given_inline = VaultConfig {
@@ -455,8 +406,8 @@ async fn revoke_login_gives_up_when_vault_does_not_answer() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = approle_config(
         &vault.addr(),
-        write_secret_file(dir.path(), "role-id", &role_id),
-        write_secret_file(dir.path(), "secret-id", &admin.secret_id("app").await),
+        credential_file(dir.path(), "role-id", &role_id),
+        credential_file(dir.path(), "secret-id", &admin.secret_id("app").await),
     );
     config.timeout = Duration::from_millis(500);
     let source = VaultSource::connect(&config).await.unwrap();

@@ -24,31 +24,14 @@ mod support;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use docker_volume_libsecret::config::{Credential, VaultConfig};
+use docker_volume_libsecret::config::VaultConfig;
 use docker_volume_libsecret::names::{VaultPath, View};
 use docker_volume_libsecret::source::vault::{VaultSetupError, VaultSource};
 use docker_volume_libsecret::source::{SecretSource, SourceError};
 use serde_json::json;
-use support::openbao::{AuditRequest, OpenBao};
+use support::openbao::OpenBao;
+use support::vault_client::{count, path, paths, token_config, value};
 use vault_api_server::{KvVersion, ServerConfig, TestVault};
-
-fn path(p: &str) -> VaultPath {
-    VaultPath::from_volume_name(p).unwrap()
-}
-
-fn config(addr: &str, token: &str) -> VaultConfig {
-    VaultConfig {
-        addr: vec![addr.to_owned()],
-        token: Some(Credential::new(token.to_owned())),
-        timeout: Duration::from_secs(2),
-        ..VaultConfig::default()
-    }
-}
-
-async fn value(source: &VaultSource, p: &str) -> Result<String, SourceError> {
-    let secret = source.read(&path(p)).await?;
-    Ok(String::from_utf8(secret.render(&View::Default).unwrap().to_vec()).unwrap())
-}
 
 /// The same client checks for any server that has `put` at `mount` (KV v1 or v2).
 async fn common_client_checks(
@@ -104,26 +87,11 @@ async fn common_client_checks(
 
 // ---- OpenBao ----
 
-/// The audited requests on exactly `path` with `operation`.
-fn count(requests: &[AuditRequest], operation: &str, path: &str) -> usize {
-    requests
-        .iter()
-        .filter(|r| r.operation == operation && r.path == path)
-        .count()
-}
-
-fn paths(requests: &[AuditRequest]) -> Vec<String> {
-    requests
-        .iter()
-        .map(|r| format!("{} {} [{}]", r.operation, r.path, r.namespace))
-        .collect()
-}
-
 #[tokio::test]
 async fn start_up_fails_fast_with_what_to_fix() {
     let bao = OpenBao::start();
     let mark = bao.audit_len();
-    let rejected = VaultSource::connect(&config(&bao.addr(), "not-a-token")).await;
+    let rejected = VaultSource::connect(&token_config(&bao.addr(), "not-a-token")).await;
     assert!(
         matches!(rejected, Err(VaultSetupError::Rejected { .. })),
         "{:?}",
@@ -149,7 +117,7 @@ async fn start_up_fails_fast_with_what_to_fix() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let closed_addr = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
-    match VaultSource::connect(&config(&closed_addr, "x")).await {
+    match VaultSource::connect(&token_config(&closed_addr, "x")).await {
         Err(VaultSetupError::Unreachable { addr, .. }) => assert_eq!(addr, closed_addr),
         Err(other) => panic!("unexpected error: {other}"),
         Ok(_) => panic!("connected to a closed port"),
@@ -224,7 +192,7 @@ async fn configured_kv_versions_skip_mount_detection_and_a_wrong_one_finds_nothi
     bao.enable_kv(None, "kv", 1);
     bao.kv_put(None, "kv", "app/k", json!({"value": "v1"}));
     bao.kv_put(None, "secret", "app/k", json!({"value": "v2"}));
-    let mut settings = config(&bao.addr(), bao.root_token());
+    let mut settings = token_config(&bao.addr(), bao.root_token());
     settings.kv_version.insert("kv/".into(), 1);
     settings.kv_version.insert("secret/".into(), 1);
     let mark = bao.audit_len();
@@ -258,7 +226,7 @@ async fn configured_kv_versions_skip_mount_detection_and_a_wrong_one_finds_nothi
 async fn vaults_own_non_kv_paths_are_refused_without_asking() {
     let bao = OpenBao::start();
     // Not even a config override makes them KV v1.
-    let mut settings = config(&bao.addr(), bao.root_token());
+    let mut settings = token_config(&bao.addr(), bao.root_token());
     settings.kv_version.insert("cubbyhole/".into(), 1);
     let source = VaultSource::connect(&settings).await.unwrap();
     let mark = bao.audit_len();
@@ -294,7 +262,7 @@ async fn vaults_own_non_kv_paths_are_refused_without_asking() {
 async fn server_errors_and_connection_resets_are_unavailable() {
     let vault = TestVault::start(ServerConfig::default()).await.unwrap();
     vault.put("secret/app-1/k", json!({"value": "1"}));
-    let source = VaultSource::connect(&config(&vault.addr(), vault.root_token()))
+    let source = VaultSource::connect(&token_config(&vault.addr(), vault.root_token()))
         .await
         .unwrap();
     assert_eq!(value(&source, "secret/app-1/k").await.unwrap(), "1");
@@ -317,7 +285,7 @@ async fn server_errors_and_connection_resets_are_unavailable() {
 async fn a_slow_vault_is_cut_off_at_the_configured_timeout() {
     let vault = TestVault::start(ServerConfig::default()).await.unwrap();
     vault.put("secret/slow/k", json!({"value": "1"}));
-    let source = VaultSource::connect(&config(&vault.addr(), vault.root_token()))
+    let source = VaultSource::connect(&token_config(&vault.addr(), vault.root_token()))
         .await
         .unwrap();
     assert_eq!(value(&source, "secret/slow/k").await.unwrap(), "1");
@@ -390,7 +358,7 @@ async fn without_mount_detection_the_first_segment_is_kv_v1_unless_configured() 
     .unwrap();
     vault.put("kv/app/k", json!({"value": "v1"}));
     vault.put("secret/app/k", json!({"value": "v2"}));
-    let mut settings = config(&vault.addr(), vault.root_token());
+    let mut settings = token_config(&vault.addr(), vault.root_token());
     let source = VaultSource::connect(&settings).await.unwrap();
     assert_eq!(value(&source, "kv/app/k").await.unwrap(), "v1");
     // A v2 mount read as v1 finds nothing...
@@ -411,11 +379,11 @@ async fn rusty_vault_kv_v1_and_token_auth() {
     let rvault = tokio::task::spawn_blocking(support::rvault::RustyVault::start)
         .await
         .unwrap();
-    let source = VaultSource::connect(&config(&rvault.addr(), &rvault.root_token()))
+    let source = VaultSource::connect(&token_config(&rvault.addr(), &rvault.root_token()))
         .await
         .unwrap();
     common_client_checks(&source, "secret", |p, v| rvault.put_kv1(p, &v)).await;
-    let rejected = VaultSource::connect(&config(&rvault.addr(), "bogus-token")).await;
+    let rejected = VaultSource::connect(&token_config(&rvault.addr(), "bogus-token")).await;
     assert!(
         matches!(rejected, Err(VaultSetupError::Rejected { .. })),
         "{:?}",

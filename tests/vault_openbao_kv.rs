@@ -12,64 +12,18 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use docker_volume_libsecret::config::{AuthMethod, Credential, VaultConfig};
-use docker_volume_libsecret::names::{VaultPath, View};
+use docker_volume_libsecret::names::View;
 use docker_volume_libsecret::source::vault::{VaultSetupError, VaultSource};
 use docker_volume_libsecret::source::{SecretSource, SourceError};
 use serde_json::json;
 use support::openbao::{AuditRequest, OpenBao};
+use support::vault_client::{
+    approle_config, count, credential_file, path, paths, text, token_config, value,
+};
 
 const UI_MOUNTS: &str = "sys/internal/ui/mounts/";
-
-fn path(p: &str) -> VaultPath {
-    VaultPath::from_volume_name(p).unwrap()
-}
-
-fn token_config(bao: &OpenBao, token: &str) -> VaultConfig {
-    VaultConfig {
-        addr: vec![bao.addr()],
-        token: Some(Credential::new(token.to_owned())),
-        timeout: Duration::from_secs(2),
-        ..VaultConfig::default()
-    }
-}
-
-fn approle_config(bao: &OpenBao, role_id_file: PathBuf, secret_id_file: PathBuf) -> VaultConfig {
-    let mut config = VaultConfig {
-        addr: vec![bao.addr()],
-        auth: AuthMethod::Approle,
-        timeout: Duration::from_secs(2),
-        ..VaultConfig::default()
-    };
-    config.approle.role_id_file = Some(role_id_file);
-    config.approle.secret_id_file = Some(secret_id_file);
-    config
-}
-
-fn write_secret_file(dir: &Path, name: &str, value: &str) -> PathBuf {
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = dir.join(name);
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&path)
-        .unwrap();
-    std::io::Write::write_all(&mut file, format!("{value}\n").as_bytes()).unwrap();
-    path
-}
-
-fn text(secret: &docker_volume_libsecret::source::Secret) -> String {
-    String::from_utf8(secret.render(&View::Default).unwrap().to_vec()).unwrap()
-}
-
-async fn value(source: &VaultSource, p: &str) -> Result<String, SourceError> {
-    Ok(text(&source.read(&path(p)).await?))
-}
 
 async fn version(source: &VaultSource, p: &str, n: u64) -> Result<String, SourceError> {
     Ok(text(&source.read_version(&path(p), n).await?))
@@ -81,20 +35,6 @@ fn detections(requests: &[AuditRequest]) -> Vec<String> {
         .iter()
         .filter(|r| r.path.starts_with(UI_MOUNTS))
         .map(|r| format!("{}:{}", r.namespace, &r.path[UI_MOUNTS.len()..]))
-        .collect()
-}
-
-fn count(requests: &[AuditRequest], operation: &str, path: &str) -> usize {
-    requests
-        .iter()
-        .filter(|r| r.operation == operation && r.path == path)
-        .count()
-}
-
-fn paths(requests: &[AuditRequest]) -> Vec<String> {
-    requests
-        .iter()
-        .map(|r| format!("{} {} [{}]", r.operation, r.path, r.namespace))
         .collect()
 }
 
@@ -110,7 +50,7 @@ async fn kv_v2_latest_pinned_deleted_and_destroyed_versions() {
         Some(2)
     );
     let mark = bao.audit_len();
-    let source = VaultSource::connect(&token_config(&bao, bao.root_token()))
+    let source = VaultSource::connect(&token_config(&bao.addr(), bao.root_token()))
         .await
         .unwrap();
 
@@ -201,7 +141,7 @@ async fn kv_v1_mounts_nested_folders_and_multi_segment_mounts() {
         json!({"user": "app", "password": "pw"}),
     );
     let mark = bao.audit_len();
-    let source = VaultSource::connect(&token_config(&bao, bao.root_token()))
+    let source = VaultSource::connect(&token_config(&bao.addr(), bao.root_token()))
         .await
         .unwrap();
 
@@ -312,7 +252,7 @@ path "secret/metadata/app-1/*" { capabilities = ["list"] }
     );
     let token = bao.create_token(None, &["app-1"], "1h");
     let mark = bao.audit_len();
-    let source = VaultSource::connect(&token_config(&bao, &token))
+    let source = VaultSource::connect(&token_config(&bao.addr(), &token))
         .await
         .unwrap();
 
@@ -358,13 +298,17 @@ async fn approle_logs_in_with_plain_and_wrapped_secret_ids() {
     );
     let creds = bao.approle(None, "app", &["app"]);
     let dir = tempfile::tempdir().unwrap();
-    let role_id_file = write_secret_file(dir.path(), "role-id", &creds.role_id);
-    let secret_id_file = write_secret_file(dir.path(), "secret-id", &creds.secret_id);
+    let role_id_file = credential_file(dir.path(), "role-id", &creds.role_id);
+    let secret_id_file = credential_file(dir.path(), "secret-id", &creds.secret_id);
 
     let mark = bao.audit_len();
-    let source = VaultSource::connect(&approle_config(&bao, role_id_file.clone(), secret_id_file))
-        .await
-        .unwrap();
+    let source = VaultSource::connect(&approle_config(
+        &bao.addr(),
+        role_id_file.clone(),
+        secret_id_file,
+    ))
+    .await
+    .unwrap();
     assert_eq!(
         value(&source, "secret/app/db").await.unwrap(),
         "approle-read"
@@ -391,9 +335,9 @@ async fn approle_logs_in_with_plain_and_wrapped_secret_ids() {
     let role_id = admin.approle("svc", &["app"], "1h", "service").await;
     let wrapping_token = admin.wrapped_secret_id("svc").await;
     let mut config = approle_config(
-        &bao,
-        write_secret_file(dir.path(), "svc-role-id", &role_id),
-        write_secret_file(dir.path(), "wrapped", &wrapping_token),
+        &bao.addr(),
+        credential_file(dir.path(), "svc-role-id", &role_id),
+        credential_file(dir.path(), "wrapped", &wrapping_token),
     );
     config.approle.secret_id_wrapped = true;
     let mark = bao.audit_len();
@@ -421,8 +365,8 @@ async fn approle_logs_in_with_plain_and_wrapped_secret_ids() {
     assert!(!error.contains(&wrapping_token), "{error}");
 
     // Wrong credentials fail at start, naming the method and never the secret.
-    let bad = write_secret_file(dir.path(), "bad-secret-id", "not-a-secret-id");
-    let config = approle_config(&bao, role_id_file, bad);
+    let bad = credential_file(dir.path(), "bad-secret-id", "not-a-secret-id");
+    let config = approle_config(&bao.addr(), role_id_file, bad);
     match VaultSource::connect(&config).await {
         Err(error @ VaultSetupError::Rejected { .. }) => {
             let text = error.to_string();
@@ -456,7 +400,7 @@ path "dev/kv/app/*" { capabilities = ["read"] }
     let token = bao.create_token(Some("team"), &["reader"], "1h");
 
     let mark = bao.audit_len();
-    let mut config = token_config(&bao, &token);
+    let mut config = token_config(&bao.addr(), &token);
     config.namespace = Some("team".to_owned());
     let team = VaultSource::connect(&config).await.unwrap();
     assert_eq!(value(&team, "kv/app/db").await.unwrap(), "in team");
@@ -499,7 +443,7 @@ path "dev/kv/app/*" { capabilities = ["read"] }
 async fn a_sealed_server_is_unavailable_until_unsealed() {
     let bao = OpenBao::start();
     bao.kv_put(None, "secret", "app/k", json!({"value": "before"}));
-    let source = VaultSource::connect(&token_config(&bao, bao.root_token()))
+    let source = VaultSource::connect(&token_config(&bao.addr(), bao.root_token()))
         .await
         .unwrap();
     assert_eq!(value(&source, "secret/app/k").await.unwrap(), "before");
@@ -515,7 +459,7 @@ async fn a_sealed_server_is_unavailable_until_unsealed() {
     ));
     // A new start against a sealed server fails fast instead of hanging.
     let started = std::time::Instant::now();
-    let error = VaultSource::connect(&token_config(&bao, bao.root_token()))
+    let error = VaultSource::connect(&token_config(&bao.addr(), bao.root_token()))
         .await
         .err()
         .unwrap();

@@ -18,6 +18,7 @@ pub mod plugin_client;
 pub mod rvault;
 pub mod systemd_host;
 pub mod vault_admin;
+pub mod vault_client;
 
 /// Fails the test loudly unless FUSE can be used here: the FUSE layers never skip.
 pub fn require_fuse() {
