@@ -529,8 +529,12 @@ mod tests {
         };
         let shown = format!("{lent:?} {lent:#?}");
         assert!(!shown.contains(TOKEN), "{shown}");
-        assert!(shown.contains("redacted") && shown.contains("30s"), "{shown}");
+        assert!(
+            shown.contains("redacted") && shown.contains("30s"),
+            "{shown}"
+        );
     }
+
     const FINGERPRINT: &str = "fp-rule-1";
 
     /// A lender with a fixed token (or none), counting calls and remembering dead-token hints.
