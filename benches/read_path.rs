@@ -27,25 +27,20 @@
     clippy::indexing_slicing
 )]
 
-#[path = "../tests/support/http.rs"]
-mod http;
-#[path = "../tests/support/openbao.rs"]
-mod openbao;
-// OpenBao's helpers need these two; the bench uses little of them.
-#[allow(dead_code)]
-#[path = "../tests/support/vault_admin.rs"]
-mod vault_admin;
+// The tests' support library: OpenBao, and the one way to mount a volume (through the product's mount path).
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use docker_volume_libsecret::fs::fuse;
-use docker_volume_libsecret::fs::{FsOptions, SecretFs};
-use docker_volume_libsecret::names::VaultPath;
+use docker_volume_libsecret::fs::FsOptions;
 use docker_volume_libsecret::source::cache::SecretCache;
 use docker_volume_libsecret::testing::MemorySource;
+use support::mount::{mount_volume, through, MountedVolume};
+use support::openbao;
 
 const SECRET: &str = "s3cr3t-value-of-a-typical-length-0123456789";
 const IMAGE: &str = "libsecret-test/busybox:latest";
@@ -73,17 +68,17 @@ fn p1() {
         Duration::from_secs(3600),
         Duration::from_secs(10),
     ));
-    let root = VaultPath::from_volume_name("secret/bench").expect("path");
-    let fs = Arc::new(SecretFs::new(root, cache, FsOptions::default()));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mountpoint = dir.path().join("mnt");
-    std::fs::create_dir(&mountpoint).expect("mkdir");
-    let mount = fuse::mount(fs, &mountpoint, "libsecret:bench", runtime.handle().clone())
-        .expect("FUSE mount (run as root with /dev/fuse)");
+    let mount = mount_volume(
+        &runtime,
+        "secret/bench",
+        Default::default(),
+        through(&cache),
+        FsOptions::default(),
+    );
     let tmpfs = tempfile::tempdir_in("/dev/shm").expect("tmpfs dir in /dev/shm");
     let baseline = tmpfs.path().join("key");
     std::fs::write(&baseline, SECRET).expect("write tmpfs");
-    let secret = mountpoint.join("key");
+    let secret = mount.path("key");
 
     let iterations = 5_000;
     open_read_close(&secret, 200);
@@ -100,7 +95,7 @@ fn p1() {
         ours.as_secs_f64() * 1e6,
         base.as_secs_f64() * 1e6
     );
-    let _ = mount.unmount();
+    mount.unmount();
 }
 
 fn docker(args: &[&str]) -> bool {
@@ -215,7 +210,7 @@ fn vault_mount(
     vault: &openbao::OpenBao,
     volume: &str,
     refresh_interval: Duration,
-) -> (tempfile::TempDir, fuse::FuseMount) {
+) -> MountedVolume {
     use docker_volume_libsecret::config::{Credential, VaultConfig};
     use docker_volume_libsecret::source::vault::VaultSource;
     let config = VaultConfig {
@@ -235,17 +230,13 @@ fn vault_mount(
         refresh_interval,
         ..FsOptions::default()
     };
-    let fs = Arc::new(SecretFs::new(
-        VaultPath::from_volume_name(volume).expect("path"),
-        cache,
+    mount_volume(
+        runtime,
+        volume,
+        Default::default(),
+        through(&cache),
         options,
-    ));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mountpoint = dir.path().join("mnt");
-    std::fs::create_dir(&mountpoint).expect("mkdir");
-    let mount = fuse::mount(fs, &mountpoint, "libsecret:bench", runtime.handle().clone())
-        .expect("FUSE mount");
-    (dir, mount)
+    )
 }
 
 /// KV v2 data reads in OpenBao's audit log after `mark` (an earlier `audit_len`).
@@ -266,8 +257,8 @@ fn p3() {
         "p3/key",
         serde_json::json!({ "value": SECRET }),
     );
-    let (dir, mount) = vault_mount(&runtime, &vault, "secret/p3", Duration::from_secs(60));
-    let path = dir.path().join("mnt/key");
+    let mount = vault_mount(&runtime, &vault, "secret/p3", Duration::from_secs(60));
+    let path = mount.path("key");
     let mark = vault.audit_len();
     let deadline = Instant::now() + Duration::from_secs(60);
     let readers: Vec<_> = (0..100)
@@ -290,7 +281,7 @@ fn p3() {
         data_reads(&vault, mark),
         data_reads(&vault, mark)
     );
-    let _ = mount.unmount();
+    mount.unmount();
 }
 
 fn p7() {
@@ -303,8 +294,8 @@ fn p7() {
         serde_json::json!({ "value": "v0-".to_owned() + SECRET }),
     );
     let refresh = Duration::from_secs(2);
-    let (dir, mount) = vault_mount(&runtime, &vault, "secret/p7", refresh);
-    let path = dir.path().join("mnt/key");
+    let mount = vault_mount(&runtime, &vault, "secret/p7", refresh);
+    let path = mount.path("key");
     let tmpfs = tempfile::tempdir_in("/dev/shm").expect("tmpfs dir in /dev/shm");
     let baseline = tmpfs.path().join("key");
     let mut worst = Duration::ZERO;
@@ -366,7 +357,7 @@ fn p7() {
         percentile(&mut single_base, 0.5),
         percentile(&mut single_base, 0.99)
     );
-    let _ = mount.unmount();
+    mount.unmount();
 }
 
 fn rss_kb() -> u64 {
@@ -384,22 +375,12 @@ fn cache_mount(
     cache: &Arc<SecretCache>,
     volume: &str,
     limits: docker_volume_libsecret::source::limits::BudgetLimits,
-) -> (tempfile::TempDir, fuse::FuseMount) {
+) -> MountedVolume {
     let options = FsOptions {
         volume_limits: limits,
         ..FsOptions::default()
     };
-    let fs = Arc::new(SecretFs::new(
-        VaultPath::from_volume_name(volume).expect("path"),
-        cache.clone(),
-        options,
-    ));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mountpoint = dir.path().join("mnt");
-    std::fs::create_dir(&mountpoint).expect("mkdir");
-    let mount = fuse::mount(fs, &mountpoint, "libsecret:bench", runtime.handle().clone())
-        .expect("FUSE mount");
-    (dir, mount)
+    mount_volume(runtime, volume, Default::default(), through(cache), options)
 }
 
 /// Probes `names` distinct missing names under `mountpoint`; returns how long it took.
@@ -444,9 +425,8 @@ fn p8() {
         )
     };
     let cache = new_cache(defaults.negative_ttl, total);
-    let (flooded, flooded_mount) =
-        cache_mount(&runtime, &cache, "secret/p8", defaults.limits.volume());
-    let (other, other_mount) = cache_mount(
+    let flooded_mount = cache_mount(&runtime, &cache, "secret/p8", defaults.limits.volume());
+    let other_mount = cache_mount(
         &runtime,
         &cache,
         "secret/p8-other",
@@ -457,12 +437,8 @@ fn p8() {
         Duration::ZERO,
         Arc::new(RequestBudget::new("all volumes", unlimited)),
     );
-    let (old, old_mount) = cache_mount(&runtime, &old_cache, "secret/p8-old", unlimited);
-    let (flooded, other, old) = (
-        flooded.path().join("mnt"),
-        other.path().join("mnt"),
-        old.path().join("mnt"),
-    );
+    let old_mount = cache_mount(&runtime, &old_cache, "secret/p8-old", unlimited);
+    let (flooded, other, old) = (flooded_mount.root(), other_mount.root(), old_mount.root());
     let cached = other.join("key");
     assert_eq!(
         std::fs::read(old.join("key")).expect("read").len(),
@@ -542,9 +518,9 @@ fn p8() {
              ({quiet_us:.1} us vs {quiet_base_us:.1} us; the prober shares the CPUs with both)"
         );
     }
-    let _ = flooded_mount.unmount();
-    let _ = other_mount.unmount();
-    let _ = old_mount.unmount();
+    flooded_mount.unmount();
+    other_mount.unmount();
+    old_mount.unmount();
 }
 
 fn main() {

@@ -8,7 +8,7 @@
 //! musl's correctly-rounded-to-within-1-ulp `pow`.
 
 /// The C `pow(x, y)`, for the call in tokio's scheduler.
-// `no_mangle` counts as unsafe code: a C symbol may clash with another. This one is not exported (executables do
+// SAFETY: `no_mangle` counts as unsafe code: a C symbol may clash with another. This one is not exported (executables do
 // not export their symbols), and nothing else in the link defines `pow`.
 #[allow(unsafe_code)]
 #[no_mangle]
