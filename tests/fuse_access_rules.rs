@@ -1,5 +1,6 @@
 //! Access rules with per-rule credentials, through the real driver binary (in-process FUSE mounts) and the real
-//! Vault client against the Vault-API test server, which enforces its own ACL policies.
+//! Vault client against real OpenBao (tests/support/openbao.rs), which enforces its own ACL policies. Vault's
+//! refusals and the AppRole logins are counted in OpenBao's audit log. Nothing here needs the fault server.
 //!
 //! Two rules, two AppRoles, two policies: each volume reads with a token whose policy covers only its prefix. A path
 //! no rule allows is refused at Create and Mount by the rules; a path a rule allows but its AppRole's policy does not
@@ -18,10 +19,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 use support::driver::Driver;
+use support::openbao::OpenBao;
 use support::plugin_client::{call, create_and_mount, err_of};
 use support::root_only_file;
-use support::vault_admin::Admin;
-use vault_api_server::{ServerConfig, TestVault};
 
 fn mount(socket: &Path, volume: &str) -> Result<PathBuf, String> {
     create_and_mount(socket, volume, json!({}), "c1")
@@ -39,43 +39,41 @@ fn unmount(socket: &Path, volume: &str) {
 #[test]
 fn each_rule_reads_with_its_own_approle_and_refusals_say_whether_the_rule_or_vault_refused() {
     support::require_fuse();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let vault = runtime
-        .block_on(TestVault::start(ServerConfig::default()))
-        .unwrap();
-    vault.put(
-        "secret/team-a/app/db-password",
+    let vault = OpenBao::start();
+    vault.kv_put(
+        None,
+        "secret",
+        "team-a/app/db-password",
         json!({"value": "a-password"}),
     );
-    vault.put(
-        "secret/team-b/app/db-password",
+    vault.kv_put(
+        None,
+        "secret",
+        "team-b/app/db-password",
         json!({"value": "b-password"}),
     );
-    vault.set_policy(
-        "team-a",
-        &[
-            ("secret/data/team-a/*", &["read"]),
-            ("secret/metadata/team-a/*", &["list"]),
-        ],
-    );
-    vault.set_policy(
-        "team-b",
-        &[
-            ("secret/data/team-b/*", &["read"]),
-            ("secret/metadata/team-b/*", &["list"]),
-        ],
-    );
+    for team in ["team-a", "team-b"] {
+        vault.put_policy(
+            None,
+            team,
+            &format!(
+                r#"path "secret/data/{team}/*" {{ capabilities = ["read"] }}
+path "secret/metadata/{team}/*" {{ capabilities = ["list"] }}
+"#
+            ),
+        );
+    }
     let dir = tempfile::tempdir().unwrap();
-    let admin = Admin::new(&vault.addr(), vault.root_token());
     let mut files = Vec::new();
     for team in ["team-a", "team-b"] {
-        let (role_id, secret_id) = runtime.block_on(async {
-            let role_id = admin.approle(team, &[team], "1h", "service").await;
-            (role_id, admin.secret_id(team).await)
-        });
+        let credentials = vault.approle(None, team, &[team]);
         files.push((
-            root_only_file(dir.path(), &format!("{team}-role-id"), &role_id),
-            root_only_file(dir.path(), &format!("{team}-secret-id"), &secret_id),
+            root_only_file(dir.path(), &format!("{team}-role-id"), &credentials.role_id),
+            root_only_file(
+                dir.path(),
+                &format!("{team}-secret-id"),
+                &credentials.secret_id,
+            ),
         ));
     }
     // Rule 2 is a deliberate mistake: it lets team A's AppRole serve a path under team B, which A's policy lacks.
@@ -115,6 +113,7 @@ approle = {{ role_id_file = "{b_role}", secret_id_file = "{b_secret}" }}
     std::fs::write(&config_path, config).unwrap();
     let socket = dir.path().join("plugin.sock");
     let log = dir.path().join("driver.log");
+    let mark = vault.audit_len();
     let mut driver =
         Driver::start_with_config(&config_path, &["--log-level", "info"], &socket, &log, &[]);
 
@@ -143,17 +142,24 @@ approle = {{ role_id_file = "{b_role}", secret_id_file = "{b_secret}" }}
     );
 
     // Team B's keys through team A's credentials (the mistaken rule): Vault's own policy refuses (EACCES).
-    vault.put(
-        "secret/team-b/legacy/db-password",
+    vault.kv_put(
+        None,
+        "secret",
+        "team-b/legacy/db-password",
         json!({"value": "b-legacy"}),
     );
     let through_a = mount(&socket, "secret/team-b/legacy").unwrap();
     let error = std::fs::read_to_string(through_a.join("db-password")).unwrap_err();
     assert_eq!(error.raw_os_error(), Some(nix::libc::EACCES));
-    assert!(vault
-        .requests()
-        .iter()
-        .any(|r| r.path == "/v1/secret/data/team-b/legacy/db-password" && r.status == 403));
+    let refusals = vault.audit_errors_since(mark);
+    assert!(
+        refusals.iter().any(
+            |e| e.request.path == "secret/data/team-b/legacy/db-password"
+                && e.request.role_name.as_deref() == Some("team-a")
+                && e.error.contains("permission denied")
+        ),
+        "{refusals:?}"
+    );
 
     for volume in [
         "secret/team-a/app",
@@ -177,11 +183,7 @@ approle = {{ role_id_file = "{b_role}", secret_id_file = "{b_secret}" }}
         text.contains("permission denied"),
         "Vault's refusal is logged:\n{text}"
     );
-    let logins = vault
-        .requests()
-        .iter()
-        .filter(|r| r.path == "/v1/auth/approle/login")
-        .count();
+    let logins = vault.audit_count_since(mark, "auth/approle/login");
     assert_eq!(logins, 3, "one login per rule with its own credentials");
     assert!(driver.stop());
 }

@@ -21,7 +21,6 @@ use serde_json::json;
 use support::driver::{run_once, Driver, BINARY};
 use support::openbao::OpenBao;
 use support::plugin_client::{call, call_raw, err_of};
-use vault_api_server::{ServerConfig, TestVault};
 
 fn secrets_file(dir: &Path) -> String {
     let path = dir.join("secrets.toml");
@@ -238,24 +237,19 @@ fn read_errno(path: &Path) -> Option<i32> {
 #[test]
 fn an_unreachable_vault_at_start_leaves_the_plugin_api_up_and_reads_recover_without_a_restart() {
     support::require_fuse();
-    // The home-made server: its listener stops and starts again on the same address on command.
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let vault = runtime
-        .block_on(TestVault::start(ServerConfig {
-            root_token: "hvs.argv-secret-value".to_owned(),
-            ..ServerConfig::default()
-        }))
-        .unwrap();
-    vault.put("secret/app-1/db-password", json!({"value": "s3cr3t"}));
-    runtime.block_on(vault.stop_listening());
+    // Nothing listens on the address at start; OpenBao comes up there later, with the token the driver was given.
+    let port = OpenBao::reserve_port();
+    let addr = format!("http://127.0.0.1:{port}");
+    // (OpenBao refuses root token IDs with a token prefix such as `hvs.`.)
+    let root_token = "argv-secret-value";
     let dir = tempfile::tempdir().unwrap();
-    let token_opt = format!("token={}", vault.root_token());
+    let token_opt = format!("token={root_token}");
     let mount_root = dir.path().join("mounts");
     let state = dir.path().join("state");
     let driver = Driver::start(
         &[
             "--addr",
-            &vault.addr(),
+            &addr,
             "--backend",
             "vault",
             "--store-opt",
@@ -295,7 +289,14 @@ fn an_unreachable_vault_at_start_leaves_the_plugin_api_up_and_reads_recover_with
         "EIO while Vault is down"
     );
 
-    runtime.block_on(vault.start_listening()).unwrap();
+    let vault = OpenBao::start_on(port, root_token);
+    assert_eq!(vault.addr(), addr);
+    vault.kv_put(
+        None,
+        "secret",
+        "app-1/db-password",
+        json!({"value": "s3cr3t"}),
+    );
     support::wait_until(
         "the read after Vault came back",
         Duration::from_secs(20),

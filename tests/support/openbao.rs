@@ -795,3 +795,78 @@ fn free_port_pair() -> u16 {
     }
     free_port()
 }
+
+impl OpenBao {
+    /// A free port on 127.0.0.1 (its successor free too, for dev mode's cluster listener), for a server started
+    /// later there with [`OpenBao::start_on`]. Nothing listens on it until then.
+    pub fn reserve_port() -> u16 {
+        free_port_pair()
+    }
+
+    /// [`OpenBao::start`] on 127.0.0.1:`port` with the root token `root_token`: a Vault that was not there when a
+    /// client started, coming up on the address the client was given.
+    pub fn start_on(port: u16, root_token: &str) -> OpenBao {
+        let bin = find_bao().unwrap_or_else(|| {
+            panic!("OpenBao's `bao` not found at {BAO_BIN} nor on PATH: run scripts/setup-test-host.sh")
+        });
+        let dir = tempfile::Builder::new()
+            .prefix("openbao-test-")
+            .tempdir()
+            .unwrap();
+        let config_path = dir.path().join("audit.hcl");
+        std::fs::write(
+            &config_path,
+            format!(
+                "audit \"file\" \"test\" {{\n  options {{\n    file_path = \"{}\"\n  }}\n}}\n",
+                dir.path().join("audit.log").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(&bin)
+            .arg("server")
+            .arg("-dev")
+            .arg(format!("-dev-root-token-id={root_token}"))
+            .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
+            .arg("-dev-no-store-token")
+            .arg(format!("-config={}", config_path.display()))
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("stdout.log")).unwrap())
+            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+        let mut bao = OpenBao {
+            child,
+            port,
+            root_token: root_token.to_owned(),
+            unseal_key: String::new(),
+            dir,
+        };
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(status)) = bao.child.try_wait() {
+                panic!(
+                    "bao server on 127.0.0.1:{port} exited at start with {status}\n{}",
+                    bao.logs_tail()
+                );
+            }
+            let stdout =
+                std::fs::read_to_string(bao.dir.path().join("stdout.log")).unwrap_or_default();
+            let key = stdout
+                .lines()
+                .find_map(|line| line.strip_prefix("Unseal Key:"));
+            if let (Some(200), Some(key)) = (bao.health(), key) {
+                bao.unseal_key = key.trim().to_owned();
+                break;
+            }
+            assert!(
+                started.elapsed() < START_TIMEOUT,
+                "OpenBao on 127.0.0.1:{port} was not ready within {START_TIMEOUT:?}\n{}",
+                bao.logs_tail()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bao.wait_kv2_ready(None, "secret");
+        bao
+    }
+}
