@@ -25,9 +25,6 @@ use support::openbao::OpenBao;
 
 const SOCKET: &str = "/run/docker/plugins/libsecret.sock";
 
-/// The plugin socket is one per host: tests in this binary take turns.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 /// One test's world: OpenBao, the driver binary, and cleanup of every volume it made.
 struct Host {
     _turn: std::sync::MutexGuard<'static, ()>,
@@ -55,9 +52,8 @@ impl Host {
 
     /// [`without_driver`](Self::without_driver) with the OpenBao `start` makes, in the test directory `dir`.
     fn with_vault(start: impl FnOnce() -> OpenBao, dir: tempfile::TempDir) -> Host {
-        let turn = ONE_AT_A_TIME
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // The plugin socket is one per host: tests in this binary take turns.
+        let turn = support::one_at_a_time();
         require_docker();
         support::require_fuse();
         let runtime = tokio::runtime::Runtime::new().unwrap();

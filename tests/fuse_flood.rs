@@ -46,8 +46,7 @@ const MEMORY_BOUND_KB: u64 = 4 * 1024;
 /// The tests of this file run one at a time: the memory one measures this process's RSS, which the others' mounts
 /// would change.
 fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+    support::one_at_a_time()
 }
 
 fn rss_kb() -> u64 {

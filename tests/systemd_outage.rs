@@ -41,9 +41,6 @@ const RECOVERY_DEADLINE: Duration = Duration::from_secs(30);
 /// How often the host is sampled during an outage.
 const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 
-/// One host at a time: each runs its own dockerd and they are heavy for a 2-core machine.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 fn bao() -> PathBuf {
     support::openbao::find_bao().unwrap_or_else(|| {
         panic!("bao is missing: scripts/setup-test-host.sh installs /usr/local/bin/bao")
@@ -78,7 +75,8 @@ impl Host {
     /// A host with OpenBao as an enabled unit (seeded), the busybox image, the package installed and configured
     /// with `token` in a root-only token file, and the socket enabled.
     fn start(token: &str) -> Host {
-        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        // One host at a time: each runs its own dockerd and they are heavy for a 2-core machine.
+        let turn = support::one_at_a_time();
         let deb = package();
         let bao = bao();
         let host = SystemdHost::start();

@@ -30,9 +30,6 @@ const SECRET: &str = "s3cr3t-from-vault-9f2c";
 const DRIVER: &str = "docker-volume-libsecret.service";
 const SOCKET: &str = "docker-volume-libsecret.socket";
 
-/// One host at a time: each runs its own dockerd and they are heavy for a 2-core machine.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 /// A systemd host with OpenBao on its loopback, the busybox image, and the package copied in.
 struct Host {
     host: SystemdHost,
@@ -50,7 +47,8 @@ impl std::ops::Deref for Host {
 
 impl Host {
     fn start() -> Host {
-        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        // One host at a time: each runs its own dockerd and they are heavy for a 2-core machine.
+        let turn = support::one_at_a_time();
         let deb = package();
         let host = SystemdHost::start();
         host.copy_in(&deb, "/root/docker-volume-libsecret.deb");

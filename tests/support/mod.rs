@@ -32,6 +32,14 @@ pub fn require_fuse() {
     );
 }
 
+/// The turn of one test among those of its binary that share something one per machine (the plugin socket, a
+/// systemd host, this process's RSS): held for the test's life. A failed test's poisoned turn passes on, so one
+/// failure does not fail the rest.
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Polls `condition` every 20 ms until it holds; fails the test after `deadline`. Returns how long it took.
 pub fn wait_until(
     what: &str,
