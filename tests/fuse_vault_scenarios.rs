@@ -12,6 +12,9 @@
 //!   back sealed (503 until someone unseals it), which is another fault than the one tested here.
 //! - The first HA node down and a standby that redirects (307) to the active node: OpenBao's standbys forward
 //!   requests to the active node instead of redirecting, so the redirect the client must follow never happens.
+//!
+//! The HA failover itself also runs against a real 3-node OpenBao Raft cluster (`OpenBaoCluster`): the active node
+//! is killed, the other two elect a leader, and reads, a never-read key and a rotation continue through them.
 // A test crate: failing loudly (unwrap, expect, panic, indexing) is how it reports.
 #![allow(
     clippy::unwrap_used,
@@ -34,7 +37,7 @@ use docker_volume_libsecret::source::cache::SecretCache;
 use docker_volume_libsecret::source::vault::{VaultSetupError, VaultSource};
 use serde_json::json;
 use support::mount::MountedVolume;
-use support::openbao::{AuditRequest, OpenBao};
+use support::openbao::{AuditRequest, OpenBao, OpenBaoCluster};
 use support::wait_until;
 use vault_api_server::pki::TestPki;
 use vault_api_server::{ServerConfig, TestCluster, TestVault};
@@ -492,6 +495,50 @@ fn reads_continue_through_the_second_node_when_the_first_is_down_and_standbys_re
     assert!(requests
         .iter()
         .any(|r| r.node == 2 && r.status == 200 && r.path.starts_with("/v1/secret/")));
+    let (_, failures) = reads.finish();
+    assert!(
+        failures.is_empty(),
+        "failed reads during the failover: {failures:?}"
+    );
+}
+
+/// A real 3-node OpenBao Raft cluster loses its leader: reads continue from the cache while a new leader is
+/// elected, then a never-read key and a rotation arrive through the surviving nodes.
+#[test]
+fn reads_continue_through_the_other_openbao_nodes_when_the_raft_leader_is_killed() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut cluster = OpenBaoCluster::start(3);
+    cluster.kv_put("app/db-password", json!({"value": "ha"}));
+    cluster.kv_put("app/other", json!({"value": "other"}));
+    let mounted = Mounted::new(
+        &runtime,
+        &token_config(cluster.addrs(), cluster.root_token()),
+        "secret/app",
+        Duration::from_secs(1),
+    );
+    assert_eq!(mounted.read("db-password").unwrap(), "ha");
+
+    // The first node, the active one, goes down; the other two elect a new leader.
+    assert_eq!(cluster.wait_for_leader(Duration::from_secs(5)), 0);
+    cluster.kill(0);
+    let values = ["ha", "ha-rotated"].map(str::to_owned);
+    let reads = ReadLoop::start(
+        mounted.file("db-password"),
+        Arc::new(Mutex::new(values.to_vec())),
+    );
+    let leader = cluster.wait_for_leader(Duration::from_secs(30));
+    assert_ne!(leader, 0);
+    wait_until(
+        "a never-read key through another node",
+        Duration::from_secs(5),
+        || mounted.read("other").ok().as_deref() == Some("other"),
+    );
+    cluster.kv_put("app/db-password", json!({"value": "ha-rotated"}));
+    wait_until(
+        "a rotation through another node",
+        Duration::from_secs(3),
+        || mounted.read("db-password").ok().as_deref() == Some("ha-rotated"),
+    );
     let (_, failures) = reads.finish();
     assert!(
         failures.is_empty(),
