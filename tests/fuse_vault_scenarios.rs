@@ -1,6 +1,20 @@
-//! Production Vault scenarios, each read through a real FUSE mount over the real Vault client against the Vault-API
-//! test server: a 5 s token renewed for a minute, AppRole re-logins, rotation to a bigger value, Vault down for 20 s,
-//! TLS with a private CA and cert auth, and the first HA node down.
+//! Production Vault scenarios, each read through a real FUSE mount (mounted by the product's own mount path,
+//! `tests/support/mount.rs`) over the real Vault client.
+//!
+//! Against real OpenBao (`tests/support/openbao.rs`), with requests counted in its audit log: a 5 s token renewed
+//! for a minute, AppRole re-logins with batch (non-renewable) tokens, rotation to a bigger value, and TLS with a
+//! private CA and OpenBao's `auth/cert` method (the certificates come from `TestPki`, a generator, not a server).
+//!
+//! Against the Vault-API fault server (`tests/vault-api-server`), because a real server cannot produce the fault on
+//! command:
+//! - Vault down for 20 s: the listener must stop and come back on the same address with the same data and no
+//!   operator step. A dev OpenBao keeps its data in memory, and a restarted OpenBao with persistent storage comes
+//!   back sealed (503 until someone unseals it), which is another fault than the one tested here.
+//! - The first HA node down and a standby that redirects (307) to the active node: OpenBao's standbys forward
+//!   requests to the active node instead of redirecting, so the redirect the client must follow never happens.
+//!
+//! The HA failover itself also runs against a real 3-node OpenBao Raft cluster (`OpenBaoCluster`): the active node
+//! is killed, the other two elect a leader, and reads, a never-read key and a rotation continue through them.
 // A test crate: failing loudly (unwrap, expect, panic, indexing) is how it reports.
 #![allow(
     clippy::unwrap_used,
@@ -11,28 +25,26 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use docker_volume_libsecret::config::{AuthMethod, Credential, VaultConfig};
-use docker_volume_libsecret::fs::fuse;
-use docker_volume_libsecret::fs::{FsOptions, SecretFs};
-use docker_volume_libsecret::names::VaultPath;
+use docker_volume_libsecret::fs::FsOptions;
 use docker_volume_libsecret::source::cache::SecretCache;
 use docker_volume_libsecret::source::vault::{VaultSetupError, VaultSource};
 use serde_json::json;
-use support::vault_admin::Admin;
+use support::mount::MountedVolume;
+use support::openbao::{AuditRequest, OpenBao, OpenBaoCluster};
 use support::wait_until;
 use vault_api_server::pki::TestPki;
-use vault_api_server::{RequestRecord, ServerConfig, TestCluster, TestVault};
+use vault_api_server::{ServerConfig, TestCluster, TestVault};
 
-/// A volume mounted over the real client, and its mountpoint.
+/// A volume mounted over the real client through the product's own mount path (`tests/support/mount.rs`).
 struct Mounted {
-    _dir: tempfile::TempDir,
-    mountpoint: PathBuf,
-    mount: Option<fuse::FuseMount>,
+    volume: MountedVolume,
 }
 
 impl Mounted {
@@ -42,44 +54,30 @@ impl Mounted {
         volume: &str,
         refresh: Duration,
     ) -> Mounted {
-        support::require_fuse();
         let source = runtime.block_on(VaultSource::connect(config)).unwrap();
-        let cache = SecretCache::new(Arc::new(source), refresh / 2, config.timeout)
-            .with_stale_ttl(Duration::from_secs(3600));
-        let fs = Arc::new(SecretFs::new(
-            VaultPath::from_volume_name(volume).unwrap(),
-            Arc::new(cache),
+        let cache = Arc::new(
+            SecretCache::new(Arc::new(source), refresh / 2, config.timeout)
+                .with_stale_ttl(Duration::from_secs(3600)),
+        );
+        let volume = support::mount::mount_volume(
+            runtime,
+            volume,
+            BTreeMap::new(),
+            support::mount::through(&cache),
             FsOptions {
                 refresh_interval: refresh,
                 ..FsOptions::default()
             },
-        ));
-        let dir = tempfile::tempdir().unwrap();
-        let mountpoint = dir.path().join("mnt");
-        std::fs::create_dir(&mountpoint).unwrap();
-        let mount =
-            fuse::mount(fs, &mountpoint, "libsecret:test", runtime.handle().clone()).unwrap();
-        Mounted {
-            _dir: dir,
-            mountpoint,
-            mount: Some(mount),
-        }
+        );
+        Mounted { volume }
     }
 
     fn file(&self, name: &str) -> PathBuf {
-        self.mountpoint.join(name)
+        self.volume.path(name)
     }
 
     fn read(&self, name: &str) -> std::io::Result<String> {
         std::fs::read_to_string(self.file(name))
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        if let Some(mount) = self.mount.take() {
-            let _ = mount.unmount();
-        }
     }
 }
 
@@ -130,17 +128,29 @@ impl ReadLoop {
     }
 }
 
-fn count(requests: &[RequestRecord], method: &str, path: &str) -> usize {
+/// The audited requests with `operation` on exactly `path` (`read` for GET, `update` for POST).
+fn audited(requests: &[AuditRequest], operation: &str, path: &str) -> usize {
     requests
         .iter()
-        .filter(|r| r.method == method && r.path == path)
+        .filter(|r| r.operation == operation && r.path == path)
         .count()
 }
 
-fn kv_failures(requests: &[RequestRecord]) -> Vec<&RequestRecord> {
-    requests
-        .iter()
-        .filter(|r| r.path.starts_with("/v1/secret/") && r.status != 200)
+/// The requests of the `secret/` mount after `mark` that OpenBao answered with an error.
+fn kv_errors(bao: &OpenBao, mark: usize) -> Vec<String> {
+    bao.audit_errors_since(mark)
+        .into_iter()
+        .filter(|e| e.request.path.starts_with("secret/"))
+        .map(|e| format!("{} {}: {}", e.request.operation, e.request.path, e.error))
+        .collect()
+}
+
+/// The requests after `mark` that OpenBao denied (a 403: permission denied, a dead or unknown token).
+fn denials(bao: &OpenBao, mark: usize) -> Vec<String> {
+    bao.audit_errors_since(mark)
+        .into_iter()
+        .filter(|e| e.error.contains("permission denied"))
+        .map(|e| format!("{} {}: {}", e.request.operation, e.request.path, e.error))
         .collect()
 }
 
@@ -163,14 +173,17 @@ fn write_secret_file(dir: &Path, name: &str, value: &str) -> PathBuf {
 #[test]
 fn a_five_second_token_serves_a_minute_of_reads_with_renewals_and_a_rotation() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let vault = runtime
-        .block_on(TestVault::start(ServerConfig::default()))
-        .unwrap();
-    vault.put("secret/app/db-password", json!({"value": "first"}));
-    let token = vault.create_token(&["root"], Some(Duration::from_secs(5)), true);
+    let bao = OpenBao::start();
+    bao.kv_put(None, "secret", "app/db-password", json!({"value": "first"}));
+    // Renewable: renew-self without an increment grants the 5 s again.
+    let token = bao.create_token_with(
+        None,
+        json!({"policies": ["root"], "ttl": "5s", "renewable": true}),
+    );
+    let mark = bao.audit_len();
     let mounted = Mounted::new(
         &runtime,
-        &token_config(vec![vault.addr()], &token),
+        &token_config(vec![bao.addr()], &token),
         "secret/app",
         Duration::from_secs(1),
     );
@@ -180,51 +193,60 @@ fn a_five_second_token_serves_a_minute_of_reads_with_renewals_and_a_rotation() {
     std::thread::sleep(Duration::from_secs(40));
     // Eight TTLs in: the token still reads Vault, so a rotation arrives.
     allowed.lock().unwrap().push("second".to_owned());
-    vault.put("secret/app/db-password", json!({"value": "second"}));
+    bao.kv_put(
+        None,
+        "secret",
+        "app/db-password",
+        json!({"value": "second"}),
+    );
     let seen = wait_until("the rotation", Duration::from_secs(3), || {
         mounted.read("db-password").ok().as_deref() == Some("second")
     });
     std::thread::sleep(Duration::from_secs(20) - seen);
     let (count_reads, failures) = reads.finish();
-    let requests = vault.requests();
-    let renewals = count(&requests, "POST", "/v1/auth/token/renew-self");
+    let requests = bao.audit_requests_since(mark);
+    let renewals = audited(&requests, "update", "auth/token/renew-self");
     println!("{count_reads} reads, {renewals} renewals, rotation seen after {seen:?}");
     assert!(failures.is_empty(), "failed reads: {failures:?}");
     assert!(count_reads >= 500, "{count_reads} reads in 60 s");
     assert!(renewals >= 12, "{renewals} renewals of a 5 s token in 60 s");
     assert!(
-        kv_failures(&requests).is_empty(),
+        kv_errors(&bao, mark).is_empty(),
         "{:?}",
-        kv_failures(&requests)
+        kv_errors(&bao, mark)
     );
-    assert!(requests.iter().all(|r| r.status != 403), "{requests:?}");
+    assert!(denials(&bao, mark).is_empty(), "{:?}", denials(&bao, mark));
 }
 
 #[test]
 fn a_non_renewable_approle_token_is_replaced_three_times_without_a_failed_read() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let vault = runtime
-        .block_on(TestVault::start(ServerConfig::default()))
-        .unwrap();
-    vault.set_policy(
+    let bao = OpenBao::start();
+    bao.put_policy(
+        None,
         "app",
-        &[
-            ("secret/data/app/*", &["read"]),
-            ("secret/metadata/app/*", &["list"]),
-        ],
+        r#"path "secret/data/app/*" { capabilities = ["read"] }
+path "secret/metadata/app/*" { capabilities = ["list"] }"#,
     );
-    vault.put("secret/app/db-password", json!({"value": "approle"}));
-    let admin = Admin::new(&vault.addr(), vault.root_token());
+    bao.kv_put(
+        None,
+        "secret",
+        "app/db-password",
+        json!({"value": "approle"}),
+    );
+    let admin = bao.admin();
     let dir = tempfile::tempdir().unwrap();
+    // Batch tokens cannot be renewed: each one is replaced by a new login.
     let (role_id, secret_id) = runtime.block_on(async {
         let role_id = admin.approle("app", &["app"], "3s", "batch").await;
         (role_id, admin.secret_id("app").await)
     });
-    let mut config = token_config(vec![vault.addr()], "");
+    let mut config = token_config(vec![bao.addr()], "");
     config.token = None;
     config.auth = AuthMethod::Approle;
     config.approle.role_id_file = Some(write_secret_file(dir.path(), "role-id", &role_id));
     config.approle.secret_id_file = Some(write_secret_file(dir.path(), "secret-id", &secret_id));
+    let mark = bao.audit_len();
     let mounted = Mounted::new(&runtime, &config, "secret/app", Duration::from_secs(1));
     assert_eq!(mounted.read("db-password").unwrap(), "approle");
     let reads = ReadLoop::start(
@@ -232,32 +254,30 @@ fn a_non_renewable_approle_token_is_replaced_three_times_without_a_failed_read()
         Arc::new(Mutex::new(vec!["approle".to_owned()])),
     );
     wait_until("three re-logins", Duration::from_secs(20), || {
-        count(&vault.requests(), "POST", "/v1/auth/approle/login") >= 4
+        bao.audit_count_since(mark, "auth/approle/login") >= 4
     });
     // One more refresh pass after the last login reads with the newest token.
     std::thread::sleep(Duration::from_secs(2));
     let (count_reads, failures) = reads.finish();
-    let requests = vault.requests();
+    let requests = bao.audit_requests_since(mark);
     assert!(failures.is_empty(), "failed reads: {failures:?}");
     assert!(count_reads > 50, "{count_reads}");
     assert!(
-        kv_failures(&requests).is_empty(),
+        kv_errors(&bao, mark).is_empty(),
         "{:?}",
-        kv_failures(&requests)
+        kv_errors(&bao, mark)
     );
-    assert_eq!(count(&requests, "POST", "/v1/auth/token/renew-self"), 0);
+    assert_eq!(audited(&requests, "update", "auth/token/renew-self"), 0);
 }
 
 #[test]
 fn a_value_grown_from_ten_bytes_to_ten_kib_reads_whole_within_the_refresh_interval() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let vault = runtime
-        .block_on(TestVault::start(ServerConfig::default()))
-        .unwrap();
-    vault.put("secret/app/cert", json!({"value": "0123456789"}));
+    let bao = OpenBao::start();
+    bao.kv_put(None, "secret", "app/cert", json!({"value": "0123456789"}));
     let mounted = Mounted::new(
         &runtime,
-        &token_config(vec![vault.addr()], vault.root_token()),
+        &token_config(vec![bao.addr()], bao.root_token()),
         "secret/app",
         Duration::from_secs(2),
     );
@@ -265,7 +285,7 @@ fn a_value_grown_from_ten_bytes_to_ten_kib_reads_whole_within_the_refresh_interv
     let big: String = (0..10 * 1024)
         .map(|i| char::from(b'a' + (i % 26) as u8))
         .collect();
-    vault.put("secret/app/cert", json!({ "value": big }));
+    bao.kv_put(None, "secret", "app/cert", json!({ "value": big }));
     let seen = wait_until(
         "the bigger value",
         Duration::from_secs(3),
@@ -279,7 +299,7 @@ fn a_value_grown_from_ten_bytes_to_ten_kib_reads_whole_within_the_refresh_interv
         },
     );
     println!("10 B -> 10 KiB seen after {seen:?} (refresh 2 s)");
-    vault.put("secret/app/cert", json!({"value": "short"}));
+    bao.kv_put(None, "secret", "app/cert", json!({"value": "short"}));
     wait_until("the shrunk value", Duration::from_secs(3), || {
         mounted.read("cert").ok().as_deref() == Some("short")
     });
@@ -331,27 +351,39 @@ fn vault_down_for_twenty_seconds_serves_cached_keys_and_recovers_unaided() {
 fn tls_with_a_private_ca_and_cert_auth_reads_and_a_wrong_ca_fails_at_start() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let pki = TestPki::generate(&["vault.test"]);
-    let vault = runtime
-        .block_on(TestVault::start(ServerConfig {
-            tls: Some(pki.tls_settings(true)),
-            ..ServerConfig::default()
-        }))
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     pki.write_to(dir.path()).unwrap();
-    vault.enable_cert_auth("cert");
-    vault.set_policy("app", &[("secret/data/app/*", &["read"])]);
-    vault.set_cert_role(
-        "cert",
-        "docker-host",
-        &pki.ca_cert_pem,
-        &["app"],
-        Some(Duration::from_secs(3600)),
+    // The TLS listener requests client certificates without requiring them, so `auth/cert` sees them.
+    let (bao, tls_port) = OpenBao::start_tls(
+        &dir.path().join("server.pem"),
+        &dir.path().join("server-key.pem"),
     );
-    vault.put("secret/app/db-password", json!({"value": "over-tls"}));
+    bao.call("POST", "sys/auth/cert", None, json!({"type": "cert"}));
+    bao.put_policy(
+        None,
+        "app",
+        r#"path "secret/data/app/*" { capabilities = ["read"] }"#,
+    );
+    bao.call(
+        "POST",
+        "auth/cert/certs/docker-host",
+        None,
+        json!({
+            "certificate": pki.ca_cert_pem,
+            "token_policies": ["app"],
+            "token_ttl": "1h",
+        }),
+    );
+    bao.kv_put(
+        None,
+        "secret",
+        "app/db-password",
+        json!({"value": "over-tls"}),
+    );
+    let mark = bao.audit_len();
 
     let mut config = VaultConfig {
-        addr: vec![vault.addr()],
+        addr: vec![format!("https://127.0.0.1:{tls_port}")],
         auth: AuthMethod::Cert,
         ca_cert: Some(dir.path().join("ca.pem")),
         client_cert: Some(dir.path().join("client.pem")),
@@ -363,7 +395,7 @@ fn tls_with_a_private_ca_and_cert_auth_reads_and_a_wrong_ca_fails_at_start() {
     config.cert.role = Some("docker-host".to_owned());
     let mounted = Mounted::new(&runtime, &config, "secret/app", Duration::from_secs(1));
     assert_eq!(mounted.read("db-password").unwrap(), "over-tls");
-    assert_eq!(count(&vault.requests(), "POST", "/v1/auth/cert/login"), 1);
+    assert_eq!(bao.audit_count_since(mark, "auth/cert/login"), 1);
 
     // The CA as a directory works the same.
     let ca_dir = dir.path().join("cas");
@@ -463,6 +495,50 @@ fn reads_continue_through_the_second_node_when_the_first_is_down_and_standbys_re
     assert!(requests
         .iter()
         .any(|r| r.node == 2 && r.status == 200 && r.path.starts_with("/v1/secret/")));
+    let (_, failures) = reads.finish();
+    assert!(
+        failures.is_empty(),
+        "failed reads during the failover: {failures:?}"
+    );
+}
+
+/// A real 3-node OpenBao Raft cluster loses its leader: reads continue from the cache while a new leader is
+/// elected, then a never-read key and a rotation arrive through the surviving nodes.
+#[test]
+fn reads_continue_through_the_other_openbao_nodes_when_the_raft_leader_is_killed() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut cluster = OpenBaoCluster::start(3);
+    cluster.kv_put("app/db-password", json!({"value": "ha"}));
+    cluster.kv_put("app/other", json!({"value": "other"}));
+    let mounted = Mounted::new(
+        &runtime,
+        &token_config(cluster.addrs(), cluster.root_token()),
+        "secret/app",
+        Duration::from_secs(1),
+    );
+    assert_eq!(mounted.read("db-password").unwrap(), "ha");
+
+    // The first node, the active one, goes down; the other two elect a new leader.
+    assert_eq!(cluster.wait_for_leader(Duration::from_secs(5)), 0);
+    cluster.kill(0);
+    let values = ["ha", "ha-rotated"].map(str::to_owned);
+    let reads = ReadLoop::start(
+        mounted.file("db-password"),
+        Arc::new(Mutex::new(values.to_vec())),
+    );
+    let leader = cluster.wait_for_leader(Duration::from_secs(30));
+    assert_ne!(leader, 0);
+    wait_until(
+        "a never-read key through another node",
+        Duration::from_secs(5),
+        || mounted.read("other").ok().as_deref() == Some("other"),
+    );
+    cluster.kv_put("app/db-password", json!({"value": "ha-rotated"}));
+    wait_until(
+        "a rotation through another node",
+        Duration::from_secs(3),
+        || mounted.read("db-password").ok().as_deref() == Some("ha-rotated"),
+    );
     let (_, failures) = reads.finish();
     assert!(
         failures.is_empty(),

@@ -870,3 +870,287 @@ impl OpenBao {
         bao
     }
 }
+
+/// One `bao server` of an [`OpenBaoCluster`]: Raft storage in its own directory, a plain listener on
+/// 127.0.0.1:`port` and its cluster listener on `port + 1`.
+pub struct ClusterNode {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl ClusterNode {
+    pub fn addr(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The last lines of the node's stderr, for panic messages.
+    fn logs_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+/// A real OpenBao HA cluster: `n` `bao server` processes on loopback sharing Raft storage, initialised with one
+/// key share, every node unsealed and a voter, node 0 active. KV v2 is mounted at `secret/`. Killed on drop.
+///
+/// No audit device: the audit table is replicated, so every node would have to declare the same `file_path` (a node
+/// whose config differs refuses to become active).
+pub struct OpenBaoCluster {
+    nodes: Vec<ClusterNode>,
+    root_token: String,
+}
+
+impl OpenBaoCluster {
+    /// Starts `n` nodes, initialises and unseals node 0, joins and unseals the others, and waits until autopilot
+    /// has made every node a voter (so that losing the leader elects another). Panics if `bao` is missing.
+    pub fn start(n: usize) -> OpenBaoCluster {
+        let bin = find_bao().unwrap_or_else(|| {
+            panic!("OpenBao's `bao` not found at {BAO_BIN} nor on PATH: run scripts/setup-test-host.sh")
+        });
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let dir = tempfile::Builder::new()
+                .prefix("openbao-raft-")
+                .tempdir()
+                .unwrap();
+            let port = free_port_pair();
+            std::fs::create_dir(dir.path().join("raft")).unwrap();
+            let config = format!(
+                r#"storage "raft" {{
+  path = "{dir}/raft"
+  node_id = "node{i}"
+  performance_multiplier = 1
+}}
+listener "tcp" {{
+  address = "127.0.0.1:{port}"
+  cluster_address = "127.0.0.1:{cluster}"
+  tls_disable = true
+}}
+api_addr = "http://127.0.0.1:{port}"
+cluster_addr = "https://127.0.0.1:{cluster}"
+disable_mlock = true
+"#,
+                dir = dir.path().display(),
+                cluster = port + 1,
+            );
+            std::fs::write(dir.path().join("server.hcl"), config).unwrap();
+            let child = Command::new(&bin)
+                .arg("server")
+                .arg(format!(
+                    "-config={}",
+                    dir.path().join("server.hcl").display()
+                ))
+                .current_dir(dir.path())
+                .stdin(Stdio::null())
+                .stdout(std::fs::File::create(dir.path().join("stdout.log")).unwrap())
+                .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
+                .spawn()
+                .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+            nodes.push(ClusterNode {
+                child: Some(child),
+                port,
+                dir,
+            });
+        }
+        let mut cluster = OpenBaoCluster {
+            nodes,
+            root_token: String::new(),
+        };
+        for i in 0..n {
+            cluster.wait_for(i, "answer sys/health", |status| status.is_some());
+        }
+        let (status, init) = cluster.raw(
+            0,
+            "PUT",
+            "sys/init",
+            None,
+            Some(&json!({"secret_shares": 1, "secret_threshold": 1})),
+        );
+        assert_eq!(status, 200, "sys/init: {init}");
+        let key = init["keys"][0].as_str().unwrap().to_owned();
+        cluster.root_token = init["root_token"].as_str().unwrap().to_owned();
+        cluster.unseal(0, &key);
+        cluster.wait_for(0, "become active", |status| status == Some(200));
+        let leader = cluster.nodes[0].addr();
+        for i in 1..n {
+            let (status, reply) = cluster.raw(
+                i,
+                "PUT",
+                "sys/storage/raft/join",
+                None,
+                Some(&json!({ "leader_api_addr": leader })),
+            );
+            assert!(
+                status == 200 && reply["data"]["joined"] != false,
+                "node {i}: raft join: {status} {reply}"
+            );
+            cluster.unseal(i, &key);
+            // A standby answers sys/health with 429.
+            cluster.wait_for(i, "become a standby", |status| status == Some(429));
+        }
+        let started = Instant::now();
+        loop {
+            let (status, reply) = cluster.raw(
+                0,
+                "GET",
+                "sys/storage/raft/configuration",
+                Some(&cluster.root_token.clone()),
+                None,
+            );
+            let servers = reply["data"]["config"]["servers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if status == 200 && servers.len() == n && servers.iter().all(|s| s["voter"] == true) {
+                break;
+            }
+            assert!(
+                started.elapsed() < START_TIMEOUT,
+                "not every node became a voter within {START_TIMEOUT:?}: {reply}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let token = cluster.root_token.clone();
+        let (status, reply) = cluster.raw(
+            0,
+            "POST",
+            "sys/mounts/secret",
+            Some(&token),
+            Some(&json!({"type": "kv", "options": {"version": "2"}})),
+        );
+        assert!((200..300).contains(&status), "mount secret/: {reply}");
+        let started = Instant::now();
+        while cluster.raw(0, "GET", "secret/config", Some(&token), None).0 != 200 {
+            assert!(
+                started.elapsed() < READY_TIMEOUT,
+                "secret/ did not serve within {READY_TIMEOUT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        cluster
+    }
+
+    fn unseal(&self, i: usize, key: &str) {
+        let (status, reply) = self.raw(i, "PUT", "sys/unseal", None, Some(&json!({ "key": key })));
+        assert_eq!(status, 200, "node {i}: sys/unseal: {reply}");
+    }
+
+    /// Waits until node `i`'s `sys/health` status (`None` when nothing answers) satisfies `done`.
+    fn wait_for(&self, i: usize, what: &str, done: impl Fn(Option<u16>) -> bool) {
+        let started = Instant::now();
+        loop {
+            let status = try_request(
+                "GET",
+                &format!("{}/v1/sys/health", self.nodes[i].addr()),
+                &[],
+                None,
+                Duration::from_secs(1),
+            )
+            .ok()
+            .map(|(status, _)| status);
+            if done(status) {
+                return;
+            }
+            assert!(
+                started.elapsed() < START_TIMEOUT,
+                "OpenBao node {i} did not {what} within {START_TIMEOUT:?} (sys/health {status:?})\n{}",
+                self.nodes[i].logs_tail()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn raw(
+        &self,
+        i: usize,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let mut headers = Vec::new();
+        if let Some(token) = token {
+            headers.push(("X-Vault-Token", token));
+        }
+        let url = format!("{}/v1/{path}", self.nodes[i].addr());
+        try_request(method, &url, &headers, body, REQUEST_TIMEOUT).unwrap_or_else(|e| {
+            panic!(
+                "OpenBao node {i}: {method} {path}: {e}\n{}",
+                self.nodes[i].logs_tail()
+            )
+        })
+    }
+
+    /// Every node's address, node 0 first.
+    pub fn addrs(&self) -> Vec<String> {
+        self.nodes.iter().map(ClusterNode::addr).collect()
+    }
+
+    pub fn root_token(&self) -> &str {
+        &self.root_token
+    }
+
+    /// Kills node `i`: its address refuses connections from now on.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The index of the active node (the live node whose `sys/health` answers 200), once one is elected.
+    pub fn wait_for_leader(&self, deadline: Duration) -> usize {
+        let started = Instant::now();
+        loop {
+            for (i, node) in self.nodes.iter().enumerate() {
+                if node.child.is_none() {
+                    continue;
+                }
+                // Only the active node answers sys/health with 200 (standbys 429).
+                if let Ok((200, _)) = try_request(
+                    "GET",
+                    &format!("{}/v1/sys/health", node.addr()),
+                    &[],
+                    None,
+                    Duration::from_secs(1),
+                ) {
+                    return i;
+                }
+            }
+            assert!(
+                started.elapsed() < deadline,
+                "no live OpenBao node became active within {deadline:?}\n{}",
+                self.nodes
+                    .iter()
+                    .filter(|n| n.child.is_some())
+                    .map(ClusterNode::logs_tail)
+                    .collect::<Vec<_>>()
+                    .join("\n-----\n")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Writes `data` at `path` of the KV v2 mount `secret/` through the active node.
+    pub fn kv_put(&self, path: &str, data: Value) {
+        let leader = self.wait_for_leader(READY_TIMEOUT);
+        let (status, reply) = self.raw(
+            leader,
+            "POST",
+            &format!("secret/data/{}", path.trim_matches('/')),
+            Some(&self.root_token),
+            Some(&json!({ "data": data })),
+        );
+        assert_eq!(status, 200, "KV write {path} on node {leader}: {reply}");
+    }
+}
+
+impl Drop for OpenBaoCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}
