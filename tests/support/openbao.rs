@@ -115,14 +115,24 @@ impl OpenBao {
         panic!("could not start OpenBao ({}): {last_err}", bin.display());
     }
 
-    /// One attempt of [`OpenBao::start`]; `extra_config` (HCL) is appended to the server's config file.
+    /// One attempt of [`OpenBao::start`] on a free port with a random root token; `extra_config` (HCL) is
+    /// appended to the server's config file.
     fn try_start(bin: &Path, extra_config: &str) -> Result<OpenBao, String> {
+        let root_token = format!("root-{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+        Self::try_start_on(bin, extra_config, free_port_pair(), root_token)
+    }
+
+    /// [`OpenBao::try_start`] on 127.0.0.1:`port` (its successor is the cluster listener) with `root_token`.
+    fn try_start_on(
+        bin: &Path,
+        extra_config: &str,
+        port: u16,
+        root_token: String,
+    ) -> Result<OpenBao, String> {
         let dir = tempfile::Builder::new()
             .prefix("openbao-test-")
             .tempdir()
             .map_err(|e| format!("tempdir: {e}"))?;
-        let port = free_port_pair();
-        let root_token = format!("root-{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
         let config_path = dir.path().join("audit.hcl");
         let audit_log = dir.path().join("audit.log");
         let config = format!(
@@ -809,65 +819,8 @@ impl OpenBao {
         let bin = find_bao().unwrap_or_else(|| {
             panic!("OpenBao's `bao` not found at {BAO_BIN} nor on PATH: run scripts/setup-test-host.sh")
         });
-        let dir = tempfile::Builder::new()
-            .prefix("openbao-test-")
-            .tempdir()
-            .unwrap();
-        let config_path = dir.path().join("audit.hcl");
-        std::fs::write(
-            &config_path,
-            format!(
-                "audit \"file\" \"test\" {{\n  options {{\n    file_path = \"{}\"\n  }}\n}}\n",
-                dir.path().join("audit.log").display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new(&bin)
-            .arg("server")
-            .arg("-dev")
-            .arg(format!("-dev-root-token-id={root_token}"))
-            .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
-            .arg("-dev-no-store-token")
-            .arg(format!("-config={}", config_path.display()))
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.path().join("stdout.log")).unwrap())
-            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
-        let mut bao = OpenBao {
-            child,
-            port,
-            root_token: root_token.to_owned(),
-            unseal_key: String::new(),
-            dir,
-        };
-        let started = Instant::now();
-        loop {
-            if let Ok(Some(status)) = bao.child.try_wait() {
-                panic!(
-                    "bao server on 127.0.0.1:{port} exited at start with {status}\n{}",
-                    bao.logs_tail()
-                );
-            }
-            let stdout =
-                std::fs::read_to_string(bao.dir.path().join("stdout.log")).unwrap_or_default();
-            let key = stdout
-                .lines()
-                .find_map(|line| line.strip_prefix("Unseal Key:"));
-            if let (Some(200), Some(key)) = (bao.health(), key) {
-                bao.unseal_key = key.trim().to_owned();
-                break;
-            }
-            assert!(
-                started.elapsed() < START_TIMEOUT,
-                "OpenBao on 127.0.0.1:{port} was not ready within {START_TIMEOUT:?}\n{}",
-                bao.logs_tail()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        bao.wait_kv2_ready(None, "secret");
-        bao
+        Self::try_start_on(&bin, "", port, root_token.to_owned())
+            .unwrap_or_else(|e| panic!("could not start OpenBao on 127.0.0.1:{port}: {e}"))
     }
 }
 
