@@ -115,3 +115,9 @@ with open(out, "w") as f:
     f.write("".join(name + "\n" for name in sorted(hot)))
 print(f"{runs} runs: {len(hot)} functions, {sum(s[1] for s in sections if s[2] in hot) // 1024} KiB, in {out}")
 EOF
+
+# The package profiled above was linked with the previous order: rebuild it with the new one, so that
+# `cargo bench --bench service -- p5` measures what this order gives (it installs target/debian/*.deb).
+touch build.rs
+bash packaging/build-deb.sh >/dev/null
+echo "rebuilt $(ls target/debian/*.deb) with the new order"
