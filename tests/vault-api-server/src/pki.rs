@@ -122,20 +122,6 @@ impl TestPki {
         })
     }
 
-    /// Client identity PEM (certificate followed by key), e.g. for
-    /// `reqwest::Identity::from_pem`.
-    pub fn client_identity_pem(&self) -> String {
-        format!("{}{}", self.client_cert_pem, self.client_key_pem)
-    }
-
-    /// Identity PEM of the client certificate signed by the other CA.
-    pub fn other_client_identity_pem(&self) -> String {
-        format!(
-            "{}{}",
-            self.other_client_cert_pem, self.other_client_key_pem
-        )
-    }
-
     /// Write `ca.pem`, `server.pem`, `server-key.pem`, `client.pem`,
     /// `client-key.pem`, `other-ca.pem`, `other-client.pem` and
     /// `other-client-key.pem` into `dir` (keys mode 0600).
