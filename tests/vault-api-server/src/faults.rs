@@ -6,7 +6,6 @@ use std::time::Duration;
 
 #[derive(Debug, Default)]
 pub(crate) struct Faults {
-    sealed: AtomicBool,
     latency_ms: AtomicU64,
     /// 0 = no override.
     status_override: AtomicU16,
@@ -14,9 +13,6 @@ pub(crate) struct Faults {
 }
 
 impl Faults {
-    pub(crate) fn sealed(&self) -> bool {
-        self.sealed.load(Ordering::SeqCst)
-    }
     pub(crate) fn latency(&self) -> Duration {
         Duration::from_millis(self.latency_ms.load(Ordering::SeqCst))
     }
@@ -25,9 +21,6 @@ impl Faults {
             0 => None,
             s => Some(s),
         }
-    }
-    pub(crate) fn unseal(&self) {
-        self.sealed.store(false, Ordering::SeqCst);
     }
     pub(crate) fn connection_reset(&self) -> bool {
         self.connection_reset.load(Ordering::SeqCst)
@@ -39,18 +32,12 @@ impl Faults {
 pub struct FaultsHandle(pub(crate) Arc<Faults>);
 
 impl FaultsHandle {
-    /// Sealed: every path except `sys/health` and `sys/seal-status` answers
-    /// 503 `{"errors":["Vault is sealed"]}`; health reports sealed.
-    pub fn set_sealed(&self, sealed: bool) {
-        self.0.sealed.store(sealed, Ordering::SeqCst);
-    }
     /// Sleep this long before answering every request (zero = off).
     pub fn set_latency(&self, latency: Duration) {
         let ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
         self.0.latency_ms.store(ms, Ordering::SeqCst);
     }
-    /// Answer every request except `sys/health` and `sys/seal-status` with
-    /// this status and `{"errors":["injected fault"]}`.
+    /// Answer every request with this status and `{"errors":["injected fault"]}`.
     pub fn set_status_override(&self, status: Option<u16>) {
         self.0
             .status_override

@@ -8,8 +8,6 @@ use rcgen::{
     KeyUsagePurpose, SanType, SerialNumber,
 };
 
-use crate::TlsSettings;
-
 /// A test PKI: a CA, a server certificate and a client certificate it
 /// signed, plus an unrelated second CA with its own client certificate (for
 /// "wrong CA" tests). Every field is PEM.
@@ -122,32 +120,6 @@ impl TestPki {
             other_client_cert_pem,
             other_client_key_pem,
         })
-    }
-
-    /// Server settings: this PKI's server certificate and key; with
-    /// `require_client_ca`, client certificates are verified against the CA
-    /// during the handshake (still optional). Without it they are requested
-    /// and accepted unverified, like Vault's default listener.
-    pub fn tls_settings(&self, require_client_ca: bool) -> TlsSettings {
-        TlsSettings {
-            cert_chain_pem: self.server_cert_pem.clone(),
-            key_pem: self.server_key_pem.clone(),
-            client_ca_pem: require_client_ca.then(|| self.ca_cert_pem.clone()),
-        }
-    }
-
-    /// Client identity PEM (certificate followed by key), e.g. for
-    /// `reqwest::Identity::from_pem`.
-    pub fn client_identity_pem(&self) -> String {
-        format!("{}{}", self.client_cert_pem, self.client_key_pem)
-    }
-
-    /// Identity PEM of the client certificate signed by the other CA.
-    pub fn other_client_identity_pem(&self) -> String {
-        format!(
-            "{}{}",
-            self.other_client_cert_pem, self.other_client_key_pem
-        )
     }
 
     /// Write `ca.pem`, `server.pem`, `server-key.pem`, `client.pem`,
