@@ -8,7 +8,9 @@
 //!   answers 403 rather than the 404 of old servers that the KV v1 fallback is for); and showing the namespace
 //!   header of every request (OpenBao serves a token's own `auth/token/*` calls in the token's namespace whatever
 //!   the header says, so its audit log cannot show that header).
-//! - RustyVault (`rvault`, an independent implementation).
+//! - RustyVault (`rvault`, an independent implementation). It stays because it catches what OpenBao cannot: it has
+//!   no `sys/internal/ui/mounts`, so the client's KV v1 fallback runs against a real server, and it is a second
+//!   reading of the API, so the client depends on no OpenBao quirk.
 //!
 //! OpenBao or RustyVault missing is a failure, not a skip.
 // A test crate: failing loudly (unwrap, expect, panic, indexing) is how it reports.
