@@ -172,21 +172,18 @@ fn glob_segments(pattern: &[&str], path: &[&str]) -> bool {
 
 /// `*` within one segment: any run of characters.
 fn glob_segment(pattern: &str, name: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    let (Some((first, after_first)), Some(last)) = (parts.split_first(), parts.last()) else {
+    let Some((first, after_first)) = pattern.split_once('*') else {
         return pattern == name;
     };
-    let Some(middles) = after_first.split_last().map(|(_, middles)| middles) else {
-        // No `*` at all.
-        return pattern == name;
-    };
+    let (middles, last) = after_first.rsplit_once('*').unwrap_or(("", after_first));
     if !name.starts_with(first) || name.len() < first.len() + last.len() || !name.ends_with(last) {
         return false;
     }
     let Some(mut rest) = name.get(first.len()..name.len() - last.len()) else {
         return false;
     };
-    for middle in middles {
+    // An empty middle (`**` inside a segment) matches anywhere: nothing to skip.
+    for middle in middles.split('*').filter(|middle| !middle.is_empty()) {
         match rest.split_once(middle) {
             Some((_, after)) => rest = after,
             None => return false,
