@@ -26,6 +26,25 @@
 //! - A deleted or destroyed KV v2 version answers 404 (with `data: null` and the version's metadata in the body).
 //! - `sys/internal/ui/mounts/<path>` answers 403 ("preflight capability check") for a path no mount owns, even to
 //!   the root token, so that mounts cannot be probed.
+//! - Dynamic secrets (checked by `tests/vault_dynamic_engines.rs`):
+//!   - `GET database/creds/<role>` answers `lease_id` `database/creds/<role>/<24 chars>`, `renewable: true` and
+//!     `lease_duration` equal to the role's `default_ttl`; when the lease is revoked or expires, the role's
+//!     `revocation_statements` run (the ones of [`OpenBao::enable_database`] drop the PostgreSQL role, within a
+//!     second or two of the expiry). `verify_connection` makes writing `database/config/*` with a wrong password
+//!     fail at once, with 400.
+//!   - `LIST sys/leases/lookup/<prefix>` answers the same with or without the trailing slash: the lease ids'
+//!     last segments (`data.keys`), or `folder/` entries for a shorter prefix (`pki/issue` lists `web/`). No lease
+//!     under the prefix is a 404 with `{"errors":[]}`, not an empty list.
+//!   - `PUT sys/leases/lookup {lease_id}` answers 400 `invalid lease` for a revoked, expired or unknown lease;
+//!     `PUT sys/leases/revoke` answers 204 even for a lease that never existed.
+//!   - `pki/issue/<role>` with `generate_lease=true` answers a lease id `pki/issue/<role>/<id>` that is **not**
+//!     renewable, whose `lease_duration` can be a second short of the `ttl` asked for (it ends at NotAfter), and
+//!     a warning that `generate_lease` is discouraged; without it `lease_id` is `""` and `lease_duration` 0. A
+//!     `ttl` above the role's `max_ttl` is cut to it, with a warning, not refused. `ca_chain` holds the root
+//!     alone (no intermediates here), `issuing_ca` equals it, and `GET pki/cert/ca` gives it back later.
+//!   - A token role's `period` is stored (and read back) as both `period` and `token_period`, in seconds. A
+//!     token made from it is periodic, yet `auth/token/lookup` shows `period: null`: only a renewal tells, by
+//!     granting the period whatever increment is asked for.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -35,6 +54,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::http::{free_port, try_request};
+use super::postgres::Postgres;
 use super::vault_admin::Admin;
 
 /// Where `scripts/setup-test-host.sh` installs the server.
@@ -727,6 +747,169 @@ impl OpenBao {
             "could not start OpenBao with TLS ({}): {last_err}",
             bin.display()
         );
+    }
+}
+
+/// Dynamic secrets: the database engine against a real PostgreSQL, the PKI engine, leases and token roles.
+impl OpenBao {
+    /// Whether a secrets engine is mounted at `path` (from `sys/mounts`) in the root namespace.
+    pub fn is_mounted(&self, path: &str) -> bool {
+        let mounts = self.call("GET", "sys/mounts", None, Value::Null);
+        let key = format!("{}/", path.trim_matches('/'));
+        mounts["data"].get(&key).is_some()
+    }
+
+    /// Makes `database/creds/<role>` hand out PostgreSQL roles of `pg`: enables `database/` (once), writes the
+    /// connection `database/config/pg` (superuser `postgres`, `allowed_roles="*"`, `verify_connection`) and the
+    /// role `database/roles/<role>` with `default_ttl` and `max_ttl` (such as `10s`, `1m`). The role's
+    /// revocation statements drop the PostgreSQL role, so a revoked or expired lease leaves nothing in `pg_roles`.
+    /// Calling it again for a second role keeps the engine and the connection.
+    pub fn enable_database(&self, pg: &Postgres, role: &str, default_ttl: &str, max_ttl: &str) {
+        if !self.is_mounted("database") {
+            self.enable_secrets_engine(None, "database", "database", Value::Null);
+        }
+        self.call(
+            "POST",
+            "database/config/pg",
+            None,
+            json!({
+                "plugin_name": "postgresql-database-plugin",
+                "allowed_roles": "*",
+                "connection_url": pg.connection_url_template(),
+                "username": "postgres",
+                "password": pg.admin_password(),
+                "verify_connection": true,
+            }),
+        );
+        self.call(
+            "POST",
+            &format!("database/roles/{role}"),
+            None,
+            json!({
+                "db_name": "pg",
+                "default_ttl": default_ttl,
+                "max_ttl": max_ttl,
+                "creation_statements": [
+                    r#"CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';"#
+                ],
+                "revocation_statements": [
+                    r#"REASSIGN OWNED BY "{{name}}" TO postgres;"#,
+                    r#"DROP OWNED BY "{{name}}";"#,
+                    r#"DROP ROLE IF EXISTS "{{name}}";"#
+                ],
+            }),
+        );
+    }
+
+    /// Makes `pki/issue/<role>` issue certificates for `*.internal` (and IP SANs) up to `max_ttl`, with a lease
+    /// when `generate_lease`: enables `pki/` with `max_lease_ttl=87600h` and generates an internal root CA
+    /// `test-ca` (both once), then writes the role. Returns the CA certificate (PEM).
+    pub fn enable_pki(&self, role: &str, max_ttl: &str, generate_lease: bool) -> String {
+        let ca = if self.is_mounted("pki") {
+            self.call("GET", "pki/cert/ca", None, Value::Null)["data"]["certificate"].clone()
+        } else {
+            self.call(
+                "POST",
+                "sys/mounts/pki",
+                None,
+                json!({ "type": "pki", "config": { "max_lease_ttl": "87600h" } }),
+            );
+            let generated = self.call(
+                "POST",
+                "pki/root/generate/internal",
+                None,
+                json!({ "common_name": "test-ca", "ttl": "87600h" }),
+            );
+            generated["data"]["certificate"].clone()
+        };
+        let ca = ca
+            .as_str()
+            .unwrap_or_else(|| panic!("pki: no CA certificate in {ca}"))
+            .to_owned();
+        self.call(
+            "POST",
+            &format!("pki/roles/{role}"),
+            None,
+            json!({
+                "allowed_domains": "internal",
+                "allow_subdomains": true,
+                "allow_ip_sans": true,
+                "max_ttl": max_ttl,
+                "generate_lease": generate_lease,
+            }),
+        );
+        ca
+    }
+
+    /// The live leases under `prefix` (such as `database/creds/app/`; the trailing slash is added if missing), as
+    /// the suffixes `LIST sys/leases/lookup/<prefix>` answers: the lease id is `<prefix><suffix>`. Empty when there
+    /// are none (OpenBao answers 404).
+    pub fn leases(&self, prefix: &str) -> Vec<String> {
+        let prefix = format!("{}/", prefix.trim_matches('/'));
+        let (status, listed) = self.request(
+            "LIST",
+            &format!("sys/leases/lookup/{prefix}"),
+            None,
+            Some(&self.root_token),
+            None,
+        );
+        if status == 404 {
+            return Vec::new();
+        }
+        assert_eq!(status, 200, "LIST sys/leases/lookup/{prefix}: {listed}");
+        listed["data"]["keys"]
+            .as_array()
+            .unwrap_or_else(|| panic!("LIST sys/leases/lookup/{prefix}: no data.keys in {listed}"))
+            .iter()
+            .map(|key| key.as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// The seconds left of the lease `lease_id` (`PUT sys/leases/lookup`), or `None` once it is revoked, expired
+    /// or was never issued (OpenBao answers 400 "invalid lease").
+    pub fn lease_ttl(&self, lease_id: &str) -> Option<i64> {
+        let (status, reply) = self.request(
+            "PUT",
+            "sys/leases/lookup",
+            None,
+            Some(&self.root_token),
+            Some(&json!({ "lease_id": lease_id })),
+        );
+        match status {
+            200 => {
+                Some(reply["data"]["ttl"].as_i64().unwrap_or_else(|| {
+                    panic!("sys/leases/lookup {lease_id}: no data.ttl in {reply}")
+                }))
+            }
+            400 => None,
+            _ => panic!("sys/leases/lookup {lease_id} answered {status}: {reply}"),
+        }
+    }
+
+    /// Revokes the lease `lease_id` now (`PUT sys/leases/revoke`, which waits for the engine's revocation).
+    pub fn revoke_lease(&self, lease_id: &str) {
+        self.call(
+            "PUT",
+            "sys/leases/revoke",
+            None,
+            json!({ "lease_id": lease_id }),
+        );
+    }
+
+    /// Writes the token role `auth/token/roles/<name>`: tokens made with `auth/token/create/<name>` get
+    /// `allowed_policies`, are periodic with `period` (such as `1h`; empty for none) and are orphans when `orphan`.
+    pub fn create_token_role(
+        &self,
+        name: &str,
+        allowed_policies: &[&str],
+        period: &str,
+        orphan: bool,
+    ) {
+        let mut body = json!({ "allowed_policies": allowed_policies, "orphan": orphan });
+        if !period.is_empty() {
+            body["period"] = json!(period);
+        }
+        self.call("POST", &format!("auth/token/roles/{name}"), None, body);
     }
 }
 
