@@ -7,6 +7,7 @@
 //! - [`mount`]: where a volume's filesystem is served: in this process or in a transient systemd unit.
 //! - [`fs`]: the secret filesystem (a kernel-free core), its FUSE adapter and its audit log.
 //! - [`source`]: where secrets come from: the source trait, the cache, routing by rule, the file backend, Vault.
+//! - [`lease`]: dynamic secrets: leases issued per container, renewed, re-issued, revoked, and their journal.
 //! - [`access`]: the access rules, decided for every path read.
 //! - [`names`]: Vault paths, views (`name@N`, `name#field`) and escaping.
 //! - [`config`]: the layered configuration and the command line.
@@ -17,6 +18,7 @@ pub mod access;
 pub mod app;
 pub mod config;
 pub mod fs;
+pub mod lease;
 pub mod mount;
 pub mod names;
 pub mod plugin;

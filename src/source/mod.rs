@@ -12,6 +12,7 @@ use std::fmt;
 use async_trait::async_trait;
 use zeroize::Zeroizing;
 
+use crate::lease::{IssueRequest, Issued, LeaseHandle, LeaseRef, Renewed};
 use crate::names::{VaultPath, View};
 
 /// Why a source could not answer.
@@ -131,6 +132,18 @@ pub fn children_of<'a>(
     Ok(names)
 }
 
+/// How a dynamic engine is asked for a credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DynamicKind {
+    /// A read (`database/creds/<role>`, `aws/creds/<role>`, ...).
+    Read,
+    /// A write with the volume's parameters (`pki/issue/<role>`).
+    PkiIssue,
+}
+
+/// What the driver says when a source has no dynamic engines.
+const NO_DYNAMIC: &str = "this secret backend has no dynamic secrets engines";
+
 /// Where secrets come from. The filesystem only ever talks to this trait.
 #[async_trait]
 pub trait SecretSource: Send + Sync + 'static {
@@ -160,6 +173,36 @@ pub trait SecretSource: Send + Sync + 'static {
         Err(SourceError::Unavailable(
             "this source cannot list".to_owned(),
         ))
+    }
+
+    /// Whether `path` may be served as a dynamic volume (its engine mints credentials: database, pki, aws, ...),
+    /// and how it is asked. Asked at Create, Mount and before every issue. KV paths are refused here.
+    async fn check_dynamic(&self, _path: &VaultPath) -> Result<DynamicKind, SourceError> {
+        Err(SourceError::Refused(NO_DYNAMIC.to_owned()))
+    }
+
+    /// Mints one credential. Called once per lease holder and once per re-issue, never by a read or a refresh.
+    async fn issue(&self, _request: &IssueRequest) -> Result<Issued, SourceError> {
+        Err(SourceError::Refused(NO_DYNAMIC.to_owned()))
+    }
+
+    /// Renews a lease by `increment`. A lease Vault no longer knows (revoked, expired) is `NotFound`.
+    async fn renew_lease(
+        &self,
+        _handle: &LeaseHandle,
+        _increment: std::time::Duration,
+    ) -> Result<Renewed, SourceError> {
+        Err(SourceError::Refused(NO_DYNAMIC.to_owned()))
+    }
+
+    /// Revokes what was issued: the lease (or a certificate without one, by serial) and the lease's own token. A
+    /// lease already gone is not an error. `owner_token`: the lease's own token when still in memory.
+    async fn revoke_lease(
+        &self,
+        _lease: &LeaseRef,
+        _owner_token: Option<&str>,
+    ) -> Result<(), SourceError> {
+        Err(SourceError::Refused(NO_DYNAMIC.to_owned()))
     }
 }
 

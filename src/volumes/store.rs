@@ -58,7 +58,9 @@ impl DirRecordStore {
 }
 
 /// Every `*.json` file in `dir`, parsed.
-fn read_json_files<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<Vec<T>, StoreError> {
+pub(crate) fn read_json_files<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+) -> Result<Vec<T>, StoreError> {
     let mut items = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_error(dir))? {
         let path = entry.map_err(io_error(dir))?.path();
@@ -74,7 +76,11 @@ fn read_json_files<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<Vec<T>,
 }
 
 /// Replaces `path` (in `dir`) with `value` as JSON, atomically and durably.
-fn write_json(dir: &Path, path: &Path, value: &impl serde::Serialize) -> Result<(), StoreError> {
+pub(crate) fn write_json(
+    dir: &Path,
+    path: &Path,
+    value: &impl serde::Serialize,
+) -> Result<(), StoreError> {
     let temporary = path.with_extension("json.tmp");
     let text = serde_json::to_vec_pretty(value).map_err(|source| StoreError::Corrupt {
         path: path.to_owned(),
@@ -94,7 +100,7 @@ fn write_json(dir: &Path, path: &Path, value: &impl serde::Serialize) -> Result<
 }
 
 /// Removes `path` (in `dir`) if it exists.
-fn remove_file(dir: &Path, path: &Path) -> Result<(), StoreError> {
+pub(crate) fn remove_file(dir: &Path, path: &Path) -> Result<(), StoreError> {
     match fs::remove_file(path) {
         Ok(()) => sync_dir(dir),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),

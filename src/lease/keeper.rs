@@ -1,0 +1,742 @@
+//! One lease holder's credential, kept valid for as long as the holder lives.
+//!
+//! A renewable lease is renewed at 2/3 of its TTL. When it can no longer be renewed (Vault granted less than asked:
+//! the max TTL; not renewable; a certificate's validity), a successor is issued at 2/3 of the lease's life (or
+//! `reissue_before` its end), the files switch to it at once (the `switched` callback: new inodes, kernel
+//! invalidation), and the old lease is revoked after `reissue_grace`. While Vault cannot be reached the last
+//! credential keeps being served and each step is retried with backoff; a credential that expired meanwhile is
+//! replaced as soon as Vault answers. Nothing here reads a secret on a lookup or a refresh: only issuing mints one.
+
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use super::journal::{unix_seconds, HolderProcess, JournalEntry, LeaseJournal, RetiringLease};
+use super::{IssueRequest, Issued, LeaseHandle, LeasePolicy};
+use crate::source::{Secret, SecretSource, SourceError};
+
+/// Which source issues, renews and revokes for a volume, decided again before every issue and renewal (a rule
+/// that no longer makes the path dynamic stops the lease).
+pub trait LeaseRoute: Send + Sync {
+    fn source(&self) -> Result<Arc<dyn SecretSource>, SourceError>;
+}
+
+/// Who holds the lease, for the journal and the audit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub volume: String,
+    /// The container's mount ID, or [`super::VOLUME_HOLDER`].
+    pub holder: String,
+    pub namespace: Option<String>,
+}
+
+/// The shortest and longest wait between retries while Vault cannot be reached.
+const BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
+
+struct Held {
+    secret: Arc<Secret>,
+    handle: LeaseHandle,
+    source: Arc<dyn SecretSource>,
+    issued: Instant,
+    issued_wall: SystemTime,
+    ttl: Duration,
+    renewed: Instant,
+    expires: Instant,
+    /// When the lease can no longer be extended, once known.
+    final_end: Option<Instant>,
+}
+
+struct Retiring {
+    handle: LeaseHandle,
+    source: Arc<dyn SecretSource>,
+    revoke_at: Instant,
+}
+
+#[derive(Default)]
+struct KeeperState {
+    current: Option<Held>,
+    generation: u64,
+    retiring: Vec<Retiring>,
+    trouble: Option<String>,
+}
+
+/// What the keeper does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Renew,
+    Reissue,
+    Idle,
+}
+
+/// Keeps one holder's lease.
+pub struct LeaseKeeper {
+    holder: Holder,
+    request: IssueRequest,
+    route: Arc<dyn LeaseRoute>,
+    policy: LeasePolicy,
+    journal: Option<LeaseJournal>,
+    state: Mutex<KeeperState>,
+    switched: OnceLock<Box<dyn Fn() + Send + Sync>>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// Names the holder only: the state holds the credential.
+impl std::fmt::Debug for LeaseKeeper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseKeeper")
+            .field("holder", &self.holder)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LeaseKeeper {
+    /// Issues the holder's first credential (a Mount waits for it) and starts keeping it.
+    pub async fn start(
+        holder: Holder,
+        request: IssueRequest,
+        route: Arc<dyn LeaseRoute>,
+        policy: LeasePolicy,
+        journal: Option<LeaseJournal>,
+    ) -> Result<Arc<LeaseKeeper>, SourceError> {
+        let keeper = Arc::new(LeaseKeeper {
+            holder,
+            request,
+            route,
+            policy,
+            journal,
+            state: Mutex::new(KeeperState::default()),
+            switched: OnceLock::new(),
+            task: Mutex::new(None),
+        });
+        let (source, issued) = keeper.issue().await?;
+        keeper.install(source, issued);
+        let weak = Arc::downgrade(&keeper);
+        let task = tokio::spawn(async move {
+            let mut failures = 0u32;
+            loop {
+                let Some(keeper) = weak.upgrade() else { return };
+                let (at, step) = keeper.next_step(failures);
+                drop(keeper);
+                tokio::time::sleep_until(at).await;
+                let Some(keeper) = weak.upgrade() else { return };
+                failures = if keeper.act(step).await {
+                    0
+                } else {
+                    failures + 1
+                };
+            }
+        });
+        *keeper.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+        Ok(keeper)
+    }
+
+    /// Called after every switch to a new credential (the filesystem retires its names).
+    pub fn on_switch(&self, switched: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.switched.set(switched);
+    }
+
+    fn state(&self) -> MutexGuard<'_, KeeperState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The credential served now and its generation (a new one at every re-issue); `None` once stopped.
+    pub fn current(&self) -> Option<(Arc<Secret>, u64)> {
+        let state = self.state();
+        let generation = state.generation;
+        state
+            .current
+            .as_ref()
+            .map(|held| (held.secret.clone(), generation))
+    }
+
+    /// The lease ID served now (empty: no lease), for tests and status.
+    pub fn lease_id(&self) -> Option<String> {
+        self.state()
+            .current
+            .as_ref()
+            .map(|held| held.handle.lease.lease_id.clone())
+    }
+
+    /// What is wrong, if anything (a failing renewal, an expired credential).
+    pub fn trouble(&self) -> Option<String> {
+        self.state().trouble.clone()
+    }
+
+    async fn issue(&self) -> Result<(Arc<dyn SecretSource>, Issued), SourceError> {
+        let source = self.route.source()?;
+        source.check_dynamic(&self.request.path).await?;
+        let issued = source.issue(&self.request).await?;
+        Ok((source, issued))
+    }
+
+    /// Serves `issued` from now on; the credential it replaces is revoked after the re-issue grace.
+    fn install(&self, source: Arc<dyn SecretSource>, issued: Issued) {
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let expires = now + issued.ttl;
+        let ends_by = issued
+            .ends_by
+            .map(|end| now + end.duration_since(wall).unwrap_or(Duration::ZERO));
+        let final_end = match (issued.renewable && !issued.ttl.is_zero(), ends_by) {
+            (true, ends_by) => ends_by,
+            (false, Some(end)) => Some(end.min(if issued.ttl.is_zero() { end } else { expires })),
+            (false, None) if !issued.ttl.is_zero() => Some(expires),
+            (false, None) => None,
+        };
+        let held = Held {
+            secret: Arc::new(issued.secret),
+            handle: issued.handle,
+            source,
+            issued: now,
+            issued_wall: wall,
+            ttl: issued.ttl,
+            renewed: now,
+            expires,
+            final_end,
+        };
+        let lease_id = held.handle.lease.lease_id.clone();
+        let replaced = {
+            let mut state = self.state();
+            state.generation += 1;
+            state.trouble = None;
+            let old = state.current.replace(held);
+            if let Some(old) = &old {
+                let revoke_at = (now + self.policy.reissue_grace).min(old.expires.max(now));
+                state.retiring.push(Retiring {
+                    handle: old.handle.clone(),
+                    source: old.source.clone(),
+                    revoke_at,
+                });
+            }
+            old.is_some()
+        };
+        tracing::info!(
+            target: "docker_volume_libsecret::audit",
+            audit_volume = %self.holder.volume,
+            audit_container = %self.holder.holder,
+            audit_lease = %lease_id,
+            audit_result = if replaced { "lease-reissued" } else { "lease-issued" },
+            "dynamic secret issued for {} to {}",
+            self.holder.volume,
+            self.holder.holder
+        );
+        self.write_journal();
+        if replaced {
+            if let Some(switched) = self.switched.get() {
+                switched();
+            }
+        }
+    }
+
+    fn next_step(&self, failures: u32) -> (Instant, Step) {
+        let state = self.state();
+        let now = Instant::now();
+        let retire = state.retiring.iter().map(|r| r.revoke_at).min();
+        let (at, step) = match &state.current {
+            None => (now + BACKOFF.1, Step::Idle),
+            Some(held) => {
+                let (at, step) = plan(held, &self.policy, now);
+                if failures > 0 {
+                    let wait = BACKOFF
+                        .0
+                        .saturating_mul(1 << failures.min(5))
+                        .min(BACKOFF.1);
+                    (now + wait, step)
+                } else {
+                    (at, step)
+                }
+            }
+        };
+        match retire {
+            Some(retire) if retire <= at => (retire, Step::Idle),
+            _ => (at, step),
+        }
+    }
+
+    /// Does `step` (and any revocation due); whether it worked.
+    async fn act(&self, step: Step) -> bool {
+        self.revoke_due().await;
+        match step {
+            Step::Idle => true,
+            Step::Renew => self.renew().await,
+            Step::Reissue => self.reissue().await,
+        }
+    }
+
+    async fn revoke_due(&self) {
+        let now = Instant::now();
+        let due: Vec<Retiring> = {
+            let mut state = self.state();
+            let (due, keep) = std::mem::take(&mut state.retiring)
+                .into_iter()
+                .partition(|r| r.revoke_at <= now);
+            state.retiring = keep;
+            due
+        };
+        if due.is_empty() {
+            return;
+        }
+        for retiring in due {
+            self.revoke(&retiring.source, &retiring.handle).await;
+        }
+        self.write_journal();
+    }
+
+    async fn revoke(&self, source: &Arc<dyn SecretSource>, handle: &LeaseHandle) {
+        let owner = handle.owner_token.as_ref().map(|t| t.as_str());
+        match source.revoke_lease(&handle.lease, owner).await {
+            Ok(()) => tracing::info!(
+                target: "docker_volume_libsecret::audit",
+                audit_volume = %self.holder.volume,
+                audit_container = %self.holder.holder,
+                audit_lease = %handle.lease.lease_id,
+                audit_result = "lease-revoked",
+                "lease of {} revoked for {}",
+                self.holder.volume,
+                self.holder.holder
+            ),
+            Err(error) => tracing::warn!(
+                volume = %self.holder.volume,
+                lease = %handle.lease.lease_id,
+                %error,
+                "could not revoke the lease of {}; the next driver start retries",
+                self.holder.volume
+            ),
+        }
+    }
+
+    async fn renew(&self) -> bool {
+        let (handle, source, ttl, expires) = {
+            let state = self.state();
+            let Some(held) = &state.current else {
+                return true;
+            };
+            (
+                held.handle.clone(),
+                held.source.clone(),
+                held.ttl,
+                held.expires,
+            )
+        };
+        if Instant::now() >= expires {
+            return self.reissue().await;
+        }
+        match source.renew_lease(&handle, ttl).await {
+            Ok(renewed) => {
+                let now = Instant::now();
+                let mut state = self.state();
+                if let Some(held) = state.current.as_mut() {
+                    held.renewed = now;
+                    held.expires = now + renewed.ttl;
+                    // Granted less than asked (beyond a second of rounding): the max TTL is reached.
+                    if !renewed.renewable || renewed.ttl + Duration::from_secs(1) < ttl {
+                        held.final_end =
+                            Some(held.expires.min(held.final_end.unwrap_or(held.expires)));
+                    }
+                }
+                state.trouble = None;
+                drop(state);
+                tracing::debug!(volume = %self.holder.volume, lease = %handle.lease.lease_id, ttl_seconds = renewed.ttl.as_secs(), "lease renewed");
+                self.write_journal();
+                true
+            }
+            // Gone (revoked in Vault, expired) or refused now: issue a successor.
+            Err(SourceError::NotFound | SourceError::Denied(_)) => self.reissue().await,
+            Err(error) => {
+                self.note_trouble(format!("renewal failing: {error}"));
+                false
+            }
+        }
+    }
+
+    async fn reissue(&self) -> bool {
+        match self.issue().await {
+            Ok((source, issued)) => {
+                self.install(source, issued);
+                true
+            }
+            Err(SourceError::Refused(reason)) => {
+                tracing::warn!(volume = %self.holder.volume, %reason, "dynamic volume {} refused now; its lease is revoked", self.holder.volume);
+                let held = self.state().current.take();
+                if let Some(held) = held {
+                    self.revoke(&held.source, &held.handle).await;
+                }
+                if let Some(switched) = self.switched.get() {
+                    switched();
+                }
+                self.note_trouble(format!("refused: {reason}"));
+                true
+            }
+            Err(error) => {
+                let expired = self
+                    .state()
+                    .current
+                    .as_ref()
+                    .is_some_and(|held| Instant::now() >= held.expires);
+                self.note_trouble(if expired {
+                    format!("the credential expired during an outage; it is replaced as soon as Vault answers ({error})")
+                } else {
+                    format!("re-issue failing: {error}")
+                });
+                false
+            }
+        }
+    }
+
+    fn note_trouble(&self, trouble: String) {
+        tracing::warn!(volume = %self.holder.volume, container = %self.holder.holder, %trouble, "dynamic volume {}: {trouble}", self.holder.volume);
+        self.state().trouble = Some(trouble);
+        self.write_journal();
+    }
+
+    fn write_journal(&self) {
+        let Some(journal) = &self.journal else { return };
+        let entry = {
+            let state = self.state();
+            let Some(held) = &state.current else {
+                return;
+            };
+            let now = Instant::now();
+            let wall = SystemTime::now();
+            let wall_of = |at: Instant| unix_seconds(wall + at.saturating_duration_since(now));
+            JournalEntry {
+                volume: self.holder.volume.clone(),
+                holder: self.holder.holder.clone(),
+                namespace: self.holder.namespace.clone(),
+                lease: held.handle.lease.clone(),
+                issued_at: unix_seconds(held.issued_wall),
+                expires_at: if held.ttl.is_zero() {
+                    0
+                } else {
+                    wall_of(held.expires)
+                },
+                process: HolderProcess::current(),
+                state: state
+                    .trouble
+                    .clone()
+                    .unwrap_or_else(|| "serving".to_owned()),
+                retiring: state
+                    .retiring
+                    .iter()
+                    .map(|r| RetiringLease {
+                        lease: r.handle.lease.clone(),
+                        revoke_at: wall_of(r.revoke_at),
+                    })
+                    .collect(),
+            }
+        };
+        if let Err(error) = journal.save(&entry) {
+            tracing::warn!(volume = %self.holder.volume, %error, "could not write the lease journal");
+        }
+    }
+
+    /// The last holder is gone: waits `unmount_grace`, then revokes every lease this keeper issued and forgets them.
+    pub async fn finish(&self) {
+        self.stop_task();
+        tokio::time::sleep(self.policy.unmount_grace).await;
+        let (held, retiring) = {
+            let mut state = self.state();
+            (state.current.take(), std::mem::take(&mut state.retiring))
+        };
+        for retiring in retiring {
+            self.revoke(&retiring.source, &retiring.handle).await;
+        }
+        if let Some(held) = held {
+            self.revoke(&held.source, &held.handle).await;
+        }
+        if let Some(journal) = &self.journal {
+            if let Err(error) = journal.remove(&self.holder.volume, &self.holder.holder) {
+                tracing::warn!(volume = %self.holder.volume, %error, "could not clear the lease journal");
+            }
+        }
+    }
+
+    /// Stops renewing without revoking (the process is going away; the journal tells the next driver).
+    pub fn stop_task(&self) {
+        if let Some(task) = self.task.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for LeaseKeeper {
+    fn drop(&mut self) {
+        self.stop_task();
+    }
+}
+
+/// When and what next for `held`: a renewal at 2/3 of its TTL, or once it cannot be extended, a re-issue at 2/3 of
+/// its life (or `reissue_before` its end).
+fn plan(held: &Held, policy: &LeasePolicy, now: Instant) -> (Instant, Step) {
+    if let Some(end) = held.final_end {
+        let life = end.saturating_duration_since(held.issued);
+        let at = match policy.reissue_before {
+            Some(before) => end
+                .checked_sub(before)
+                .unwrap_or(held.issued)
+                .max(held.issued),
+            None => held.issued + life * 2 / 3,
+        };
+        return (at.max(now.min(at)), Step::Reissue);
+    }
+    if held.ttl.is_zero() {
+        return (now + Duration::from_secs(3600), Step::Idle);
+    }
+    (held.renewed + held.ttl * 2 / 3, Step::Renew)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::{LeaseRef, Renewed};
+    use crate::names::VaultPath;
+    use async_trait::async_trait;
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    /// A dynamic engine in memory: each issue mints `cred-N` with a lease of `ttl`, renewable up to `max_ttl`.
+    #[derive(Default)]
+    struct FakeEngine {
+        issued: AtomicUsize,
+        renewals: AtomicUsize,
+        revoked: Mutex<Vec<String>>,
+        down: AtomicBool,
+        ttl: Duration,
+        max_ttl: Duration,
+        started: Mutex<BTreeMap<String, Instant>>,
+    }
+
+    #[async_trait]
+    impl SecretSource for FakeEngine {
+        async fn read(&self, _path: &VaultPath) -> Result<Secret, SourceError> {
+            Err(SourceError::NotFound)
+        }
+        async fn is_folder(&self, _path: &VaultPath) -> Result<bool, SourceError> {
+            Ok(false)
+        }
+        async fn check_dynamic(
+            &self,
+            _path: &VaultPath,
+        ) -> Result<crate::source::DynamicKind, SourceError> {
+            Ok(crate::source::DynamicKind::Read)
+        }
+        async fn issue(&self, request: &IssueRequest) -> Result<Issued, SourceError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(SourceError::Unavailable("down".into()));
+            }
+            let n = self.issued.fetch_add(1, Ordering::SeqCst) + 1;
+            let lease_id = format!("{}/lease-{n}", request.path);
+            self.started
+                .lock()
+                .unwrap()
+                .insert(lease_id.clone(), Instant::now());
+            let fields = BTreeMap::from([
+                (
+                    "username".to_owned(),
+                    serde_json::json!(format!("user-{n}")),
+                ),
+                (
+                    "password".to_owned(),
+                    serde_json::json!(format!("pass-{n}")),
+                ),
+            ]);
+            Ok(Issued {
+                secret: Secret::new(fields),
+                handle: LeaseHandle {
+                    lease: LeaseRef {
+                        path: request.path.to_string(),
+                        lease_id,
+                        serial: None,
+                        owner_accessor: None,
+                    },
+                    owner_token: None,
+                },
+                ttl: self.ttl,
+                renewable: true,
+                ends_by: None,
+            })
+        }
+        async fn renew_lease(
+            &self,
+            handle: &LeaseHandle,
+            increment: Duration,
+        ) -> Result<Renewed, SourceError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(SourceError::Unavailable("down".into()));
+            }
+            self.renewals.fetch_add(1, Ordering::SeqCst);
+            let started = *self
+                .started
+                .lock()
+                .unwrap()
+                .get(&handle.lease.lease_id)
+                .ok_or(SourceError::NotFound)?;
+            let left = (started + self.max_ttl).saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(SourceError::NotFound);
+            }
+            Ok(Renewed {
+                ttl: increment.min(left),
+                renewable: true,
+            })
+        }
+        async fn revoke_lease(
+            &self,
+            lease: &LeaseRef,
+            _owner_token: Option<&str>,
+        ) -> Result<(), SourceError> {
+            self.revoked.lock().unwrap().push(lease.lease_id.clone());
+            Ok(())
+        }
+    }
+
+    struct Fixed(Arc<FakeEngine>);
+    impl LeaseRoute for Fixed {
+        fn source(&self) -> Result<Arc<dyn SecretSource>, SourceError> {
+            Ok(self.0.clone())
+        }
+    }
+
+    fn engine(ttl: u64, max_ttl: u64) -> Arc<FakeEngine> {
+        Arc::new(FakeEngine {
+            ttl: Duration::from_secs(ttl),
+            max_ttl: Duration::from_secs(max_ttl),
+            ..FakeEngine::default()
+        })
+    }
+
+    async fn keeper(engine: &Arc<FakeEngine>, policy: LeasePolicy) -> Arc<LeaseKeeper> {
+        LeaseKeeper::start(
+            Holder {
+                volume: "database/creds/app".into(),
+                holder: "container-1".into(),
+                namespace: None,
+            },
+            IssueRequest {
+                path: VaultPath::from_volume_name("database/creds/app").unwrap(),
+                params: BTreeMap::new(),
+            },
+            Arc::new(Fixed(engine.clone())),
+            policy,
+            None,
+        )
+        .await
+        .unwrap()
+    }
+
+    fn user(keeper: &LeaseKeeper) -> String {
+        let (secret, _) = keeper.current().unwrap();
+        String::from_utf8(
+            secret
+                .render(&crate::names::View::Field("username".into()))
+                .unwrap()
+                .to_vec(),
+        )
+        .unwrap()
+    }
+
+    async fn run_for(seconds: u64) {
+        for _ in 0..seconds * 10 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_is_renewed_at_two_thirds_and_reissued_before_its_max_ttl_with_the_old_one_revoked(
+    ) {
+        let engine = engine(10, 30);
+        let switches = Arc::new(AtomicUsize::new(0));
+        let policy = LeasePolicy {
+            reissue_grace: Duration::from_secs(5),
+            ..LeasePolicy::default()
+        };
+        let keeper = keeper(&engine, policy).await;
+        let counted = switches.clone();
+        keeper.on_switch(Box::new(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+        }));
+        assert_eq!(user(&keeper), "user-1");
+        run_for(7).await;
+        assert_eq!(
+            engine.renewals.load(Ordering::SeqCst),
+            1,
+            "renewed at 2/3 of 10 s"
+        );
+        assert_eq!(engine.issued.load(Ordering::SeqCst), 1);
+        // Renewals at ~6.7, ~13.3, ~20 and ~26.7 s; that one is granted 3.3 s, not 10: the max TTL is reached, and
+        // a successor is issued at once, before the old lease ends at 30 s.
+        run_for(19).await;
+        assert_eq!(
+            engine.issued.load(Ordering::SeqCst),
+            1,
+            "no re-issue while renewals are granted in full"
+        );
+        run_for(2).await;
+        assert_eq!(
+            engine.issued.load(Ordering::SeqCst),
+            2,
+            "re-issued before the max TTL"
+        );
+        assert_eq!(user(&keeper), "user-2");
+        assert_eq!(switches.load(Ordering::SeqCst), 1);
+        assert!(
+            engine.revoked.lock().unwrap().is_empty(),
+            "the old lease lives until its end (before the 5 s grace is over)"
+        );
+        run_for(3).await;
+        assert_eq!(
+            *engine.revoked.lock().unwrap(),
+            vec!["database/creds/app/lease-1".to_owned()]
+        );
+        // Two minutes: the credential is always one Vault still honours, and nothing else is minted.
+        run_for(100).await;
+        let issued = engine.issued.load(Ordering::SeqCst);
+        assert!((4..=6).contains(&issued), "one issue per ~27 s: {issued}");
+        keeper.finish().await;
+        let revoked = engine.revoked.lock().unwrap().clone();
+        assert_eq!(
+            revoked.len(),
+            issued,
+            "every lease issued is revoked at the end: {revoked:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn during_an_outage_the_last_credential_is_served_and_replaced_when_vault_is_back() {
+        let engine = engine(10, 3600);
+        let keeper = keeper(&engine, LeasePolicy::default()).await;
+        engine.down.store(true, Ordering::SeqCst);
+        run_for(30).await;
+        assert_eq!(user(&keeper), "user-1", "served through the outage");
+        let trouble = keeper.trouble().unwrap();
+        assert!(trouble.contains("expired during an outage"), "{trouble}");
+        engine.down.store(false, Ordering::SeqCst);
+        run_for(35).await;
+        assert_eq!(user(&keeper), "user-2", "replaced once Vault answers");
+        assert_eq!(keeper.trouble(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn finishing_waits_the_unmount_grace_then_revokes() {
+        let engine = engine(60, 3600);
+        let keeper = keeper(
+            &engine,
+            LeasePolicy {
+                unmount_grace: Duration::from_secs(3),
+                ..LeasePolicy::default()
+            },
+        )
+        .await;
+        let finishing = {
+            let keeper = keeper.clone();
+            tokio::spawn(async move { keeper.finish().await })
+        };
+        run_for(2).await;
+        assert!(engine.revoked.lock().unwrap().is_empty());
+        run_for(2).await;
+        finishing.await.unwrap();
+        assert_eq!(engine.revoked.lock().unwrap().len(), 1);
+        assert!(keeper.current().is_none());
+    }
+}

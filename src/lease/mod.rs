@@ -1,0 +1,134 @@
+//! Dynamic secrets: credentials a Vault engine mints on request (database credentials, PKI certificates, cloud
+//! keys), each under a lease that has to be renewed and should be revoked when nobody needs it any more.
+//!
+//! A dynamic volume holds one issued response per lease holder (a container, or the whole volume with
+//! `-o lease=per-volume`): every file of the volume is a field of that one response, so a certificate and its key,
+//! or a username and its password, always belong together. The [`keeper::LeaseKeeper`] renews the lease at 2/3 of
+//! its TTL, issues a new one before the old one can no longer be renewed (max TTL, non-renewable, a certificate's
+//! validity), switches the files atomically, and revokes what it issued when the last holder is gone. The
+//! [`journal`] records which leases exist and who holds them (never a credential), so leases of holders that died
+//! with a crash or a reboot are revoked by the next driver.
+
+pub mod journal;
+pub mod keeper;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use zeroize::Zeroizing;
+
+use crate::names::VaultPath;
+use crate::source::Secret;
+
+/// What to ask a dynamic engine for: a read of `path` (`database/creds/<role>`), or, with parameters, a write to it
+/// (`pki/issue/<role>` with `common_name`, ...). Parameters are volume options, never credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssueRequest {
+    pub path: VaultPath,
+    pub params: BTreeMap<String, String>,
+}
+
+/// How a lease is renewed and revoked: no secret value, and the lease-owning token (when there is one) only in
+/// memory. The journal keeps [`LeaseRef`], which has neither.
+#[derive(Clone)]
+pub struct LeaseHandle {
+    pub lease: LeaseRef,
+    /// The token the lease was issued with, when it is the lease's own (from `dynamic.lease_token_role`): the lease
+    /// lives as long as this token, not as long as the driver's login.
+    pub owner_token: Option<Zeroizing<String>>,
+}
+
+impl std::fmt::Debug for LeaseHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseHandle")
+            .field("lease", &self.lease)
+            .field(
+                "owner_token",
+                &self.owner_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// What identifies an issued credential in Vault: its lease ID, a certificate's serial, the accessor of the token
+/// that owns it. Not a credential: none of these reads or renews anything by itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRef {
+    /// The Vault path issued from.
+    pub path: String,
+    /// The Vault lease ID (empty: the response had no lease, as PKI certificates without `generate_lease`).
+    #[serde(default)]
+    pub lease_id: String,
+    /// A PKI certificate's serial number, revoked by serial when it has no lease.
+    #[serde(default)]
+    pub serial: Option<String>,
+    /// The accessor of the lease's own token, revoked with the lease (its children go with it).
+    #[serde(default)]
+    pub owner_accessor: Option<String>,
+}
+
+/// An issued response: the secret its files show, and its lease.
+pub struct Issued {
+    pub secret: Secret,
+    pub handle: LeaseHandle,
+    /// The lease's TTL as issued (zero: no lease).
+    pub ttl: Duration,
+    pub renewable: bool,
+    /// When the credential stops working whatever is renewed (a certificate's `expiration`, the owning token's
+    /// end), if known.
+    pub ends_by: Option<SystemTime>,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field("secret", &self.secret)
+            .field("handle", &self.handle)
+            .field("ttl", &self.ttl)
+            .field("renewable", &self.renewable)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A renewal's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Renewed {
+    /// The TTL from now Vault granted (less than asked for: the lease is at its max TTL).
+    pub ttl: Duration,
+    pub renewable: bool,
+}
+
+/// How dynamic volumes behave (`[dynamic]` in the config).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeasePolicy {
+    /// How long after the last Unmount a lease is revoked.
+    pub unmount_grace: Duration,
+    /// How long a replaced lease stays valid after its successor is served, so the application can reconnect.
+    pub reissue_grace: Duration,
+    /// Issue a successor this long before a lease ends; unset: at 2/3 of its life.
+    pub reissue_before: Option<Duration>,
+}
+
+impl Default for LeasePolicy {
+    fn default() -> Self {
+        LeasePolicy {
+            unmount_grace: Duration::ZERO,
+            reissue_grace: Duration::from_secs(30),
+            reissue_before: None,
+        }
+    }
+}
+
+/// Whether a volume's lease is its container's own or shared by all its containers (`-o lease=`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LeaseSharing {
+    /// Each Mount ID (each container) gets its own credential and its own mountpoint.
+    #[default]
+    PerContainer,
+    /// One credential for every container of the volume.
+    PerVolume,
+}
+
+/// The lease holder of a shared (`per-volume`) lease, in the journal and the audit.
+pub const VOLUME_HOLDER: &str = "per-volume";
