@@ -12,6 +12,7 @@
 //! refused too: namespaces are named with the `namespace` volume option, where the access rules see them.
 
 mod auth;
+mod dynamic;
 mod health;
 mod session;
 mod transport;
@@ -94,6 +95,8 @@ struct KvMount {
 struct DetectedMount {
     mount: String,
     served: Result<KvMount, String>,
+    /// The engine type Vault named, for dynamic volumes (`database`, `pki`); `None`: not said, or a namespace.
+    engine: Option<String>,
 }
 
 /// Why the Vault backend could not start. Each message says what to fix.
@@ -398,6 +401,19 @@ impl VaultSource {
                 version: *version,
             });
         }
+        self.detected(path, first)
+            .await?
+            .served
+            .map_err(SourceError::Refused)
+    }
+
+    /// The mount owning `path`, from the memo or Vault.
+    async fn detected(
+        &self,
+        path: &VaultPath,
+        first: String,
+    ) -> Result<DetectedMount, SourceError> {
+        let text = path.as_str();
         let known = self
             .mounts
             .lock()
@@ -406,11 +422,10 @@ impl VaultSource {
             .filter(|m| text == m.mount || text.starts_with(&format!("{}/", m.mount)))
             .max_by_key(|m| m.mount.len())
             .cloned();
-        let detected = match known {
-            Some(known) => known,
-            None => self.detect_mount(path, first).await?,
-        };
-        detected.served.map_err(SourceError::Refused)
+        match known {
+            Some(known) => Ok(known),
+            None => self.detect_mount(path, first).await,
+        }
     }
 
     /// Asks Vault which mount owns `path` and remembers the answer.
@@ -426,8 +441,12 @@ impl VaultSource {
         {
             Ok(info) => {
                 let mount = info.path.trim_matches('/').to_owned();
+                let is_namespace = self
+                    .names_a_namespace(path, &mount, info.accessor.as_deref())
+                    .await?;
+                let engine = info.engine.clone().filter(|_| !is_namespace);
                 let served = match info.engine.as_deref() {
-                    _ if self.names_a_namespace(path, &mount, info.accessor.as_deref()).await? => Err(format!(
+                    _ if is_namespace => Err(format!(
                         "{first}/ in {text:?} is a Vault namespace; name it with the volume option \
                          -o namespace={first} (and an access rule for it), not in the volume name"
                     )),
@@ -443,10 +462,15 @@ impl VaultSource {
                     )),
                     None => Err(format!("Vault did not say which engine {mount}/ is; only kv and generic mounts are served")),
                 };
-                DetectedMount { mount, served }
+                DetectedMount {
+                    mount,
+                    served,
+                    engine,
+                }
             }
             // Old servers (and some Vault-API servers) lack the endpoint: the CLI's rule is KV v1, first segment.
             Err(error) if status_of(&error) == Some(404) => DetectedMount {
+                engine: None,
                 mount: first.clone(),
                 served: Ok(KvMount {
                     mount: first,
@@ -556,6 +580,36 @@ impl SecretSource for VaultSource {
 
     async fn check_served(&self, path: &VaultPath) -> Result<(), SourceError> {
         self.mount_of(path).await.map(|_| ())
+    }
+
+    async fn check_dynamic(
+        &self,
+        path: &VaultPath,
+    ) -> Result<crate::source::DynamicKind, SourceError> {
+        self.dynamic_kind(path).await
+    }
+
+    async fn issue(
+        &self,
+        request: &crate::lease::IssueRequest,
+    ) -> Result<crate::lease::Issued, SourceError> {
+        self.issue_dynamic(request).await
+    }
+
+    async fn renew_lease(
+        &self,
+        handle: &crate::lease::LeaseHandle,
+        increment: std::time::Duration,
+    ) -> Result<crate::lease::Renewed, SourceError> {
+        self.renew_dynamic(handle, increment).await
+    }
+
+    async fn revoke_lease(
+        &self,
+        lease: &crate::lease::LeaseRef,
+        _owner_token: Option<&str>,
+    ) -> Result<(), SourceError> {
+        self.revoke_dynamic(lease).await
     }
 
     async fn is_folder(&self, path: &VaultPath) -> Result<bool, SourceError> {

@@ -283,6 +283,22 @@ impl Session {
         }
     }
 
+    /// [`exec`](Self::exec) for a request Vault may answer with no body (204), such as a revocation; no retry.
+    pub async fn exec_empty<E: Endpoint>(
+        &self,
+        namespace: Option<&str>,
+        make: impl Fn() -> E,
+    ) -> Result<(), ClientError> {
+        if let Err(reason) = self.ensure_token().await {
+            return Err(ClientError::APIError {
+                code: 503,
+                errors: vec![format!("not logged in to Vault: {reason}")],
+            });
+        }
+        let (token, _) = self.token();
+        self.observe(self.transport.exec_empty(&token, namespace, &make).await)
+    }
+
     /// Notes whether Vault answered, for the health report.
     fn observe<T>(&self, result: Result<T, ClientError>) -> Result<T, ClientError> {
         match &result {
