@@ -26,6 +26,8 @@ pub struct Rule {
     pub allow: bool,
     /// Whether the rule reads with its own credentials rather than the `[vault]` ones.
     pub own_auth: bool,
+    /// Whether the paths it allows are dynamic secrets (issued per container, leased), rather than KV.
+    pub dynamic: bool,
 }
 
 /// Which credentials read a secret: the `[vault]` ones, or those of rule N.
@@ -49,6 +51,8 @@ impl fmt::Display for AuthScope {
 pub struct Grant {
     pub scope: AuthScope,
     pub rule: Option<usize>,
+    /// The rule says `dynamic = true`: the path is served from a dynamic engine, and only then.
+    pub dynamic: bool,
 }
 
 /// `" in namespace \"x\""`, or nothing for the configured namespace.
@@ -228,6 +232,7 @@ impl AccessRules {
                 None => Ok(Grant {
                     scope: AuthScope::Default,
                     rule: None,
+                    dynamic: false,
                 }),
                 Some(namespace) => Err(AccessError::NamespaceWithoutRules {
                     namespace: namespace.to_owned(),
@@ -246,6 +251,7 @@ impl AccessRules {
                     AuthScope::Default
                 },
                 rule: Some(index),
+                dynamic: rule.dynamic,
             }),
             Some((index, rule)) => Err(AccessError::Denied {
                 path: text.to_owned(),
@@ -361,6 +367,7 @@ mod tests {
             namespace: None,
             allow,
             own_auth,
+            dynamic: false,
         }
     }
 
@@ -409,7 +416,8 @@ mod tests {
             rules.decide(None, &path("secret/shared/x")),
             Ok(Grant {
                 scope: AuthScope::Default,
-                rule: Some(2)
+                rule: Some(2),
+                dynamic: false
             })
         );
         let denied = rules.decide(None, &path("secret/admin/root")).unwrap_err();
@@ -428,7 +436,8 @@ mod tests {
             AccessRules::allow_all().decide(None, &path("any/thing")),
             Ok(Grant {
                 scope: AuthScope::Default,
-                rule: None
+                rule: None,
+                dynamic: false
             })
         );
     }

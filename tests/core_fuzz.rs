@@ -114,6 +114,7 @@ fn harness(rt: &tokio::runtime::Runtime) -> Harness {
         namespace: namespace.map(str::to_owned),
         allow: true,
         own_auth: false,
+        dynamic: false,
     };
     let volumes = rt
         .block_on(Volumes::open_with_access(

@@ -395,6 +395,7 @@ path "secret/metadata/app/team/*" { capabilities = ["list"] }
         namespace: None,
         allow,
         own_auth,
+        dynamic: false,
     };
     let access = AccessRules::new(
         vec![

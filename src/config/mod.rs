@@ -143,6 +143,11 @@ pub struct RuleConfig {
     /// This rule's own auth method; unset: the `[vault]` credentials. Give each rule credentials whose Vault
     /// policy covers only its paths, so Vault itself enforces least privilege.
     pub auth: Option<AuthMethod>,
+    /// Whether the paths this rule allows are dynamic secrets (`database/creds/<role>`, `pki/issue/<role>`):
+    /// issued per container, renewed while it runs and revoked when it stops. Dynamic engines are served only
+    /// where a rule says so, and a rule that says so serves nothing else.
+    #[serde(default)]
+    pub dynamic: bool,
     /// For `auth = "token"`: a root-only file holding this rule's token.
     pub token_file: Option<PathBuf>,
     /// For `auth = "approle"`: this rule's AppRole.
@@ -689,6 +694,7 @@ impl Config {
                     .map(|ns| ns.trim_matches('/').to_owned()),
                 allow: rule.allow,
                 own_auth: rule.auth.is_some(),
+                dynamic: rule.dynamic,
             })
             .collect();
         crate::access::AccessRules::new(rules, &format!("{} [[rules]]", self.source_file.display()))

@@ -9,7 +9,7 @@ use crate::fs::{RouteError, SecretRouter};
 use crate::mount::MountPlan;
 use crate::names::VaultPath;
 use crate::source::cache::SecretCache;
-use crate::source::SourceError;
+use crate::source::{DynamicKind, SourceError};
 use crate::volumes::{VolumeError, VolumeGate};
 
 /// Makes the cache for a child namespace of a scope: a view of the same backend and login in that namespace.
@@ -107,13 +107,27 @@ impl VolumeGate for VolumeCaches {
                 reason,
             })?;
         // Every read checks the engine again, so a slow Vault is not waited for here: Create and Mount stay quick.
-        let checked = tokio::time::timeout(ADMIT_ENGINE_CHECK, cache.check_served(&plan.path))
-            .await
-            .unwrap_or_else(|_| Err(SourceError::Unavailable("no answer in time".to_owned())));
+        // A dynamic rule's path must be a minting engine instead (and only pki/issue takes certificate options).
+        let checked = if grant.dynamic {
+            tokio::time::timeout(ADMIT_ENGINE_CHECK, cache.source().check_dynamic(&plan.path))
+                .await
+                .unwrap_or_else(|_| Err(SourceError::Unavailable("no answer in time".to_owned())))
+                .and_then(|kind| match kind {
+                    DynamicKind::Read if !plan.parsed.pki.is_empty() => Err(SourceError::Refused(
+                        "common_name, alt_names, ip_sans and ttl are options of pki/issue volumes"
+                            .to_owned(),
+                    )),
+                    _ => Ok(()),
+                })
+        } else {
+            tokio::time::timeout(ADMIT_ENGINE_CHECK, cache.check_served(&plan.path))
+                .await
+                .unwrap_or_else(|_| Err(SourceError::Unavailable("no answer in time".to_owned())))
+        };
         match checked {
             Ok(()) => Ok(()),
             Err(SourceError::Refused(reason)) => {
-                tracing::warn!(volume = %name, %reason, "volume refused: not a KV engine");
+                tracing::warn!(volume = %name, %reason, "volume {name} refused: {reason}");
                 Err(VolumeError::NotServed {
                     name: name.to_owned(),
                     reason,
@@ -171,6 +185,7 @@ mod tests {
             namespace: None,
             allow,
             own_auth,
+            dynamic: false,
         }
     }
 

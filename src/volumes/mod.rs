@@ -294,12 +294,20 @@ impl Volumes {
 
     /// Decides whether the planned volume may be mounted now: its path's rule, then its engine. Made at every
     /// Create and Mount, so a rule added later also applies to volumes created before it.
-    async fn admit(&self, plan: &MountPlan) -> Result<(), VolumeError> {
+    async fn admit(&self, plan: &MountPlan) -> Result<Grant, VolumeError> {
         let grant = decide_access(&self.access, plan)?;
-        match &self.gate {
-            Some(gate) => gate.admit(plan, grant).await,
-            None => Ok(()),
+        if !grant.dynamic && plan.parsed.has_dynamic_options() {
+            return Err(VolumeError::NotServed {
+                name: plan.name.clone(),
+                reason: "lease, common_name, alt_names, ip_sans and ttl are options of dynamic volumes, and no \
+                         access rule with dynamic = true covers this path"
+                    .to_owned(),
+            });
         }
+        if let Some(gate) = &self.gate {
+            gate.admit(plan, grant).await?;
+        }
+        Ok(grant)
     }
 
     /// Creates a volume, or does nothing when it exists (Docker may repeat Create).
@@ -362,7 +370,14 @@ impl Volumes {
     pub async fn mount(&self, name: &str, id: &str) -> Result<PathBuf, VolumeError> {
         let (record, slot) = self.record_and_slot(name)?;
         let plan = plan_mount(&record, self.mountpoint_of(name))?;
-        self.admit(&plan).await?;
+        if self.admit(&plan).await?.dynamic {
+            // Issued, renewed and revoked by crate::lease, but not yet served as files by a mount.
+            return Err(VolumeError::NotServed {
+                name: name.to_owned(),
+                reason: "dynamic volumes can be created, but this build does not mount them yet"
+                    .to_owned(),
+            });
+        }
         let mut held = slot.lock().await;
         // Removed (and perhaps created again, with a new slot) while this call waited for the slot.
         if !self.holds_current_slot(name, &slot) {
@@ -634,6 +649,49 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn dynamic_options_need_a_dynamic_rule_and_dynamic_volumes_are_not_mounted_yet() {
+        let rule = |path: &str, dynamic: bool| crate::access::Rule {
+            path: path.into(),
+            namespace: None,
+            allow: true,
+            own_auth: false,
+            dynamic,
+        };
+        let access = crate::access::AccessRules::new(
+            vec![rule("database/creds/app", true), rule("secret", false)],
+            "test",
+        );
+        let mounter = FakeMounter::default();
+        let volumes = Volumes::open_with_access(
+            Box::new(MemoryStore::default()),
+            Box::new(mounter.clone()),
+            PathBuf::from("/run/test/mounts"),
+            access,
+        )
+        .await
+        .unwrap();
+        let ttl = BTreeMap::from([("ttl".to_owned(), "1h".to_owned())]);
+        let refused = volumes
+            .create("secret/app", ttl.clone(), "t".into())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(refused, VolumeError::NotServed { .. }),
+            "{refused}"
+        );
+        volumes
+            .create("database/creds/app", BTreeMap::new(), "t".into())
+            .await
+            .unwrap();
+        let refused = volumes.mount("database/creds/app", "A").await.unwrap_err();
+        assert!(
+            refused.to_string().contains("does not mount them yet"),
+            "{refused}"
+        );
+        assert!(mounter.live().is_empty());
+    }
+
+    #[tokio::test]
     async fn a_running_mount_the_rules_now_refuse_is_stopped_not_adopted() {
         let (store, mounter, volumes) = units_with_one_mount().await;
         volumes.shutdown().await;
@@ -645,6 +703,7 @@ mod tests {
                 namespace: None,
                 allow: false,
                 own_auth: false,
+                dynamic: false,
             }],
             "test",
         );

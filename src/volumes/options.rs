@@ -20,6 +20,35 @@ pub struct VolumeOptions {
     pub mode: Option<u16>,
     /// Permission bits of the directory, parsed as octal (`0500`).
     pub dir_mode: Option<u16>,
+    /// Dynamic volumes: one credential per container (the default) or one for the whole volume (`per-volume`).
+    pub lease: crate::lease::LeaseSharing,
+    /// Dynamic volumes from `pki/issue/<role>`: the certificate's `common_name`, `alt_names`, `ip_sans` and `ttl`,
+    /// checked here and sent as the issue request's parameters. Not credentials.
+    pub pki: BTreeMap<String, String>,
+}
+
+/// A DNS name as a certificate names it: letters, digits, `-`, `.`, and a leading `*.` wildcard.
+fn check_dns_name(name: &str) -> Result<(), String> {
+    let bare = name.strip_prefix("*.").unwrap_or(name);
+    let fine = !bare.is_empty()
+        && name.len() <= 253
+        && bare.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if fine {
+        Ok(())
+    } else {
+        Err(format!("{name:?} is not a DNS name such as web.internal"))
+    }
+}
+
+/// A comma-separated list, each item checked by `check`.
+fn check_list(value: &str, check: impl Fn(&str) -> Result<(), String>) -> Result<(), String> {
+    value.split(',').map(str::trim).try_for_each(check)
 }
 
 /// Parses permission bits written in octal (`0440`, `440`, `0o440`); only the rwx bits for user, group and other.
@@ -68,7 +97,17 @@ impl VolumeOptions {
         "gid",
         "mode",
         "dir_mode",
+        "lease",
+        "common_name",
+        "alt_names",
+        "ip_sans",
+        "ttl",
     ];
+
+    /// Whether any option only a dynamic volume takes is set.
+    pub fn has_dynamic_options(&self) -> bool {
+        self.lease != crate::lease::LeaseSharing::default() || !self.pki.is_empty()
+    }
 
     pub fn parse(options: &BTreeMap<String, String>) -> Result<Self, VolumeError> {
         let mut parsed = VolumeOptions::default();
@@ -114,6 +153,44 @@ impl VolumeOptions {
                     })?;
                     parsed.namespace = Some(value.trim_matches('/').to_owned());
                 }
+                "lease" => {
+                    parsed.lease = match value.as_str() {
+                        "per-container" => crate::lease::LeaseSharing::PerContainer,
+                        "per-volume" => crate::lease::LeaseSharing::PerVolume,
+                        _ => {
+                            return Err(bad(
+                                "is per-container (the default) or per-volume".to_owned()
+                            ))
+                        }
+                    }
+                }
+                "common_name" => {
+                    check_dns_name(value).map_err(bad)?;
+                    parsed.pki.insert(option.clone(), value.clone());
+                }
+                "alt_names" => {
+                    check_list(value, check_dns_name).map_err(bad)?;
+                    parsed.pki.insert(option.clone(), value.clone());
+                }
+                "ip_sans" => {
+                    check_list(value, |ip| {
+                        ip.parse::<std::net::IpAddr>()
+                            .map(|_| ())
+                            .map_err(|_| format!("{ip:?} is not an IP address"))
+                    })
+                    .map_err(bad)?;
+                    parsed.pki.insert(option.clone(), value.clone());
+                }
+                "ttl" => {
+                    let ttl = humantime::parse_duration(value)
+                        .map_err(|e| bad(format!("{e}; write a duration such as 72h")))?;
+                    if ttl < std::time::Duration::from_secs(1) {
+                        return Err(bad("must be at least 1s".to_owned()));
+                    }
+                    parsed
+                        .pki
+                        .insert(option.clone(), format!("{}s", ttl.as_secs()));
+                }
                 _ if looks_like_credential(option) => {
                     return Err(VolumeError::CredentialOption {
                         option: option.clone(),
@@ -138,6 +215,51 @@ impl VolumeOptions {
             dir_mode: self.dir_mode.unwrap_or(base.dir_mode),
             refresh_interval: self.refresh_interval.unwrap_or(base.refresh_interval),
             ..base.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(pairs: &[(&str, &str)]) -> Result<VolumeOptions, VolumeError> {
+        VolumeOptions::parse(
+            &pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn pki_parameters_and_lease_sharing_are_checked() {
+        let parsed = parse(&[
+            ("common_name", "web.internal"),
+            ("alt_names", "a.web.internal, *.web.internal"),
+            ("ip_sans", "127.0.0.1,::1"),
+            ("ttl", "72h"),
+            ("lease", "per-volume"),
+        ])
+        .unwrap();
+        assert_eq!(parsed.lease, crate::lease::LeaseSharing::PerVolume);
+        assert_eq!(parsed.pki.get("ttl").map(String::as_str), Some("259200s"));
+        assert!(parsed.has_dynamic_options());
+        assert!(!parse(&[]).unwrap().has_dynamic_options());
+        for bad in [
+            ("common_name", "web internal"),
+            ("common_name", "a..b"),
+            ("common_name", "x\ny"),
+            ("alt_names", "ok.internal,bad name"),
+            ("ip_sans", "300.1.1.1"),
+            ("ttl", "soon"),
+            ("ttl", "0s"),
+            ("lease", "per-host"),
+        ] {
+            assert!(
+                matches!(parse(&[bad]), Err(VolumeError::BadOption { .. })),
+                "{bad:?} accepted"
+            );
         }
     }
 }
