@@ -19,7 +19,7 @@ use docker_volume_libsecret::lease::keeper::{Holder, LeaseKeeper, LeaseRoute};
 use docker_volume_libsecret::lease::{IssueRequest, LeasePolicy};
 use docker_volume_libsecret::names::View;
 use docker_volume_libsecret::source::vault::VaultSource;
-use docker_volume_libsecret::source::{DynamicKind, SecretSource, SourceError};
+use docker_volume_libsecret::source::{DynamicKind, Secret, SecretSource, SourceError};
 use support::openbao::OpenBao;
 use support::pki_check::{cert_matches_key, verifies_against};
 use support::postgres::Postgres;
@@ -60,9 +60,13 @@ async fn keeper(
     .unwrap()
 }
 
-fn field(keeper: &LeaseKeeper, name: &str) -> String {
-    let (secret, _) = keeper.current().unwrap();
+/// Field `name` of one issued response.
+fn text_of(secret: &Secret, name: &str) -> String {
     String::from_utf8(secret.render(&View::Field(name.into())).unwrap().to_vec()).unwrap()
+}
+
+fn field(keeper: &LeaseKeeper, name: &str) -> String {
+    text_of(&keeper.current().unwrap().0, name)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,20 +125,8 @@ async fn a_database_credential_logs_in_is_renewed_and_reissued_and_is_revoked_at
     let mut users = vec![first.clone()];
     while started.elapsed() < Duration::from_secs(20) {
         let (secret, _) = keeper.current().unwrap();
-        let user = String::from_utf8(
-            secret
-                .render(&View::Field("username".into()))
-                .unwrap()
-                .to_vec(),
-        )
-        .unwrap();
-        let password = String::from_utf8(
-            secret
-                .render(&View::Field("password".into()))
-                .unwrap()
-                .to_vec(),
-        )
-        .unwrap();
+        let user = text_of(&secret, "username");
+        let password = text_of(&secret, "password");
         assert!(
             pg.can_log_in(&user, &password),
             "{user} after {:?}",
@@ -195,9 +187,9 @@ async fn a_pki_certificate_matches_its_key_verifies_and_is_reissued_before_it_ex
         || field(&keeper, "certificate") != first,
     );
     let (secret, _) = keeper.current().unwrap();
-    let text = |name: &str| {
-        String::from_utf8(secret.render(&View::Field(name.into())).unwrap().to_vec()).unwrap()
-    };
-    assert!(cert_matches_key(&text("certificate"), &text("private_key")));
+    assert!(cert_matches_key(
+        &text_of(&secret, "certificate"),
+        &text_of(&secret, "private_key")
+    ));
     keeper.finish().await;
 }

@@ -158,7 +158,6 @@ mod tests {
                 path: "database/creds/app".into(),
                 lease_id: "database/creds/app/abc".into(),
                 serial: None,
-                owner_accessor: Some("accessor-1".into()),
             },
             issued_at: 1,
             expires_at: 2,

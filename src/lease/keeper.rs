@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use super::journal::{unix_seconds, HolderProcess, JournalEntry, LeaseJournal, RetiringLease};
-use super::{IssueRequest, Issued, LeaseHandle, LeasePolicy};
+use super::{IssueRequest, Issued, LeasePolicy, LeaseRef};
 use crate::source::{Secret, SecretSource, SourceError};
 
 /// Which source issues, renews and revokes for a volume, decided again before every issue and renewal (a rule
@@ -36,7 +36,7 @@ const BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration::from_se
 
 struct Held {
     secret: Arc<Secret>,
-    handle: LeaseHandle,
+    lease: LeaseRef,
     source: Arc<dyn SecretSource>,
     issued: Instant,
     issued_wall: SystemTime,
@@ -48,7 +48,7 @@ struct Held {
 }
 
 struct Retiring {
-    handle: LeaseHandle,
+    lease: LeaseRef,
     source: Arc<dyn SecretSource>,
     revoke_at: Instant,
 }
@@ -150,14 +150,6 @@ impl LeaseKeeper {
             .map(|held| (held.secret.clone(), generation))
     }
 
-    /// The lease ID served now (empty: no lease), for tests and status.
-    pub fn lease_id(&self) -> Option<String> {
-        self.state()
-            .current
-            .as_ref()
-            .map(|held| held.handle.lease.lease_id.clone())
-    }
-
     /// What is wrong, if anything (a failing renewal, an expired credential).
     pub fn trouble(&self) -> Option<String> {
         self.state().trouble.clone()
@@ -165,7 +157,7 @@ impl LeaseKeeper {
 
     async fn issue(&self) -> Result<(Arc<dyn SecretSource>, Issued), SourceError> {
         let source = self.route.source()?;
-        source.check_dynamic(&self.request.path).await?;
+        // The source decides the engine again for every issue.
         let issued = source.issue(&self.request).await?;
         Ok((source, issued))
     }
@@ -178,15 +170,12 @@ impl LeaseKeeper {
         let ends_by = issued
             .ends_by
             .map(|end| now + end.duration_since(wall).unwrap_or(Duration::ZERO));
-        let final_end = match (issued.renewable && !issued.ttl.is_zero(), ends_by) {
-            (true, ends_by) => ends_by,
-            (false, Some(end)) => Some(end.min(if issued.ttl.is_zero() { end } else { expires })),
-            (false, None) if !issued.ttl.is_zero() => Some(expires),
-            (false, None) => None,
-        };
+        // A lease that cannot be renewed ends at its TTL; a certificate at its expiration; whichever comes first.
+        let lease_end = (!issued.renewable && !issued.ttl.is_zero()).then_some(expires);
+        let final_end = lease_end.into_iter().chain(ends_by).min();
         let held = Held {
             secret: Arc::new(issued.secret),
-            handle: issued.handle,
+            lease: issued.lease,
             source,
             issued: now,
             issued_wall: wall,
@@ -195,7 +184,7 @@ impl LeaseKeeper {
             expires,
             final_end,
         };
-        let lease_id = held.handle.lease.lease_id.clone();
+        let lease_id = held.lease.lease_id.clone();
         let replaced = {
             let mut state = self.state();
             state.generation += 1;
@@ -204,7 +193,7 @@ impl LeaseKeeper {
             if let Some(old) = &old {
                 let revoke_at = (now + self.policy.reissue_grace).min(old.expires.max(now));
                 state.retiring.push(Retiring {
-                    handle: old.handle.clone(),
+                    lease: old.lease.clone(),
                     source: old.source.clone(),
                     revoke_at,
                 });
@@ -278,19 +267,18 @@ impl LeaseKeeper {
             return;
         }
         for retiring in due {
-            self.revoke(&retiring.source, &retiring.handle).await;
+            self.revoke(&retiring.source, &retiring.lease).await;
         }
         self.write_journal();
     }
 
-    async fn revoke(&self, source: &Arc<dyn SecretSource>, handle: &LeaseHandle) {
-        let owner = handle.owner_token.as_ref().map(|t| t.as_str());
-        match source.revoke_lease(&handle.lease, owner).await {
+    async fn revoke(&self, source: &Arc<dyn SecretSource>, lease: &LeaseRef) {
+        match source.revoke_lease(lease).await {
             Ok(()) => tracing::info!(
                 target: "docker_volume_libsecret::audit",
                 audit_volume = %self.holder.volume,
                 audit_container = %self.holder.holder,
-                audit_lease = %handle.lease.lease_id,
+                audit_lease = %lease.lease_id,
                 audit_result = "lease-revoked",
                 "lease of {} revoked for {}",
                 self.holder.volume,
@@ -298,7 +286,7 @@ impl LeaseKeeper {
             ),
             Err(error) => tracing::warn!(
                 volume = %self.holder.volume,
-                lease = %handle.lease.lease_id,
+                lease = %lease.lease_id,
                 %error,
                 "could not revoke the lease of {}; the next driver start retries",
                 self.holder.volume
@@ -307,13 +295,13 @@ impl LeaseKeeper {
     }
 
     async fn renew(&self) -> bool {
-        let (handle, source, ttl, expires) = {
+        let (lease, source, ttl, expires) = {
             let state = self.state();
             let Some(held) = &state.current else {
                 return true;
             };
             (
-                held.handle.clone(),
+                held.lease.clone(),
                 held.source.clone(),
                 held.ttl,
                 held.expires,
@@ -322,7 +310,7 @@ impl LeaseKeeper {
         if Instant::now() >= expires {
             return self.reissue().await;
         }
-        match source.renew_lease(&handle, ttl).await {
+        match source.renew_lease(&lease, ttl).await {
             Ok(renewed) => {
                 let now = Instant::now();
                 let mut state = self.state();
@@ -337,7 +325,7 @@ impl LeaseKeeper {
                 }
                 state.trouble = None;
                 drop(state);
-                tracing::debug!(volume = %self.holder.volume, lease = %handle.lease.lease_id, ttl_seconds = renewed.ttl.as_secs(), "lease renewed");
+                tracing::debug!(volume = %self.holder.volume, lease = %lease.lease_id, ttl_seconds = renewed.ttl.as_secs(), "lease renewed");
                 self.write_journal();
                 true
             }
@@ -360,7 +348,7 @@ impl LeaseKeeper {
                 tracing::warn!(volume = %self.holder.volume, %reason, "dynamic volume {} refused now; its lease is revoked", self.holder.volume);
                 let held = self.state().current.take();
                 if let Some(held) = held {
-                    self.revoke(&held.source, &held.handle).await;
+                    self.revoke(&held.source, &held.lease).await;
                 }
                 if let Some(switched) = self.switched.get() {
                     switched();
@@ -404,7 +392,7 @@ impl LeaseKeeper {
                 volume: self.holder.volume.clone(),
                 holder: self.holder.holder.clone(),
                 namespace: self.holder.namespace.clone(),
-                lease: held.handle.lease.clone(),
+                lease: held.lease.clone(),
                 issued_at: unix_seconds(held.issued_wall),
                 expires_at: if held.ttl.is_zero() {
                     0
@@ -420,7 +408,7 @@ impl LeaseKeeper {
                     .retiring
                     .iter()
                     .map(|r| RetiringLease {
-                        lease: r.handle.lease.clone(),
+                        lease: r.lease.clone(),
                         revoke_at: wall_of(r.revoke_at),
                     })
                     .collect(),
@@ -440,10 +428,10 @@ impl LeaseKeeper {
             (state.current.take(), std::mem::take(&mut state.retiring))
         };
         for retiring in retiring {
-            self.revoke(&retiring.source, &retiring.handle).await;
+            self.revoke(&retiring.source, &retiring.lease).await;
         }
         if let Some(held) = held {
-            self.revoke(&held.source, &held.handle).await;
+            self.revoke(&held.source, &held.lease).await;
         }
         if let Some(journal) = &self.journal {
             if let Err(error) = journal.remove(&self.holder.volume, &self.holder.holder) {
@@ -478,7 +466,7 @@ fn plan(held: &Held, policy: &LeasePolicy, now: Instant) -> (Instant, Step) {
                 .max(held.issued),
             None => held.issued + life * 2 / 3,
         };
-        return (at.max(now.min(at)), Step::Reissue);
+        return (at, Step::Reissue);
     }
     if held.ttl.is_zero() {
         return (now + Duration::from_secs(3600), Step::Idle);
@@ -489,7 +477,7 @@ fn plan(held: &Held, policy: &LeasePolicy, now: Instant) -> (Instant, Step) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lease::{LeaseRef, Renewed};
+    use crate::lease::Renewed;
     use crate::names::VaultPath;
     use async_trait::async_trait;
     use std::collections::BTreeMap;
@@ -543,14 +531,10 @@ mod tests {
             ]);
             Ok(Issued {
                 secret: Secret::new(fields),
-                handle: LeaseHandle {
-                    lease: LeaseRef {
-                        path: request.path.to_string(),
-                        lease_id,
-                        serial: None,
-                        owner_accessor: None,
-                    },
-                    owner_token: None,
+                lease: LeaseRef {
+                    path: request.path.to_string(),
+                    lease_id,
+                    serial: None,
                 },
                 ttl: self.ttl,
                 renewable: true,
@@ -559,7 +543,7 @@ mod tests {
         }
         async fn renew_lease(
             &self,
-            handle: &LeaseHandle,
+            lease: &LeaseRef,
             increment: Duration,
         ) -> Result<Renewed, SourceError> {
             if self.down.load(Ordering::SeqCst) {
@@ -570,7 +554,7 @@ mod tests {
                 .started
                 .lock()
                 .unwrap()
-                .get(&handle.lease.lease_id)
+                .get(&lease.lease_id)
                 .ok_or(SourceError::NotFound)?;
             let left = (started + self.max_ttl).saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -581,11 +565,7 @@ mod tests {
                 renewable: true,
             })
         }
-        async fn revoke_lease(
-            &self,
-            lease: &LeaseRef,
-            _owner_token: Option<&str>,
-        ) -> Result<(), SourceError> {
+        async fn revoke_lease(&self, lease: &LeaseRef) -> Result<(), SourceError> {
             self.revoked.lock().unwrap().push(lease.lease_id.clone());
             Ok(())
         }

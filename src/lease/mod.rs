@@ -15,8 +15,6 @@ pub mod keeper;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use zeroize::Zeroizing;
-
 use crate::names::VaultPath;
 use crate::source::Secret;
 
@@ -28,30 +26,8 @@ pub struct IssueRequest {
     pub params: BTreeMap<String, String>,
 }
 
-/// How a lease is renewed and revoked: no secret value, and the lease-owning token (when there is one) only in
-/// memory. The journal keeps [`LeaseRef`], which has neither.
-#[derive(Clone)]
-pub struct LeaseHandle {
-    pub lease: LeaseRef,
-    /// The token the lease was issued with, when it is the lease's own (from `dynamic.lease_token_role`): the lease
-    /// lives as long as this token, not as long as the driver's login.
-    pub owner_token: Option<Zeroizing<String>>,
-}
-
-impl std::fmt::Debug for LeaseHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LeaseHandle")
-            .field("lease", &self.lease)
-            .field(
-                "owner_token",
-                &self.owner_token.as_ref().map(|_| "<redacted>"),
-            )
-            .finish()
-    }
-}
-
-/// What identifies an issued credential in Vault: its lease ID, a certificate's serial, the accessor of the token
-/// that owns it. Not a credential: none of these reads or renews anything by itself.
+/// What identifies an issued credential in Vault, to renew and revoke it: its lease ID, or a certificate's serial.
+/// Not a credential: neither reads anything by itself, so the journal keeps it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LeaseRef {
@@ -63,20 +39,16 @@ pub struct LeaseRef {
     /// A PKI certificate's serial number, revoked by serial when it has no lease.
     #[serde(default)]
     pub serial: Option<String>,
-    /// The accessor of the lease's own token, revoked with the lease (its children go with it).
-    #[serde(default)]
-    pub owner_accessor: Option<String>,
 }
 
 /// An issued response: the secret its files show, and its lease.
 pub struct Issued {
     pub secret: Secret,
-    pub handle: LeaseHandle,
+    pub lease: LeaseRef,
     /// The lease's TTL as issued (zero: no lease).
     pub ttl: Duration,
     pub renewable: bool,
-    /// When the credential stops working whatever is renewed (a certificate's `expiration`, the owning token's
-    /// end), if known.
+    /// When the credential stops working whatever is renewed (a certificate's `expiration`), if known.
     pub ends_by: Option<SystemTime>,
 }
 
@@ -84,7 +56,7 @@ impl std::fmt::Debug for Issued {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Issued")
             .field("secret", &self.secret)
-            .field("handle", &self.handle)
+            .field("lease", &self.lease)
             .field("ttl", &self.ttl)
             .field("renewable", &self.renewable)
             .finish_non_exhaustive()
@@ -129,6 +101,3 @@ pub enum LeaseSharing {
     /// One credential for every container of the volume.
     PerVolume,
 }
-
-/// The lease holder of a shared (`per-volume`) lease, in the journal and the audit.
-pub const VOLUME_HOLDER: &str = "per-volume";

@@ -191,13 +191,13 @@ impl SecretCache {
         }
     }
 
-    /// Remembers names found missing, and directory indexes, for `negative_ttl` (zero: never, and no index is
-    /// taken), so asking again costs no request.
     /// The source behind the cache, for what is never cached (dynamic secrets are issued, not read).
     pub fn source(&self) -> &Arc<dyn SecretSource> {
         &self.source
     }
 
+    /// Remembers names found missing, and directory indexes, for `negative_ttl` (zero: never, and no index is
+    /// taken), so asking again costs no request.
     pub fn with_negative_ttl(mut self, negative_ttl: Duration) -> Self {
         self.negative_ttl = negative_ttl;
         self

@@ -12,7 +12,7 @@ use std::fmt;
 use async_trait::async_trait;
 use zeroize::Zeroizing;
 
-use crate::lease::{IssueRequest, Issued, LeaseHandle, LeaseRef, Renewed};
+use crate::lease::{IssueRequest, Issued, LeaseRef, Renewed};
 use crate::names::{VaultPath, View};
 
 /// Why a source could not answer.
@@ -189,19 +189,15 @@ pub trait SecretSource: Send + Sync + 'static {
     /// Renews a lease by `increment`. A lease Vault no longer knows (revoked, expired) is `NotFound`.
     async fn renew_lease(
         &self,
-        _handle: &LeaseHandle,
+        _lease: &LeaseRef,
         _increment: std::time::Duration,
     ) -> Result<Renewed, SourceError> {
         Err(SourceError::Refused(NO_DYNAMIC.to_owned()))
     }
 
-    /// Revokes what was issued: the lease (or a certificate without one, by serial) and the lease's own token. A
-    /// lease already gone is not an error. `owner_token`: the lease's own token when still in memory.
-    async fn revoke_lease(
-        &self,
-        _lease: &LeaseRef,
-        _owner_token: Option<&str>,
-    ) -> Result<(), SourceError> {
+    /// Revokes what was issued: the lease, or a certificate without one by its serial. A lease already gone is not
+    /// an error.
+    async fn revoke_lease(&self, _lease: &LeaseRef) -> Result<(), SourceError> {
         Err(SourceError::Refused(NO_DYNAMIC.to_owned()))
     }
 }

@@ -108,22 +108,21 @@ impl VolumeGate for VolumeCaches {
             })?;
         // Every read checks the engine again, so a slow Vault is not waited for here: Create and Mount stay quick.
         // A dynamic rule's path must be a minting engine instead (and only pki/issue takes certificate options).
-        let checked = if grant.dynamic {
-            tokio::time::timeout(ADMIT_ENGINE_CHECK, cache.source().check_dynamic(&plan.path))
-                .await
-                .unwrap_or_else(|_| Err(SourceError::Unavailable("no answer in time".to_owned())))
-                .and_then(|kind| match kind {
-                    DynamicKind::Read if !plan.parsed.pki.is_empty() => Err(SourceError::Refused(
-                        "common_name, alt_names, ip_sans and ttl are options of pki/issue volumes"
-                            .to_owned(),
-                    )),
-                    _ => Ok(()),
-                })
-        } else {
-            tokio::time::timeout(ADMIT_ENGINE_CHECK, cache.check_served(&plan.path))
-                .await
-                .unwrap_or_else(|_| Err(SourceError::Unavailable("no answer in time".to_owned())))
+        let check = async {
+            if !grant.dynamic {
+                return cache.check_served(&plan.path).await;
+            }
+            match cache.source().check_dynamic(&plan.path).await? {
+                DynamicKind::Read if !plan.parsed.pki.is_empty() => Err(SourceError::Refused(
+                    "common_name, alt_names, ip_sans and ttl are options of pki/issue volumes"
+                        .to_owned(),
+                )),
+                _ => Ok(()),
+            }
         };
+        let checked = tokio::time::timeout(ADMIT_ENGINE_CHECK, check)
+            .await
+            .unwrap_or_else(|_| Err(SourceError::Unavailable("no answer in time".to_owned())));
         match checked {
             Ok(()) => Ok(()),
             Err(SourceError::Refused(reason)) => {

@@ -8,7 +8,7 @@ use rustify_derive::Endpoint;
 use serde::Deserialize;
 
 use super::{source_error, status_of, VaultSource, NOT_KV_PATHS};
-use crate::lease::{IssueRequest, Issued, LeaseHandle, LeaseRef, Renewed};
+use crate::lease::{IssueRequest, Issued, LeaseRef, Renewed};
 use crate::names::VaultPath;
 use crate::source::{DynamicKind, Secret, SourceError};
 
@@ -131,14 +131,10 @@ impl VaultSource {
             .map(|seconds| UNIX_EPOCH + Duration::from_secs(seconds));
         Ok(Issued {
             secret: Secret::new(data),
-            handle: LeaseHandle {
-                lease: LeaseRef {
-                    path,
-                    lease_id: reply.lease_id,
-                    serial,
-                    owner_accessor: None,
-                },
-                owner_token: None,
+            lease: LeaseRef {
+                path,
+                lease_id: reply.lease_id,
+                serial,
             },
             ttl: Duration::from_secs(reply.lease_duration),
             renewable: reply.renewable,
@@ -148,11 +144,11 @@ impl VaultSource {
 
     pub(super) async fn renew_dynamic(
         &self,
-        handle: &LeaseHandle,
+        lease: &LeaseRef,
         increment: Duration,
     ) -> Result<Renewed, SourceError> {
         let body = serde_json::to_vec(&serde_json::json!({
-            "lease_id": handle.lease.lease_id,
+            "lease_id": lease.lease_id,
             "increment": increment.as_secs(),
         }))
         .unwrap_or_default();

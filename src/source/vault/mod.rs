@@ -598,17 +598,13 @@ impl SecretSource for VaultSource {
 
     async fn renew_lease(
         &self,
-        handle: &crate::lease::LeaseHandle,
+        lease: &crate::lease::LeaseRef,
         increment: std::time::Duration,
     ) -> Result<crate::lease::Renewed, SourceError> {
-        self.renew_dynamic(handle, increment).await
+        self.renew_dynamic(lease, increment).await
     }
 
-    async fn revoke_lease(
-        &self,
-        lease: &crate::lease::LeaseRef,
-        _owner_token: Option<&str>,
-    ) -> Result<(), SourceError> {
+    async fn revoke_lease(&self, lease: &crate::lease::LeaseRef) -> Result<(), SourceError> {
         self.revoke_dynamic(lease).await
     }
 

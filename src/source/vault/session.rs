@@ -258,14 +258,7 @@ impl Session {
         namespace: Option<&str>,
         make: impl Fn() -> E,
     ) -> Result<E::Response, ClientError> {
-        if let Err(reason) = self.ensure_token().await {
-            // Reads while Vault cannot log us in are "unavailable" (EIO), whatever the reason.
-            return Err(ClientError::APIError {
-                code: 503,
-                errors: vec![format!("not logged in to Vault: {reason}")],
-            });
-        }
-        let (token, generation) = self.token();
+        let (token, generation) = self.request_token().await?;
         let result = self.observe(self.transport.exec(&token, namespace, &make).await);
         match result {
             Err(error) if status_of(&error) == Some(403) && self.auth.can_replace_token() => {
@@ -289,14 +282,20 @@ impl Session {
         namespace: Option<&str>,
         make: impl Fn() -> E,
     ) -> Result<(), ClientError> {
+        let (token, _) = self.request_token().await?;
+        self.observe(self.transport.exec_empty(&token, namespace, &make).await)
+    }
+
+    /// The token (and its generation) a request is sent with, logging in first if need be. Requests while Vault
+    /// cannot log us in are "unavailable" (EIO), whatever the reason.
+    async fn request_token(&self) -> Result<(Zeroizing<String>, u64), ClientError> {
         if let Err(reason) = self.ensure_token().await {
             return Err(ClientError::APIError {
                 code: 503,
                 errors: vec![format!("not logged in to Vault: {reason}")],
             });
         }
-        let (token, _) = self.token();
-        self.observe(self.transport.exec_empty(&token, namespace, &make).await)
+        Ok(self.token())
     }
 
     /// Notes whether Vault answered, for the health report.
