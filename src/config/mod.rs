@@ -3,6 +3,7 @@
 //! `VAULT_NAMESPACE`), `LIBSECRET_*` variables (`LIBSECRET_VAULT__ADDR` for `vault.addr`), then command-line flags.
 
 pub mod cli;
+pub mod dynamic;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -13,6 +14,8 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
+
+pub use dynamic::DynamicConfig;
 
 /// Where the config file is read from unless `--config` says otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/docker-volume-libsecret/config.toml";
@@ -121,6 +124,8 @@ pub struct Config {
     pub file: FileConfig,
     /// `[limits]`: how much memory and how many Vault requests volumes may take.
     pub limits: LimitsConfig,
+    /// `[dynamic]`: how the leases of dynamic volumes are held, replaced and revoked.
+    pub dynamic: DynamicConfig,
     /// The config file this was loaded from (for messages).
     #[serde(skip)]
     pub source_file: PathBuf,
@@ -404,6 +409,7 @@ impl Default for Config {
             vault: VaultConfig::default(),
             file: FileConfig::default(),
             limits: LimitsConfig::default(),
+            dynamic: DynamicConfig::default(),
             source_file: PathBuf::new(),
         }
     }
@@ -678,7 +684,13 @@ impl Config {
                     .to_owned(),
             ));
         }
+        self.dynamic.validate()?;
         Ok(())
+    }
+
+    /// The lease policy of dynamic volumes (`[dynamic]`).
+    pub fn lease_policy(&self) -> crate::lease::LeasePolicy {
+        self.dynamic.lease_policy()
     }
 
     /// The access rules as the volume core applies them.
@@ -1070,6 +1082,85 @@ mod tests {
                 crate::source::limits::BudgetLimits::total_default()
             );
             assert_eq!(full.fs_options().volume_limits, full.limits.volume());
+            assert_eq!(full.dynamic.reissue_before, Some(Duration::from_secs(600)));
+            assert_eq!(
+                defaults.lease_policy(),
+                crate::lease::LeasePolicy::default()
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn dynamic_defaults_match_the_lease_policy_default() {
+        jail(|_| {
+            let config =
+                Config::load(Path::new("absent.toml"), false, &FlagOverrides::default()).unwrap();
+            assert_eq!(config.dynamic.unmount_grace, Duration::ZERO);
+            assert_eq!(config.dynamic.reissue_grace, Duration::from_secs(30));
+            assert_eq!(config.dynamic.reissue_before, None);
+            assert_eq!(config.lease_policy(), crate::lease::LeasePolicy::default());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn dynamic_is_read_from_its_table_and_the_environment() {
+        jail(|jail| {
+            jail.create_file(
+                "config.toml",
+                "[dynamic]\nunmount_grace = \"2m\"\nreissue_grace = \"45s\"\nreissue_before = \"10m\"\n",
+            )?;
+            let config =
+                Config::load(Path::new("config.toml"), true, &FlagOverrides::default()).unwrap();
+            assert_eq!(
+                config.lease_policy(),
+                crate::lease::LeasePolicy {
+                    unmount_grace: Duration::from_secs(120),
+                    reissue_grace: Duration::from_secs(45),
+                    reissue_before: Some(Duration::from_secs(600)),
+                }
+            );
+            jail.set_env("LIBSECRET_DYNAMIC__UNMOUNT_GRACE", "5s");
+            jail.set_env("LIBSECRET_DYNAMIC__REISSUE_BEFORE", "1h");
+            let config =
+                Config::load(Path::new("config.toml"), true, &FlagOverrides::default()).unwrap();
+            assert_eq!(config.dynamic.unmount_grace, Duration::from_secs(5));
+            assert_eq!(config.dynamic.reissue_grace, Duration::from_secs(45));
+            assert_eq!(
+                config.dynamic.reissue_before,
+                Some(Duration::from_secs(3600))
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_dynamic_keys_and_values_are_refused_with_their_key() {
+        jail(|jail| {
+            for (bad, key) in [
+                ("unmount_grace = \"25h\"", "dynamic.unmount_grace"),
+                ("reissue_grace = \"2d\"", "dynamic.reissue_grace"),
+                ("reissue_before = \"0s\"", "dynamic.reissue_before"),
+                ("reissue_grace = \"soon\"", "dynamic.reissue_grace"),
+                ("unmount_grace = 5", "dynamic.unmount_grace"),
+                ("reissue_gracee = \"30s\"", "reissue_gracee"),
+            ] {
+                jail.create_file("config.toml", &format!("[dynamic]\n{bad}\n"))?;
+                let error = Config::load(Path::new("config.toml"), true, &FlagOverrides::default())
+                    .unwrap_err()
+                    .to_string();
+                assert!(error.contains(key), "{bad}: {error}");
+            }
+            // The bounds themselves are accepted.
+            jail.create_file(
+                "config.toml",
+                "[dynamic]\nunmount_grace = \"24h\"\nreissue_grace = \"0s\"\n",
+            )?;
+            let config =
+                Config::load(Path::new("config.toml"), true, &FlagOverrides::default()).unwrap();
+            assert_eq!(config.dynamic.unmount_grace, Duration::from_secs(24 * 3600));
+            assert_eq!(config.dynamic.reissue_grace, Duration::ZERO);
             Ok(())
         });
     }
