@@ -2,16 +2,17 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 use crate::fs::audit::{AuditRecord, AuditSink, ContainerResolver, Suppressed};
+use crate::lease::{IssueRequest, Issued, LeaseRef, Renewed};
 use crate::mount::{ActiveMount, MountError, MountPlan, Mounter};
 use crate::names::VaultPath;
-use crate::source::{Secret, SecretSource, SourceError};
+use crate::source::{DynamicKind, Secret, SecretSource, SourceError};
 use crate::volumes::{MountIds, RecordStore, StoreError, VolumeRecord};
 
 /// A [`SecretSource`] backed by a map, counting its reads, with an optional delay and forced error.
@@ -119,6 +120,146 @@ impl SecretSource for MemorySource {
             return Err(error);
         }
         crate::source::children_of(lock(&self.secrets).keys(), dir)
+    }
+}
+
+/// A dynamic engine in memory: each issue mints `user-N`/`pass-N` under the lease `<path>/lease-N` with a TTL of
+/// `ttl`, renewable until `max_ttl` after its issue (then a renewal is granted only what is left, and `NotFound`
+/// once nothing is). Its clock is tokio's, so a paused test clock drives it. While [`FakeEngine::set_down`] is on,
+/// every issue, renewal and revocation fails as an outage would.
+#[derive(Debug)]
+pub struct FakeEngine {
+    issued: AtomicUsize,
+    renewals: AtomicUsize,
+    revoked: Mutex<Vec<String>>,
+    down: AtomicBool,
+    revoke_failure: Mutex<Option<SourceError>>,
+    ttl: Duration,
+    max_ttl: Duration,
+    started: Mutex<BTreeMap<String, tokio::time::Instant>>,
+}
+
+impl FakeEngine {
+    pub fn new(ttl: Duration, max_ttl: Duration) -> Self {
+        FakeEngine {
+            issued: AtomicUsize::new(0),
+            renewals: AtomicUsize::new(0),
+            revoked: Mutex::new(Vec::new()),
+            down: AtomicBool::new(false),
+            revoke_failure: Mutex::new(None),
+            ttl,
+            max_ttl,
+            started: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// How many credentials were issued.
+    pub fn issued(&self) -> usize {
+        self.issued.load(Ordering::SeqCst)
+    }
+
+    /// How many renewals reached the engine (granted or not).
+    pub fn renewals(&self) -> usize {
+        self.renewals.load(Ordering::SeqCst)
+    }
+
+    /// What was revoked, in order: the lease ID, or `serial:<serial>` for a lease-less certificate.
+    pub fn revoked(&self) -> Vec<String> {
+        lock(&self.revoked).clone()
+    }
+
+    /// An outage: every call fails with `Unavailable` until set back to `false`.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// Makes revocations (only) fail with `error` until cleared with `None`, as a policy without
+    /// `sys/leases/revoke` would.
+    pub fn set_revoke_failure(&self, error: Option<SourceError>) {
+        *lock(&self.revoke_failure) = error;
+    }
+
+    fn check_up(&self) -> Result<(), SourceError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(SourceError::Unavailable("the fake engine is down".into()));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl SecretSource for FakeEngine {
+    async fn read(&self, _path: &VaultPath) -> Result<Secret, SourceError> {
+        Err(SourceError::NotFound)
+    }
+
+    async fn is_folder(&self, _path: &VaultPath) -> Result<bool, SourceError> {
+        Ok(false)
+    }
+
+    async fn check_dynamic(&self, _path: &VaultPath) -> Result<DynamicKind, SourceError> {
+        Ok(DynamicKind::Read)
+    }
+
+    async fn issue(&self, request: &IssueRequest) -> Result<Issued, SourceError> {
+        self.check_up()?;
+        let n = self.issued.fetch_add(1, Ordering::SeqCst) + 1;
+        let lease_id = format!("{}/lease-{n}", request.path);
+        lock(&self.started).insert(lease_id.clone(), tokio::time::Instant::now());
+        let fields = BTreeMap::from([
+            (
+                "username".to_owned(),
+                serde_json::json!(format!("user-{n}")),
+            ),
+            (
+                "password".to_owned(),
+                serde_json::json!(format!("pass-{n}")),
+            ),
+        ]);
+        Ok(Issued {
+            secret: Secret::new(fields),
+            lease: LeaseRef {
+                path: request.path.to_string(),
+                lease_id,
+                serial: None,
+            },
+            ttl: self.ttl,
+            renewable: true,
+            ends_by: None,
+        })
+    }
+
+    async fn renew_lease(
+        &self,
+        lease: &LeaseRef,
+        increment: Duration,
+    ) -> Result<Renewed, SourceError> {
+        self.check_up()?;
+        self.renewals.fetch_add(1, Ordering::SeqCst);
+        let started = *lock(&self.started)
+            .get(&lease.lease_id)
+            .ok_or(SourceError::NotFound)?;
+        let left = (started + self.max_ttl).saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Err(SourceError::NotFound);
+        }
+        Ok(Renewed {
+            ttl: increment.min(left),
+            renewable: true,
+        })
+    }
+
+    async fn revoke_lease(&self, lease: &LeaseRef) -> Result<(), SourceError> {
+        self.check_up()?;
+        if let Some(error) = lock(&self.revoke_failure).clone() {
+            return Err(error);
+        }
+        let revoked = match (&lease.serial, lease.lease_id.is_empty()) {
+            (Some(serial), true) => format!("serial:{serial}"),
+            _ => lease.lease_id.clone(),
+        };
+        lock(&self.revoked).push(revoked);
+        Ok(())
     }
 }
 

@@ -477,99 +477,10 @@ fn plan(held: &Held, policy: &LeasePolicy, now: Instant) -> (Instant, Step) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lease::Renewed;
     use crate::names::VaultPath;
-    use async_trait::async_trait;
+    use crate::testing::FakeEngine;
     use std::collections::BTreeMap;
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-
-    /// A dynamic engine in memory: each issue mints `cred-N` with a lease of `ttl`, renewable up to `max_ttl`.
-    #[derive(Default)]
-    struct FakeEngine {
-        issued: AtomicUsize,
-        renewals: AtomicUsize,
-        revoked: Mutex<Vec<String>>,
-        down: AtomicBool,
-        ttl: Duration,
-        max_ttl: Duration,
-        started: Mutex<BTreeMap<String, Instant>>,
-    }
-
-    #[async_trait]
-    impl SecretSource for FakeEngine {
-        async fn read(&self, _path: &VaultPath) -> Result<Secret, SourceError> {
-            Err(SourceError::NotFound)
-        }
-        async fn is_folder(&self, _path: &VaultPath) -> Result<bool, SourceError> {
-            Ok(false)
-        }
-        async fn check_dynamic(
-            &self,
-            _path: &VaultPath,
-        ) -> Result<crate::source::DynamicKind, SourceError> {
-            Ok(crate::source::DynamicKind::Read)
-        }
-        async fn issue(&self, request: &IssueRequest) -> Result<Issued, SourceError> {
-            if self.down.load(Ordering::SeqCst) {
-                return Err(SourceError::Unavailable("down".into()));
-            }
-            let n = self.issued.fetch_add(1, Ordering::SeqCst) + 1;
-            let lease_id = format!("{}/lease-{n}", request.path);
-            self.started
-                .lock()
-                .unwrap()
-                .insert(lease_id.clone(), Instant::now());
-            let fields = BTreeMap::from([
-                (
-                    "username".to_owned(),
-                    serde_json::json!(format!("user-{n}")),
-                ),
-                (
-                    "password".to_owned(),
-                    serde_json::json!(format!("pass-{n}")),
-                ),
-            ]);
-            Ok(Issued {
-                secret: Secret::new(fields),
-                lease: LeaseRef {
-                    path: request.path.to_string(),
-                    lease_id,
-                    serial: None,
-                },
-                ttl: self.ttl,
-                renewable: true,
-                ends_by: None,
-            })
-        }
-        async fn renew_lease(
-            &self,
-            lease: &LeaseRef,
-            increment: Duration,
-        ) -> Result<Renewed, SourceError> {
-            if self.down.load(Ordering::SeqCst) {
-                return Err(SourceError::Unavailable("down".into()));
-            }
-            self.renewals.fetch_add(1, Ordering::SeqCst);
-            let started = *self
-                .started
-                .lock()
-                .unwrap()
-                .get(&lease.lease_id)
-                .ok_or(SourceError::NotFound)?;
-            let left = (started + self.max_ttl).saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(SourceError::NotFound);
-            }
-            Ok(Renewed {
-                ttl: increment.min(left),
-                renewable: true,
-            })
-        }
-        async fn revoke_lease(&self, lease: &LeaseRef) -> Result<(), SourceError> {
-            self.revoked.lock().unwrap().push(lease.lease_id.clone());
-            Ok(())
-        }
-    }
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     struct Fixed(Arc<FakeEngine>);
     impl LeaseRoute for Fixed {
@@ -579,11 +490,10 @@ mod tests {
     }
 
     fn engine(ttl: u64, max_ttl: u64) -> Arc<FakeEngine> {
-        Arc::new(FakeEngine {
-            ttl: Duration::from_secs(ttl),
-            max_ttl: Duration::from_secs(max_ttl),
-            ..FakeEngine::default()
-        })
+        Arc::new(FakeEngine::new(
+            Duration::from_secs(ttl),
+            Duration::from_secs(max_ttl),
+        ))
     }
 
     async fn keeper(engine: &Arc<FakeEngine>, policy: LeasePolicy) -> Arc<LeaseKeeper> {
@@ -638,43 +548,35 @@ mod tests {
         }));
         assert_eq!(user(&keeper), "user-1");
         run_for(7).await;
-        assert_eq!(
-            engine.renewals.load(Ordering::SeqCst),
-            1,
-            "renewed at 2/3 of 10 s"
-        );
-        assert_eq!(engine.issued.load(Ordering::SeqCst), 1);
+        assert_eq!(engine.renewals(), 1, "renewed at 2/3 of 10 s");
+        assert_eq!(engine.issued(), 1);
         // Renewals at ~6.7, ~13.3, ~20 and ~26.7 s; that one is granted 3.3 s, not 10: the max TTL is reached, and
         // a successor is issued at once, before the old lease ends at 30 s.
         run_for(19).await;
         assert_eq!(
-            engine.issued.load(Ordering::SeqCst),
+            engine.issued(),
             1,
             "no re-issue while renewals are granted in full"
         );
         run_for(2).await;
-        assert_eq!(
-            engine.issued.load(Ordering::SeqCst),
-            2,
-            "re-issued before the max TTL"
-        );
+        assert_eq!(engine.issued(), 2, "re-issued before the max TTL");
         assert_eq!(user(&keeper), "user-2");
         assert_eq!(switches.load(Ordering::SeqCst), 1);
         assert!(
-            engine.revoked.lock().unwrap().is_empty(),
+            engine.revoked().is_empty(),
             "the old lease lives until its end (before the 5 s grace is over)"
         );
         run_for(3).await;
         assert_eq!(
-            *engine.revoked.lock().unwrap(),
+            engine.revoked(),
             vec!["database/creds/app/lease-1".to_owned()]
         );
         // Two minutes: the credential is always one Vault still honours, and nothing else is minted.
         run_for(100).await;
-        let issued = engine.issued.load(Ordering::SeqCst);
+        let issued = engine.issued();
         assert!((4..=6).contains(&issued), "one issue per ~27 s: {issued}");
         keeper.finish().await;
-        let revoked = engine.revoked.lock().unwrap().clone();
+        let revoked = engine.revoked();
         assert_eq!(
             revoked.len(),
             issued,
@@ -686,12 +588,12 @@ mod tests {
     async fn during_an_outage_the_last_credential_is_served_and_replaced_when_vault_is_back() {
         let engine = engine(10, 3600);
         let keeper = keeper(&engine, LeasePolicy::default()).await;
-        engine.down.store(true, Ordering::SeqCst);
+        engine.set_down(true);
         run_for(30).await;
         assert_eq!(user(&keeper), "user-1", "served through the outage");
         let trouble = keeper.trouble().unwrap();
         assert!(trouble.contains("expired during an outage"), "{trouble}");
-        engine.down.store(false, Ordering::SeqCst);
+        engine.set_down(false);
         run_for(35).await;
         assert_eq!(user(&keeper), "user-2", "replaced once Vault answers");
         assert_eq!(keeper.trouble(), None);
@@ -713,10 +615,10 @@ mod tests {
             tokio::spawn(async move { keeper.finish().await })
         };
         run_for(2).await;
-        assert!(engine.revoked.lock().unwrap().is_empty());
+        assert!(engine.revoked().is_empty());
         run_for(2).await;
         finishing.await.unwrap();
-        assert_eq!(engine.revoked.lock().unwrap().len(), 1);
+        assert_eq!(engine.revoked().len(), 1);
         assert!(keeper.current().is_none());
     }
 }
