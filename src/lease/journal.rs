@@ -142,6 +142,20 @@ impl LeaseJournal {
     pub fn load_all(&self) -> Result<Vec<JournalEntry>, StoreError> {
         read_json_files(&self.dir)
     }
+
+    /// The entry of one holder, if there is one: the reaper checks that an entry is still the one it read before
+    /// rewriting or removing it, since a new holder of the same volume and mount ID writes to the same file.
+    pub fn load(&self, volume: &str, holder: &str) -> Result<Option<JournalEntry>, StoreError> {
+        let path = self.path_of(volume, holder);
+        let text = match std::fs::read(&path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(StoreError::Io { path, source }),
+        };
+        serde_json::from_slice(&text)
+            .map(Some)
+            .map_err(|source| StoreError::Corrupt { path, source })
+    }
 }
 
 #[cfg(test)]
@@ -188,7 +202,12 @@ mod tests {
             let mode = file.unwrap().metadata().unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+        assert_eq!(
+            journal.load("database/creds/app", "c1").unwrap(),
+            Some(a.clone())
+        );
         journal.remove("database/creds/app", "c2").unwrap();
+        assert_eq!(journal.load("database/creds/app", "c2").unwrap(), None);
         assert_eq!(journal.load_all().unwrap(), vec![a]);
     }
 

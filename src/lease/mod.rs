@@ -7,10 +7,11 @@
 //! its TTL, issues a new one before the old one can no longer be renewed (max TTL, non-renewable, a certificate's
 //! validity), switches the files atomically, and revokes what it issued when the last holder is gone. The
 //! [`journal`] records which leases exist and who holds them (never a credential), so leases of holders that died
-//! with a crash or a reboot are revoked by the next driver.
+//! with a crash or a reboot can be revoked by the next driver: the [`reaper`] does it, from the journal alone.
 
 pub mod journal;
 pub mod keeper;
+pub mod reaper;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
