@@ -203,6 +203,13 @@ pub struct VaultConfig {
     pub cert: CertAuthConfig,
     /// KV version per mount, overriding detection: `{ "secret/" = 2, "legacy/" = 1 }`.
     pub kv_version: BTreeMap<String, u8>,
+    /// The token role (`auth/token/roles/<name>`) dynamic secrets are issued under. Vault revokes a lease with the
+    /// token that created it, so leases issued with the login token die at the login token's max TTL; with this
+    /// set, the driver creates an orphan periodic token from the role (`auth/token/create/<name>`, with the login
+    /// token), issues with it and renews it at 2/3 of its period, so leases outlive every login. The role needs
+    /// `orphan=true`, a `period`, and `allowed_policies` that may read the dynamic paths. Unset: leases are
+    /// children of the login token and re-issued when it is replaced. README: "Vault settings for dynamic secrets".
+    pub lease_token_role: Option<String>,
 }
 
 /// Permission bits, written as an octal string (`"0440"`) so a decimal number cannot be mistaken for one.
@@ -427,6 +434,7 @@ impl Default for VaultConfig {
             approle: AppRoleConfig::default(),
             cert: CertAuthConfig::default(),
             kv_version: BTreeMap::new(),
+            lease_token_role: None,
         }
     }
 }
@@ -663,6 +671,19 @@ impl Config {
                 ));
             }
             _ => {}
+        }
+        if let Some(role) = &vault.lease_token_role {
+            // The name goes into a request path (`auth/token/create/<role>`): one plain segment.
+            if role.is_empty()
+                || !role
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                || role.starts_with('.')
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "key `vault.lease_token_role`: {role:?} is not a token role name (letters, digits, `-`, `_`, `.`)"
+                )));
+            }
         }
         if let Some(namespace) = &vault.namespace {
             crate::names::validate_namespace(namespace).map_err(|reason| {

@@ -535,6 +535,7 @@ mod tests {
                     path: request.path.to_string(),
                     lease_id,
                     serial: None,
+                    owner_accessor: None,
                 },
                 ttl: self.ttl,
                 renewable: true,
