@@ -958,6 +958,35 @@ mod tests {
         });
     }
 
+    #[test]
+    fn a_lease_token_role_is_one_plain_name() {
+        jail(|jail| {
+            jail.create_file(
+                "config.toml",
+                "[vault]\naddr = \"http://x\"\ntoken = \"t\"\nlease_token_role = \"libsecret-leases\"\n",
+            )?;
+            let config =
+                Config::load(Path::new("config.toml"), true, &FlagOverrides::default()).unwrap();
+            assert_eq!(
+                config.vault.lease_token_role.as_deref(),
+                Some("libsecret-leases")
+            );
+            for bad in ["", "../root", "a/b", "a b"] {
+                jail.create_file(
+                    "config.toml",
+                    &format!(
+                        "[vault]\naddr = \"http://x\"\ntoken = \"t\"\nlease_token_role = {bad:?}\n"
+                    ),
+                )?;
+                let error = Config::load(Path::new("config.toml"), true, &FlagOverrides::default())
+                    .unwrap_err()
+                    .to_string();
+                assert!(error.contains("vault.lease_token_role"), "{bad:?}: {error}");
+            }
+            Ok(())
+        });
+    }
+
     /// A token typed as a number (or a table) is still a secret: the error names the key, not the value.
     #[test]
     fn a_wrongly_typed_secret_is_not_quoted_in_the_error() {

@@ -45,6 +45,10 @@ struct OwnerToken {
     renewed: Instant,
     due: Instant,
     backoff: Duration,
+    /// The TTL it was created with: a renewal granting clearly less means a max TTL caps it (a role without a
+    /// period), which is warned about once.
+    created_ttl: Duration,
+    warned_capped: bool,
 }
 
 /// Another process's lease-owning token, kept alive here by accessor.
@@ -202,6 +206,8 @@ impl LeaseOwner {
             renewed: Instant::now(),
             due: due_after(granted.ttl),
             backoff: MIN_BACKOFF,
+            created_ttl: granted.ttl,
+            warned_capped: false,
         });
         self.start_task(session);
         self.wake.notify_one();
@@ -341,6 +347,15 @@ impl LeaseOwner {
                     t.renewed = Instant::now();
                     t.due = due_after(ttl);
                     t.backoff = MIN_BACKOFF;
+                    if ttl.as_secs_f64() < t.created_ttl.as_secs_f64() * 0.75 && !t.warned_capped {
+                        t.warned_capped = true;
+                        tracing::warn!(
+                            accessor = %t.accessor,
+                            expires_in_seconds = ttl.as_secs(),
+                            "the lease-owning Vault token reaches its max TTL soon, and its leases die with it; give \
+                             the lease token role a period"
+                        );
+                    }
                 }
                 return;
             }
@@ -461,6 +476,8 @@ mod tests {
             renewed: Instant::now(),
             due: Instant::now(),
             backoff: MIN_BACKOFF,
+            created_ttl: Duration::from_secs(60),
+            warned_capped: false,
         });
         let shown = format!("{owner:?}");
         assert!(shown.contains("acc-123"), "{shown}");
