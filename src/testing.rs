@@ -222,6 +222,7 @@ impl SecretSource for FakeEngine {
                 path: request.path.to_string(),
                 lease_id,
                 serial: None,
+                owner_accessor: None,
             },
             ttl: self.ttl,
             renewable: true,

@@ -208,6 +208,13 @@ pub struct VaultConfig {
     pub cert: CertAuthConfig,
     /// KV version per mount, overriding detection: `{ "secret/" = 2, "legacy/" = 1 }`.
     pub kv_version: BTreeMap<String, u8>,
+    /// The token role (`auth/token/roles/<name>`) dynamic secrets are issued under. Vault revokes a lease with the
+    /// token that created it, so leases issued with the login token die at the login token's max TTL; with this
+    /// set, the driver creates an orphan periodic token from the role (`auth/token/create/<name>`, with the login
+    /// token), issues with it and renews it at 2/3 of its period, so leases outlive every login. The role needs
+    /// `orphan=true`, a `period`, and `allowed_policies` that may read the dynamic paths. Unset: leases are
+    /// children of the login token and re-issued when it is replaced. README: "Vault settings for dynamic secrets".
+    pub lease_token_role: Option<String>,
 }
 
 /// Permission bits, written as an octal string (`"0440"`) so a decimal number cannot be mistaken for one.
@@ -433,6 +440,7 @@ impl Default for VaultConfig {
             approle: AppRoleConfig::default(),
             cert: CertAuthConfig::default(),
             kv_version: BTreeMap::new(),
+            lease_token_role: None,
         }
     }
 }
@@ -669,6 +677,19 @@ impl Config {
                 ));
             }
             _ => {}
+        }
+        if let Some(role) = &vault.lease_token_role {
+            // The name goes into a request path (`auth/token/create/<role>`): one plain segment.
+            if role.is_empty()
+                || !role
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                || role.starts_with('.')
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "key `vault.lease_token_role`: {role:?} is not a token role name (letters, digits, `-`, `_`, `.`)"
+                )));
+            }
         }
         if let Some(namespace) = &vault.namespace {
             crate::names::validate_namespace(namespace).map_err(|reason| {
@@ -945,6 +966,35 @@ mod tests {
                 .to_string();
             assert!(error.contains("config.toml"), "{error}");
             assert!(error.contains("vault.tokn"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_lease_token_role_is_one_plain_name() {
+        jail(|jail| {
+            jail.create_file(
+                "config.toml",
+                "[vault]\naddr = \"http://x\"\ntoken = \"t\"\nlease_token_role = \"libsecret-leases\"\n",
+            )?;
+            let config =
+                Config::load(Path::new("config.toml"), true, &FlagOverrides::default()).unwrap();
+            assert_eq!(
+                config.vault.lease_token_role.as_deref(),
+                Some("libsecret-leases")
+            );
+            for bad in ["", "../root", "a/b", "a b"] {
+                jail.create_file(
+                    "config.toml",
+                    &format!(
+                        "[vault]\naddr = \"http://x\"\ntoken = \"t\"\nlease_token_role = {bad:?}\n"
+                    ),
+                )?;
+                let error = Config::load(Path::new("config.toml"), true, &FlagOverrides::default())
+                    .unwrap_err()
+                    .to_string();
+                assert!(error.contains("vault.lease_token_role"), "{bad:?}: {error}");
+            }
             Ok(())
         });
     }

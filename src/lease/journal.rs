@@ -172,6 +172,7 @@ mod tests {
                 path: "database/creds/app".into(),
                 lease_id: "database/creds/app/abc".into(),
                 serial: None,
+                owner_accessor: None,
             },
             issued_at: 1,
             expires_at: 2,

@@ -27,8 +27,9 @@ pub struct IssueRequest {
     pub params: BTreeMap<String, String>,
 }
 
-/// What identifies an issued credential in Vault, to renew and revoke it: its lease ID, or a certificate's serial.
-/// Not a credential: neither reads anything by itself, so the journal keeps it.
+/// What identifies an issued credential in Vault, to renew and revoke it: its lease ID, or a certificate's serial,
+/// and the accessor of the token that owns the lease. Not a credential: none of them reads anything by itself, so
+/// the journal keeps it. It never holds a token.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LeaseRef {
@@ -40,6 +41,11 @@ pub struct LeaseRef {
     /// A PKI certificate's serial number, revoked by serial when it has no lease.
     #[serde(default)]
     pub serial: Option<String>,
+    /// The accessor of the lease-owning token the lease was issued with (`vault.lease_token_role`), so a later
+    /// driver process can keep that token, and so the lease, alive (`auth/token/renew-accessor`). `None`: issued
+    /// with the login token, or no lease.
+    #[serde(default)]
+    pub owner_accessor: Option<String>,
 }
 
 /// An issued response: the secret its files show, and its lease.
@@ -101,4 +107,46 @@ pub enum LeaseSharing {
     PerContainer,
     /// One credential for every container of the volume.
     PerVolume,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_ref_holds_no_token_in_debug_nor_in_the_journal() {
+        let lease = LeaseRef {
+            path: "database/creds/app".into(),
+            lease_id: "database/creds/app/abc".into(),
+            serial: None,
+            owner_accessor: Some("accessor-1".into()),
+        };
+        // Exactly these keys reach the journal: identifiers, none of them a token.
+        let json = serde_json::to_value(&lease).unwrap();
+        let mut keys: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["lease_id", "owner_accessor", "path", "serial"]);
+        let shown = format!("{lease:?}");
+        assert!(shown.contains("accessor-1"), "{shown}");
+        assert!(!shown.to_lowercase().contains("token"), "{shown}");
+        // A journal entry carrying a token is refused rather than kept.
+        let with_token = serde_json::json!({
+            "path": "database/creds/app",
+            "lease_id": "database/creds/app/abc",
+            "owner_token": "s.secret",
+        });
+        assert!(serde_json::from_value::<LeaseRef>(with_token).is_err());
+        // Entries written before the owner was recorded still read.
+        let old: LeaseRef = serde_json::from_value(serde_json::json!({
+            "path": "database/creds/app",
+            "lease_id": "database/creds/app/abc",
+        }))
+        .unwrap();
+        assert_eq!(old.owner_accessor, None);
+    }
 }

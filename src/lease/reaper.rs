@@ -321,6 +321,7 @@ mod tests {
             path: "database/creds/app".into(),
             lease_id: id.into(),
             serial: None,
+            owner_accessor: None,
         }
     }
 

@@ -55,11 +55,11 @@ impl AuthError {
 /// A POST with a JSON body prepared by the caller.
 #[derive(Debug, Endpoint)]
 #[endpoint(path = "{self.path}", method = "POST", response = "AuthEnvelope")]
-struct LoginRequest {
+pub(super) struct LoginRequest {
     #[endpoint(skip)]
-    path: String,
+    pub path: String,
     #[endpoint(raw)]
-    body: Vec<u8>,
+    pub body: Vec<u8>,
 }
 
 /// A login reply's envelope: `auth` for logins, `data` for unwrapping.
@@ -73,6 +73,9 @@ pub(super) struct AuthEnvelope {
 #[derive(Deserialize)]
 pub(super) struct AuthBlock {
     pub client_token: Zeroizing<String>,
+    /// The token's accessor: names it for lookups and renewals by accessor, and reads nothing by itself.
+    #[serde(default)]
+    pub accessor: String,
     #[serde(default)]
     pub lease_duration: u64,
     #[serde(default)]
@@ -85,6 +88,7 @@ impl std::fmt::Debug for AuthBlock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuthBlock")
             .field("client_token", &"<redacted>")
+            .field("accessor", &self.accessor)
             .field("lease_duration", &self.lease_duration)
             .field("renewable", &self.renewable)
             .finish()

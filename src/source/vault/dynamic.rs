@@ -1,11 +1,14 @@
 //! Dynamic secrets from Vault: which engines may be served as dynamic volumes, and issuing, renewing and revoking
 //! their credentials (`GET <engine>/creds/<role>`, `POST pki/issue/<role>`, `sys/leases/renew`, `sys/leases/revoke`).
+//! Issued with the lease-owning token when `vault.lease_token_role` is set ([`super::lease_owner`]); renewed and
+//! revoked with the login token.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustify_derive::Endpoint;
 use serde::Deserialize;
+use vaultrs::error::ClientError;
 
 use super::{source_error, status_of, VaultSource, NOT_KV_PATHS};
 use crate::lease::{IssueRequest, Issued, LeaseRef, Renewed};
@@ -100,24 +103,14 @@ impl VaultSource {
     ) -> Result<Issued, SourceError> {
         let kind = self.dynamic_kind(&request.path).await?;
         let path = request.path.to_string();
-        let namespace = self.namespace.as_deref();
-        let reply = match kind {
-            DynamicKind::Read => {
-                self.session
-                    .exec(namespace, || LeasedRead { path: path.clone() })
-                    .await
-            }
-            DynamicKind::PkiIssue => {
-                let body = serde_json::to_vec(&request.params).unwrap_or_default();
-                self.session
-                    .exec(namespace, || LeasedWrite {
-                        path: path.clone(),
-                        body: body.clone(),
-                    })
-                    .await
-            }
-        }
-        .map_err(source_error)?;
+        let body = match kind {
+            DynamicKind::Read => None,
+            DynamicKind::PkiIssue => Some(serde_json::to_vec(&request.params).unwrap_or_default()),
+        };
+        let (reply, owner_accessor) = self
+            .issue_as_owner(&path, body.as_deref())
+            .await
+            .map_err(source_error)?;
         let data = reply
             .data
             .ok_or_else(|| SourceError::Unavailable(format!("{path}: the reply has no data")))?;
@@ -133,6 +126,8 @@ impl VaultSource {
             secret: Secret::new(data),
             lease: LeaseRef {
                 path,
+                // A response without a lease (a certificate without `generate_lease`) belongs to no token.
+                owner_accessor: owner_accessor.filter(|_| !reply.lease_id.is_empty()),
                 lease_id: reply.lease_id,
                 serial,
             },
@@ -142,11 +137,81 @@ impl VaultSource {
         })
     }
 
+    /// Issues with the lease-owning token when `vault.lease_token_role` is set (and its accessor), else with the
+    /// login token. A 403 because the lease-owning token is gone creates a new one and is retried once.
+    async fn issue_as_owner(
+        &self,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Result<(LeasedReply, Option<String>), ClientError> {
+        let Some((token, accessor, generation)) = self.lease_owner.token(&self.session).await?
+        else {
+            return Ok((self.send_issue(None, path, body).await?, None));
+        };
+        match self.send_issue(Some(&token), path, body).await {
+            Err(error) if status_of(&error) == Some(403) => {
+                let session = &self.session;
+                let gone = matches!(
+                    super::auth::lookup_info(session.transport(), session.namespace(), &token)
+                        .await,
+                    Err(super::auth::AuthError::Rejected(_))
+                );
+                if !gone {
+                    // Alive: the role's policies do not allow this path.
+                    return Err(error);
+                }
+                self.lease_owner.forget(generation);
+                let Some((token, accessor, _)) = self.lease_owner.token(&self.session).await?
+                else {
+                    return Err(error);
+                };
+                let reply = self.send_issue(Some(&token), path, body).await?;
+                Ok((reply, Some(accessor)))
+            }
+            other => other.map(|reply| (reply, Some(accessor))),
+        }
+    }
+
+    /// One issue request: `GET <path>`, or with `body` a `POST`; with `token`, or the login's.
+    async fn send_issue(
+        &self,
+        token: Option<&str>,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Result<LeasedReply, ClientError> {
+        let namespace = self.namespace.as_deref();
+        let read = || LeasedRead {
+            path: path.to_owned(),
+        };
+        let write = |body: &[u8]| {
+            let body = body.to_vec();
+            move || LeasedWrite {
+                path: path.to_owned(),
+                body: body.clone(),
+            }
+        };
+        match (token, body) {
+            (Some(token), None) => self.session.exec_with(token, namespace, read).await,
+            (Some(token), Some(body)) => {
+                self.session.exec_with(token, namespace, write(body)).await
+            }
+            (None, None) => self.session.exec(namespace, read).await,
+            (None, Some(body)) => self.session.exec(namespace, write(body)).await,
+        }
+    }
+
     pub(super) async fn renew_dynamic(
         &self,
         lease: &LeaseRef,
         increment: Duration,
     ) -> Result<Renewed, SourceError> {
+        if let Some(accessor) = &lease.owner_accessor {
+            // Another process's token owns it (an earlier driver's): that token must live as long as the lease.
+            if self.lease_owner.current_accessor().as_deref() != Some(accessor.as_str()) {
+                self.lease_owner
+                    .adopt(&self.session, accessor, Some(&lease.lease_id));
+            }
+        }
         let body = serde_json::to_vec(&serde_json::json!({
             "lease_id": lease.lease_id,
             "increment": increment.as_secs(),
@@ -165,8 +230,18 @@ impl VaultSource {
                 renewable: reply.renewable,
             }),
             // "lease not found or lease is not renewable": gone, so a successor is issued.
-            Err(error) if status_of(&error) == Some(400) => Err(SourceError::NotFound),
+            Err(error) if status_of(&error) == Some(400) => {
+                self.release_owner(lease);
+                Err(SourceError::NotFound)
+            }
             Err(error) => Err(source_error(error)),
+        }
+    }
+
+    /// `lease` no longer needs its owner kept alive here.
+    fn release_owner(&self, lease: &LeaseRef) {
+        if let Some(accessor) = &lease.owner_accessor {
+            self.lease_owner.release(accessor, &lease.lease_id);
         }
     }
 
@@ -199,8 +274,14 @@ impl VaultSource {
             })
             .await;
         match result {
-            Ok(()) => Ok(()),
-            Err(error) if status_of(&error) == Some(400) => Ok(()),
+            Ok(()) => {
+                self.release_owner(lease);
+                Ok(())
+            }
+            Err(error) if status_of(&error) == Some(400) => {
+                self.release_owner(lease);
+                Ok(())
+            }
             Err(error) => Err(source_error(error)),
         }
     }

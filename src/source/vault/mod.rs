@@ -14,6 +14,7 @@
 mod auth;
 mod dynamic;
 mod health;
+mod lease_owner;
 mod session;
 mod transport;
 
@@ -27,6 +28,7 @@ use vaultrs::error::ClientError;
 
 pub use self::auth::Lending;
 use self::auth::{Auth, AuthError};
+use self::lease_owner::LeaseOwner;
 use self::session::Session;
 use self::transport::Transport;
 use crate::config::VaultConfig;
@@ -173,6 +175,8 @@ pub struct VaultSource {
     mounts: Mutex<HashMap<String, DetectedMount>>,
     /// Whether the transport presents `vault.client_cert`: decides how a lost TLS alert is read.
     presents_client_cert: bool,
+    /// The token dynamic secrets are issued with (`vault.lease_token_role`), shared by every namespace view.
+    lease_owner: Arc<LeaseOwner>,
 }
 
 /// Never prints the session (it holds the token).
@@ -180,6 +184,7 @@ impl std::fmt::Debug for VaultSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VaultSource")
             .field("namespace", &self.namespace)
+            .field("lease_owner", &self.lease_owner)
             .finish_non_exhaustive()
     }
 }
@@ -270,6 +275,7 @@ impl VaultSource {
             overrides,
             mounts: Mutex::new(HashMap::new()),
             presents_client_cert: config.client_cert.is_some(),
+            lease_owner: LeaseOwner::new(config.lease_token_role.clone()),
         })
     }
 
@@ -337,7 +343,16 @@ impl VaultSource {
             overrides: self.overrides.clone(),
             mounts: Mutex::new(HashMap::new()),
             presents_client_cert: self.presents_client_cert,
+            lease_owner: self.lease_owner.clone(),
         }
+    }
+
+    /// Keeps the lease-owning token with `accessor` alive (`auth/token/renew-accessor` with the login token, at
+    /// about 2/3 of its period) until Vault says it is gone: a token of an earlier driver process, whose leases
+    /// this one now serves. Renewing a lease whose [`owner_accessor`](crate::lease::LeaseRef::owner_accessor) is
+    /// not this process's own token does the same for as long as such leases are renewed here.
+    pub fn keep_owner_alive(&self, accessor: &str) {
+        self.lease_owner.adopt(&self.session, accessor, None);
     }
 
     /// Revokes the token this source logged in with (AppRole, cert; never an operator's token_file or inline

@@ -286,6 +286,17 @@ impl Session {
         self.observe(self.transport.exec_empty(&token, namespace, &make).await)
     }
 
+    /// Sends a request with `token` rather than the login's (a lease-owning token): no retry, since only its owner
+    /// can replace it; Vault's answer counts for the health report like any other.
+    pub async fn exec_with<E: Endpoint>(
+        &self,
+        token: &str,
+        namespace: Option<&str>,
+        make: impl Fn() -> E,
+    ) -> Result<E::Response, ClientError> {
+        self.observe(self.transport.exec(token, namespace, &make).await)
+    }
+
     /// The token (and its generation) a request is sent with, logging in first if need be. Requests while Vault
     /// cannot log us in are "unavailable" (EIO), whatever the reason.
     async fn request_token(&self) -> Result<(Zeroizing<String>, u64), ClientError> {
