@@ -365,6 +365,8 @@ struct FakeMounterState {
     failing: Mutex<Option<String>>,
     mounts: AtomicUsize,
     unmounts: AtomicUsize,
+    /// The lease holder of every dynamic volume's mount, in order.
+    lease_holders: Mutex<Vec<String>>,
 }
 
 /// One mount of a [`FakeMounter`].
@@ -412,6 +414,11 @@ impl FakeMounter {
     /// How many mounts were started.
     pub fn mounts(&self) -> usize {
         self.state.mounts.load(Ordering::SeqCst)
+    }
+
+    /// The lease holder of each dynamic volume's mount so far, in order.
+    pub fn lease_holders(&self) -> Vec<String> {
+        lock(&self.state.lease_holders).clone()
     }
 
     /// How many mounts were ended.
@@ -469,10 +476,20 @@ impl Mounter for FakeMounter {
                 plan.name, plan.path
             )),
         }
-        let escaped = crate::names::escape_component(&plan.name);
+        // A container's own lease has its own mountpoint: the escaped volume name and mount ID.
+        let slot = match &plan.lease {
+            Some(lease) if lease.holder != crate::lease::VOLUME_HOLDER => {
+                format!("{}\n{}", plan.name, lease.holder)
+            }
+            _ => plan.name.clone(),
+        };
+        if let Some(lease) = &plan.lease {
+            lock(&self.state.lease_holders).push(lease.holder.clone());
+        }
+        let escaped = crate::names::escape_component(&slot);
         if plan.mountpoint.file_name() != Some(std::ffi::OsStr::new(&escaped)) {
             self.violation(format!(
-                "mountpoint {:?} of {:?} is not its escaped name",
+                "mountpoint {:?} of {:?} is not its escaped slot name",
                 plan.mountpoint, plan.name
             ));
         }

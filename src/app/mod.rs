@@ -19,7 +19,9 @@ use tokio::net::UnixListener;
 
 use crate::access::AuthScope;
 use crate::config::Config;
-use crate::mount::in_process::InProcessMount;
+use crate::lease::journal::LeaseJournal;
+use crate::lease::reaper;
+use crate::mount::in_process::{InProcessMount, Leases};
 use crate::mount::mountpoint::{clean_stale_mounts, detach};
 use crate::mount::{MountError, MountPlan};
 use crate::plugin::{server, Plugin};
@@ -28,6 +30,9 @@ use crate::volumes::{plan_mount, StoreError, VolumeError, VolumeRecord, Volumes}
 
 pub use backend::{all_scopes, FirstContact, Tokens};
 pub use health::status_line;
+
+/// How often the lease journal is searched for leases whose holder is gone.
+const REAP_EVERY: Duration = Duration::from_secs(300);
 
 /// How long a stopping mount unit waits for the kernel to release its filesystem.
 const UNMOUNT_WAIT: Duration = Duration::from_secs(2);
@@ -77,8 +82,16 @@ pub async fn run(
         backend::open_caches(&config, &all_scopes(&config), Tokens::LogIn(first_contact)).await?;
     let logins = backend.logins;
     let caches = Arc::new(backend.caches);
+    // Leases of holders gone with a crash or a reboot are revoked in the background: Vault may be down, and the
+    // plugin API never waits for it.
+    let journal = LeaseJournal::open(&config.state_dir)?;
+    let reaper = reaper::spawn_periodic(journal.clone(), caches.clone(), REAP_EVERY);
+    let leases = Leases {
+        policy: config.lease_policy(),
+        journal: Some(journal),
+    };
     let (mounter, lending) =
-        mounting::choose_mounter(&config, unit_args, caches.clone(), &logins).await?;
+        mounting::choose_mounter(&config, unit_args, caches.clone(), &logins, leases).await?;
     for path in clean_stale_mounts(&config.mount_root) {
         tracing::info!(mountpoint = %path.display(), "removed a leftover mountpoint");
     }
@@ -107,6 +120,7 @@ pub async fn run(
     server::run(listener, Plugin::new(volumes.clone()), shutdown).await;
 
     health.abort();
+    reaper.abort();
     if let Some(lending) = lending {
         // Units keep the tokens they hold (valid until their TTL) and find the next driver on the same path.
         lending.abort();

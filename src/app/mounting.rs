@@ -8,11 +8,11 @@ use std::time::Duration;
 use crate::access::AuthScope;
 use crate::config::{BackendKind, Config, MountMode};
 use crate::mount::broker::{self, Broker};
-use crate::mount::in_process::InProcessMounter;
+use crate::mount::in_process::{InProcessMounter, Leases};
 use crate::mount::systemd::{
     mount_unit_environment, sets_secret_table, MountUnitTemplate, SystemdMounter,
 };
-use crate::mount::Mounter;
+use crate::mount::{DynamicInProcess, Mounter};
 use crate::source::router::VolumeCaches;
 use crate::source::vault::VaultSource;
 
@@ -67,6 +67,7 @@ pub async fn choose_mounter(
     unit_args: Vec<String>,
     caches: Arc<VolumeCaches>,
     logins: &[(AuthScope, Arc<VaultSource>)],
+    leases: Leases,
 ) -> Result<(Box<dyn Mounter>, Option<tokio::task::JoinHandle<()>>), AppError> {
     let systemd_host = Path::new("/run/systemd/system").is_dir();
     let mut use_units = match config.mount_mode {
@@ -100,9 +101,10 @@ pub async fn choose_mounter(
             mount_mode = "in-process",
             "mounts are served by the driver process"
         );
-        let mounter = InProcessMounter::new(caches, config.fs_options());
+        let mounter = InProcessMounter::new(caches, config.fs_options()).with_leases(leases);
         return Ok((Box::new(mounter), None));
     }
+    let in_process = InProcessMounter::new(caches, config.fs_options()).with_leases(leases);
     let template = MountUnitTemplate {
         executable: std::env::current_exe().map_err(AppError::CurrentExe)?,
         config_args: unit_args,
@@ -115,7 +117,11 @@ pub async fn choose_mounter(
         .map_err(AppError::Systemd)?;
     tracing::info!(
         mount_mode = "systemd",
-        "each mount is served by a transient systemd unit"
+        "each mount is served by a transient systemd unit (dynamic volumes: by the driver process)"
     );
+    let mounter = DynamicInProcess {
+        units: Box::new(mounter),
+        in_process: Box::new(in_process),
+    };
     Ok((Box::new(mounter), lending))
 }

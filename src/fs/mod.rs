@@ -15,6 +15,7 @@
 
 pub mod audit;
 pub mod fuse;
+mod leased;
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
@@ -22,6 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use crate::fs::audit::{Auditor, Outcome, Requester};
+use crate::lease::keeper::LeaseKeeper;
 use crate::names::{FileName, SecretRef, VaultPath, View};
 use crate::source::cache::{Listed, SecretCache};
 use crate::source::limits::{BudgetLimits, RequestBudget};
@@ -281,6 +283,8 @@ pub struct SecretFs {
     read_positions: Mutex<HashMap<(u64, u32), u64>>,
     invalidator: OnceLock<Box<dyn Invalidator>>,
     auditor: OnceLock<Auditor>,
+    /// A dynamic volume's lease: every file is a field of its one issued response ([`leased`]).
+    lease: Option<Arc<LeaseKeeper>>,
 }
 
 /// Names the volume only: the inodes hold secret values.
@@ -310,6 +314,7 @@ impl SecretFs {
             read_positions: Mutex::new(HashMap::new()),
             invalidator: OnceLock::new(),
             auditor: OnceLock::new(),
+            lease: None,
         }
     }
 
@@ -406,8 +411,8 @@ impl SecretFs {
     /// Resolves `name` in directory `parent`: a secret (in some view) or a folder of secrets.
     pub async fn lookup(&self, parent: u64, name: &OsStr) -> Result<NodeAttr, FsError> {
         let dir = self.directory_path(parent)?;
-        let (_, file_name) = parse_name(name)?;
-        self.resolve(parent, &dir, name, file_name).await
+        let (_, file_name) = self.parse_name(name)?;
+        self.resolve_name(parent, &dir, name, file_name).await
     }
 
     /// [`lookup`](Self::lookup), with its refusals, missing secrets and outages audited for `requester` when an
@@ -419,10 +424,36 @@ impl SecretFs {
         requester: Requester,
     ) -> Result<NodeAttr, FsError> {
         let dir = self.directory_path(parent)?;
-        let (text, file_name) = parse_name(name)?;
-        let result = self.resolve(parent, &dir, name, file_name).await;
+        let (text, file_name) = self.parse_name(name)?;
+        let result = self.resolve_name(parent, &dir, name, file_name).await;
         self.audit_lookup(&dir, text, &result, requester);
         result
+    }
+
+    /// A lookup's name as text and as what it names; a name no file can have is not found.
+    fn parse_name<'n>(&self, name: &'n OsStr) -> Result<(&'n str, LookupName), FsError> {
+        let text = name.to_str().ok_or(FsError::NotFound)?;
+        let parsed = match &self.lease {
+            Some(_) => LookupName::Field(leased::field_view(text)?),
+            None => LookupName::Secret(FileName::parse(text).map_err(|_| FsError::NotFound)?),
+        };
+        Ok((text, parsed))
+    }
+
+    async fn resolve_name(
+        &self,
+        parent: u64,
+        dir: &VaultPath,
+        name: &OsStr,
+        parsed: LookupName,
+    ) -> Result<NodeAttr, FsError> {
+        match (parsed, &self.lease) {
+            (LookupName::Secret(file_name), _) => self.resolve(parent, dir, name, file_name).await,
+            (LookupName::Field(view), Some(keeper)) => {
+                self.resolve_leased(keeper, parent, name, view)
+            }
+            (LookupName::Field(_), None) => Err(FsError::NotFound),
+        }
     }
 
     async fn resolve(
@@ -622,6 +653,10 @@ impl SecretFs {
     /// whose secret is gone, invalidating the kernel's entries. A source that cannot answer changes nothing: the
     /// last value keeps being served. Returns how many names were retired.
     pub async fn refresh(&self) -> usize {
+        // A refresh never mints a credential: a dynamic volume's files change only when its keeper switches leases.
+        if self.lease.is_some() {
+            return 0;
+        }
         let in_use: Vec<(NodeKey, u64)> = self
             .inodes()
             .current
@@ -728,11 +763,11 @@ impl SecretFs {
     }
 }
 
-/// A lookup's name as text and as a secret's file name; a name no secret can have is not found.
-fn parse_name(name: &OsStr) -> Result<(&str, FileName), FsError> {
-    let text = name.to_str().ok_or(FsError::NotFound)?;
-    let file_name = FileName::parse(text).map_err(|_| FsError::NotFound)?;
-    Ok((text, file_name))
+/// What a looked-up name names: a secret (in a view, perhaps a version) below a KV volume, or one field (or `#`, all
+/// of them) of a dynamic volume's issued response.
+enum LookupName {
+    Secret(FileName),
+    Field(View),
 }
 
 #[cfg(test)]

@@ -150,6 +150,12 @@ impl LeaseKeeper {
             .map(|held| (held.secret.clone(), generation))
     }
 
+    /// Whether the access rules still serve this lease's path as dynamic, decided now without asking Vault: the
+    /// filesystem asks at every lookup, so a rule changed by a reload holds for the next file opened.
+    pub fn allowed(&self) -> Result<(), SourceError> {
+        self.route.source().map(|_| ())
+    }
+
     /// What is wrong, if anything (a failing renewal, an expired credential).
     pub fn trouble(&self) -> Option<String> {
         self.state().trouble.clone()

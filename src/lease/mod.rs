@@ -19,6 +19,10 @@ use std::time::{Duration, SystemTime};
 use crate::names::VaultPath;
 use crate::source::Secret;
 
+/// The holder name of a lease every container of a volume shares (`-o lease=per-volume`). Docker's mount IDs are
+/// 64 hex digits, so no container has it.
+pub const VOLUME_HOLDER: &str = "per-volume";
+
 /// What to ask a dynamic engine for: a read of `path` (`database/creds/<role>`), or, with parameters, a write to it
 /// (`pki/issue/<role>` with `common_name`, ...). Parameters are volume options, never credentials.
 #[derive(Debug, Clone, PartialEq, Eq)]

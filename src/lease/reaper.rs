@@ -18,9 +18,14 @@ use super::journal::{JournalEntry, LeaseJournal, RetiringLease};
 use super::LeaseRef;
 use crate::source::{SecretSource, SourceError};
 
-/// Which source revokes the leases issued in a namespace (`None`: `vault.namespace` itself).
+/// Which source revokes the leases of `volume` issued in a namespace (`None`: `vault.namespace` itself): the
+/// credentials of the rule that covers the volume's path.
 pub trait ReapSources: Send + Sync {
-    fn source_for(&self, namespace: Option<&str>) -> Result<Arc<dyn SecretSource>, SourceError>;
+    fn source_for(
+        &self,
+        namespace: Option<&str>,
+        volume: &str,
+    ) -> Result<Arc<dyn SecretSource>, SourceError>;
 }
 
 /// What one pass did.
@@ -92,7 +97,7 @@ async fn reap_entry(
         keep(journal, &entry, current, pending.into(), report);
         return;
     }
-    let source = match sources.source_for(entry.namespace.as_deref()) {
+    let source = match sources.source_for(entry.namespace.as_deref(), &entry.volume) {
         Ok(source) => source,
         Err(error @ SourceError::Unavailable(_)) => {
             warn_later(&entry, &error);
@@ -297,6 +302,7 @@ mod tests {
         fn source_for(
             &self,
             namespace: Option<&str>,
+            _volume: &str,
         ) -> Result<Arc<dyn SecretSource>, SourceError> {
             match self.0.get(&namespace.map(str::to_owned)) {
                 Some(engine) => Ok(engine.clone()),
@@ -471,7 +477,11 @@ mod tests {
         // The retiring lease goes first; then Vault stops answering.
         struct FlakySources(Arc<FakeEngine>);
         impl ReapSources for FlakySources {
-            fn source_for(&self, _: Option<&str>) -> Result<Arc<dyn SecretSource>, SourceError> {
+            fn source_for(
+                &self,
+                _: Option<&str>,
+                _: &str,
+            ) -> Result<Arc<dyn SecretSource>, SourceError> {
                 Ok(Arc::new(Flaky(self.0.clone())))
             }
         }

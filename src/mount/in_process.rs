@@ -5,6 +5,9 @@ use std::sync::Arc;
 
 use crate::fs::fuse::{self, FuseMount};
 use crate::fs::{FsOptions, SecretFs, SecretRouter};
+use crate::lease::journal::LeaseJournal;
+use crate::lease::keeper::{Holder, LeaseKeeper};
+use crate::lease::LeasePolicy;
 use crate::names::escape_component;
 use crate::source::router::VolumeCaches;
 
@@ -15,6 +18,14 @@ use super::{ActiveMount, MountError, MountPlan, Mounter};
 pub struct InProcessMounter {
     caches: Arc<VolumeCaches>,
     fs_options: FsOptions,
+    leases: Leases,
+}
+
+/// How dynamic volumes' leases are kept: the policy, and the journal that outlives this process.
+#[derive(Debug, Clone, Default)]
+pub struct Leases {
+    pub policy: LeasePolicy,
+    pub journal: Option<LeaseJournal>,
 }
 
 impl std::fmt::Debug for InProcessMounter {
@@ -25,7 +36,17 @@ impl std::fmt::Debug for InProcessMounter {
 
 impl InProcessMounter {
     pub fn new(caches: Arc<VolumeCaches>, fs_options: FsOptions) -> Self {
-        InProcessMounter { caches, fs_options }
+        InProcessMounter {
+            caches,
+            fs_options,
+            leases: Leases::default(),
+        }
+    }
+
+    /// Keeps dynamic volumes' leases under `leases`.
+    pub fn with_leases(mut self, leases: Leases) -> Self {
+        self.leases = leases;
+        self
     }
 }
 
@@ -51,12 +72,25 @@ impl InProcessMount {
         router: Arc<dyn SecretRouter>,
         fs_options: FsOptions,
     ) -> Result<InProcessMount, MountError> {
+        Self::serve_with(plan, router, None, fs_options).await
+    }
+
+    /// [`serve`](Self::serve), with a dynamic volume's files showing what `keeper` holds.
+    async fn serve_with(
+        plan: &MountPlan,
+        router: Arc<dyn SecretRouter>,
+        keeper: Option<Arc<LeaseKeeper>>,
+        fs_options: FsOptions,
+    ) -> Result<InProcessMount, MountError> {
         let runtime = tokio::runtime::Handle::current();
         let plan = plan.clone();
         tokio::task::spawn_blocking(move || {
             prepare_mountpoint(&plan.mountpoint).map_err(MountError::Mountpoint)?;
             let audit_window = fs_options.audit_window;
-            let fs = Arc::new(SecretFs::routed(plan.path.clone(), router, fs_options));
+            let fs = match keeper {
+                Some(keeper) => SecretFs::leased(plan.path.clone(), router, keeper, fs_options),
+                None => Arc::new(SecretFs::routed(plan.path.clone(), router, fs_options)),
+            };
             if let Some(window) = audit_window {
                 fs.set_auditor(crate::fs::audit::Auditor::for_volume(&plan.name, window));
             }
@@ -95,7 +129,24 @@ impl InProcessMount {
 
 #[async_trait::async_trait]
 impl ActiveMount for InProcessMount {
+    /// The last container is gone: unmounts, then revokes a dynamic volume's lease (after the unmount grace, in
+    /// the background, so Docker's Unmount does not wait for it).
     async fn unmount(self: Box<Self>) -> Result<(), MountError> {
+        let keeper = self.fs.lease().cloned();
+        tokio::task::spawn_blocking(move || self.unmount_blocking()).await??;
+        if let Some(keeper) = keeper {
+            keeper.stop_task();
+            tokio::spawn(async move { keeper.finish().await });
+        }
+        Ok(())
+    }
+
+    /// The driver stops: a dynamic volume's lease is kept (not renewed, not revoked), and the journal says whose it
+    /// was, so the next driver revokes it once nobody serves it.
+    async fn shut_down(self: Box<Self>) -> Result<(), MountError> {
+        if let Some(keeper) = self.fs.lease() {
+            keeper.stop_task();
+        }
         tokio::task::spawn_blocking(move || self.unmount_blocking()).await?
     }
 
@@ -115,9 +166,44 @@ impl ActiveMount for InProcessMount {
 #[async_trait::async_trait]
 impl Mounter for InProcessMounter {
     async fn mount(&self, plan: &MountPlan) -> Result<Box<dyn ActiveMount>, MountError> {
-        let router = self.caches.router(plan.parsed.namespace.as_deref());
+        let namespace = plan.parsed.namespace.as_deref();
+        let router = self.caches.router(namespace);
         let fs_options = plan.parsed.fs_options(&self.fs_options);
-        let mount = InProcessMount::serve(plan, router, fs_options).await?;
+        let keeper = match &plan.lease {
+            None => None,
+            Some(lease) => {
+                let holder = Holder {
+                    volume: plan.name.clone(),
+                    holder: lease.holder.clone(),
+                    namespace: namespace.map(str::to_owned),
+                };
+                // A Mount waits for the first credential: a container never starts with empty files.
+                let keeper = LeaseKeeper::start(
+                    holder,
+                    lease.request.clone(),
+                    self.caches.lease_route(namespace, &plan.path),
+                    self.leases.policy.clone(),
+                    self.leases.journal.clone(),
+                )
+                .await
+                .map_err(|source| MountError::Lease {
+                    volume: plan.name.clone(),
+                    source,
+                })?;
+                Some(keeper)
+            }
+        };
+        let mount = match InProcessMount::serve_with(plan, router, keeper.clone(), fs_options).await
+        {
+            Ok(mount) => mount,
+            Err(error) => {
+                // Nothing will serve the credential just issued: revoke it now.
+                if let Some(keeper) = keeper {
+                    keeper.finish().await;
+                }
+                return Err(error);
+            }
+        };
         Ok(Box::new(mount))
     }
 }

@@ -10,6 +10,7 @@ pub mod systemd;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use crate::lease::IssueRequest;
 use crate::names::VaultPath;
 use crate::volumes::VolumeOptions;
 
@@ -27,6 +28,18 @@ pub struct MountPlan {
     pub parsed: VolumeOptions,
     /// Where the filesystem is mounted.
     pub mountpoint: PathBuf,
+    /// A dynamic volume's lease (its files are the fields of one issued response), when a `dynamic = true` rule
+    /// grants the path; `None`: a KV volume.
+    pub lease: Option<LeasePlan>,
+}
+
+/// What a dynamic volume's mount issues, and for whom.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeasePlan {
+    /// The container (Docker's mount ID) the credential is for, or [`crate::lease::VOLUME_HOLDER`] when the
+    /// volume's containers share one (`-o lease=per-volume`).
+    pub holder: String,
+    pub request: IssueRequest,
 }
 
 /// Why a volume could not be mounted or unmounted.
@@ -48,6 +61,12 @@ pub enum MountError {
     Unit(Box<systemd::UnitError>),
     #[error("the mount task ended abnormally: {0}")]
     Task(String),
+    /// A dynamic volume's first credential could not be issued.
+    #[error("issuing the credential of {volume}: {source}")]
+    Lease {
+        volume: String,
+        source: crate::source::SourceError,
+    },
 }
 
 impl From<systemd::UnitError> for MountError {
@@ -66,6 +85,11 @@ impl From<tokio::task::JoinError> for MountError {
 #[async_trait::async_trait]
 pub trait ActiveMount: Send + Sync + std::fmt::Debug {
     async fn unmount(self: Box<Self>) -> Result<(), MountError>;
+    /// Ends the mount because the driver stops (not because its last container did): a dynamic volume's lease is
+    /// left to the journal, so nothing is revoked by a restart, and the next driver revokes what nobody serves.
+    async fn shut_down(self: Box<Self>) -> Result<(), MountError> {
+        self.unmount().await
+    }
     /// Whether the filesystem still answers (its server runs and the mountpoint is not stale).
     async fn is_alive(&self) -> bool;
     /// Whether the mount outlives the driver process (a systemd unit) and must be left running at shutdown.
@@ -80,5 +104,30 @@ pub trait Mounter: Send + Sync + std::fmt::Debug {
     /// A live mount of the planned volume left by an earlier driver process, if there is one.
     async fn adopt(&self, _plan: &MountPlan) -> Option<Box<dyn ActiveMount>> {
         None
+    }
+}
+
+/// Mount units for KV volumes, and this process for dynamic ones: mount units do not keep leases yet, so a dynamic
+/// volume's mounts are the driver's own, and end with it (its leases are then revoked by the next driver's reaper).
+#[derive(Debug)]
+pub struct DynamicInProcess {
+    pub units: Box<dyn Mounter>,
+    pub in_process: Box<dyn Mounter>,
+}
+
+#[async_trait::async_trait]
+impl Mounter for DynamicInProcess {
+    async fn mount(&self, plan: &MountPlan) -> Result<Box<dyn ActiveMount>, MountError> {
+        match plan.lease {
+            Some(_) => self.in_process.mount(plan).await,
+            None => self.units.mount(plan).await,
+        }
+    }
+
+    async fn adopt(&self, plan: &MountPlan) -> Option<Box<dyn ActiveMount>> {
+        match plan.lease {
+            Some(_) => None,
+            None => self.units.adopt(plan).await,
+        }
     }
 }

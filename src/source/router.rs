@@ -6,10 +6,12 @@ use std::sync::{Arc, Mutex};
 
 use crate::access::{AccessRules, AuthScope, Grant};
 use crate::fs::{RouteError, SecretRouter};
+use crate::lease::keeper::LeaseRoute;
+use crate::lease::reaper::ReapSources;
 use crate::mount::MountPlan;
 use crate::names::VaultPath;
 use crate::source::cache::SecretCache;
-use crate::source::{DynamicKind, SourceError};
+use crate::source::{DynamicKind, SecretSource, SourceError};
 use crate::volumes::{VolumeError, VolumeGate};
 
 /// Makes the cache for a child namespace of a scope: a view of the same backend and login in that namespace.
@@ -137,6 +139,68 @@ impl VolumeGate for VolumeCaches {
                 Ok(())
             }
         }
+    }
+}
+
+impl VolumeCaches {
+    /// Where a dynamic volume at `path` in `namespace` issues, renews and revokes: decided by the access rules at
+    /// every call, so a rule that no longer says `dynamic = true` stops the lease at its next step.
+    pub fn lease_route(
+        self: &Arc<Self>,
+        namespace: Option<&str>,
+        path: &VaultPath,
+    ) -> Arc<dyn LeaseRoute> {
+        Arc::new(DynamicRoute {
+            caches: self.clone(),
+            namespace: namespace.map(str::to_owned),
+            path: path.clone(),
+        })
+    }
+}
+
+/// A dynamic volume's [`LeaseRoute`].
+struct DynamicRoute {
+    caches: Arc<VolumeCaches>,
+    namespace: Option<String>,
+    path: VaultPath,
+}
+
+impl LeaseRoute for DynamicRoute {
+    fn source(&self) -> Result<Arc<dyn SecretSource>, SourceError> {
+        let namespace = self.namespace.as_deref();
+        let grant = self
+            .caches
+            .access
+            .decide(namespace, &self.path)
+            .map_err(|refusal| SourceError::Refused(refusal.to_string()))?;
+        if !grant.dynamic {
+            return Err(SourceError::Refused(
+                "no access rule with dynamic = true covers this path any more".to_owned(),
+            ));
+        }
+        self.caches
+            .cache_of(grant.scope, namespace)
+            .map(|cache| cache.source().clone())
+            .map_err(SourceError::Unavailable)
+    }
+}
+
+/// Leases whose holder is gone are revoked with the credentials of the rule covering their volume now, or the
+/// driver's own when no rule does any more (revoking never hands anything out).
+impl ReapSources for VolumeCaches {
+    fn source_for(
+        &self,
+        namespace: Option<&str>,
+        volume: &str,
+    ) -> Result<Arc<dyn SecretSource>, SourceError> {
+        let scope = VaultPath::from_volume_name(volume)
+            .ok()
+            .and_then(|path| self.access.decide(namespace, &path).ok())
+            .map_or(AuthScope::Default, |grant| grant.scope);
+        self.cache_of(scope, namespace)
+            .or_else(|_| self.cache_of(AuthScope::Default, namespace))
+            .map(|cache| cache.source().clone())
+            .map_err(SourceError::Unavailable)
     }
 }
 

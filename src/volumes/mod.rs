@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
 
 use crate::access::{AccessRules, Grant};
-use crate::mount::{ActiveMount, MountError, MountPlan, Mounter};
+use crate::lease::{IssueRequest, LeaseSharing, VOLUME_HOLDER};
+use crate::mount::{ActiveMount, LeasePlan, MountError, MountPlan, Mounter};
 use crate::names::{escape_component, NameError, VaultPath};
 
 mod options;
@@ -119,6 +120,7 @@ pub fn plan_mount(record: &VolumeRecord, mountpoint: PathBuf) -> Result<MountPla
         options: record.options.clone(),
         parsed,
         mountpoint,
+        lease: None,
     })
 }
 
@@ -146,8 +148,27 @@ struct MountState {
     active: Box<dyn ActiveMount>,
 }
 
-/// One volume's mount, behind its own lock: held across a mount or unmount of that volume only.
+/// One mount (a volume's, or one container's of a dynamic volume), behind its own lock: held across a mount or
+/// unmount of that mount only.
 type Slot = Arc<tokio::sync::Mutex<Option<MountState>>>;
+
+/// Separates a volume name from a lease holder in a slot key. Volume names hold no control characters.
+const HOLDER_SEPARATOR: char = '\n';
+
+/// The key of a volume's slot: the volume name, or for a dynamic volume's per-container lease, the name and the
+/// container's mount ID (each container gets its own credential and its own mountpoint).
+fn slot_key(name: &str, holder: Option<&str>) -> String {
+    match holder {
+        Some(holder) => format!("{name}{HOLDER_SEPARATOR}{holder}"),
+        None => name.to_owned(),
+    }
+}
+
+/// The volume a slot key belongs to.
+fn volume_of(key: &str) -> &str {
+    key.split_once(HOLDER_SEPARATOR)
+        .map_or(key, |(volume, _)| volume)
+}
 
 /// A volume as `Get`/`List` report it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,20 +183,33 @@ pub struct VolumeInfo {
 struct Book {
     store: Box<dyn RecordStore>,
     records: BTreeMap<String, VolumeRecord>,
+    /// By slot key ([`slot_key`]).
     slots: HashMap<String, Slot>,
-    /// Mount IDs per mounted volume, as the slots hold them, so Get and List never wait for a mount.
+    /// Mount IDs per live slot, as the slots hold them, so Get and List never wait for a mount.
     mounted: HashMap<String, usize>,
 }
 
 impl Book {
-    /// Saves `ids` as `name`'s mount IDs and counts them.
-    fn record_mounts(&mut self, name: &str, ids: &MountIds) -> Result<(), StoreError> {
+    /// Saves `ids` as slot `key`'s mount IDs and counts them.
+    fn record_mounts(&mut self, key: &str, ids: &MountIds) -> Result<(), StoreError> {
         if ids.is_empty() {
-            self.mounted.remove(name);
+            self.mounted.remove(key);
         } else {
-            self.mounted.insert(name.to_owned(), ids.len());
+            self.mounted.insert(key.to_owned(), ids.len());
         }
-        self.store.save_mounts(name, ids)
+        self.store.save_mounts(key, ids)
+    }
+
+    /// Mount IDs of volume `name` over all its slots, if any is live.
+    fn mount_ids_of(&self, name: &str) -> Option<usize> {
+        let mut live = self
+            .mounted
+            .iter()
+            .filter(|(key, _)| volume_of(key) == name)
+            .map(|(_, count)| *count)
+            .peekable();
+        live.peek()?;
+        Some(live.sum())
     }
 }
 
@@ -241,10 +275,12 @@ impl Volumes {
         Ok(volumes)
     }
 
-    /// Takes over the mount `name` had when the driver last saved it, or forgets its IDs.
-    async fn adopt(&self, name: String, ids: MountIds) -> Result<(), StoreError> {
+    /// Takes over the mount slot `key` had when the driver last saved it, or forgets its IDs.
+    async fn adopt(&self, key: String, ids: MountIds) -> Result<(), StoreError> {
+        let name = volume_of(&key).to_owned();
         let record = self.book().records.get(&name).cloned();
-        let plan = record.and_then(|record| plan_mount(&record, self.mountpoint_of(&name)).ok());
+        let plan =
+            record.and_then(|record| plan_mount(&record, self.mountpoint_of_slot(&key)).ok());
         let (adopted, refusal) = match &plan {
             Some(plan) => (
                 self.mounter.adopt(plan).await,
@@ -258,19 +294,19 @@ impl Volumes {
                 if let Err(reason) = active.unmount().await {
                     tracing::warn!(volume = %name, %reason, "could not stop the refused mount");
                 }
-                self.book().record_mounts(&name, &MountIds::new())
+                self.book().record_mounts(&key, &MountIds::new())
             }
             (Some(active), None) if !ids.is_empty() => {
-                tracing::info!(volume = %name, mount_ids = ids.len(), "adopted a running mount");
+                tracing::info!(volume = %name, mount_ids = ids.len(), "adopted a running mount of {name}");
                 let mut book = self.book();
-                book.mounted.insert(name.clone(), ids.len());
+                book.mounted.insert(key.clone(), ids.len());
                 let slot = Arc::new(tokio::sync::Mutex::new(Some(MountState { ids, active })));
-                book.slots.insert(name, slot);
+                book.slots.insert(key, slot);
                 Ok(())
             }
             (_, _) => {
-                tracing::info!(volume = %name, "forgot mount IDs of a mount that is gone");
-                self.book().record_mounts(&name, &MountIds::new())
+                tracing::info!(volume = %name, "forgot mount IDs of a mount of {name} that is gone");
+                self.book().record_mounts(&key, &MountIds::new())
             }
         }
     }
@@ -289,7 +325,12 @@ impl Volumes {
 
     /// The mountpoint a volume gets: one directory per volume name under the mount root, collision-free.
     pub fn mountpoint_of(&self, name: &str) -> PathBuf {
-        self.mount_root.join(escape_component(name))
+        self.mountpoint_of_slot(name)
+    }
+
+    /// The mountpoint of slot `key`: a per-container lease's differs from its volume's, and from every other's.
+    fn mountpoint_of_slot(&self, key: &str) -> PathBuf {
+        self.mount_root.join(escape_component(key))
     }
 
     /// Decides whether the planned volume may be mounted now: its path's rule, then its engine. Made at every
@@ -339,48 +380,79 @@ impl Volumes {
         if !book.records.contains_key(name) {
             return Err(VolumeError::NotFound(name.to_owned()));
         }
-        if let Some(count) = book.mounted.get(name) {
-            return Err(VolumeError::InUse(name.to_owned(), *count));
+        if let Some(count) = book.mount_ids_of(name) {
+            return Err(VolumeError::InUse(name.to_owned(), count));
         }
-        // A Mount or Unmount of it is under way (its slot is held): it decides the volume's state first.
-        if let Some(slot) = book.slots.get(name) {
-            if slot.try_lock().is_err() {
+        let keys: Vec<String> = book
+            .slots
+            .keys()
+            .filter(|key| volume_of(key) == name)
+            .cloned()
+            .collect();
+        // A Mount or Unmount of it is under way (a slot is held): it decides the volume's state first.
+        for key in &keys {
+            if book
+                .slots
+                .get(key)
+                .is_some_and(|slot| slot.try_lock().is_err())
+            {
                 return Err(VolumeError::Busy(name.to_owned()));
             }
         }
         book.store.remove(name)?;
         book.records.remove(name);
-        book.slots.remove(name);
+        for key in keys {
+            book.slots.remove(&key);
+        }
         Ok(())
     }
 
-    /// The volume's record and slot, if it exists.
-    fn record_and_slot(&self, name: &str) -> Result<(VolumeRecord, Slot), VolumeError> {
-        let mut book = self.book();
-        let record = book
+    /// The volume's record, if it exists.
+    fn record(&self, name: &str) -> Result<VolumeRecord, VolumeError> {
+        self.book()
             .records
             .get(name)
             .cloned()
-            .ok_or_else(|| VolumeError::NotFound(name.to_owned()))?;
-        let slot = book.slots.entry(name.to_owned()).or_default().clone();
-        Ok((record, slot))
+            .ok_or_else(|| VolumeError::NotFound(name.to_owned()))
     }
 
-    /// Mounts for mount ID `id`; the first user mounts the filesystem, later ones share it.
-    pub async fn mount(&self, name: &str, id: &str) -> Result<PathBuf, VolumeError> {
-        let (record, slot) = self.record_and_slot(name)?;
-        let plan = plan_mount(&record, self.mountpoint_of(name))?;
-        if self.admit(&plan).await?.dynamic {
-            // Issued, renewed and revoked by crate::lease, but not yet served as files by a mount.
-            return Err(VolumeError::NotServed {
-                name: name.to_owned(),
-                reason: "dynamic volumes can be created, but this build does not mount them yet"
-                    .to_owned(),
-            });
+    /// The slot of `key`, made on first use.
+    fn slot(&self, key: &str) -> Slot {
+        self.book().slots.entry(key.to_owned()).or_default().clone()
+    }
+
+    /// Which slot a granted Mount by `id` uses: the volume's, or for a dynamic volume's per-container lease, the
+    /// container's own, with its own mountpoint and the lease it issues.
+    fn slot_for(&self, plan: &mut MountPlan, grant: Grant, id: &str) -> String {
+        if !grant.dynamic {
+            return plan.name.clone();
         }
+        let (key, holder) = match plan.parsed.lease {
+            LeaseSharing::PerContainer => (slot_key(&plan.name, Some(id)), id),
+            LeaseSharing::PerVolume => (slot_key(&plan.name, None), VOLUME_HOLDER),
+        };
+        plan.mountpoint = self.mountpoint_of_slot(&key);
+        plan.lease = Some(LeasePlan {
+            holder: holder.to_owned(),
+            request: IssueRequest {
+                path: plan.path.clone(),
+                params: plan.parsed.pki.clone(),
+            },
+        });
+        key
+    }
+
+    /// Mounts for mount ID `id`; the first user mounts the filesystem, later ones share it. A dynamic volume's
+    /// containers each get their own mount and lease, unless it was created with `-o lease=per-volume`.
+    pub async fn mount(&self, name: &str, id: &str) -> Result<PathBuf, VolumeError> {
+        let record = self.record(name)?;
+        let mut plan = plan_mount(&record, self.mountpoint_of(name))?;
+        let grant = self.admit(&plan).await?;
+        let key = self.slot_for(&mut plan, grant, id);
+        let slot = self.slot(&key);
         let mut held = slot.lock().await;
         // Removed (and perhaps created again, with a new slot) while this call waited for the slot.
-        if !self.holds_current_slot(name, &slot) {
+        if !self.holds_current_slot(&key, &slot) {
             return Err(VolumeError::NotFound(name.to_owned()));
         }
         let mut state = match held.take() {
@@ -396,7 +468,7 @@ impl Volumes {
                     },
                     Err(error) => {
                         // Nothing is mounted now: the counts go with the dead mount, as after a reboot.
-                        self.book().record_mounts(name, &MountIds::new())?;
+                        self.book().record_mounts(&key, &MountIds::new())?;
                         return Err(error);
                     }
                 }
@@ -407,19 +479,19 @@ impl Volumes {
             },
         };
         *state.ids.entry(id.to_owned()).or_default() += 1;
-        let saved = self.book().record_mounts(name, &state.ids);
+        let saved = self.book().record_mounts(&key, &state.ids);
         *held = Some(state);
         saved?;
         Ok(plan.mountpoint)
     }
 
-    /// Whether `slot` is still `name`'s slot: a volume removed and created again has a new one.
-    fn holds_current_slot(&self, name: &str, slot: &Slot) -> bool {
+    /// Whether `slot` is still slot `key`: a volume removed and created again has new ones.
+    fn holds_current_slot(&self, key: &str, slot: &Slot) -> bool {
         let book = self.book();
-        book.records.contains_key(name)
+        book.records.contains_key(volume_of(key))
             && book
                 .slots
-                .get(name)
+                .get(key)
                 .is_some_and(|current| Arc::ptr_eq(current, slot))
     }
 
@@ -439,7 +511,14 @@ impl Volumes {
     /// Releases one use by `id`. Unknown volumes and IDs are ignored: Docker replays Unmount after crashes.
     /// Returns whether the filesystem was unmounted.
     pub async fn unmount(&self, name: &str, id: &str) -> Result<bool, VolumeError> {
-        let Some(slot) = self.book().slots.get(name).cloned() else {
+        // The container's own slot (a dynamic volume's per-container lease), else the volume's.
+        let own = slot_key(name, Some(id));
+        let Some((key, slot)) = ({
+            let book = self.book();
+            [own, name.to_owned()]
+                .into_iter()
+                .find_map(|key| book.slots.get(&key).cloned().map(|slot| (key, slot)))
+        }) else {
             return Ok(false);
         };
         let mut held = slot.lock().await;
@@ -452,9 +531,16 @@ impl Volumes {
                 state.ids.remove(id);
             }
         }
-        self.book().record_mounts(name, &state.ids)?;
+        self.book().record_mounts(&key, &state.ids)?;
         if !state.ids.is_empty() {
             return Ok(false);
+        }
+        if key != name {
+            // A container's own slot is never used again: forget it, so slots do not pile up.
+            let mut book = self.book();
+            if book.slots.get(&key).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+                book.slots.remove(&key);
+            }
         }
         if let Some(state) = held.take() {
             state
@@ -493,12 +579,13 @@ impl Volumes {
     }
 
     fn info(&self, book: &Book, record: &VolumeRecord) -> VolumeInfo {
-        let mounted = book.mounted.get(&record.name).copied();
+        // Containers with their own lease each have their own mountpoint: only a shared mount has one to show.
+        let shared = book.mounted.contains_key(&record.name);
         VolumeInfo {
             name: record.name.clone(),
-            mountpoint: mounted.map(|_| self.mountpoint_of(&record.name)),
+            mountpoint: shared.then(|| self.mountpoint_of(&record.name)),
             created_at: record.created_at.clone(),
-            mount_ids: mounted.unwrap_or(0),
+            mount_ids: book.mount_ids_of(&record.name).unwrap_or(0),
         }
     }
 
@@ -512,17 +599,18 @@ impl Volumes {
     /// running for running containers, to be adopted by the next driver process.
     pub async fn shutdown(&self) {
         let slots: Vec<(String, Slot)> = self.book().slots.drain().collect();
-        for (name, slot) in slots {
+        for (key, slot) in slots {
+            let name = volume_of(&key);
             let Some(state) = slot.lock().await.take() else {
                 continue;
             };
             if state.active.outlives_driver() {
                 continue;
             }
-            if let Err(reason) = state.active.unmount().await {
-                tracing::warn!(volume = %name, %reason, "unmount at shutdown failed");
+            if let Err(reason) = state.active.shut_down().await {
+                tracing::warn!(volume = %name, %reason, "unmount of {name} at shutdown failed");
             }
-            if let Err(error) = self.book().record_mounts(&name, &MountIds::new()) {
+            if let Err(error) = self.book().record_mounts(&key, &MountIds::new()) {
                 tracing::warn!(volume = %name, %error, "could not clear mount IDs");
             }
         }
@@ -649,7 +737,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn dynamic_options_need_a_dynamic_rule_and_dynamic_volumes_are_not_mounted_yet() {
+    async fn dynamic_options_need_a_dynamic_rule_and_each_container_gets_its_own_mount() {
         let rule = |path: &str, dynamic: bool| crate::access::Rule {
             path: path.into(),
             namespace: None,
@@ -658,7 +746,7 @@ mod tests {
             dynamic,
         };
         let access = crate::access::AccessRules::new(
-            vec![rule("database/creds/app", true), rule("secret", false)],
+            vec![rule("database/creds", true), rule("secret", false)],
             "test",
         );
         let mounter = FakeMounter::default();
@@ -679,16 +767,60 @@ mod tests {
             matches!(refused, VolumeError::NotServed { .. }),
             "{refused}"
         );
+        let shared = BTreeMap::from([("lease".to_owned(), "per-volume".to_owned())]);
+        for (name, options) in [
+            ("database/creds/app", BTreeMap::new()),
+            ("database/creds/shared", shared),
+        ] {
+            volumes.create(name, options, "t".into()).await.unwrap();
+        }
+        // Per container: two containers, two mounts at two mountpoints, neither the volume's.
+        let a = volumes.mount("database/creds/app", "A").await.unwrap();
+        let b = volumes.mount("database/creds/app", "B").await.unwrap();
+        let again = volumes.mount("database/creds/app", "A").await.unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a, again, "a repeated Mount ID shares its own mount");
+        assert_ne!(a, volumes.mountpoint_of("database/creds/app"));
+        assert_eq!(mounter.live().len(), 2);
+        assert_eq!(mounter.lease_holders(), ["A", "B"]);
+        let info = volumes.get("database/creds/app").unwrap();
+        assert_eq!((info.mount_ids, info.mountpoint), (2, None));
+        assert!(matches!(
+            volumes.remove("database/creds/app"),
+            Err(VolumeError::InUse(_, 2))
+        ));
+        // Per volume: one mount, one lease, at the volume's mountpoint.
+        let c = volumes.mount("database/creds/shared", "C").await.unwrap();
+        let d = volumes.mount("database/creds/shared", "D").await.unwrap();
+        assert_eq!(c, d);
+        assert_eq!(c, volumes.mountpoint_of("database/creds/shared"));
+        assert_eq!(
+            mounter.lease_holders(),
+            ["A", "B", crate::lease::VOLUME_HOLDER]
+        );
+        // Each container's Unmount ends its own mount (A only after its second Unmount), and nobody else's.
+        assert!(!volumes.unmount("database/creds/app", "A").await.unwrap());
+        assert!(volumes.unmount("database/creds/app", "A").await.unwrap());
+        assert_eq!(mounter.live().len(), 2);
+        assert!(volumes.unmount("database/creds/app", "B").await.unwrap());
+        assert!(!volumes.unmount("database/creds/shared", "C").await.unwrap());
+        assert!(volumes.unmount("database/creds/shared", "D").await.unwrap());
+        assert!(mounter.live().is_empty());
+        assert!(
+            mounter.violations().is_empty(),
+            "{:?}",
+            mounter.violations()
+        );
+        // A container's own slot is forgotten with its last Unmount.
+        assert!(volumes.book().slots.keys().all(|key| !key.contains('\n')));
+        volumes.remove("database/creds/app").unwrap();
+        // A KV volume under a plain rule takes no lease.
         volumes
-            .create("database/creds/app", BTreeMap::new(), "t".into())
+            .create("secret/app", BTreeMap::new(), "t".into())
             .await
             .unwrap();
-        let refused = volumes.mount("database/creds/app", "A").await.unwrap_err();
-        assert!(
-            refused.to_string().contains("does not mount them yet"),
-            "{refused}"
-        );
-        assert!(mounter.live().is_empty());
+        volumes.mount("secret/app", "E").await.unwrap();
+        assert_eq!(mounter.lease_holders().len(), 3);
     }
 
     #[tokio::test]
