@@ -106,6 +106,22 @@ impl Host {
         ));
     }
 
+    /// Starts the driver the way the original tool was started, reading the root-only config file `toml` (rules,
+    /// `[dynamic]`, ...).
+    fn launch_with_config_text(&mut self, toml: &str) {
+        let config = self.dir.path().join("config.toml");
+        std::fs::write(&config, toml).unwrap();
+        std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let addr = self.vault.addr();
+        let token = format!("token={}", self.vault.root_token());
+        self.launch_with_config(
+            &config,
+            &["--addr", &addr, "--backend", "vault", "--store-opt", &token],
+            &[],
+        );
+    }
+
     /// Starts the driver configured by `LIBSECRET_*` variables only.
     fn start_driver_with_env(&mut self, env: &[(&str, &str)]) {
         self.launch(&[], env);
@@ -615,19 +631,8 @@ fn a_per_volume_refresh_interval_brings_rotation_to_a_running_container() {
 fn a_namespace_volume_option_reads_in_that_child_namespace() {
     let mut host = Host::without_driver();
     // The namespace option is refused unless a rule names the namespace.
-    let config = host.dir.path().join("config.toml");
-    std::fs::write(
-        &config,
+    host.launch_with_config_text(
         "[[rules]]\npath = \"secret/ns-app\"\nnamespace = \"team-a\"\n\n[[rules]]\npath = \"secret\"\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let addr = host.vault.addr();
-    let token = format!("token={}", host.vault.root_token());
-    host.launch_with_config(
-        &config,
-        &["--addr", &addr, "--backend", "vault", "--store-opt", &token],
-        &[],
     );
     host.vault.create_namespace("team-a");
     host.vault.enable_kv(Some("team-a"), "secret", 2);
@@ -918,4 +923,210 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     files
+}
+
+/// The config of the dynamic-secrets tests: database and PKI volumes are dynamic, everything under `secret` KV.
+const DYNAMIC_RULES: &str = "[[rules]]\npath = \"database/creds\"\ndynamic = true\n\n[[rules]]\npath = \"pki/issue\"\ndynamic = true\n\n[[rules]]\npath = \"secret\"\n";
+
+/// The `username` and `password` a detached container printed (its first two lines), once it has printed them.
+fn credentials_printed_by(container: &str) -> (String, String) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let logs = docker_ok(&["logs", container]);
+        let lines: Vec<&str> = logs.lines().collect();
+        if let [user, password, ..] = lines[..] {
+            return (user.to_owned(), password.to_owned());
+        }
+        assert!(Instant::now() < deadline, "{container} printed {logs:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits up to `seconds` for `done`.
+fn within(seconds: u64, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    done()
+}
+
+#[test]
+fn each_container_logs_in_to_postgresql_with_its_own_credential_revoked_when_it_exits() {
+    let mut host = Host::without_driver();
+    let pg = support::postgres::Postgres::start();
+    host.vault.enable_database(&pg, "app", "1h", "24h");
+    host.launch_with_config_text(DYNAMIC_RULES);
+    let volume = host.volume("database/creds/app");
+    let print = "cat /secrets/username; echo; cat /secrets/password; echo; exec sleep 600";
+    let first = run_detached(&volume, &["sh", "-c", print]);
+    let second = run_detached(&volume, &["sh", "-c", print]);
+    let (user_1, password_1) = credentials_printed_by(&first);
+    let (user_2, password_2) = credentials_printed_by(&second);
+    assert_ne!(user_1, user_2, "two containers, two database roles");
+    for (user, password) in [(&user_1, &password_1), (&user_2, &password_2)] {
+        assert!(
+            pg.can_log_in(user, password),
+            "{user} cannot log in\ndriver:\n{}",
+            host.log()
+        );
+    }
+    assert_eq!(host.vault.leases("database/creds/app/").len(), 2);
+    // `#` is the whole response, username and password together.
+    let (code, json, err) = docker(&["exec", &first, "cat", "/secrets/#"]);
+    assert_eq!(code, 0, "{err}");
+    let response: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(response["username"], user_1.as_str());
+    assert_eq!(response["password"], password_1.as_str());
+    // Nothing lists, nothing writes.
+    let (code, out, _) = docker(&[
+        "exec",
+        &first,
+        "sh",
+        "-c",
+        "ls -A /secrets; echo x > /secrets/username",
+    ]);
+    assert_ne!(code, 0);
+    assert_eq!(out, "");
+    // The first container exits: its role is gone (grace 0, so within 5 s), the other's still works.
+    docker_ok(&["rm", "-f", &first]);
+    assert!(
+        within(5, || !pg.role_exists(&user_1)),
+        "{user_1} outlived its container\ndriver:\n{}",
+        host.log()
+    );
+    assert!(pg.can_log_in(&user_2, &password_2));
+    assert_eq!(host.vault.leases("database/creds/app/").len(), 1);
+    docker_ok(&["rm", "-f", &second]);
+    assert!(within(5, || !pg.role_exists(&user_2)), "{}", host.log());
+    assert_eq!(
+        host.vault.leases("database/creds/app/"),
+        Vec::<String>::new(),
+        "no lease outlives its container"
+    );
+    let log = host.log();
+    assert!(
+        !log.contains(&password_1) && !log.contains(&password_2),
+        "a password reached the log"
+    );
+    assert!(
+        log.contains("lease-issued") && log.contains("lease-revoked"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_pki_volume_gives_a_certificate_with_its_own_key_that_verifies_against_the_ca() {
+    let mut host = Host::without_driver();
+    let ca = host.vault.enable_pki("web", "72h", true);
+    host.launch_with_config_text(DYNAMIC_RULES);
+    let volume = host.volume("pki/issue/web");
+    // Certificate options are checked at Create: a name the role may not issue for is refused by Vault at Mount,
+    // a malformed one by the driver at Create.
+    let (code, _, err) = docker(&[
+        "volume",
+        "create",
+        "-d",
+        "libsecret",
+        "-o",
+        "common_name=not a name",
+        &volume,
+    ]);
+    assert_ne!(code, 0, "a malformed common_name is refused");
+    assert!(err.contains("common_name"), "{err}");
+    docker_ok(&[
+        "volume",
+        "create",
+        "-d",
+        "libsecret",
+        "-o",
+        "common_name=web.internal",
+        "-o",
+        "ttl=1h",
+        &volume,
+    ]);
+    let (code, out, err) = host.run(
+        &volume,
+        "cat /secrets/certificate; echo; echo ====; cat /secrets/private_key; echo; echo ====; cat /secrets/issuing_ca",
+    );
+    assert_eq!(code, 0, "{err}\ndriver:\n{}", host.log());
+    let parts: Vec<&str> = out.split("\n====\n").collect();
+    let [certificate, key, issuing_ca] = parts[..] else {
+        panic!("{out}")
+    };
+    assert!(support::pki_check::cert_matches_key(certificate, key));
+    assert!(support::pki_check::verifies_against(&ca, certificate));
+    assert_eq!(issuing_ca.trim(), ca.trim());
+    assert!(
+        !host.log().contains(key.lines().nth(1).unwrap()),
+        "the key reached the log"
+    );
+    // The container has exited: its certificate's lease is revoked.
+    assert!(
+        within(5, || host.vault.leases("pki/issue/web/").is_empty()),
+        "{:?}\n{}",
+        host.vault.leases("pki/issue/web/"),
+        host.log()
+    );
+}
+
+#[test]
+fn a_killed_driver_revokes_nothing_and_the_next_one_revokes_the_leases_nobody_serves() {
+    let mut host = Host::without_driver();
+    let pg = support::postgres::Postgres::start();
+    host.vault.enable_database(&pg, "app", "1h", "24h");
+    host.launch_with_config_text(DYNAMIC_RULES);
+    let volume = host.volume("database/creds/app");
+    let id = run_detached(
+        &volume,
+        &[
+            "sh",
+            "-c",
+            "cat /secrets/username; echo; cat /secrets/password; echo; exec sleep 600",
+        ],
+    );
+    let (user, password) = credentials_printed_by(&id);
+    let journal = host.dir.path().join("state/leases");
+    let entries: Vec<PathBuf> = std::fs::read_dir(&journal)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let text = std::fs::read_to_string(&entries[0]).unwrap();
+    let mode = std::fs::metadata(&entries[0]).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    assert!(text.contains("database/creds/app/"), "{text}");
+    assert!(
+        !text.contains(&password),
+        "the journal holds the credential"
+    );
+    // SIGKILL: nothing is revoked by the crash itself.
+    host.driver.as_mut().unwrap().kill();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        pg.can_log_in(&user, &password),
+        "the crash revoked the credential"
+    );
+    assert_eq!(host.vault.leases("database/creds/app/").len(), 1);
+    // The next driver finds the lease's holder (the killed process) gone, and revokes it.
+    host.launch_with_config_text(DYNAMIC_RULES);
+    assert!(
+        within(10, || !pg.role_exists(&user)),
+        "the orphaned role stays\ndriver:\n{}",
+        host.log()
+    );
+    assert!(host.vault.leases("database/creds/app/").is_empty());
+    assert!(std::fs::read_dir(&journal).unwrap().next().is_none());
+    assert!(
+        host.log().contains("lease-revoked-orphan"),
+        "{}",
+        host.log()
+    );
+    let _ = docker(&["rm", "-f", &id]);
 }

@@ -93,6 +93,14 @@ impl Driver {
         self.child.as_ref().map(|c| c.id()).unwrap_or_default()
     }
 
+    /// SIGKILL (a crash: nothing runs at exit), and waits for the process to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// SIGTERM, then wait for exit; returns whether it exited successfully.
     pub fn stop(&mut self) -> bool {
         let Some(mut child) = self.child.take() else {
