@@ -1130,3 +1130,67 @@ fn a_killed_driver_revokes_nothing_and_the_next_one_revokes_the_leases_nobody_se
     );
     let _ = docker(&["rm", "-f", &id]);
 }
+
+#[test]
+fn a_short_lived_certificate_is_reissued_before_it_expires_and_every_read_pairs_it_with_its_own_key(
+) {
+    let mut host = Host::without_driver();
+    let ca = host.vault.enable_pki("web", "72h", true);
+    host.launch_with_config_text(&format!(
+        "{DYNAMIC_RULES}\n[dynamic]\nreissue_grace = \"5s\"\n"
+    ));
+    let volume = host.volume("pki/issue/short");
+    host.vault.enable_pki("short", "20s", true);
+    docker_ok(&[
+        "volume",
+        "create",
+        "-d",
+        "libsecret",
+        "-o",
+        "common_name=short.internal",
+        "-o",
+        "ttl=20s",
+        &volume,
+    ]);
+    // One read of `#` a second for 35 s: the time, then the whole response (certificate and key together) on one
+    // line.
+    let (code, out, err) = host.run(
+        &volume,
+        "i=0; while [ $i -lt 35 ]; do date +%s; cat '/secrets/#' || echo FAILED; echo; sleep 1; i=$((i+1)); done",
+    );
+    assert_eq!(code, 0, "{err}\ndriver:\n{}", host.log());
+    let lines: Vec<&str> = out.lines().filter(|line| !line.is_empty()).collect();
+    assert_eq!(lines.len(), 70, "{out:.400}");
+    let mut serials: Vec<String> = Vec::new();
+    for read in lines.chunks(2) {
+        let [at, response] = read else { unreachable!() };
+        let at: u64 = at.parse().unwrap();
+        let response: serde_json::Value = serde_json::from_str(response)
+            .unwrap_or_else(|_| panic!("a read failed: {response:.80}"));
+        let (certificate, key) = (
+            response["certificate"].as_str().unwrap(),
+            response["private_key"].as_str().unwrap(),
+        );
+        let serial = response["serial_number"].as_str().unwrap().to_owned();
+        assert!(
+            support::pki_check::verified_at(&ca, certificate, at),
+            "{serial} was not valid when it was read"
+        );
+        if serials.last() != Some(&serial) {
+            // A new certificate (checked once with openssl for its key), and never an old one coming back.
+            assert!(!serials.contains(&serial), "{serial} came back");
+            assert!(
+                support::pki_check::cert_matches_key(certificate, key),
+                "{serial}"
+            );
+            serials.push(serial);
+        }
+    }
+    // Re-issued at 2/3 of 20 s: at least two certificates in 35 s, so none was read past its end.
+    assert!(serials.len() >= 2, "{serials:?}\n{}", host.log());
+    assert!(
+        within(10, || host.vault.leases("pki/issue/short/").is_empty()),
+        "{:?}",
+        host.vault.leases("pki/issue/short/")
+    );
+}

@@ -23,6 +23,16 @@ pub fn cert_matches_key(cert_pem: &str, key_pem: &str) -> bool {
 /// Whether `cert_pem` (a leaf, optionally followed by intermediates, which are then untrusted helpers) verifies
 /// against the trust anchor(s) in `ca_pem`: `openssl verify -CAfile ca [-untrusted rest] leaf` succeeds.
 pub fn verifies_against(ca_pem: &str, cert_pem: &str) -> bool {
+    verify(ca_pem, cert_pem, None)
+}
+
+/// [`verifies_against`] at the time `unix_seconds` (`openssl verify -attime`): the chain, and each certificate's
+/// validity then, so a certificate read at that time is shown to have been valid when it was read.
+pub fn verified_at(ca_pem: &str, cert_pem: &str, unix_seconds: u64) -> bool {
+    verify(ca_pem, cert_pem, Some(unix_seconds))
+}
+
+fn verify(ca_pem: &str, cert_pem: &str, at: Option<u64>) -> bool {
     let dir = tempfile::tempdir().unwrap();
     let ca = write(dir.path(), "ca.pem", ca_pem);
     let blocks = pem_blocks(cert_pem);
@@ -31,6 +41,10 @@ pub fn verifies_against(ca_pem: &str, cert_pem: &str) -> bool {
     };
     let leaf = write(dir.path(), "leaf.pem", leaf);
     let mut args = vec!["verify".to_owned(), "-CAfile".to_owned(), ca];
+    if let Some(at) = at {
+        args.push("-attime".to_owned());
+        args.push(at.to_string());
+    }
     if !rest.is_empty() {
         args.push("-untrusted".to_owned());
         args.push(write(dir.path(), "untrusted.pem", &rest.concat()));
