@@ -13,7 +13,11 @@
 //!   (negative_ttl 0, no budgets: the cost before issue 12); and P1 of another volume's cached secret measured
 //!   during the flood, against P1 measured just before it.
 //!
-//! P3, P7 and P8 read from OpenBao; P1 and P2 need no Vault (an in-memory source, the file backend).
+//! - P10: a dynamic volume (database/creds, real PostgreSQL) through the driver binary and its plugin socket: Vault
+//!   requests over one container's life (issue, renewals, re-issue, revocations; 10 s TTL, 30 s max TTL, 40 s life),
+//!   against a KV volume's over the same life; and Mount latency of a dynamic volume against a KV volume's.
+//!
+//! P3, P7, P8 and P10 read from OpenBao; P1 and P2 need no Vault (an in-memory source, the file backend).
 //!
 //! P4 (Mount RPC), P5 (500 mounts) and P6 (activation to READY) need a systemd host: `cargo bench --bench service`.
 //!
@@ -523,6 +527,130 @@ fn p8() {
     old_mount.unmount();
 }
 
+/// One container's life on a volume (Create, Mount as `id`, `life` of reads every second, Unmount), through the
+/// driver's plugin socket: the Vault requests it caused, by path, and how long its Mount took.
+fn p10_life(
+    vault: &openbao::OpenBao,
+    socket: &Path,
+    volume: &str,
+    id: &str,
+    life: Duration,
+) -> (Vec<String>, Duration) {
+    use support::plugin_client::{call, create_and_mount};
+    let mark = vault.audit_len();
+    let started = Instant::now();
+    let mountpoint = create_and_mount(socket, volume, serde_json::json!({}), id).expect("mount");
+    let mount_latency = started.elapsed();
+    let file = if volume.starts_with("database/") {
+        "username"
+    } else {
+        "value"
+    };
+    while started.elapsed() < life {
+        std::fs::read(mountpoint.join(file)).expect("read");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    call(
+        socket,
+        "/VolumeDriver.Unmount",
+        serde_json::json!({"Name": volume, "ID": id}),
+    );
+    // The revocation at the last Unmount runs in the background: let it reach Vault.
+    std::thread::sleep(Duration::from_secs(2));
+    let paths = vault
+        .audit_requests_since(mark)
+        .into_iter()
+        .map(|r| r.path)
+        .filter(|path| {
+            !path.starts_with("sys/internal/ui/mounts") && path != "auth/token/lookup-self"
+        })
+        .collect();
+    (paths, mount_latency)
+}
+
+fn p10() {
+    let vault = openbao::OpenBao::start();
+    let pg = support::postgres::Postgres::start();
+    vault.enable_database(&pg, "app", "10s", "30s");
+    vault.kv_put(
+        None,
+        "secret",
+        "p10/value",
+        serde_json::json!({"value": SECRET}),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "[[rules]]\npath = \"database/creds\"\ndynamic = true\n\n[[rules]]\npath = \"secret\"\n\n[dynamic]\nreissue_grace = \"5s\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let socket = dir.path().join("plugin.sock");
+    let (root, state) = (dir.path().join("mounts"), dir.path().join("state"));
+    let token = format!("token={}", vault.root_token());
+    let _driver = support::driver::Driver::start_with_config(
+        &config,
+        &[
+            "--addr",
+            &vault.addr(),
+            "--backend",
+            "vault",
+            "--store-opt",
+            &token,
+            "-r",
+            root.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+        &socket,
+        &dir.path().join("driver.log"),
+        &[],
+    );
+    let life = Duration::from_secs(40);
+    let (kv, _) = p10_life(&vault, &socket, "secret/p10", "kv-life", life);
+    let (dynamic, _) = p10_life(&vault, &socket, "database/creds/app", "dynamic-life", life);
+    let count =
+        |paths: &[String], prefix: &str| paths.iter().filter(|p| p.starts_with(prefix)).count();
+    println!(
+        "P10 Vault requests over a {} s container life: dynamic volume {} (issue {}, renew {}, revoke {}; 10 s TTL, \
+         30 s max TTL) against a KV volume {} (refresh_interval default): ratio {:.1}",
+        life.as_secs(),
+        dynamic.len(),
+        count(&dynamic, "database/creds/app"),
+        count(&dynamic, "sys/leases/renew"),
+        count(&dynamic, "sys/leases/revoke"),
+        kv.len(),
+        dynamic.len() as f64 / kv.len().max(1) as f64
+    );
+    // Mount latency: each Mount a new container (a new ID), so each dynamic Mount issues a credential.
+    let latencies = |volume: &str| {
+        median(
+            (0..15)
+                .map(|i| {
+                    p10_life(
+                        &vault,
+                        &socket,
+                        volume,
+                        &format!("latency-{i}"),
+                        Duration::ZERO,
+                    )
+                    .1
+                })
+                .collect(),
+        )
+    };
+    let kv_mount = latencies("secret/p10");
+    let dynamic_mount = latencies("database/creds/app");
+    println!(
+        "P10 Mount latency (median of 15, Create+Mount over the plugin socket): dynamic {:.1} ms against KV {:.1} ms: \
+         ratio {:.2}",
+        dynamic_mount.as_secs_f64() * 1e3,
+        kv_mount.as_secs_f64() * 1e3,
+        dynamic_mount.as_secs_f64() / kv_mount.as_secs_f64()
+    );
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing useful: only measure when benching.
     if !std::env::args().any(|a| a == "--bench") {
@@ -534,7 +662,14 @@ fn main() {
             a.len() >= 2 && a.starts_with('P') && a[1..].bytes().all(|b| b.is_ascii_digit())
         })
         .collect();
-    let figures: [(&str, fn()); 5] = [("P1", p1), ("P2", p2), ("P7", p7), ("P8", p8), ("P3", p3)];
+    let figures: [(&str, fn()); 6] = [
+        ("P1", p1),
+        ("P2", p2),
+        ("P7", p7),
+        ("P8", p8),
+        ("P3", p3),
+        ("P10", p10),
+    ];
     for (name, figure) in figures {
         if named.is_empty() || named.iter().any(|n| n == name) {
             figure();
