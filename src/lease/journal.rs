@@ -34,6 +34,16 @@ impl HolderProcess {
         }
     }
 
+    /// No process: the holder of leases whose keeper ended without revoking them (Vault did not answer), so the
+    /// reaper takes them over.
+    pub fn released() -> HolderProcess {
+        HolderProcess {
+            pid: 0,
+            boot_id: boot_id(),
+            start_ticks: 0,
+        }
+    }
+
     /// Whether the process still runs, in this boot.
     pub fn is_alive(&self) -> bool {
         self.boot_id == boot_id() && start_ticks(self.pid) == Some(self.start_ticks)

@@ -272,15 +272,20 @@ impl LeaseKeeper {
         if due.is_empty() {
             return;
         }
-        for retiring in due {
-            self.revoke(&retiring.source, &retiring.lease).await;
+        for mut retiring in due {
+            if !self.revoke(&retiring.source, &retiring.lease).await {
+                retiring.revoke_at = Instant::now() + BACKOFF.1;
+                self.state().retiring.push(retiring);
+            }
         }
         self.write_journal();
     }
 
-    async fn revoke(&self, source: &Arc<dyn SecretSource>, lease: &LeaseRef) {
+    /// Revokes `lease`; whether Vault has it no more (revoked now, or already gone).
+    async fn revoke(&self, source: &Arc<dyn SecretSource>, lease: &LeaseRef) -> bool {
         match source.revoke_lease(lease).await {
-            Ok(()) => tracing::info!(
+            Ok(()) | Err(SourceError::NotFound) => {
+                tracing::info!(
                 target: "docker_volume_libsecret::audit",
                 audit_volume = %self.holder.volume,
                 audit_container = %self.holder.holder,
@@ -289,14 +294,19 @@ impl LeaseKeeper {
                 "lease of {} revoked for {}",
                 self.holder.volume,
                 self.holder.holder
-            ),
-            Err(error) => tracing::warn!(
-                volume = %self.holder.volume,
-                lease = %lease.lease_id,
-                %error,
-                "could not revoke the lease of {}; the next driver start retries",
-                self.holder.volume
-            ),
+                );
+                true
+            }
+            Err(error) => {
+                tracing::warn!(
+                    volume = %self.holder.volume,
+                    lease = %lease.lease_id,
+                    %error,
+                    "could not revoke the lease of {}; it is retried",
+                    self.holder.volume
+                );
+                false
+            }
         }
     }
 
@@ -433,16 +443,50 @@ impl LeaseKeeper {
             let mut state = self.state();
             (state.current.take(), std::mem::take(&mut state.retiring))
         };
+        let mut unrevoked = Vec::new();
         for retiring in retiring {
-            self.revoke(&retiring.source, &retiring.lease).await;
+            if !self.revoke(&retiring.source, &retiring.lease).await {
+                unrevoked.push(retiring.lease);
+            }
         }
         if let Some(held) = held {
-            self.revoke(&held.source, &held.lease).await;
-        }
-        if let Some(journal) = &self.journal {
-            if let Err(error) = journal.remove(&self.holder.volume, &self.holder.holder) {
-                tracing::warn!(volume = %self.holder.volume, %error, "could not clear the lease journal");
+            if !self.revoke(&held.source, &held.lease).await {
+                unrevoked.push(held.lease);
             }
+        }
+        let Some(journal) = &self.journal else { return };
+        let written = if unrevoked.is_empty() {
+            journal.remove(&self.holder.volume, &self.holder.holder)
+        } else {
+            // Nobody serves these leases any more: the journal gives them to the reaper, which retries (an entry
+            // whose holder is no process is an orphan), so a Vault outage at Unmount leaks nothing.
+            journal.save(&self.released_entry(unrevoked))
+        };
+        if let Err(error) = written {
+            tracing::warn!(volume = %self.holder.volume, %error, "could not write the lease journal");
+        }
+    }
+
+    /// The journal entry of leases this keeper could not revoke at its end, held by no process.
+    fn released_entry(&self, mut leases: Vec<LeaseRef>) -> JournalEntry {
+        let current = leases.pop().unwrap_or_default();
+        let now = unix_seconds(SystemTime::now());
+        JournalEntry {
+            volume: self.holder.volume.clone(),
+            holder: self.holder.holder.clone(),
+            namespace: self.holder.namespace.clone(),
+            lease: current,
+            issued_at: now,
+            expires_at: 0,
+            process: HolderProcess::released(),
+            state: "released: to be revoked".to_owned(),
+            retiring: leases
+                .into_iter()
+                .map(|lease| RetiringLease {
+                    lease,
+                    revoke_at: now,
+                })
+                .collect(),
         }
     }
 
@@ -503,6 +547,14 @@ mod tests {
     }
 
     async fn keeper(engine: &Arc<FakeEngine>, policy: LeasePolicy) -> Arc<LeaseKeeper> {
+        keeper_with(engine, policy, None).await
+    }
+
+    async fn keeper_with(
+        engine: &Arc<FakeEngine>,
+        policy: LeasePolicy,
+        journal: Option<LeaseJournal>,
+    ) -> Arc<LeaseKeeper> {
         LeaseKeeper::start(
             Holder {
                 volume: "database/creds/app".into(),
@@ -515,7 +567,7 @@ mod tests {
             },
             Arc::new(Fixed(engine.clone())),
             policy,
-            None,
+            journal,
         )
         .await
         .unwrap()
@@ -626,5 +678,53 @@ mod tests {
         finishing.await.unwrap();
         assert_eq!(engine.revoked().len(), 1);
         assert!(keeper.current().is_none());
+    }
+
+    #[tokio::test]
+    async fn leases_vault_would_not_revoke_at_the_end_go_to_the_reaper() {
+        struct Sources(Arc<FakeEngine>);
+        impl crate::lease::reaper::ReapSources for Sources {
+            fn source_for(
+                &self,
+                _: Option<&str>,
+                _: &str,
+            ) -> Result<Arc<dyn SecretSource>, SourceError> {
+                Ok(self.0.clone())
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let journal = LeaseJournal::open(dir.path()).unwrap();
+        let engine = engine(3600, 7200);
+        let keeper = keeper_with(&engine, LeasePolicy::default(), Some(journal.clone())).await;
+        let entry = journal
+            .load("database/creds/app", "container-1")
+            .unwrap()
+            .unwrap();
+        assert!(
+            entry.process.is_alive(),
+            "a serving keeper's entry is its process's"
+        );
+        // Vault is down when the container stops: nothing is revoked, and nothing is forgotten.
+        engine.set_down(true);
+        keeper.finish().await;
+        assert!(engine.revoked().is_empty());
+        let released = journal
+            .load("database/creds/app", "container-1")
+            .unwrap()
+            .unwrap();
+        assert_eq!(released.lease.lease_id, entry.lease.lease_id);
+        assert!(
+            !released.process.is_alive(),
+            "held by no process: an orphan"
+        );
+        // The reaper's next pass, with Vault back, revokes it and clears the journal.
+        engine.set_down(false);
+        let report = crate::lease::reaper::reap(&journal, &Sources(engine.clone())).await;
+        assert_eq!(report.revoked, 1);
+        assert_eq!(engine.revoked(), [entry.lease.lease_id]);
+        assert!(journal
+            .load("database/creds/app", "container-1")
+            .unwrap()
+            .is_none());
     }
 }
