@@ -110,6 +110,7 @@ impl LeaseKeeper {
             task: Mutex::new(None),
         });
         let (source, issued) = keeper.issue().await?;
+        keeper.take_over_orphaned_entry(&source);
         keeper.install(source, issued);
         let weak = Arc::downgrade(&keeper);
         let task = tokio::spawn(async move {
@@ -166,6 +167,35 @@ impl LeaseKeeper {
         // The source decides the engine again for every issue.
         let issued = source.issue(&self.request).await?;
         Ok((source, issued))
+    }
+
+    /// The journal keeps one entry per volume and holder, and this keeper's first write replaces it. An entry left by
+    /// a process that is gone (a crash or a reboot before the reaper ran, a keeper whose revocations Vault did not
+    /// answer) still names leases: they are retired at once, so replacing the entry leaks none of them. Docker gives
+    /// a restarted container the same mount ID, and every container of a per-volume lease shares one holder, so
+    /// this is the common case after a reboot, not a corner.
+    fn take_over_orphaned_entry(&self, source: &Arc<dyn SecretSource>) {
+        let Some(journal) = &self.journal else { return };
+        let entry = match journal.load(&self.holder.volume, &self.holder.holder) {
+            Ok(Some(entry)) if !entry.holder_is_alive() => entry,
+            Ok(_) => return,
+            Err(error) => {
+                tracing::warn!(volume = %self.holder.volume, %error, "could not read the lease journal; the reaper handles its entry");
+                return;
+            }
+        };
+        let now = Instant::now();
+        let leases =
+            std::iter::once(entry.lease).chain(entry.retiring.into_iter().map(|r| r.lease));
+        let mut state = self.state();
+        for lease in leases.filter(|lease| !lease.lease_id.is_empty() || lease.serial.is_some()) {
+            tracing::info!(volume = %self.holder.volume, lease = %lease.lease_id, "a lease of {} held by a process that is gone is revoked", self.holder.volume);
+            state.retiring.push(Retiring {
+                lease,
+                source: source.clone(),
+                revoke_at: now,
+            });
+        }
     }
 
     /// Serves `issued` from now on; the credential it replaces is revoked after the re-issue grace.
@@ -449,12 +479,24 @@ impl LeaseKeeper {
                 unrevoked.push(retiring.lease);
             }
         }
+        let mine = held.as_ref().map(|held| held.lease.clone());
         if let Some(held) = held {
             if !self.revoke(&held.source, &held.lease).await {
                 unrevoked.push(held.lease);
             }
         }
         let Some(journal) = &self.journal else { return };
+        // A new keeper of the same holder (the container restarted at once) may have written its entry meanwhile:
+        // that one is left alone.
+        match journal.load(&self.holder.volume, &self.holder.holder) {
+            Ok(Some(entry)) if Some(&entry.lease) != mine.as_ref() => {
+                if !unrevoked.is_empty() {
+                    tracing::warn!(volume = %self.holder.volume, leases = unrevoked.len(), "Vault did not revoke the leases of {}, and a new holder has its journal entry; they end at their TTL", self.holder.volume);
+                }
+                return;
+            }
+            _ => {}
+        }
         let written = if unrevoked.is_empty() {
             journal.remove(&self.holder.volume, &self.holder.holder)
         } else {
@@ -726,5 +768,68 @@ mod tests {
             .load("database/creds/app", "container-1")
             .unwrap()
             .is_none());
+    }
+
+    #[tokio::test]
+    async fn a_keeper_revokes_the_leases_its_holder_left_in_the_journal_from_a_process_that_is_gone(
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = LeaseJournal::open(dir.path()).unwrap();
+        let engine = engine(3600, 7200);
+        // The container's earlier keeper, in a driver that crashed (or before a reboot): its entry names a current
+        // lease and a retiring one, and its process is gone.
+        let earlier = keeper_with(&engine, LeasePolicy::default(), Some(journal.clone())).await;
+        earlier.stop_task();
+        let mut entry = journal
+            .load("database/creds/app", "container-1")
+            .unwrap()
+            .unwrap();
+        let retiring = LeaseRef {
+            lease_id: "database/creds/app/retiring-one".into(),
+            ..entry.lease.clone()
+        };
+        entry.retiring.push(RetiringLease {
+            lease: retiring.clone(),
+            revoke_at: 0,
+        });
+        entry.process.boot_id = "an-earlier-boot".into();
+        journal.save(&entry).unwrap();
+        drop(earlier);
+        // The restarted container mounts again under the same mount ID: a new lease, and the old ones revoked.
+        let keeper = keeper_with(&engine, LeasePolicy::default(), Some(journal.clone())).await;
+        for _ in 0..50 {
+            if engine.revoked().len() >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut revoked = engine.revoked();
+        revoked.sort();
+        let mut expected = vec![entry.lease.lease_id.clone(), retiring.lease_id];
+        expected.sort();
+        assert_eq!(revoked, expected);
+        let now = journal
+            .load("database/creds/app", "container-1")
+            .unwrap()
+            .unwrap();
+        assert_ne!(now.lease, entry.lease);
+        assert!(now.process.is_alive());
+        assert!(now.retiring.is_empty(), "{:?}", now.retiring);
+        // An entry of a live process (another keeper of this process) is not taken over.
+        let _alive = keeper_with(&engine, LeasePolicy::default(), Some(journal.clone())).await;
+        run_for(1).await;
+        assert_eq!(engine.revoked().len(), 2);
+        let alive_entry = journal
+            .load("database/creds/app", "container-1")
+            .unwrap()
+            .unwrap();
+        assert_ne!(alive_entry.lease, now.lease);
+        // The older keeper ends after the newer one wrote its entry: the newer entry stays.
+        keeper.finish().await;
+        let kept = journal
+            .load("database/creds/app", "container-1")
+            .unwrap()
+            .unwrap();
+        assert_eq!(kept, alive_entry);
     }
 }
