@@ -1194,3 +1194,90 @@ fn a_short_lived_certificate_is_reissued_before_it_expires_and_every_read_pairs_
         host.vault.leases("pki/issue/short/")
     );
 }
+
+#[test]
+fn with_a_10s_lease_and_a_30s_max_ttl_a_container_logs_in_for_two_minutes_through_renewals_and_reissues(
+) {
+    let mut host = Host::without_driver();
+    let pg = support::postgres::Postgres::start();
+    host.vault.enable_database(&pg, "app", "10s", "30s");
+    host.launch_with_config_text(&format!(
+        "{DYNAMIC_RULES}\n[dynamic]\nreissue_grace = \"5s\"\n"
+    ));
+    let volume = host.volume("database/creds/app");
+    let mark = host.vault.audit_len();
+    let container = run_detached(&volume, &["sleep", "600"]);
+    // Every 2 s for 2 minutes, what the container reads logs in: `#` (username and password from one response), and
+    // the `username` file is that response's or, read a moment later, its successor's.
+    let started = Instant::now();
+    let mut users: Vec<String> = Vec::new();
+    let mut reads = 0;
+    while started.elapsed() < Duration::from_secs(120) {
+        let (code, out, err) = docker(&[
+            "exec",
+            &container,
+            "sh",
+            "-c",
+            "cat '/secrets/#'; echo; cat /secrets/username",
+        ]);
+        assert_eq!(code, 0, "{err}\ndriver:\n{}", host.log());
+        let (json, username_file) = out.split_once('\n').unwrap();
+        let username_file = username_file.trim_end();
+        let response: serde_json::Value = serde_json::from_str(json).unwrap();
+        let user = response["username"].as_str().unwrap().to_owned();
+        let password = response["password"].as_str().unwrap();
+        assert!(
+            pg.can_log_in(&user, password),
+            "{user} could not log in after {:?}\ndriver:\n{}",
+            started.elapsed(),
+            host.log()
+        );
+        if users.last() != Some(&user) {
+            assert!(!users.contains(&user), "{user} came back");
+            users.push(user.clone());
+        }
+        assert!(
+            username_file == user
+                || !users.contains(&username_file.to_owned()) && pg.role_exists(username_file),
+            "the username file read {username_file:?} beside {user}"
+        );
+        reads += 1;
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    // 30 s max TTL: a new credential at least every 30 s, each issued once however often it was read.
+    assert!(users.len() >= 4, "{users:?}\ndriver:\n{}", host.log());
+    let requests = host.vault.audit_requests_since(mark);
+    let count = |path: &str| requests.iter().filter(|r| r.path == path).count();
+    let issues = count("database/creds/app");
+    let renewals = count("sys/leases/renew");
+    assert!(
+        issues == users.len() || issues == users.len() + 1,
+        "{issues} issues for {} credentials read {reads} times (one more may be in its first seconds)",
+        users.len()
+    );
+    // A 10 s lease renewed at ~2/3 of its TTL until the 30 s max cuts it short: more than one renewal per credential.
+    assert!(
+        renewals >= users.len(),
+        "{renewals} renewals for {} credentials",
+        users.len()
+    );
+    // Each credential before the current one was revoked after the 5 s re-issue grace.
+    for old in &users[..users.len() - 1] {
+        assert!(
+            within(10, || !pg.role_exists(old)),
+            "{old} outlived its successor"
+        );
+    }
+    docker_ok(&["rm", "-f", &container]);
+    assert!(
+        within(5, || host.vault.leases("database/creds/app/").is_empty()),
+        "{:?}",
+        host.vault.leases("database/creds/app/")
+    );
+    for user in &users {
+        assert!(
+            within(5, || !pg.role_exists(user)),
+            "{user} outlived its container"
+        );
+    }
+}
