@@ -244,6 +244,14 @@ impl SystemdHost {
         self.wait_ready("reboot");
     }
 
+    /// A power cut and a boot: every process is SIGKILLed at once (nothing shuts down, no Unmount reaches a
+    /// plugin), then the same readiness wait as [`start`](Self::start).
+    pub fn crash_and_boot(&self) {
+        docker_ok(&["kill", "-s", "KILL", &self.id]);
+        docker_ok(&["start", &self.id]);
+        self.wait_ready("boot after a crash");
+    }
+
     /// `journalctl --no-pager -o short <args>` (after `journalctl --sync`), e.g.
     /// `journal("-u docker-volume-libsecret.service")` or `journal("-t smoke-id -o cat")`
     /// (a later `-o` overrides the default). Never panics: on failure the result also holds
