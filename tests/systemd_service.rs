@@ -573,55 +573,42 @@ fn after_a_reboot_a_dynamic_lease_of_a_container_that_had_run_is_revoked_and_its
             .collect()
     };
     host.wait_for("the container's certificate", || serials().len() == 1);
-    let first_serial = serials()[0].clone();
-    let first_leases = pki_leases(&host);
-    assert_eq!(first_leases.len(), 1, "{first_leases:?}");
-
-    host.reboot();
-    host.wait_for("the restart-policy container's new certificate", || {
-        serials().len() == 2
-    });
-    let second_serial = serials()[1].clone();
-    assert_ne!(second_serial, first_serial, "a new lease after the reboot");
-    host.wait_for("the earlier lease revoked", || {
-        let leases = pki_leases(&host);
-        leases.len() == 1 && leases != first_leases
-    });
-    // Revoking a PKI lease revokes its certificate.
-    let revoked = openbao_in_host::bao_as(
-        &host,
-        &host.token,
-        &format!("read -field=revocation_time pki/cert/{first_serial}"),
-    );
-    assert_ne!(revoked.trim(), "0", "the earlier certificate is revoked");
+    assert_eq!(pki_leases(&host).len(), 1, "{:?}", pki_leases(&host));
+    // After each boot the restart-policy container (same container, same mount ID) gets a new certificate, and the
+    // lease from before the boot is revoked, which revokes its certificate too.
+    let boot_and_check = |boot: &dyn Fn(), what: &str| {
+        let (earlier_serial, earlier_leases) =
+            (serials().last().unwrap().clone(), pki_leases(&host));
+        let reads = serials().len();
+        boot();
+        host.wait_for(&format!("a new certificate after {what}"), || {
+            serials().len() == reads + 1
+        });
+        assert_ne!(serials()[reads], earlier_serial, "a new lease after {what}");
+        host.wait_for(&format!("the lease from before {what} revoked"), || {
+            let leases = pki_leases(&host);
+            leases.len() == 1 && leases != earlier_leases
+        });
+        let revoked = openbao_in_host::bao_as(
+            &host,
+            &host.token,
+            &format!("read -field=revocation_time pki/cert/{earlier_serial}"),
+        );
+        assert_ne!(
+            revoked.trim(),
+            "0",
+            "the certificate from before {what} is revoked"
+        );
+    };
+    // A clean reboot: Docker stops the container first, so its Unmount may revoke the lease already.
+    boot_and_check(&|| host.reboot(), "a reboot");
+    // A power cut: no Unmount reaches the driver, so the lease is still in Vault and in the journal when the host
+    // comes back, and the next driver revokes it.
+    boot_and_check(&|| host.crash_and_boot(), "a power cut");
     let journal = host.journal(&format!("-u {DRIVER} -o cat"));
     assert!(
         !journal.contains("PRIVATE KEY"),
         "a key reached the journal"
-    );
-    // A power cut: no Unmount reaches the driver, so the lease is still in Vault and in the journal when the host
-    // comes back; the next driver revokes it, and the successor (same container, same mount ID) gets a new one.
-    let second_leases = pki_leases(&host);
-    host.crash_and_boot();
-    host.wait_for(
-        "the restart-policy container's certificate after the crash",
-        || serials().len() == 3,
-    );
-    let third_serial = serials()[2].clone();
-    assert_ne!(third_serial, second_serial);
-    host.wait_for("the lease from before the crash revoked", || {
-        let leases = pki_leases(&host);
-        leases.len() == 1 && leases != second_leases
-    });
-    let revoked = openbao_in_host::bao_as(
-        &host,
-        &host.token,
-        &format!("read -field=revocation_time pki/cert/{second_serial}"),
-    );
-    assert_ne!(
-        revoked.trim(),
-        "0",
-        "the certificate from before the crash is revoked"
     );
     host.exec_ok("docker rm -f tls");
     host.wait_for("no lease once the container is gone", || {
