@@ -59,6 +59,9 @@ struct KeeperState {
     generation: u64,
     retiring: Vec<Retiring>,
     trouble: Option<String>,
+    /// The lease of the journal entry this keeper last wrote: at its end, the entry is its own to remove only while
+    /// it still names that lease.
+    journaled: Option<LeaseRef>,
 }
 
 /// What the keeper does next.
@@ -188,8 +191,8 @@ impl LeaseKeeper {
         let leases =
             std::iter::once(entry.lease).chain(entry.retiring.into_iter().map(|r| r.lease));
         let mut state = self.state();
-        for lease in leases.filter(|lease| !lease.lease_id.is_empty() || lease.serial.is_some()) {
-            tracing::info!(volume = %self.holder.volume, lease = %lease.lease_id, "a lease of {} held by a process that is gone is revoked", self.holder.volume);
+        for lease in leases.filter(LeaseRef::needs_revoking) {
+            tracing::info!(volume = %self.holder.volume, lease = %lease.name(), "a lease of {} held by a process that is gone is revoked now", self.holder.volume);
             state.retiring.push(Retiring {
                 lease,
                 source: source.clone(),
@@ -460,8 +463,11 @@ impl LeaseKeeper {
                     .collect(),
             }
         };
-        if let Err(error) = journal.save(&entry) {
-            tracing::warn!(volume = %self.holder.volume, %error, "could not write the lease journal");
+        match journal.save(&entry) {
+            Ok(()) => self.state().journaled = Some(entry.lease),
+            Err(error) => {
+                tracing::warn!(volume = %self.holder.volume, %error, "could not write the lease journal")
+            }
         }
     }
 
@@ -479,7 +485,6 @@ impl LeaseKeeper {
                 unrevoked.push(retiring.lease);
             }
         }
-        let mine = held.as_ref().map(|held| held.lease.clone());
         if let Some(held) = held {
             if !self.revoke(&held.source, &held.lease).await {
                 unrevoked.push(held.lease);
@@ -488,6 +493,7 @@ impl LeaseKeeper {
         let Some(journal) = &self.journal else { return };
         // A new keeper of the same holder (the container restarted at once) may have written its entry meanwhile:
         // that one is left alone.
+        let mine = self.state().journaled.clone();
         match journal.load(&self.holder.volume, &self.holder.holder) {
             Ok(Some(entry)) if Some(&entry.lease) != mine.as_ref() => {
                 if !unrevoked.is_empty() {

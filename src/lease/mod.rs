@@ -52,6 +52,22 @@ pub struct LeaseRef {
     pub owner_accessor: Option<String>,
 }
 
+impl LeaseRef {
+    /// Whether this names anything Vault could revoke: a response without a lease ID or a serial needs nothing.
+    pub fn needs_revoking(&self) -> bool {
+        !self.lease_id.is_empty() || self.serial.is_some()
+    }
+
+    /// How audit lines and warnings name the lease: its ID, or a lease-less certificate's serial (neither reads
+    /// anything).
+    pub fn name(&self) -> &str {
+        match &self.serial {
+            Some(serial) if self.lease_id.is_empty() => serial,
+            _ => &self.lease_id,
+        }
+    }
+}
+
 /// An issued response: the secret its files show, and its lease.
 pub struct Issued {
     pub secret: Secret,

@@ -80,11 +80,11 @@ async fn reap_entry(
     unavailable: &mut HashSet<Option<String>>,
     report: &mut ReapReport,
 ) {
-    let mut current = Some(entry.lease.clone()).filter(needs_revoking);
+    let mut current = Some(entry.lease.clone()).filter(LeaseRef::needs_revoking);
     let mut pending: VecDeque<RetiringLease> = entry
         .retiring
         .iter()
-        .filter(|r| needs_revoking(&r.lease))
+        .filter(|r| r.lease.needs_revoking())
         .cloned()
         .collect();
     if current.is_none() && pending.is_empty() {
@@ -149,20 +149,6 @@ async fn reap_entry(
     }
 }
 
-/// Whether `lease` names anything Vault could revoke: a response without a lease ID or a serial needs nothing.
-fn needs_revoking(lease: &LeaseRef) -> bool {
-    !lease.lease_id.is_empty() || lease.serial.is_some()
-}
-
-/// How the audit line and warnings name a lease: its ID, or a lease-less certificate's serial (neither reads
-/// anything).
-fn lease_name(lease: &LeaseRef) -> &str {
-    match &lease.serial {
-        Some(serial) if lease.lease_id.is_empty() => serial,
-        _ => &lease.lease_id,
-    }
-}
-
 async fn revoke(
     entry: &JournalEntry,
     source: &Arc<dyn SecretSource>,
@@ -177,7 +163,7 @@ async fn revoke(
                 target: "docker_volume_libsecret::audit",
                 audit_volume = %entry.volume,
                 audit_container = %entry.holder,
-                audit_lease = %lease_name(lease),
+                audit_lease = %lease.name(),
                 audit_result = "lease-revoked-orphan",
                 "lease of {} revoked for {}, whose process is gone",
                 entry.volume,
@@ -191,7 +177,7 @@ async fn revoke(
             tracing::warn!(
                 volume = %entry.volume,
                 container = %entry.holder,
-                lease = %lease_name(lease),
+                lease = %lease.name(),
                 %error,
                 "could not revoke an orphaned lease of {}; it ends at its TTL in Vault",
                 entry.volume
