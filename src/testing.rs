@@ -367,6 +367,8 @@ struct FakeMounterState {
     unmounts: AtomicUsize,
     /// The lease holder of every dynamic volume's mount, in order.
     lease_holders: Mutex<Vec<String>>,
+    /// The lease holder each live mount was made for, so an adoption can be checked against it.
+    holder_of: Mutex<HashMap<PathBuf, Option<String>>>,
 }
 
 /// One mount of a [`FakeMounter`].
@@ -494,6 +496,10 @@ impl Mounter for FakeMounter {
             ));
         }
         self.state.mounts.fetch_add(1, Ordering::SeqCst);
+        lock(&self.state.holder_of).insert(
+            plan.mountpoint.clone(),
+            plan.lease.as_ref().map(|lease| lease.holder.clone()),
+        );
         if !lock(&self.state.live).insert(plan.mountpoint.clone()) {
             self.violation(format!("{:?} mounted twice", plan.mountpoint));
         }
@@ -506,6 +512,17 @@ impl Mounter for FakeMounter {
 
     async fn adopt(&self, plan: &MountPlan) -> Option<Box<dyn ActiveMount>> {
         let alive = lock(&self.state.live).contains(&plan.mountpoint);
+        if alive {
+            // A mount unit is found by its lease holder: adopting with another would look for another unit.
+            let mounted_for = lock(&self.state.holder_of).get(&plan.mountpoint).cloned();
+            let adopting_for = plan.lease.as_ref().map(|lease| lease.holder.clone());
+            if mounted_for != Some(adopting_for.clone()) {
+                self.violation(format!(
+                    "adopting {:?} for lease holder {adopting_for:?}; it was mounted for {mounted_for:?}",
+                    plan.mountpoint
+                ));
+            }
+        }
         (self.outlives && alive).then(|| {
             Box::new(FakeMount {
                 state: self.state.clone(),

@@ -164,6 +164,29 @@ fn slot_key(name: &str, holder: Option<&str>) -> String {
     }
 }
 
+/// What the planned dynamic volume's mount for `holder` issues.
+pub fn lease_plan(plan: &MountPlan, holder: &str) -> LeasePlan {
+    LeasePlan {
+        holder: holder.to_owned(),
+        request: IssueRequest {
+            path: plan.path.clone(),
+            params: plan.parsed.pki.clone(),
+        },
+    }
+}
+
+/// The lease of slot `key`, as [`Volumes::slot_for`] made it: a container's own (the key names its mount ID), the
+/// volume's (`-o lease=per-volume`, an option only dynamic volumes take), or none (a KV volume).
+fn lease_of_slot(plan: &MountPlan, key: &str) -> Option<LeasePlan> {
+    match key.split_once(HOLDER_SEPARATOR) {
+        Some((_, holder)) => Some(lease_plan(plan, holder)),
+        None if plan.parsed.lease == LeaseSharing::PerVolume => {
+            Some(lease_plan(plan, VOLUME_HOLDER))
+        }
+        None => None,
+    }
+}
+
 /// The volume a slot key belongs to.
 fn volume_of(key: &str) -> &str {
     key.split_once(HOLDER_SEPARATOR)
@@ -279,8 +302,14 @@ impl Volumes {
     async fn adopt(&self, key: String, ids: MountIds) -> Result<(), StoreError> {
         let name = volume_of(&key).to_owned();
         let record = self.book().records.get(&name).cloned();
-        let plan =
-            record.and_then(|record| plan_mount(&record, self.mountpoint_of_slot(&key)).ok());
+        let plan = record
+            .and_then(|record| plan_mount(&record, self.mountpoint_of_slot(&key)).ok())
+            .map(|mut plan| {
+                // A dynamic volume's mount is found by its lease holder (a mount unit per holder), whatever the
+                // rules say now: a refused one is found, to be stopped.
+                plan.lease = lease_of_slot(&plan, &key);
+                plan
+            });
         let (adopted, refusal) = match &plan {
             Some(plan) => (
                 self.mounter.adopt(plan).await,
@@ -432,13 +461,7 @@ impl Volumes {
             LeaseSharing::PerVolume => (slot_key(&plan.name, None), VOLUME_HOLDER),
         };
         plan.mountpoint = self.mountpoint_of_slot(&key);
-        plan.lease = Some(LeasePlan {
-            holder: holder.to_owned(),
-            request: IssueRequest {
-                path: plan.path.clone(),
-                params: plan.parsed.pki.clone(),
-            },
-        });
+        plan.lease = Some(lease_plan(plan, holder));
         key
     }
 
@@ -821,6 +844,66 @@ mod tests {
             .unwrap();
         volumes.mount("secret/app", "E").await.unwrap();
         assert_eq!(mounter.lease_holders().len(), 3);
+    }
+
+    /// Mount units keep dynamic volumes' leases: a restarted driver finds each container's unit, and the
+    /// per-volume one, by its lease holder, and their Unmounts end them.
+    #[tokio::test]
+    async fn a_restarted_driver_adopts_dynamic_mounts_by_their_lease_holders() {
+        let rule = |path: &str| crate::access::Rule {
+            path: path.into(),
+            namespace: None,
+            allow: true,
+            own_auth: false,
+            dynamic: true,
+        };
+        let access = crate::access::AccessRules::new(vec![rule("database/creds")], "test");
+        let store = MemoryStore::default();
+        let mounter = FakeMounter::outliving();
+        let open = || {
+            Volumes::open_with_access(
+                Box::new(store.clone()),
+                Box::new(mounter.clone()),
+                PathBuf::from("/run/test/mounts"),
+                access.clone(),
+            )
+        };
+        let volumes = open().await.unwrap();
+        let shared = BTreeMap::from([("lease".to_owned(), "per-volume".to_owned())]);
+        volumes
+            .create("database/creds/app", BTreeMap::new(), "t".into())
+            .await
+            .unwrap();
+        volumes
+            .create("database/creds/shared", shared, "t".into())
+            .await
+            .unwrap();
+        let a = volumes.mount("database/creds/app", "A").await.unwrap();
+        volumes.mount("database/creds/app", "B").await.unwrap();
+        volumes.mount("database/creds/shared", "C").await.unwrap();
+        volumes.shutdown().await;
+        assert_eq!(mounter.live().len(), 3, "the units keep running");
+        let volumes = open().await.unwrap();
+        assert!(
+            mounter.violations().is_empty(),
+            "{:?}",
+            mounter.violations()
+        );
+        assert_eq!(volumes.get("database/creds/app").unwrap().mount_ids, 2);
+        assert_eq!(volumes.get("database/creds/shared").unwrap().mount_ids, 1);
+        // The adopted mount is used again: no new mount, no new lease.
+        assert_eq!(volumes.mount("database/creds/app", "A").await.unwrap(), a);
+        assert_eq!(mounter.mounts(), 3);
+        assert!(!volumes.unmount("database/creds/app", "A").await.unwrap());
+        for (name, id) in [
+            ("database/creds/app", "A"),
+            ("database/creds/app", "B"),
+            ("database/creds/shared", "C"),
+        ] {
+            assert!(volumes.unmount(name, id).await.unwrap(), "{name} {id}");
+        }
+        assert!(mounter.live().is_empty());
+        assert!(store.mounted_names().is_empty());
     }
 
     #[tokio::test]
