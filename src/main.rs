@@ -78,12 +78,16 @@ fn main() -> ExitCode {
             volume,
             mountpoint,
             options,
+            lease_holder,
         }) => runtime
             .block_on(app::run_mount_unit(
                 config,
-                volume.clone(),
-                mountpoint.clone(),
-                options.iter().cloned().collect(),
+                app::MountUnitArgs {
+                    volume: volume.clone(),
+                    mountpoint: mountpoint.clone(),
+                    options: options.iter().cloned().collect(),
+                    lease_holder: lease_holder.clone(),
+                },
                 shutdown_signal(),
             ))
             .map_err(anyhow::Error::from),

@@ -1,6 +1,6 @@
 //! The driver and a mount unit driven in-process, without a process boundary: `app::run(config, …, listener,
 //! shutdown)` serving the plugin API on a socket the test bound, with in-process FUSE mounts of the file backend,
-//! and `app::run_mount_unit(config, volume, mountpoint, options, shutdown)` serving one volume. Each ends cleanly
+//! and `app::run_mount_unit(config, args, shutdown)` serving one volume. Each ends cleanly
 //! when its shutdown future completes, and leaves no mount behind. Needs root and /dev/fuse: it fails, never
 //! skips, without them.
 // A test crate: failing loudly (unwrap, expect, panic, indexing) is how it reports.
@@ -133,9 +133,12 @@ fn a_mount_unit_serves_its_volume_in_process_until_its_shutdown_completes() {
     let options = BTreeMap::from([("mode".to_owned(), "0400".to_owned())]);
     let unit = runtime.spawn(app::run_mount_unit(
         config,
-        "secret/app-1".to_owned(),
-        mountpoint.clone(),
-        options,
+        app::MountUnitArgs {
+            volume: "secret/app-1".to_owned(),
+            mountpoint: mountpoint.clone(),
+            options,
+            lease_holder: None,
+        },
         async {
             let _ = stopped.await;
         },
@@ -176,9 +179,12 @@ fn a_mount_unit_refuses_a_volume_name_that_is_not_a_vault_path() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let result = runtime.block_on(app::run_mount_unit(
         config,
-        "secret/../etc".to_owned(),
-        dir.path().join("m"),
-        BTreeMap::new(),
+        app::MountUnitArgs {
+            volume: "secret/../etc".to_owned(),
+            mountpoint: dir.path().join("m"),
+            options: BTreeMap::new(),
+            lease_holder: None,
+        },
         std::future::pending(),
     ));
     let error = result

@@ -31,11 +31,23 @@ struct MountUnit {
 
 impl MountUnit {
     fn start(config: &Path, volume: &str, mountpoint: &Path, log: &Path) -> MountUnit {
+        Self::start_with(config, volume, &[], mountpoint, log)
+    }
+
+    /// With `extra` arguments after the mountpoint (`--option`, `--lease-holder`), as the driver gives them.
+    fn start_with(
+        config: &Path,
+        volume: &str,
+        extra: &[&str],
+        mountpoint: &Path,
+        log: &Path,
+    ) -> MountUnit {
         let child = Command::new(BINARY)
             .arg("--config")
             .arg(config)
             .args(["serve-mount", "--volume", volume, "--mountpoint"])
             .arg(mountpoint)
+            .args(extra)
             .env_remove("NOTIFY_SOCKET")
             .env_remove("JOURNAL_STREAM")
             .stdin(Stdio::null())
@@ -489,4 +501,109 @@ fn a_unit_stopped_while_a_container_holds_its_mount_still_ends() {
         unit.log()
     );
     drop(held);
+}
+
+/// The lease journal's entries (`<state_dir>/leases/*.json`), as JSON.
+fn journal_entries(setup: &Setup) -> Vec<serde_json::Value> {
+    let dir = setup.dir.path().join("state/leases");
+    let Ok(files) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    files
+        .map(|file| {
+            let text = std::fs::read_to_string(file.unwrap().path()).unwrap();
+            serde_json::from_str(&text).unwrap()
+        })
+        .collect()
+}
+
+/// A dynamic volume's unit keeps its holder's lease itself, as systemd runs it with `--lease-holder`: the journal
+/// names the unit's process, so a SIGKILLed driver and the next one revoke nothing and the file keeps the same
+/// certificate; the unit's SIGTERM (what the last Unmount sends) revokes the lease and clears the journal entry.
+#[test]
+fn a_dynamic_volumes_unit_keeps_its_lease_across_a_driver_kill_and_revokes_it_when_stopped() {
+    support::require_fuse();
+    let bao = OpenBao::start();
+    bao.enable_pki("web", "72h", true);
+    let dir = tempfile::tempdir().unwrap();
+    let token = root_only_file(dir.path(), "token", bao.root_token());
+    let setup = Setup::new(
+        dir,
+        &format!(
+            "[vault]\naddr = \"{}\"\ntoken_file = \"{}\"\ntimeout = \"5s\"\n\n\
+             [[rules]]\npath = \"pki/issue\"\ndynamic = true\n",
+            bao.addr(),
+            token.display()
+        ),
+    );
+    let mut first = setup.driver("driver-1.log");
+    let holder = "c0ffee00".repeat(8);
+    let mnt = setup.dir.path().join("tls");
+    let mut unit = MountUnit::start_with(
+        &setup.config,
+        "pki/issue/web",
+        &[
+            "--option",
+            "common_name=web.internal",
+            "--option",
+            "ttl=1h",
+            "--lease-holder",
+            &holder,
+        ],
+        &mnt,
+        &setup.dir.path().join("tls.log"),
+    );
+    let serial = read(&mnt.join("serial_number")).unwrap();
+    let leases = bao.leases("pki/issue/web");
+    assert_eq!(leases.len(), 1, "{leases:?}\n{}", unit.log());
+    let entries = journal_entries(&setup);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0]["holder"], holder.as_str());
+    assert_eq!(
+        entries[0]["process"]["pid"],
+        unit.child.id(),
+        "the unit holds the lease"
+    );
+    for entry in &entries {
+        let text = entry.to_string();
+        assert!(
+            !text.contains("PRIVATE KEY") && !text.contains(bao.root_token()),
+            "{text}"
+        );
+    }
+
+    first.kill();
+    let second = setup.driver("driver-2.log");
+    // The next driver's reaper runs at its start: give it time to revoke what it (wrongly) would.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(bao.leases("pki/issue/web"), leases, "{}", second.log());
+    assert_eq!(read(&mnt.join("serial_number")).unwrap(), serial);
+    let cert = bao.call(
+        "GET",
+        &format!("pki/cert/{serial}"),
+        None,
+        serde_json::Value::Null,
+    );
+    assert_eq!(cert["data"]["revocation_time"], 0, "{cert}");
+
+    assert!(
+        unit.stop(),
+        "serve-mount failed at its end:\n{}",
+        unit.log()
+    );
+    assert!(bao.leases("pki/issue/web").is_empty(), "{}", unit.log());
+    let cert = bao.call(
+        "GET",
+        &format!("pki/cert/{serial}"),
+        None,
+        serde_json::Value::Null,
+    );
+    assert_ne!(cert["data"]["revocation_time"], 0, "{cert}");
+    assert!(
+        journal_entries(&setup).is_empty(),
+        "{:?}",
+        journal_entries(&setup)
+    );
+    let log = unit.log();
+    assert!(!log.contains("PRIVATE KEY"), "a key reached the unit's log");
 }

@@ -21,12 +21,12 @@ use crate::access::AuthScope;
 use crate::config::Config;
 use crate::lease::journal::LeaseJournal;
 use crate::lease::reaper;
-use crate::mount::in_process::{InProcessMount, Leases};
+use crate::mount::in_process::{start_keeper, InProcessMount, Leases};
 use crate::mount::mountpoint::{clean_stale_mounts, detach};
 use crate::mount::{MountError, MountPlan};
 use crate::plugin::{server, Plugin};
 use crate::volumes::store::DirRecordStore;
-use crate::volumes::{plan_mount, StoreError, VolumeError, VolumeRecord, Volumes};
+use crate::volumes::{lease_plan, plan_mount, StoreError, VolumeError, VolumeRecord, Volumes};
 
 pub use backend::{all_scopes, FirstContact, Tokens};
 pub use health::status_line;
@@ -130,29 +130,53 @@ pub async fn run(
     Ok(())
 }
 
-/// Runs one mount unit: serves `volume` at `mountpoint` until `shutdown` completes. The config gives the Vault
+/// What one mount unit serves, from its argv (none of it a credential).
+#[derive(Debug, Clone)]
+pub struct MountUnitArgs {
+    pub volume: String,
+    pub mountpoint: PathBuf,
+    pub options: BTreeMap<String, String>,
+    /// A dynamic volume's lease holder: the container's mount ID, or [`crate::lease::VOLUME_HOLDER`].
+    pub lease_holder: Option<String>,
+}
+
+/// Runs one mount unit: serves the volume at its mountpoint until `shutdown` completes. The config gives the Vault
 /// address and TLS settings; the tokens are lent by the driver's token broker (no credential file is read here).
+///
+/// A dynamic volume's unit keeps its holder's lease itself: it issues the credential before it reports ready, renews
+/// and re-issues it, writes the journal entry (held by this process, so the driver's reaper leaves it alone while
+/// the unit runs, also across a driver restart or crash), and revokes it when the unit is stopped (the last
+/// Unmount), after the unmount grace.
 pub async fn run_mount_unit(
     config: Config,
-    volume: String,
-    mountpoint: PathBuf,
-    options: BTreeMap<String, String>,
+    args: MountUnitArgs,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AppError> {
     let record = VolumeRecord {
-        name: volume,
-        options,
+        name: args.volume,
+        options: args.options,
         created_at: String::new(),
     };
-    let plan = plan_mount(&record, mountpoint)?;
+    let mut plan = plan_mount(&record, args.mountpoint)?;
     let namespace = plan.parsed.namespace.as_deref();
     // Every read below the volume is decided by its own rule, so the unit borrows the token of each set of
     // credentials those rules may name (and none other).
     let access = config.access_rules();
-    crate::volumes::decide_access(&access, &plan)?;
+    let grant = crate::volumes::decide_access(&access, &plan)?;
+    if let Some(holder) = args.lease_holder {
+        if !grant.dynamic {
+            return Err(VolumeError::NotServed {
+                name: plan.name.clone(),
+                reason: "a lease holder was given, and no access rule with dynamic = true covers this path"
+                    .to_owned(),
+            }
+            .into());
+        }
+        plan.lease = Some(lease_plan(&plan, &holder));
+    }
     let scopes = access.scopes_below(namespace, &plan.path);
     // A mount unit never waits for Vault nor the driver: it mounts at once, and reads give EIO until the driver
-    // lends a token.
+    // lends a token. A dynamic volume's unit waits for its first credential instead.
     let backend = backend::open_caches(&config, &scopes, Tokens::Lent).await?;
     let caches = Arc::new(backend.caches);
     // The driver starts this unit only when no live server has the volume: anything mounted here is dead.
@@ -161,20 +185,45 @@ pub async fn run_mount_unit(
         .await
         .map_err(MountError::from)?
         .map_err(MountError::Mountpoint)?;
-    let router = caches.router(namespace);
+    let leases = Leases {
+        policy: config.lease_policy(),
+        journal: match plan.lease {
+            Some(_) => Some(LeaseJournal::open(&config.state_dir)?),
+            None => None,
+        },
+    };
+    let keeper = start_keeper(&plan, &caches, &leases).await?;
+    let router = caches.router(plan.parsed.namespace.as_deref());
     let fs_options = plan.parsed.fs_options(&config.fs_options());
-    let mount = InProcessMount::serve(&plan, router, fs_options).await?;
+    let mount = match InProcessMount::serve_with(&plan, router, keeper.clone(), fs_options).await {
+        Ok(mount) => mount,
+        Err(error) => {
+            // Nothing will serve the credential just issued.
+            if let Some(keeper) = keeper {
+                keeper.finish().await;
+            }
+            return Err(error.into());
+        }
+    };
     tracing::info!(
         volume = %plan.name,
         vault_path = %plan.path,
         mountpoint = %plan.mountpoint.display(),
-        "serving mount"
+        lease_holder = plan.lease.as_ref().map(|lease| lease.holder.as_str()),
+        "serving mount of {}",
+        plan.name
     );
     let status = format!("serving {} at {}", plan.name, plan.mountpoint.display());
     let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
     shutdown.await;
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
-    end_mount_unit(&plan, mount).await
+    let ended = end_mount_unit(&plan, mount).await;
+    if let Some(keeper) = keeper {
+        // Stopped: the last container of the lease is gone (the driver never stops a unit for its own restart).
+        keeper.finish().await;
+        tracing::info!(volume = %plan.name, "the lease of {} is ended", plan.name);
+    }
+    ended
 }
 
 /// Unmounts at the end of a mount unit. The unmount detaches at once, then waits for the kernel to release the

@@ -12,7 +12,7 @@ use crate::mount::in_process::{InProcessMounter, Leases};
 use crate::mount::systemd::{
     mount_unit_environment, sets_secret_table, MountUnitTemplate, SystemdMounter,
 };
-use crate::mount::{DynamicInProcess, Mounter};
+use crate::mount::Mounter;
 use crate::source::router::VolumeCaches;
 use crate::source::vault::VaultSource;
 
@@ -104,12 +104,15 @@ pub async fn choose_mounter(
         let mounter = InProcessMounter::new(caches, config.fs_options()).with_leases(leases);
         return Ok((Box::new(mounter), None));
     }
-    let in_process = InProcessMounter::new(caches, config.fs_options()).with_leases(leases);
     let template = MountUnitTemplate {
         executable: std::env::current_exe().map_err(AppError::CurrentExe)?,
         config_args: unit_args,
         environment: mount_unit_environment(std::env::vars_os()),
         start_timeout: config.vault.timeout + Duration::from_secs(20),
+        // The grace, then revoking the current lease and any retiring ones, each within the Vault timeout.
+        lease_stop_timeout: leases.policy.unmount_grace
+            + config.vault.timeout * 4
+            + Duration::from_secs(10),
         access: config.access_rules(),
     };
     let mounter = SystemdMounter::connect(template)
@@ -117,11 +120,7 @@ pub async fn choose_mounter(
         .map_err(AppError::Systemd)?;
     tracing::info!(
         mount_mode = "systemd",
-        "each mount is served by a transient systemd unit (dynamic volumes: by the driver process)"
+        "each mount is served by a transient systemd unit (a dynamic volume's: one per lease, which it keeps)"
     );
-    let mounter = DynamicInProcess {
-        units: Box::new(mounter),
-        in_process: Box::new(in_process),
-    };
     Ok((Box::new(mounter), lending))
 }

@@ -72,6 +72,10 @@ pub enum Command {
         /// One of the volume's options, KEY=VALUE (repeatable), validated as at Create. Never a credential.
         #[arg(long = "option", value_parser = parse_store_opt)]
         options: Vec<(String, String)>,
+        /// A dynamic volume's lease holder (the container's mount ID, or `per-volume`): the unit issues, keeps and
+        /// at its end revokes that holder's lease. Not a credential.
+        #[arg(long)]
+        lease_holder: Option<String>,
     },
     /// Print the man page (roff) to standard output.
     #[command(hide = true)]
@@ -179,11 +183,13 @@ impl Cli {
         // Without --config, clap would read LIBSECRET_CONFIG.
         cli.config.as_ref()?;
         let (mut volume, mut mountpoint, mut options) = (None, None, Vec::new());
+        let mut lease_holder = None;
         for (flag, value) in flag_values(mount.get(1..)?)? {
             match flag {
                 "--volume" => set(&mut volume, value.to_owned())?,
                 "--mountpoint" => set(&mut mountpoint, path(value)?)?,
                 "--option" => options.push(parse_store_opt(value).ok()?),
+                "--lease-holder" => set(&mut lease_holder, value.to_owned())?,
                 _ => return None,
             }
         }
@@ -191,6 +197,7 @@ impl Cli {
             volume: volume?,
             mountpoint: mountpoint?,
             options,
+            lease_holder,
         });
         Some(cli)
     }
@@ -301,7 +308,11 @@ mod tests {
         ];
         for driver in drivers {
             let driver = Cli::parse_args(argv(driver)).unwrap();
-            for options in ["", "--option uid=1000 --option mode=0440"] {
+            for options in [
+                "",
+                "--option uid=1000 --option mode=0440",
+                "--lease-holder 0123abcd --option lease=per-container",
+            ] {
                 let mut unit = vec![OsString::from("x")];
                 unit.extend(driver.replay_args().into_iter().map(OsString::from));
                 unit.extend(argv(&format!(
@@ -327,6 +338,7 @@ mod tests {
             format!("x --config /c {unit} --help"),
             format!("x --config /c {unit} --option novalue"),
             format!("x --config /c {unit} --volume w"),
+            format!("x --config /c {unit} --lease-holder a --lease-holder b"),
             "x --config /c serve-mount --volume v".to_owned(),
             "x --config /c man".to_owned(),
         ] {

@@ -76,7 +76,7 @@ impl InProcessMount {
     }
 
     /// [`serve`](Self::serve), with a dynamic volume's files showing what `keeper` holds.
-    async fn serve_with(
+    pub async fn serve_with(
         plan: &MountPlan,
         router: Arc<dyn SecretRouter>,
         keeper: Option<Arc<LeaseKeeper>>,
@@ -169,30 +169,7 @@ impl Mounter for InProcessMounter {
         let namespace = plan.parsed.namespace.as_deref();
         let router = self.caches.router(namespace);
         let fs_options = plan.parsed.fs_options(&self.fs_options);
-        let keeper = match &plan.lease {
-            None => None,
-            Some(lease) => {
-                let holder = Holder {
-                    volume: plan.name.clone(),
-                    holder: lease.holder.clone(),
-                    namespace: namespace.map(str::to_owned),
-                };
-                // A Mount waits for the first credential: a container never starts with empty files.
-                let keeper = LeaseKeeper::start(
-                    holder,
-                    lease.request.clone(),
-                    self.caches.lease_route(namespace, &plan.path),
-                    self.leases.policy.clone(),
-                    self.leases.journal.clone(),
-                )
-                .await
-                .map_err(|source| MountError::Lease {
-                    volume: plan.name.clone(),
-                    source,
-                })?;
-                Some(keeper)
-            }
-        };
+        let keeper = start_keeper(plan, &self.caches, &self.leases).await?;
         let mount = match InProcessMount::serve_with(plan, router, keeper.clone(), fs_options).await
         {
             Ok(mount) => mount,
@@ -206,4 +183,36 @@ impl Mounter for InProcessMounter {
         };
         Ok(Box::new(mount))
     }
+}
+
+/// Issues a dynamic volume's first credential and starts keeping its lease (`None`: a KV volume). The one way the
+/// driver's in-process mounts and a mount unit start a lease. A Mount waits for it: a container never starts with
+/// empty files.
+pub async fn start_keeper(
+    plan: &MountPlan,
+    caches: &Arc<VolumeCaches>,
+    leases: &Leases,
+) -> Result<Option<Arc<LeaseKeeper>>, MountError> {
+    let Some(lease) = &plan.lease else {
+        return Ok(None);
+    };
+    let namespace = plan.parsed.namespace.as_deref();
+    let holder = Holder {
+        volume: plan.name.clone(),
+        holder: lease.holder.clone(),
+        namespace: namespace.map(str::to_owned),
+    };
+    let keeper = LeaseKeeper::start(
+        holder,
+        lease.request.clone(),
+        caches.lease_route(namespace, &plan.path),
+        leases.policy.clone(),
+        leases.journal.clone(),
+    )
+    .await
+    .map_err(|source| MountError::Lease {
+        volume: plan.name.clone(),
+        source,
+    })?;
+    Ok(Some(keeper))
 }

@@ -106,28 +106,3 @@ pub trait Mounter: Send + Sync + std::fmt::Debug {
         None
     }
 }
-
-/// Mount units for KV volumes, and this process for dynamic ones: mount units do not keep leases yet, so a dynamic
-/// volume's mounts are the driver's own, and end with it (its leases are then revoked by the next driver's reaper).
-#[derive(Debug)]
-pub struct DynamicInProcess {
-    pub units: Box<dyn Mounter>,
-    pub in_process: Box<dyn Mounter>,
-}
-
-#[async_trait::async_trait]
-impl Mounter for DynamicInProcess {
-    async fn mount(&self, plan: &MountPlan) -> Result<Box<dyn ActiveMount>, MountError> {
-        match plan.lease {
-            Some(_) => self.in_process.mount(plan).await,
-            None => self.units.mount(plan).await,
-        }
-    }
-
-    async fn adopt(&self, plan: &MountPlan) -> Option<Box<dyn ActiveMount>> {
-        match plan.lease {
-            Some(_) => None,
-            None => self.units.adopt(plan).await,
-        }
-    }
-}

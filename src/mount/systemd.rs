@@ -7,7 +7,6 @@
 //! driver's token broker (src/mount/broker.rs): it reads no credential file, and nothing secret goes into its argv,
 //! environment or unit properties.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -92,6 +91,33 @@ pub fn unit_name(volume: &str) -> String {
         return name;
     }
     format!("{UNIT_PREFIX}.sha256-{}.service", sha256_hex(volume))
+}
+
+/// The mount unit of one lease holder of a dynamic volume (a container's mount ID, or `per-volume`): each holder's
+/// unit keeps its own lease. After the prefix comes `.lease-`, which neither [`unit_name`] form starts with, then
+/// the escaped holder, which holds no `-` (escaped), so the holder and the volume are told apart. Names too long
+/// for systemd use a SHA-256 of both after `.lease.`.
+pub fn lease_unit_name(volume: &str, holder: &str) -> String {
+    let name = format!(
+        "{UNIT_PREFIX}.lease-{}-{}.service",
+        systemd_escape(holder),
+        systemd_escape(volume)
+    );
+    if name.len() <= MAX_UNIT_NAME {
+        return name;
+    }
+    format!(
+        "{UNIT_PREFIX}.lease.sha256-{}.service",
+        sha256_hex(&format!("{holder}\n{volume}"))
+    )
+}
+
+/// The unit serving the planned mount.
+fn unit_of(plan: &MountPlan) -> String {
+    match &plan.lease {
+        Some(lease) => lease_unit_name(&plan.name, &lease.holder),
+        None => unit_name(&plan.name),
+    }
 }
 
 /// Vault's own variables a mount unit needs to load the same configuration as the driver. Never `VAULT_TOKEN`.
@@ -199,6 +225,8 @@ pub struct MountUnitTemplate {
     pub environment: Vec<String>,
     /// How long a unit may take to mount and report READY=1.
     pub start_timeout: Duration,
+    /// How long a dynamic volume's unit may take to stop: it waits the unmount grace, then revokes its leases.
+    pub lease_stop_timeout: Duration,
     /// The access rules in force: a unit records the digest of those that decide its reads, and a running unit
     /// with another digest is not adopted.
     pub access: crate::access::AccessRules,
@@ -305,13 +333,20 @@ impl SystemdMounter {
         }
     }
 
+    /// Asks systemd to stop the unit (a unit that is not there is stopped).
+    async fn request_stop(&self, unit: &str) -> Result<(), UnitError> {
+        match self.manager.stop_unit(unit, "replace").await {
+            Ok(_) => Ok(()),
+            Err(zbus::Error::MethodError(name, _, _)) if name.as_str().ends_with("NoSuchUnit") => {
+                Ok(())
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
     /// Stops the unit and waits until systemd has let go of it.
     async fn stop(&self, unit: &str) -> Result<(), UnitError> {
-        match self.manager.stop_unit(unit, "replace").await {
-            Ok(_) => {}
-            Err(zbus::Error::MethodError(name, _, _)) if name.as_str().ends_with("NoSuchUnit") => {}
-            Err(error) => return Err(error.into()),
-        }
+        self.request_stop(unit).await?;
         let started = Instant::now();
         while let Some(state) = self.active_state(unit).await? {
             if state == "failed" {
@@ -325,14 +360,10 @@ impl SystemdMounter {
         Ok(())
     }
 
-    async fn start(
-        &self,
-        unit: &str,
-        volume: &str,
-        mountpoint: &Path,
-        options: &BTreeMap<String, String>,
-        rules_tag: String,
-    ) -> Result<(), UnitError> {
+    async fn start(&self, unit: &str, plan: &MountPlan) -> Result<(), UnitError> {
+        let (volume, mountpoint, options) = (&plan.name, &plan.mountpoint, &plan.options);
+        let rules_tag = rules_tag(&self.template.access, plan);
+        let holder = plan.lease.as_ref().map(|lease| lease.holder.as_str());
         // A failed or stopping leftover of the same name would make StartTransientUnit refuse.
         self.stop(unit).await?;
         let executable = self.template.executable.display().to_string();
@@ -348,18 +379,22 @@ impl SystemdMounter {
         for (key, value) in options {
             argv.extend(["--option".to_owned(), format!("{key}={value}")]);
         }
+        if let Some(holder) = holder {
+            argv.extend(["--lease-holder".to_owned(), holder.to_owned()]);
+        }
         let exec_start = vec![(executable, argv, false)];
         let mut environment = self.template.environment.clone();
         environment.push(MOUNT_UNIT_MALLOC.to_owned());
-        let timeout_usec =
-            u64::try_from(self.template.start_timeout.as_micros()).unwrap_or(u64::MAX);
-        let properties: Vec<(&str, Value<'_>)> = vec![
-            (
-                "Description",
-                Value::from(format!(
-                    "docker-volume-libsecret mount of volume {volume} {rules_tag}"
-                )),
-            ),
+        let micros = |duration: Duration| u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+        let timeout_usec = micros(self.template.start_timeout);
+        let description = match holder {
+            Some(holder) => {
+                format!("docker-volume-libsecret mount of volume {volume} for lease holder {holder} {rules_tag}")
+            }
+            None => format!("docker-volume-libsecret mount of volume {volume} {rules_tag}"),
+        };
+        let mut properties: Vec<(&str, Value<'_>)> = vec![
+            ("Description", Value::from(description)),
             ("Type", Value::from("notify")),
             ("NotifyAccess", Value::from("main")),
             ("ExecStart", Value::from(exec_start)),
@@ -371,7 +406,12 @@ impl SystemdMounter {
             // Stop after dockerd at shutdown, so containers keep their secrets until they end.
             ("Before", Value::from(vec!["docker.service".to_owned()])),
         ];
-        let mut properties = properties;
+        if holder.is_some() {
+            properties.push((
+                "TimeoutStopUSec",
+                Value::from(micros(self.template.lease_stop_timeout)),
+            ));
+        }
         properties.extend(mount_unit_hardening());
         // A stopped unit of the same name is unloaded by systemd's garbage collection soon after, not at once:
         // until then StartTransientUnit answers UnitExists, so it is asked again for a few seconds.
@@ -462,6 +502,24 @@ struct UnitMount {
     mounter: SystemdMounter,
     unit: String,
     mountpoint: PathBuf,
+    /// The unit keeps a dynamic volume's lease, and revokes it after the unmount grace once stopped.
+    leased: bool,
+}
+
+/// How long an Unmount waits for a stopping dynamic volume's unit to release its filesystem (the unit unmounts
+/// within 2 s of being stopped, then ends its lease, which Docker's Unmount does not wait for).
+const LEASED_RELEASE_WAIT: Duration = Duration::from_secs(5);
+
+/// Whether a filesystem is mounted at `path` (its device differs from its parent directory's).
+fn is_mount_root(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(parent) = path.parent() else {
+        return false;
+    };
+    match (std::fs::metadata(path), std::fs::metadata(parent)) {
+        (Ok(this), Ok(above)) => this.dev() != above.dev(),
+        _ => false,
+    }
 }
 
 impl UnitMount {
@@ -469,12 +527,32 @@ impl UnitMount {
         let state = self.mounter.active_state(&self.unit).await;
         matches!(state, Ok(Some(ref s)) if s == "active")
     }
+
+    /// Whether the (stopping) unit still has its filesystem mounted.
+    async fn still_serving(&self) -> bool {
+        let state = self.mounter.active_state(&self.unit).await;
+        if !matches!(state, Ok(Some(ref s)) if s == "active" || s == "deactivating") {
+            return false;
+        }
+        let mountpoint = self.mountpoint.clone();
+        tokio::task::spawn_blocking(move || is_mount_root(&mountpoint))
+            .await
+            .unwrap_or(false)
+    }
 }
 
 #[async_trait::async_trait]
 impl ActiveMount for UnitMount {
     async fn unmount(self: Box<Self>) -> Result<(), MountError> {
-        self.mounter.stop(&self.unit).await?;
+        if self.leased {
+            self.mounter.request_stop(&self.unit).await?;
+            let started = Instant::now();
+            while started.elapsed() < LEASED_RELEASE_WAIT && self.still_serving().await {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        } else {
+            self.mounter.stop(&self.unit).await?;
+        }
         // The unit is gone, so whatever is still mounted there is dead (a SIGKILLed server leaves its mount).
         let mountpoint = self.mountpoint.clone();
         tokio::task::spawn_blocking(move || {
@@ -509,16 +587,9 @@ impl Mounter for SystemdMounter {
         tokio::task::spawn_blocking(move || prepare_mountpoint(&mountpoint))
             .await?
             .map_err(MountError::Mountpoint)?;
-        let unit = unit_name(&plan.name);
+        let unit = unit_of(plan);
         let started = Instant::now();
-        self.start(
-            &unit,
-            &plan.name,
-            &plan.mountpoint,
-            &plan.options,
-            rules_tag(&self.template.access, plan),
-        )
-        .await?;
+        self.start(&unit, plan).await?;
         tracing::info!(
             volume = %plan.name,
             unit = %unit,
@@ -530,14 +601,16 @@ impl Mounter for SystemdMounter {
             mounter: self.clone(),
             unit,
             mountpoint: plan.mountpoint.clone(),
+            leased: plan.lease.is_some(),
         }))
     }
 
     async fn adopt(&self, plan: &MountPlan) -> Option<Box<dyn ActiveMount>> {
         let mount = UnitMount {
             mounter: self.clone(),
-            unit: unit_name(&plan.name),
+            unit: unit_of(plan),
             mountpoint: plan.mountpoint.clone(),
+            leased: plan.lease.is_some(),
         };
         if mount.is_alive().await {
             // A unit decides every read by the rules it started with: adopt it only if those are still in force.
@@ -726,6 +799,41 @@ mod tests {
             let unit = unit_name(&literal);
             assert!(unit.len() <= MAX_UNIT_NAME, "{unit}");
             assert_ne!(unit, hashed, "{literal}");
+        }
+    }
+
+    /// Each lease holder of a dynamic volume has its own unit, never a KV volume's nor another holder's.
+    #[test]
+    fn lease_units_are_named_per_holder_and_never_collide_with_other_units() {
+        let id = "0123456789abcdef".repeat(4);
+        assert_eq!(
+            lease_unit_name("database/creds/app", &id),
+            format!("docker-volume-libsecret-mount-.lease-{id}-database-creds-app.service")
+        );
+        let pairs = [
+            ("database/creds/app", id.as_str()),
+            ("database/creds/app", "per-volume"),
+            ("database/creds/app-x", "a"),
+            ("x-database/creds/app", "a"),
+            ("database/creds/app", "a-x"),
+            ("database/creds", "a-app"),
+        ];
+        let mut names: Vec<String> = pairs
+            .iter()
+            .map(|(volume, holder)| lease_unit_name(volume, holder))
+            .collect();
+        // KV volumes named to look like a lease unit's escaped name.
+        names.push(unit_name(&format!(".lease/{id}/database/creds/app")));
+        names.push(unit_name(&format!("lease/{id}/database/creds/app")));
+        let long = format!("pki/issue/{}", "x".repeat(300));
+        names.push(lease_unit_name(&long, "a"));
+        names.push(lease_unit_name(&long, "b"));
+        names.push(unit_name(&long));
+        for (i, a) in names.iter().enumerate() {
+            assert!(a.len() <= MAX_UNIT_NAME, "{a}");
+            for b in &names[i + 1..] {
+                assert_ne!(a, b);
+            }
         }
     }
 
