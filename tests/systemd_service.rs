@@ -543,7 +543,7 @@ fn pki_leases(host: &Host) -> Vec<String> {
 }
 
 #[test]
-fn after_a_reboot_a_dynamic_lease_of_a_container_that_had_run_is_revoked_and_its_successor_gets_a_new_one(
+fn a_dynamic_lease_outlives_driver_sigkill_and_restart_and_after_a_reboot_the_successor_gets_a_new_one(
 ) {
     let host = Host::start();
     host.install_and_enable();
@@ -574,6 +574,55 @@ fn after_a_reboot_a_dynamic_lease_of_a_container_that_had_run_is_revoked_and_its
     };
     host.wait_for("the container's certificate", || serials().len() == 1);
     assert_eq!(pki_leases(&host).len(), 1, "{:?}", pki_leases(&host));
+    // The container's own mount unit keeps its lease: a driver SIGKILL and a restart change no credential and
+    // revoke nothing, and the next driver adopts the unit.
+    let units = host.mount_units();
+    assert_eq!(
+        units.len(),
+        1,
+        "one unit for the container's lease: {units:?}"
+    );
+    assert!(units[0].contains(".lease-"), "{units:?}");
+    let unit_pid = host.exec_ok(&format!("systemctl show -p MainPID --value '{}'", units[0]));
+    let (serial, leases) = (serials()[0].clone(), pki_leases(&host));
+    let before_kill = host.driver_pid();
+    host.exec_ok(&format!("systemctl kill -s KILL {DRIVER}"));
+    host.wait_for("the driver back after SIGKILL", || {
+        let pid = host.driver_pid();
+        pid != before_kill && pid != "0"
+    });
+    let before_restart = host.driver_pid();
+    host.exec_ok(&format!("systemctl restart {DRIVER}"));
+    host.wait_for("the restarted driver", || {
+        let pid = host.driver_pid();
+        pid != before_restart && pid != "0"
+    });
+    // The journal's reaper runs at each driver start: it must find the lease held by the unit.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        host.exec_ok("docker exec tls cat /tls/serial_number"),
+        serial,
+        "the container's certificate changed"
+    );
+    assert_eq!(
+        pki_leases(&host),
+        leases,
+        "{}",
+        host.journal(&format!("-u {DRIVER} -n 30"))
+    );
+    let revocation = openbao_in_host::bao_as(
+        &host,
+        &host.token,
+        &format!("read -field=revocation_time pki/cert/{serial}"),
+    );
+    assert_eq!(revocation.trim(), "0", "the certificate was revoked");
+    assert_eq!(
+        host.exec_ok(&format!("systemctl show -p MainPID --value '{}'", units[0])),
+        unit_pid,
+        "the mount unit was never restarted"
+    );
+    let get = host.get("pki/issue/web");
+    assert_eq!(get["Volume"]["Status"]["Mounts"], 1, "adopted: {get}");
     // After each boot the restart-policy container (same container, same mount ID) gets a new certificate, and the
     // lease from before the boot is revoked, which revokes its certificate too.
     let boot_and_check = |boot: &dyn Fn(), what: &str| {
@@ -613,6 +662,9 @@ fn after_a_reboot_a_dynamic_lease_of_a_container_that_had_run_is_revoked_and_its
     host.exec_ok("docker rm -f tls");
     host.wait_for("no lease once the container is gone", || {
         pki_leases(&host).is_empty()
+    });
+    host.wait_for("no mount unit once the container is gone", || {
+        host.mount_units().is_empty()
     });
 }
 
