@@ -623,6 +623,32 @@ fn a_dynamic_lease_outlives_driver_sigkill_and_restart_and_after_a_reboot_the_su
     );
     let get = host.get("pki/issue/web");
     assert_eq!(get["Volume"]["Status"]["Mounts"], 1, "adopted: {get}");
+    // The unit itself killed: its lease is the journal's. The container's restart unmounts the dead mount (and
+    // mounts under a new mount ID), and the driver's journal pass then revokes the dead unit's lease at once.
+    host.exec_ok(&format!("systemctl kill -s KILL '{}'", units[0]));
+    host.exec_ok("docker restart -t 1 tls");
+    host.wait_for("a new certificate after the unit was killed", || {
+        serials().len() == 2
+    });
+    assert_ne!(
+        serials()[1],
+        serial,
+        "a new lease for the restarted container"
+    );
+    host.wait_for("the killed unit's lease revoked", || {
+        let now = pki_leases(&host);
+        now.len() == 1 && now != leases
+    });
+    let revocation = openbao_in_host::bao_as(
+        &host,
+        &host.token,
+        &format!("read -field=revocation_time pki/cert/{serial}"),
+    );
+    assert_ne!(
+        revocation.trim(),
+        "0",
+        "the killed unit's certificate is revoked"
+    );
     // After each boot the restart-policy container (same container, same mount ID) gets a new certificate, and the
     // lease from before the boot is revoked, which revokes its certificate too.
     let boot_and_check = |boot: &dyn Fn(), what: &str| {

@@ -85,13 +85,26 @@ pub async fn run(
     // Leases of holders gone with a crash or a reboot are revoked in the background: Vault may be down, and the
     // plugin API never waits for it.
     let journal = LeaseJournal::open(&config.state_dir)?;
-    let reaper = reaper::spawn_periodic(journal.clone(), caches.clone(), REAP_EVERY);
+    let reap_trigger = reaper::ReapTrigger::default();
+    let reaper = reaper::spawn_periodic(
+        journal.clone(),
+        caches.clone(),
+        REAP_EVERY,
+        reap_trigger.clone(),
+    );
     let leases = Leases {
         policy: config.lease_policy(),
         journal: Some(journal),
     };
-    let (mounter, lending) =
-        mounting::choose_mounter(&config, unit_args, caches.clone(), &logins, leases).await?;
+    let (mounter, lending) = mounting::choose_mounter(
+        &config,
+        unit_args,
+        caches.clone(),
+        &logins,
+        leases,
+        reap_trigger,
+    )
+    .await?;
     for path in clean_stale_mounts(&config.mount_root) {
         tracing::info!(mountpoint = %path.display(), "removed a leftover mountpoint");
     }

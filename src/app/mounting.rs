@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::access::AuthScope;
 use crate::config::{BackendKind, Config, MountMode};
+use crate::lease::reaper::ReapTrigger;
 use crate::mount::broker::{self, Broker};
 use crate::mount::in_process::{InProcessMounter, Leases};
 use crate::mount::systemd::{
@@ -68,6 +69,7 @@ pub async fn choose_mounter(
     caches: Arc<VolumeCaches>,
     logins: &[(AuthScope, Arc<VaultSource>)],
     leases: Leases,
+    reap_trigger: ReapTrigger,
 ) -> Result<(Box<dyn Mounter>, Option<tokio::task::JoinHandle<()>>), AppError> {
     let systemd_host = Path::new("/run/systemd/system").is_dir();
     let mut use_units = match config.mount_mode {
@@ -115,7 +117,7 @@ pub async fn choose_mounter(
             + Duration::from_secs(10),
         access: config.access_rules(),
     };
-    let mounter = SystemdMounter::connect(template)
+    let mounter = SystemdMounter::connect(template, reap_trigger)
         .await
         .map_err(AppError::Systemd)?;
     tracing::info!(

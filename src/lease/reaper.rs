@@ -246,18 +246,34 @@ fn forget(journal: &LeaseJournal, entry: &JournalEntry) {
     }
 }
 
-/// Reaps at once, then every `every` (at least a second), until the handle is aborted.
+/// Asks the periodic reaper for a pass now: a lease holder just died (a mount unit found dead and stopped), so its
+/// leases need not wait for the next period. Clones share the reaper.
+#[derive(Debug, Clone, Default)]
+pub struct ReapTrigger(Arc<tokio::sync::Notify>);
+
+impl ReapTrigger {
+    /// A pass soon (requests while a pass runs make one more pass, not one each).
+    pub fn reap_soon(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// Reaps at once, then every `every` (at least a second) and whenever `trigger` asks, until the handle is aborted.
 pub fn spawn_periodic(
     journal: LeaseJournal,
     sources: Arc<dyn ReapSources>,
     every: Duration,
+    trigger: ReapTrigger,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(every.max(MIN_PERIOD));
         // A pass slowed by an outage is not followed by a burst of passes.
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            ticks.tick().await;
+            tokio::select! {
+                _ = ticks.tick() => {}
+                () = trigger.0.notified() => {}
+            }
             let report = reap(&journal, sources.as_ref()).await;
             if report != ReapReport::default() {
                 tracing::info!(
@@ -577,10 +593,12 @@ mod tests {
         let (_dir, journal) = journal();
         let engine = engine();
         journal.save(&entry("c1", gone(), "lease-1", &[])).unwrap();
+        let trigger = ReapTrigger::default();
         let task = spawn_periodic(
             journal.clone(),
             Arc::new(sources(&engine)),
             Duration::from_secs(60),
+            trigger.clone(),
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(engine.revoked(), ["lease-1"]);
@@ -589,6 +607,13 @@ mod tests {
         assert_eq!(engine.revoked(), ["lease-1"], "not before the period");
         tokio::time::sleep(Duration::from_secs(30)).await;
         assert_eq!(engine.revoked(), ["lease-1", "lease-2"]);
+        // Asked for, a pass comes at once, between periods.
+        journal.save(&entry("c3", gone(), "lease-3", &[])).unwrap();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(engine.revoked().len(), 2);
+        trigger.reap_soon();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(engine.revoked(), ["lease-1", "lease-2", "lease-3"]);
         task.abort();
     }
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use zbus::zvariant::{OwnedObjectPath, Value};
 
+use crate::lease::reaper::ReapTrigger;
 use crate::mount::mountpoint::{detach, is_stale_mount, prepare_mountpoint, remove_mountpoint};
 use crate::mount::{ActiveMount, MountError, MountPlan, Mounter};
 use crate::names::sha256_hex;
@@ -245,6 +246,8 @@ pub struct SystemdMounter {
     manager: ManagerProxy<'static>,
     connection: zbus::Connection,
     template: MountUnitTemplate,
+    /// Asked for a journal pass after a dynamic volume's unit stops: if it had died, nobody else revokes its lease.
+    reap_trigger: ReapTrigger,
 }
 
 impl std::fmt::Debug for SystemdMounter {
@@ -256,13 +259,17 @@ impl std::fmt::Debug for SystemdMounter {
 }
 
 impl SystemdMounter {
-    pub async fn connect(template: MountUnitTemplate) -> Result<Self, UnitError> {
+    pub async fn connect(
+        template: MountUnitTemplate,
+        reap_trigger: ReapTrigger,
+    ) -> Result<Self, UnitError> {
         let connection = zbus::Connection::system().await?;
         let manager = ManagerProxy::new(&connection).await?;
         Ok(SystemdMounter {
             manager,
             connection,
             template,
+            reap_trigger,
         })
     }
 
@@ -550,6 +557,9 @@ impl ActiveMount for UnitMount {
             while started.elapsed() < LEASED_RELEASE_WAIT && self.still_serving().await {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            // A unit that died (SIGKILL, OOM) left its lease to the journal; one still stopping ends its own, and
+            // the pass leaves it alone while its process runs.
+            self.mounter.reap_trigger.reap_soon();
         } else {
             self.mounter.stop(&self.unit).await?;
         }
