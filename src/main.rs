@@ -27,22 +27,34 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) => error.exit(),
     };
-    if let Some(Command::Man) = cli.command {
-        return match clap_mangen::Man::new(Cli::command())
-            .section("8")
-            .render(&mut std::io::stdout())
-        {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("{error}");
-                ExitCode::FAILURE
+    match &cli.command {
+        Some(Command::Man { out_dir }) => {
+            return match write_man_pages(out_dir.as_deref()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("{error}");
+                    ExitCode::FAILURE
+                }
             }
-        };
+        }
+        Some(Command::Completions { shell }) => {
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "docker-volume-libsecret",
+                &mut std::io::stdout(),
+            );
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
     }
     // Before anything secret is read (the config may hold a token).
     let hardening = hardening::harden_process();
     let (config_path, required) = cli.config_path();
     let flags = cli.overrides();
+    if let Some(Command::CheckConfig) = cli.command {
+        return check_config(&config_path, &flags);
+    }
     let config = match Config::load(&config_path, required, &flags) {
         Ok(config) => config,
         Err(error) => {
@@ -110,6 +122,64 @@ fn main() -> ExitCode {
             tracing::error!("{error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The man pages (section 8): the program's to stdout, or with `out_dir` the program's and one per visible
+/// subcommand (`docker-volume-libsecret-check-config.8`) written there.
+fn write_man_pages(out_dir: Option<&std::path::Path>) -> std::io::Result<()> {
+    let command = Cli::command();
+    let Some(dir) = out_dir else {
+        return clap_mangen::Man::new(command)
+            .section("8")
+            .render(&mut std::io::stdout());
+    };
+    let name = command.get_name().to_owned();
+    let mut pages = vec![(format!("{name}.8"), command.clone())];
+    for sub in command.get_subcommands().filter(|sub| !sub.is_hide_set()) {
+        let page = format!("{name}-{}", sub.get_name());
+        let synopsis = format!("{name} {}", sub.get_name());
+        let sub = sub.clone().display_name(page.clone()).bin_name(synopsis);
+        pages.push((format!("{page}.8"), sub));
+    }
+    for (file, page) in pages {
+        let mut out = std::fs::File::create(dir.join(file))?;
+        clap_mangen::Man::new(page).section("8").render(&mut out)?;
+    }
+    Ok(())
+}
+
+/// `check-config`: the file must exist (it is what the next start reads); the report goes to stdout, and the exit
+/// status says whether the driver can start with it.
+fn check_config(
+    path: &std::path::Path,
+    flags: &docker_volume_libsecret::config::FlagOverrides,
+) -> ExitCode {
+    let config = match Config::load(path, true, flags) {
+        Ok(config) => config,
+        Err(error) => {
+            println!("FAIL  invalid configuration: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    // Login and renewal details go to stderr at warn and above only: the report is the output.
+    logging::init("warn");
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            println!("FAIL  could not start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let checked = runtime.block_on(app::check_config(&config, path));
+    print!("{}", checked.report);
+    if checked.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -471,7 +471,11 @@ impl Mounter for FakeMounter {
         if let Some(reason) = lock(&self.state.failing).clone() {
             return Err(MountError::Mountpoint(reason));
         }
-        match VaultPath::from_volume_name(&plan.name) {
+        let named = match plan.options.get("path") {
+            Some(path) => VaultPath::from_volume_name(path),
+            None => VaultPath::from_volume_name(&plan.name),
+        };
+        match named {
             Ok(expected) if expected == plan.path => {}
             other => self.violation(format!(
                 "mounting {:?} at Vault path {:?}; the name parses as {other:?}",

@@ -270,10 +270,7 @@ fn the_walkthrough_ls_is_empty_cat_prints_the_value_and_writes_fail() {
         .collect();
     assert!(writes.is_empty(), "{writes:?}");
     let log = host.log();
-    assert!(
-        log.contains("volume mounted") && log.contains("secret/app-1/"),
-        "{log}"
-    );
+    assert!(log.contains("volume secret/app-1/ mounted at"), "{log}");
     assert!(
         !log.contains("s3cr3t-db-password") && !log.contains(host.vault.root_token()),
         "{log}"
@@ -1280,4 +1277,59 @@ fn with_a_10s_lease_and_a_30s_max_ttl_a_container_logs_in_for_two_minutes_throug
             "{user} outlived its container"
         );
     }
+}
+
+/// The documented Compose file (packaging/examples/compose.yml), with Debian's docker-compose 1.29: a named
+/// `driver: libsecret` volume whose `path` driver option is the Vault path; and the `--mount` form services use.
+#[test]
+fn docker_compose_and_the_mount_form_read_a_secret_through_a_named_volume() {
+    let mut host = Host::start();
+    let volume = host.volume("app1-secrets");
+    let compose_file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/packaging/examples/compose.yml"
+    );
+    let compose = |args: &[&str]| {
+        let output = std::process::Command::new("docker-compose")
+            .args(["-f", compose_file, "-p", "libsecret-e2e"])
+            .args(args)
+            .env("IMAGE", TEST_IMAGE)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("docker-compose is needed (apt-get install docker-compose; scripts/setup-test-host.sh does): {e}")
+            });
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.code().unwrap_or(-1), text)
+    };
+    let (code, out) = compose(&["up", "--abort-on-container-exit", "--exit-code-from", "app"]);
+    assert_eq!(code, 0, "{out}\n{}", host.log());
+    assert!(out.contains("s3cr3t-db-password"), "{out}");
+    let inspect: serde_json::Value =
+        serde_json::from_str(&docker_ok(&["volume", "inspect", &volume])).unwrap();
+    assert_eq!(inspect[0]["Driver"], "libsecret", "{inspect}");
+    assert_eq!(inspect[0]["Options"]["path"], "secret/app-1", "{inspect}");
+    let (code, out) = compose(&["down", "-v"]);
+    assert_eq!(code, 0, "{out}");
+    let ls = docker_ok(&["volume", "ls", "--format", "{{.Name}}"]);
+    assert!(!ls.lines().any(|l| l == volume), "{ls}");
+
+    // `--mount` ignores --volume-driver: the driver and its options go in the mount itself.
+    let mounted = host.volume("app1-mount-form");
+    let out = docker_ok(&[
+        "run",
+        "--rm",
+        "--mount",
+        &format!(
+            "type=volume,source={mounted},target=/secrets,readonly,volume-driver=libsecret,volume-opt=path=secret/app-1"
+        ),
+        TEST_IMAGE,
+        "cat",
+        "/secrets/db-password",
+    ]);
+    assert_eq!(out, "s3cr3t-db-password");
+    assert!(!host.log().contains("s3cr3t-db-password"), "{}", host.log());
 }

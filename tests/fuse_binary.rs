@@ -107,7 +107,11 @@ fn foreground_mode_binds_a_root_only_socket_and_stops_cleanly_on_sigterm() {
     assert!(!socket.exists(), "the socket is removed at exit");
     let records: Vec<_> = std::fs::read_dir(state.join("volumes")).unwrap().collect();
     assert_eq!(records.len(), 1, "the volume record persists");
-    assert!(driver.log().contains("volume created"), "{}", driver.log());
+    assert!(
+        driver.log().contains("volume secret/app-1 created"),
+        "{}",
+        driver.log()
+    );
 }
 
 #[test]
@@ -476,4 +480,40 @@ fn a_token_vault_rejects_fails_fast_with_what_to_fix() {
     assert_eq!(code, 1, "{output}");
     assert!(output.contains("rejected the token"), "{output}");
     assert!(!output.contains("hvs.wrong-token"), "{output}");
+}
+
+/// The package ships a man page per command and completions for bash, zsh and fish, made by these two hidden
+/// commands at build time (packaging/build-deb.sh).
+#[test]
+fn completions_and_man_pages_cover_every_subcommand() {
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, out) = run_once(&["completions", shell], &[]);
+        assert_eq!(code, 0, "{shell}: {out}");
+        assert!(
+            out.contains("check-config") && out.contains("store-opt"),
+            "{shell}: {out}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out) = run_once(&["man", "--out-dir", dir.path().to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{out}");
+    let page = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+    let main = page("docker-volume-libsecret.8");
+    assert!(
+        main.starts_with(".ie") || main.contains(".TH docker-volume-libsecret 8"),
+        "{main}"
+    );
+    assert!(main.contains("check\\-config"), "{main}");
+    let check = page("docker-volume-libsecret-check-config.8");
+    assert!(
+        check.contains(".TH docker\\-volume\\-libsecret\\-check\\-config 8")
+            || check.contains(".TH docker-volume-libsecret-check-config 8"),
+        "{check}"
+    );
+    assert!(
+        check.contains("docker\\-volume\\-libsecret check\\-config"),
+        "{check}"
+    );
+    let pages: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(pages.len(), 2, "hidden commands get no page: {pages:?}");
 }

@@ -183,10 +183,22 @@ fn install_enable_and_read_a_secret_with_socket_activation_and_journald() {
     assert!(host
         .exec_ok("man -w docker-volume-libsecret 2>/dev/null || ls /usr/share/man/man8/")
         .contains("docker-volume-libsecret"));
+    host.exec_ok(
+        "test -s /usr/share/man/man8/docker-volume-libsecret-check-config.8.gz \
+         && grep -q check-config /usr/share/bash-completion/completions/docker-volume-libsecret \
+         && test -s /usr/share/zsh/vendor-completions/_docker-volume-libsecret \
+         && test -s /usr/share/fish/vendor_completions.d/docker-volume-libsecret.fish",
+    );
     let conffiles = host.exec_ok("cat /var/lib/dpkg/info/docker-volume-libsecret.conffiles");
     assert!(
-        conffiles.contains("/etc/docker-volume-libsecret/config.toml"),
+        conffiles.contains("/etc/docker-volume-libsecret/config.toml")
+            && conffiles.contains("/etc/containers/containers.conf.d/docker-volume-libsecret.conf"),
         "{conffiles}"
+    );
+    // Podman's registration names the plugin socket (tests/podman_plugin.rs runs Podman with it).
+    host.exec_ok(
+        "grep -qx 'libsecret = \"/run/docker/plugins/libsecret.sock\"' \
+         /etc/containers/containers.conf.d/docker-volume-libsecret.conf",
     );
 
     host.install_and_enable();
@@ -211,8 +223,27 @@ fn install_enable_and_read_a_secret_with_socket_activation_and_journald() {
     // The documented way to follow one volume: a structured field match.
     let journal = host.journal(&format!("-u {DRIVER} -o cat VOLUME=secret/app-1/"));
     assert!(
-        journal.contains("volume mounted") && journal.contains("mount unit started"),
+        journal.contains("volume secret/app-1/ mounted at")
+            && journal.contains("mount unit of secret/app-1/ started"),
         "{journal}"
+    );
+    // Plain journalctl, as an operator types it: every line about the volume names it in the message.
+    let plain = host.journal(&format!("-u {DRIVER}"));
+    for line in [
+        "volume secret/app-1/ mounted at /run/docker-volume-libsecret/mounts/",
+        "mount unit of secret/app-1/ started",
+        "volume secret/app-1/ unmounted after Unmount of mount ID",
+        "mount unit of secret/app-1/ stopped",
+    ] {
+        assert!(plain.contains(line), "{line:?} is not in:\n{plain}");
+    }
+    let (_, _, refused) = host.exec(&format!(
+        "docker run --rm --volume-driver libsecret -v secret/../etc:/secrets {TEST_IMAGE} true"
+    ));
+    let plain = host.journal(&format!("-u {DRIVER}"));
+    assert!(
+        plain.contains("VolumeDriver.Create of volume secret/../etc failed:"),
+        "a refused call names its volume ({refused}):\n{plain}"
     );
     let units = host.journal("-t docker-volume-libsecret -o verbose");
     assert!(

@@ -5,6 +5,7 @@
 //! ([`run_mount_unit`]), the mount mode ([`mounting`]), health ([`health`]).
 
 mod backend;
+mod check;
 mod health;
 mod mounting;
 
@@ -29,6 +30,7 @@ use crate::volumes::store::DirRecordStore;
 use crate::volumes::{lease_plan, plan_mount, StoreError, VolumeError, VolumeRecord, Volumes};
 
 pub use backend::{all_scopes, FirstContact, Tokens};
+pub use check::{check_config, ConfigCheck};
 pub use health::status_line;
 
 /// How often the lease journal is searched for leases whose holder is gone.
@@ -262,9 +264,10 @@ async fn end_mount_unit(plan: &MountPlan, mount: InProcessMount) -> Result<(), A
         tracing::warn!(
             volume = %plan.name,
             mountpoint = %plan.mountpoint.display(),
-            "the mount is still in use by a container; ending its FUSE connection"
+            "the mount of {} is still in use by a container; ending its FUSE connection",
+            plan.name
         );
     }
-    tracing::info!(volume = %plan.name, "mount served to the end");
+    tracing::info!(volume = %plan.name, "mount of {} served to the end", plan.name);
     Ok(())
 }

@@ -12,8 +12,8 @@ use crate::config::{BackendKind, FlagOverrides, DEFAULT_CONFIG_PATH};
 #[derive(Debug, Parser)]
 #[command(name = "docker-volume-libsecret", version, about, long_about = None)]
 pub struct Cli {
-    /// Config file (TOML). Absent is fine unless given explicitly.
-    #[arg(long, env = "LIBSECRET_CONFIG", value_name = "PATH")]
+    /// Config file (TOML). Absent is fine unless given explicitly (or checked with check-config).
+    #[arg(long, env = "LIBSECRET_CONFIG", value_name = "PATH", global = true)]
     pub config: Option<PathBuf>,
 
     /// Vault address, such as https://vault.example.com:8200 (sets vault.addr).
@@ -77,9 +77,23 @@ pub enum Command {
         #[arg(long)]
         lease_holder: Option<String>,
     },
-    /// Print the man page (roff) to standard output.
+    /// Check the config before a restart: validate the file (errors name the file and the key), log in with every
+    /// rule's credentials, and print what each rule allows with which policies. Exits non-zero on any problem. The
+    /// running driver is not touched.
+    CheckConfig,
+    /// Print the man page (roff) to standard output, or with --out-dir write one page per command there.
     #[command(hide = true)]
-    Man,
+    Man {
+        /// Write docker-volume-libsecret.8 and a page for each subcommand into this directory.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
+    /// Print the shell completion script for SHELL (bash, zsh, fish, ...) to standard output.
+    #[command(hide = true)]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

@@ -507,6 +507,7 @@ pub fn mount_unit_hardening() -> Vec<(&'static str, Value<'static>)> {
 #[derive(Debug)]
 struct UnitMount {
     mounter: SystemdMounter,
+    volume: String,
     unit: String,
     mountpoint: PathBuf,
     /// The unit keeps a dynamic volume's lease, and revokes it after the unmount grace once stopped.
@@ -571,7 +572,7 @@ impl ActiveMount for UnitMount {
             Ok::<(), MountError>(())
         })
         .await??;
-        tracing::info!(unit = %self.unit, mountpoint = %self.mountpoint.display(), "mount unit stopped");
+        tracing::info!(volume = %self.volume, unit = %self.unit, mountpoint = %self.mountpoint.display(), "mount unit of {} stopped", self.volume);
         Ok(())
     }
 
@@ -605,10 +606,12 @@ impl Mounter for SystemdMounter {
             unit = %unit,
             mountpoint = %plan.mountpoint.display(),
             start_ms = started.elapsed().as_millis() as u64,
-            "mount unit started"
+            "mount unit of {} started: {unit}",
+            plan.name
         );
         Ok(Box::new(UnitMount {
             mounter: self.clone(),
+            volume: plan.name.clone(),
             unit,
             mountpoint: plan.mountpoint.clone(),
             leased: plan.lease.is_some(),
@@ -618,6 +621,7 @@ impl Mounter for SystemdMounter {
     async fn adopt(&self, plan: &MountPlan) -> Option<Box<dyn ActiveMount>> {
         let mount = UnitMount {
             mounter: self.clone(),
+            volume: plan.name.clone(),
             unit: unit_of(plan),
             mountpoint: plan.mountpoint.clone(),
             leased: plan.lease.is_some(),
@@ -631,7 +635,7 @@ impl Mounter for SystemdMounter {
                 .flatten()
                 .unwrap_or_default();
             if description.ends_with(&rules_tag(&self.template.access, plan)) {
-                tracing::info!(volume = %plan.name, unit = %mount.unit, "re-adopted a running mount unit");
+                tracing::info!(volume = %plan.name, unit = %mount.unit, "re-adopted the running mount unit of {}", plan.name);
                 return Some(Box::new(mount));
             }
             tracing::warn!(

@@ -22,6 +22,8 @@ pub enum PluginError {
     #[error("{method}: {source}")]
     Volume {
         method: String,
+        /// The volume the call named (for the log line; the error text names it where it matters to Docker).
+        volume: String,
         #[source]
         source: VolumeError,
     },
@@ -104,10 +106,14 @@ fn volume_json(info: &VolumeInfo) -> Value {
     })
 }
 
-/// Tags a volume error with the protocol method it answers.
-fn volume_error(method: &str) -> impl FnOnce(VolumeError) -> PluginError + '_ {
+/// Tags a volume error with the protocol method it answers and the volume it named.
+fn volume_error<'a>(
+    method: &'a str,
+    volume: &'a str,
+) -> impl FnOnce(VolumeError) -> PluginError + 'a {
     move |source| PluginError::Volume {
         method: method.to_owned(),
+        volume: volume.to_owned(),
         source,
     }
 }
@@ -122,15 +128,21 @@ impl Plugin {
         match self.dispatch(path, body).await {
             Ok(body) => Reply { status: 200, body },
             Err(error) => {
-                if let PluginError::Volume {
-                    source: VolumeError::NotFound(_),
-                    ..
-                } = &error
-                {
+                match &error {
                     // Docker asks Get before every implicit Create: an unknown name is routine.
-                    tracing::info!(endpoint = %path, error = %error, "plugin call failed");
-                } else {
-                    tracing::warn!(endpoint = %path, error = %error, "plugin call failed");
+                    PluginError::Volume {
+                        volume,
+                        source: VolumeError::NotFound(_),
+                        ..
+                    } => {
+                        tracing::info!(endpoint = %path, volume = %volume, error = %error, "{path} of volume {volume}: {error}")
+                    }
+                    PluginError::Volume { volume, .. } => {
+                        tracing::warn!(endpoint = %path, volume = %volume, error = %error, "{path} of volume {volume} failed: {error}")
+                    }
+                    _ => {
+                        tracing::warn!(endpoint = %path, error = %error, "plugin call {path} failed: {error}")
+                    }
                 }
                 error.into()
             }
@@ -162,16 +174,16 @@ impl Plugin {
                 self.volumes
                     .create(&request.name, options, now_rfc3339())
                     .await
-                    .map_err(volume_error(method))?;
-                tracing::info!(volume = %request.name, "volume created");
+                    .map_err(volume_error(method, &request.name))?;
+                tracing::info!(volume = %request.name, "volume {} created", request.name);
                 Ok(json!({ "Err": "" }))
             }
             "VolumeDriver.Remove" => {
                 let request: NameRequest = parse(method, body)?;
                 self.volumes
                     .remove(&request.name)
-                    .map_err(volume_error(method))?;
-                tracing::info!(volume = %request.name, "volume removed");
+                    .map_err(volume_error(method, &request.name))?;
+                tracing::info!(volume = %request.name, "volume {} removed", request.name);
                 Ok(json!({ "Err": "" }))
             }
             "VolumeDriver.Mount" => {
@@ -181,8 +193,8 @@ impl Plugin {
                     .volumes
                     .mount(name, id)
                     .await
-                    .map_err(volume_error(method))?;
-                tracing::info!(volume = %name, mount_id = %id, mountpoint = %mountpoint.display(), "volume mounted");
+                    .map_err(volume_error(method, name))?;
+                tracing::info!(volume = %name, mount_id = %id, mountpoint = %mountpoint.display(), "volume {name} mounted at {} for mount ID {id}", mountpoint.display());
                 Ok(json!({ "Mountpoint": mountpoint.display().to_string(), "Err": "" }))
             }
             "VolumeDriver.Unmount" => {
@@ -192,8 +204,13 @@ impl Plugin {
                     .volumes
                     .unmount(name, id)
                     .await
-                    .map_err(volume_error(method))?;
-                tracing::info!(volume = %name, mount_id = %id, filesystem_unmounted = unmounted, "volume unmounted");
+                    .map_err(volume_error(method, name))?;
+                let what = if unmounted {
+                    "unmounted"
+                } else {
+                    "still mounted for its other users"
+                };
+                tracing::info!(volume = %name, mount_id = %id, filesystem_unmounted = unmounted, "volume {name} {what} after Unmount of mount ID {id}");
                 Ok(json!({ "Err": "" }))
             }
             "VolumeDriver.Path" => {
@@ -201,7 +218,7 @@ impl Plugin {
                 let info = self
                     .volumes
                     .get(&request.name)
-                    .map_err(volume_error(method))?;
+                    .map_err(volume_error(method, &request.name))?;
                 let mountpoint = info.mountpoint.map(|p| p.display().to_string());
                 Ok(json!({ "Mountpoint": mountpoint.unwrap_or_default(), "Err": "" }))
             }
@@ -210,7 +227,7 @@ impl Plugin {
                 let info = self
                     .volumes
                     .get(&request.name)
-                    .map_err(volume_error(method))?;
+                    .map_err(volume_error(method, &request.name))?;
                 Ok(json!({ "Volume": volume_json(&info), "Err": "" }))
             }
             "VolumeDriver.List" => {

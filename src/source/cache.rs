@@ -364,7 +364,7 @@ impl SecretCache {
         match fetched {
             Ok(secret) => {
                 if requests.last_error.take().is_some() {
-                    tracing::info!(vault_path = %path, "secret readable again");
+                    tracing::info!(vault_path = %path, "secret {path} readable again");
                 }
                 requests.failing_since = None;
                 *lock(&slot.fresh) = Some((secret.clone(), Instant::now()));
@@ -576,16 +576,16 @@ impl SecretCache {
 fn log_source_error(path: &SecretRef, error: &SourceError, suppressed: u64) {
     match error {
         SourceError::NotFound => {
-            tracing::info!(vault_path = %path, status = "not found", suppressed, "secret read failed")
+            tracing::info!(vault_path = %path, status = "not found", suppressed, "secret {path} not found")
         }
         SourceError::Denied(reason) => {
-            tracing::warn!(vault_path = %path, status = "denied", reason = %reason, suppressed, "secret read failed")
+            tracing::warn!(vault_path = %path, status = "denied", reason = %reason, suppressed, "secret {path}: read denied: {reason}")
         }
         SourceError::Refused(reason) => {
-            tracing::warn!(vault_path = %path, status = "refused", reason = %reason, suppressed, "secret read refused")
+            tracing::warn!(vault_path = %path, status = "refused", reason = %reason, suppressed, "secret {path}: read refused: {reason}")
         }
         SourceError::Unavailable(reason) => {
-            tracing::warn!(vault_path = %path, status = "unavailable", reason = %reason, suppressed, "secret read failed")
+            tracing::warn!(vault_path = %path, status = "unavailable", reason = %reason, suppressed, "secret {path}: read failed: {reason}")
         }
     }
 }

@@ -112,8 +112,12 @@ pub trait VolumeGate: Send + Sync {
 /// Everything a Mount acts on, decided from the record alone: the Vault path and the parsed options. The one place
 /// a volume's name and options are parsed for mounting.
 pub fn plan_mount(record: &VolumeRecord, mountpoint: PathBuf) -> Result<MountPlan, VolumeError> {
-    let path = vault_path(&record.name)?;
     let parsed = VolumeOptions::parse(&record.options)?;
+    // A name is checked as a path even where the `path` option gives the path: names go into mountpoints, unit
+    // names and slot keys, which rely on what a path excludes (control characters, `..`). Podman's and Compose's
+    // plain names are paths of one segment.
+    let named = vault_path(&record.name)?;
+    let path = parsed.path.clone().unwrap_or(named);
     Ok(MountPlan {
         name: record.name.clone(),
         path,
@@ -130,7 +134,7 @@ pub fn decide_access(access: &AccessRules, plan: &MountPlan) -> Result<Grant, Vo
     access
         .decide(plan.parsed.namespace.as_deref(), &plan.path)
         .map_err(|refusal| {
-            tracing::warn!(volume = %plan.name, reason = %refusal, "volume refused by the access rules");
+            tracing::warn!(volume = %plan.name, reason = %refusal, "volume {} refused by the access rules: {refusal}", plan.name);
             VolumeError::from(refusal)
         })
 }
@@ -319,9 +323,9 @@ impl Volumes {
         };
         match (adopted, refusal) {
             (Some(active), Some(refusal)) => {
-                tracing::warn!(volume = %name, reason = %refusal, "stopping a running mount the access rules now refuse");
+                tracing::warn!(volume = %name, reason = %refusal, "stopping a running mount of {name}, which the access rules now refuse: {refusal}");
                 if let Err(reason) = active.unmount().await {
-                    tracing::warn!(volume = %name, %reason, "could not stop the refused mount");
+                    tracing::warn!(volume = %name, %reason, "could not stop the refused mount of {name}: {reason}");
                 }
                 self.book().record_mounts(&key, &MountIds::new())
             }
@@ -482,7 +486,7 @@ impl Volumes {
             Some(state) if state.active.is_alive().await => state,
             // A dead server's mountpoint is never handed out: serve it again, keeping the counts.
             Some(state) => {
-                tracing::warn!(volume = %name, "the mount's server is gone; mounting again");
+                tracing::warn!(volume = %name, "the server of {name}'s mount is gone; mounting it again");
                 let _ = state.active.unmount().await;
                 match self.mount_filesystem(&plan).await {
                     Ok(active) => MountState {
@@ -634,7 +638,7 @@ impl Volumes {
                 tracing::warn!(volume = %name, %reason, "unmount of {name} at shutdown failed");
             }
             if let Err(error) = self.book().record_mounts(&key, &MountIds::new()) {
-                tracing::warn!(volume = %name, %error, "could not clear mount IDs");
+                tracing::warn!(volume = %name, %error, "could not clear the mount IDs of {name}: {error}");
             }
         }
     }
@@ -645,6 +649,17 @@ mod tests {
     use super::*;
     use crate::testing::FakeMounter;
     use crate::testing::MemoryRecordStore as MemoryStore;
+
+    /// A rule with the `[vault]` credentials.
+    fn rule(path: &str, allow: bool, dynamic: bool) -> crate::access::Rule {
+        crate::access::Rule {
+            path: path.into(),
+            namespace: None,
+            allow,
+            own_auth: false,
+            dynamic,
+        }
+    }
 
     async fn volumes() -> (Volumes, MemoryStore, FakeMounter) {
         let store = MemoryStore::default();
@@ -761,15 +776,11 @@ mod tests {
 
     #[tokio::test]
     async fn dynamic_options_need_a_dynamic_rule_and_each_container_gets_its_own_mount() {
-        let rule = |path: &str, dynamic: bool| crate::access::Rule {
-            path: path.into(),
-            namespace: None,
-            allow: true,
-            own_auth: false,
-            dynamic,
-        };
         let access = crate::access::AccessRules::new(
-            vec![rule("database/creds", true), rule("secret", false)],
+            vec![
+                rule("database/creds", true, true),
+                rule("secret", true, false),
+            ],
             "test",
         );
         let mounter = FakeMounter::default();
@@ -850,14 +861,8 @@ mod tests {
     /// per-volume one, by its lease holder, and their Unmounts end them.
     #[tokio::test]
     async fn a_restarted_driver_adopts_dynamic_mounts_by_their_lease_holders() {
-        let rule = |path: &str| crate::access::Rule {
-            path: path.into(),
-            namespace: None,
-            allow: true,
-            own_auth: false,
-            dynamic: true,
-        };
-        let access = crate::access::AccessRules::new(vec![rule("database/creds")], "test");
+        let access =
+            crate::access::AccessRules::new(vec![rule("database/creds", true, true)], "test");
         let store = MemoryStore::default();
         let mounter = FakeMounter::outliving();
         let open = || {
@@ -1016,6 +1021,66 @@ mod tests {
             );
             assert!(error.to_string().contains("credential"), "{error}");
         }
+    }
+
+    /// `-o path=` names the Vault path for a plain name (Podman, Compose); the rules decide that path, whatever
+    /// the name says, and the name must still be a path itself.
+    #[tokio::test]
+    async fn the_path_option_maps_a_plain_name_to_a_vault_path_the_rules_decide() {
+        let access = crate::access::AccessRules::new(
+            vec![
+                rule("secret/admin", false, false),
+                rule("secret", true, false),
+            ],
+            "test",
+        );
+        let mounter = FakeMounter::default();
+        let volumes = Volumes::open_with_access(
+            Box::new(MemoryStore::default()),
+            Box::new(mounter.clone()),
+            PathBuf::from("/run/test/mounts"),
+            access,
+        )
+        .await
+        .unwrap();
+        let path = |value: &str| BTreeMap::from([("path".to_owned(), value.to_owned())]);
+        volumes
+            .create("app1", path("secret/app-1"), "t".into())
+            .await
+            .unwrap();
+        let mountpoint = volumes.mount("app1", "A").await.unwrap();
+        assert_eq!(mountpoint, PathBuf::from("/run/test/mounts/app1"));
+        assert!(
+            mounter.violations().is_empty(),
+            "{:?}",
+            mounter.violations()
+        );
+        let record = volumes.record("app1").unwrap();
+        assert_eq!(
+            plan_mount(&record, mountpoint).unwrap().path.as_str(),
+            "secret/app-1"
+        );
+        // The rules see the path, not the name: a harmless name over a denied path is refused.
+        let refused = volumes
+            .create("harmless", path("secret/admin/root"), "t".into())
+            .await
+            .unwrap_err();
+        assert!(matches!(refused, VolumeError::Refused(_)), "{refused}");
+        for (name, bad) in [("x", "../etc"), ("x", ""), ("x", "secret//a")] {
+            let error = volumes
+                .create(name, path(bad), "t".into())
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(error, VolumeError::BadOption { .. }),
+                "{bad:?}: {error}"
+            );
+        }
+        let error = volumes
+            .create("bad\nname", path("secret/app-1"), "t".into())
+            .await
+            .unwrap_err();
+        assert!(matches!(error, VolumeError::InvalidName { .. }), "{error}");
     }
 
     #[tokio::test]

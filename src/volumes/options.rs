@@ -9,6 +9,10 @@ use super::VolumeError;
 /// `docker volume inspect`, so no option ever carries a credential.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VolumeOptions {
+    /// The Vault path the volume reads (`-o path=secret/app-1`), for names that cannot be one: Podman allows no
+    /// `/` in a volume name, Compose needs a plain name. Not a credential, and the access rules decide it as they
+    /// decide a name. `None`: the volume name is the path.
+    pub path: Option<crate::names::VaultPath>,
     /// This volume's refresh interval, overriding the config's `refresh_interval`.
     pub refresh_interval: Option<std::time::Duration>,
     /// A Vault Enterprise namespace, a child of the configured `vault.namespace`, that this volume reads in.
@@ -91,6 +95,7 @@ impl VolumeOptions {
 
     /// Every option a volume accepts.
     pub const KNOWN: &'static [&'static str] = &[
+        "path",
         "refresh_interval",
         "namespace",
         "uid",
@@ -117,6 +122,13 @@ impl VolumeOptions {
                 reason,
             };
             match option.as_str() {
+                "path" => {
+                    let path =
+                        crate::names::VaultPath::from_volume_name(value).map_err(|reason| {
+                            bad(format!("{value:?} is not a Vault path: {reason}"))
+                        })?;
+                    parsed.path = Some(path);
+                }
                 "uid" | "gid" => {
                     let id: u32 = value
                         .parse()

@@ -355,6 +355,27 @@ impl VaultSource {
         self.lease_owner.adopt(&self.session, accessor, None);
     }
 
+    /// Logs in now and says what the token may do: its policies and the TTL left (`check-config`). Fails with what
+    /// to fix, as [`first_login`](Self::first_login).
+    pub async fn check_login(
+        &self,
+        wait: std::time::Duration,
+    ) -> Result<(Vec<String>, std::time::Duration), VaultSetupError> {
+        self.first_login(wait).await?;
+        let addr = self.session.transport().addresses().join(", ");
+        match tokio::time::timeout(wait, self.session.token_summary()).await {
+            Ok(Ok(summary)) => Ok(summary),
+            Ok(Err(error)) => Err(VaultSetupError::Unreachable {
+                addr,
+                reason: error.to_string(),
+            }),
+            Err(_) => Err(VaultSetupError::Unreachable {
+                addr,
+                reason: format!("lookup-self: no answer within {}s", wait.as_secs_f32()),
+            }),
+        }
+    }
+
     /// Revokes the token this source logged in with (AppRole, cert; never an operator's token_file or inline
     /// token, nor a lent one), bounded by `vault.timeout`, and ends the login. The service itself no longer calls it:
     /// mount units borrow the driver's tokens, and the driver leaves its own to expire so units keep reading while

@@ -238,6 +238,13 @@ impl Session {
         self.namespace.as_deref()
     }
 
+    /// The held token's policies and the TTL left of it, as Vault answers lookup-self now (`check-config`).
+    pub async fn token_summary(&self) -> Result<(Vec<String>, Duration), AuthError> {
+        let (token, _) = self.token();
+        let info = auth::lookup_info(&self.transport, self.namespace(), &token).await?;
+        Ok((info.policies, Duration::from_secs(info.ttl)))
+    }
+
     fn token(&self) -> (Zeroizing<String>, u64) {
         let state = self.state.read().unwrap_or_else(|p| p.into_inner());
         (state.token.clone(), state.generation)
