@@ -112,11 +112,11 @@ pub trait VolumeGate: Send + Sync {
 /// Everything a Mount acts on, decided from the record alone: the Vault path and the parsed options. The one place
 /// a volume's name and options are parsed for mounting.
 pub fn plan_mount(record: &VolumeRecord, mountpoint: PathBuf) -> Result<MountPlan, VolumeError> {
-    let parsed = VolumeOptions::parse(&record.options)?;
-    // A name is checked as a path even where the `path` option gives the path: names go into mountpoints, unit
-    // names and slot keys, which rely on what a path excludes (control characters, `..`). Podman's and Compose's
-    // plain names are paths of one segment.
+    // A name is checked as a path (first, as always) even where the `path` option gives the path: names go into
+    // mountpoints, unit names and slot keys, which rely on what a path excludes (control characters, `..`).
+    // Podman's and Compose's plain names are paths of one segment.
     let named = vault_path(&record.name)?;
+    let parsed = VolumeOptions::parse(&record.options)?;
     let path = parsed.path.clone().unwrap_or(named);
     Ok(MountPlan {
         name: record.name.clone(),
