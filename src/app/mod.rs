@@ -22,7 +22,7 @@ use crate::access::AuthScope;
 use crate::config::Config;
 use crate::lease::journal::LeaseJournal;
 use crate::lease::reaper;
-use crate::mount::in_process::{start_keeper, InProcessMount, Leases};
+use crate::mount::in_process::{InProcessMount, Leases};
 use crate::mount::mountpoint::{clean_stale_mounts, detach};
 use crate::mount::{MountError, MountPlan};
 use crate::plugin::{server, Plugin};
@@ -207,19 +207,9 @@ pub async fn run_mount_unit(
             None => None,
         },
     };
-    let keeper = start_keeper(&plan, &caches, &leases).await?;
-    let router = caches.router(plan.parsed.namespace.as_deref());
     let fs_options = plan.parsed.fs_options(&config.fs_options());
-    let mount = match InProcessMount::serve_with(&plan, router, keeper.clone(), fs_options).await {
-        Ok(mount) => mount,
-        Err(error) => {
-            // Nothing will serve the credential just issued.
-            if let Some(keeper) = keeper {
-                keeper.finish().await;
-            }
-            return Err(error.into());
-        }
-    };
+    let mount = InProcessMount::serve_planned(&plan, &caches, &leases, fs_options).await?;
+    let keeper = mount.filesystem().lease().cloned();
     tracing::info!(
         volume = %plan.name,
         vault_path = %plan.path,

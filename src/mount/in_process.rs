@@ -75,8 +75,31 @@ impl InProcessMount {
         Self::serve_with(plan, router, None, fs_options).await
     }
 
+    /// Serves the planned volume reading through `caches`: a dynamic volume's files show the lease its keeper
+    /// starts here (the Mount waits for the first credential). The one way the driver's in-process mounts and a
+    /// mount unit mount; a credential issued for a mount that then fails is revoked at once.
+    pub async fn serve_planned(
+        plan: &MountPlan,
+        caches: &Arc<VolumeCaches>,
+        leases: &Leases,
+        fs_options: FsOptions,
+    ) -> Result<InProcessMount, MountError> {
+        let router = caches.router(plan.parsed.namespace.as_deref());
+        let keeper = start_keeper(plan, caches, leases).await?;
+        match Self::serve_with(plan, router, keeper.clone(), fs_options).await {
+            Ok(mount) => Ok(mount),
+            Err(error) => {
+                // Nothing will serve the credential just issued: revoke it now.
+                if let Some(keeper) = keeper {
+                    keeper.finish().await;
+                }
+                Err(error)
+            }
+        }
+    }
+
     /// [`serve`](Self::serve), with a dynamic volume's files showing what `keeper` holds.
-    pub async fn serve_with(
+    async fn serve_with(
         plan: &MountPlan,
         router: Arc<dyn SecretRouter>,
         keeper: Option<Arc<LeaseKeeper>>,
@@ -166,29 +189,16 @@ impl ActiveMount for InProcessMount {
 #[async_trait::async_trait]
 impl Mounter for InProcessMounter {
     async fn mount(&self, plan: &MountPlan) -> Result<Box<dyn ActiveMount>, MountError> {
-        let namespace = plan.parsed.namespace.as_deref();
-        let router = self.caches.router(namespace);
         let fs_options = plan.parsed.fs_options(&self.fs_options);
-        let keeper = start_keeper(plan, &self.caches, &self.leases).await?;
-        let mount = match InProcessMount::serve_with(plan, router, keeper.clone(), fs_options).await
-        {
-            Ok(mount) => mount,
-            Err(error) => {
-                // Nothing will serve the credential just issued: revoke it now.
-                if let Some(keeper) = keeper {
-                    keeper.finish().await;
-                }
-                return Err(error);
-            }
-        };
+        let mount =
+            InProcessMount::serve_planned(plan, &self.caches, &self.leases, fs_options).await?;
         Ok(Box::new(mount))
     }
 }
 
-/// Issues a dynamic volume's first credential and starts keeping its lease (`None`: a KV volume). The one way the
-/// driver's in-process mounts and a mount unit start a lease. A Mount waits for it: a container never starts with
-/// empty files.
-pub async fn start_keeper(
+/// Issues a dynamic volume's first credential and starts keeping its lease (`None`: a KV volume). A Mount waits for
+/// it: a container never starts with empty files.
+async fn start_keeper(
     plan: &MountPlan,
     caches: &Arc<VolumeCaches>,
     leases: &Leases,
