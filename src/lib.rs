@@ -11,6 +11,7 @@
 //! - [`access`]: the access rules, decided for every path read.
 //! - [`names`]: Vault paths, views (`name@N`, `name#field`) and escaping.
 //! - [`config`]: the layered configuration and the command line.
+//! - [`status`]: each mount's health and the driver's status, and the root-only control socket that answers it.
 //! - [`sys`]: process hardening, logging and ownership checks of root-only files.
 #![forbid(unsafe_code)]
 
@@ -23,6 +24,7 @@ pub mod mount;
 pub mod names;
 pub mod plugin;
 pub mod source;
+pub mod status;
 pub mod sys;
 #[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]

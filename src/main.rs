@@ -55,6 +55,9 @@ fn main() -> ExitCode {
     if let Some(Command::CheckConfig) = cli.command {
         return check_config(&config_path, &flags);
     }
+    if let Some(Command::Status { json }) = cli.command {
+        return status(&config_path, required, &flags, json);
+    }
     let config = match Config::load(&config_path, required, &flags) {
         Ok(config) => config,
         Err(error) => {
@@ -177,6 +180,75 @@ fn check_config(
     let checked = runtime.block_on(app::check_config(&config, path));
     print!("{}", checked.report);
     if checked.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Exit status of `status` when the driver cannot be asked (LSB's "program is not running").
+const EXIT_NOT_RUNNING: u8 = 3;
+
+/// `status`: asks the running driver over its control socket; exits 0 healthy, 1 unhealthy, 3 not answering.
+fn status(
+    path: &std::path::Path,
+    required: bool,
+    flags: &docker_volume_libsecret::config::FlagOverrides,
+    json: bool,
+) -> ExitCode {
+    use docker_volume_libsecret::status::control::{ask, ControlReply, ControlRequest};
+    let config = match Config::load(path, required, flags) {
+        Ok(config) => config,
+        // The config is root-only (it may hold a token), as is the control socket.
+        Err(error) if !nix::unistd::geteuid().is_root() => {
+            eprintln!(
+                "{error}\nstatus needs root: the config and the driver's control socket are root-only \
+                 (sudo docker-volume-libsecret status)"
+            );
+            return ExitCode::from(EXIT_NOT_RUNNING);
+        }
+        Err(error) => {
+            eprintln!("invalid configuration: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("could not start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The driver asks Vault for the status (within vault.timeout): wait a little longer than that.
+    let wait = config.vault.timeout + std::time::Duration::from_secs(5);
+    let socket = config.control_socket();
+    let reply = runtime.block_on(ask(&socket, &ControlRequest::Status, wait));
+    let status = match reply {
+        Ok(ControlReply::Status(status)) => status,
+        Ok(other) => {
+            eprintln!("the driver answered {other:?} to a status request");
+            return ExitCode::from(EXIT_NOT_RUNNING);
+        }
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::from(EXIT_NOT_RUNNING);
+        }
+    };
+    if json {
+        match serde_json::to_string_pretty(&status) {
+            Ok(text) => println!("{text}"),
+            Err(error) => {
+                eprintln!("{error}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        print!("{}", docker_volume_libsecret::status::render_text(&status));
+    }
+    if status.is_healthy() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -17,6 +17,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use docker_volume_libsecret::mount::broker::bind_root_only;
+use docker_volume_libsecret::mount::systemd::unit_name;
+use docker_volume_libsecret::status::control::{self, Control, Controlled, UnitReport};
+use docker_volume_libsecret::status::DriverStatus;
 use serde_json::json;
 use support::driver::{Driver, BINARY};
 use support::openbao::OpenBao;
@@ -344,6 +348,61 @@ fn a_unit_without_a_driver_mounts_gives_eio_and_reads_once_the_driver_lends_a_to
         "the unit says where it waits for its token:\n{}",
         unit.log()
     );
+}
+
+/// Keeps every report a control socket gets.
+#[derive(Default)]
+struct RecordedReports(std::sync::Mutex<Vec<UnitReport>>);
+
+#[async_trait::async_trait]
+impl Controlled for RecordedReports {
+    async fn status(&self) -> DriverStatus {
+        unreachable!("units only report")
+    }
+    fn report(&self, report: UnitReport) -> Result<(), String> {
+        self.0.lock().unwrap().push(report);
+        Ok(())
+    }
+}
+
+#[test]
+fn a_unit_reports_its_health_to_the_control_socket_under_its_unit_name() {
+    let (_bao, setup) = two_roles();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let reports = std::sync::Arc::new(RecordedReports::default());
+    let socket = setup.dir.path().join("run/control.sock");
+    {
+        let _entered = runtime.enter();
+        let listener = bind_root_only(&socket, "control socket").unwrap();
+        let control = Control::new(0, reports.clone());
+        runtime.spawn(control::run(
+            std::sync::Arc::new(control),
+            listener,
+            std::future::pending(),
+        ));
+    }
+    // No driver lends a token: the read fails, and the unit's next report says which lookup failed.
+    let unit = setup.unit("secret/app-1", "child");
+    let error = read(&setup.dir.path().join("child/db")).unwrap_err();
+    assert_eq!(error.raw_os_error(), Some(nix::libc::EIO));
+    let reported = support::wait_until(
+        "a report naming the failed lookup",
+        Duration::from_secs(15),
+        || {
+            reports.0.lock().unwrap().iter().any(|r| {
+                r.health
+                    .last_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("looking up secret/app-1/db: Vault unavailable"))
+            })
+        },
+    );
+    assert!(reported < Duration::from_secs(15), "{}", unit.log());
+    let recorded = reports.0.lock().unwrap();
+    let report = recorded.last().unwrap();
+    assert_eq!(report.unit, unit_name("secret/app-1"));
+    assert_eq!(report.volume, "secret/app-1");
+    assert!(!report.health.stale);
 }
 
 #[test]

@@ -274,6 +274,7 @@ fn install_enable_and_read_a_secret_with_socket_activation_and_journald() {
     ));
     assert_eq!(host.mount_units().len(), 1);
     check_mount_unit_hardening(&host);
+    check_status_of_a_unit_mount(&host);
     let procs = host.exec_ok(
         "for p in $(pgrep -f '^/usr/bin/docker-volume-libsecret'); do tr '\\0' ' ' < /proc/$p/cmdline; echo; \
          tr '\\0' '\\n' < /proc/$p/environ; done",
@@ -323,6 +324,39 @@ fn install_enable_and_read_a_secret_with_socket_activation_and_journald() {
     );
     let leftovers = host.exec_ok("ls -A /run/docker-volume-libsecret/mounts");
     assert!(leftovers.trim().is_empty(), "mountpoints left: {leftovers}");
+}
+
+/// `status` and `docker volume inspect` of the holder's volume: the mount unit reports its health to the driver
+/// (every 5 s), so both show which unit serves it and its last refresh; `status` exits 0 and shows no credential.
+fn check_status_of_a_unit_mount(host: &Host) {
+    let unit = host.mount_units().remove(0);
+    let mut shown = serde_json::Value::Null;
+    host.wait_for("the mount unit's health report", || {
+        let (code, out, _) = host.exec("docker-volume-libsecret status --json");
+        shown = serde_json::from_str(&out).unwrap_or_default();
+        code == 0 && !shown["volumes"][0]["mounts"][0]["health"].is_null()
+    });
+    let mount = &shown["volumes"][0]["mounts"][0];
+    assert_eq!(mount["unit"], unit.as_str(), "{shown:#}");
+    assert_eq!(shown["mount_mode"], "systemd", "{shown:#}");
+    assert_eq!(shown["vault"]["reachable"], true, "{shown:#}");
+    let text = host.exec_ok("docker-volume-libsecret status");
+    assert!(
+        text.contains("healthy") && text.contains(&format!("served by {unit}")),
+        "{text}"
+    );
+    assert!(!text.contains(&host.token) && !shown.to_string().contains(&host.token));
+    let inspect = host.exec_ok("docker volume inspect --format '{{json .Status}}' secret/app-1/");
+    let status: serde_json::Value = serde_json::from_str(inspect.trim()).unwrap();
+    assert_eq!(status["Healthy"], true, "{status}");
+    assert_eq!(status["Units"][0], unit.as_str(), "{status}");
+    // As a user other than root: refused, with what to do.
+    let (code, _, err) = host
+        .exec("setpriv --reuid=65534 --regid=65534 --clear-groups docker-volume-libsecret status");
+    assert!(
+        code == 3 && err.contains("status needs root"),
+        "{code} {err}"
+    );
 }
 
 /// A mount unit parses every FUSE request a container sends: it carries the service's hardening (without anything

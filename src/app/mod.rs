@@ -6,6 +6,7 @@
 
 mod backend;
 mod check;
+mod control;
 mod health;
 mod mounting;
 
@@ -26,6 +27,7 @@ use crate::mount::in_process::{InProcessMount, Leases};
 use crate::mount::mountpoint::{clean_stale_mounts, detach};
 use crate::mount::{MountError, MountPlan};
 use crate::plugin::{server, Plugin};
+use crate::status::UnitReports;
 use crate::volumes::store::DirRecordStore;
 use crate::volumes::{lease_plan, plan_mount, StoreError, VolumeError, VolumeRecord, Volumes};
 
@@ -96,17 +98,20 @@ pub async fn run(
     );
     let leases = Leases {
         policy: config.lease_policy(),
-        journal: Some(journal),
+        journal: Some(journal.clone()),
     };
-    let (mounter, lending) = mounting::choose_mounter(
+    let reports = Arc::new(UnitReports::default());
+    let chosen = mounting::choose_mounter(
         &config,
         unit_args,
         caches.clone(),
         &logins,
         leases,
         reap_trigger,
+        reports.clone(),
     )
     .await?;
+    let (mounter, lending) = (chosen.mounter, chosen.lending);
     for path in clean_stale_mounts(&config.mount_root) {
         tracing::info!(mountpoint = %path.display(), "removed a leftover mountpoint");
     }
@@ -130,11 +135,28 @@ pub async fn run(
     );
     let status = status_line(&volumes, &logins);
     let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+    let control = control::start(
+        config.control_socket(),
+        control::DriverControl {
+            volumes: volumes.clone(),
+            logins: logins.clone(),
+            journal,
+            reports,
+            backend: match config.backend() {
+                crate::config::BackendKind::Vault => "vault",
+                crate::config::BackendKind::File => "file",
+            },
+            mount_mode: chosen.mode,
+        },
+    );
     let health = tokio::spawn(health::report(volumes.clone(), logins));
 
     server::run(listener, Plugin::new(volumes.clone()), shutdown).await;
 
     health.abort();
+    if let Some(control) = control {
+        control.abort();
+    }
     reaper.abort();
     if let Some(lending) = lending {
         // Units keep the tokens they hold (valid until their TTL) and find the next driver on the same path.
@@ -218,9 +240,16 @@ pub async fn run_mount_unit(
         "serving mount of {}",
         plan.name
     );
+    let reporter = control::spawn_reporter(
+        config.control_socket(),
+        crate::mount::systemd::unit_of(&plan),
+        plan.name.clone(),
+        mount.filesystem().health().clone(),
+    );
     let status = format!("serving {} at {}", plan.name, plan.mountpoint.display());
     let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
     shutdown.await;
+    reporter.abort();
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
     let ended = end_mount_unit(&plan, mount).await;
     if let Some(keeper) = keeper {

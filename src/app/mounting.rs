@@ -16,6 +16,7 @@ use crate::mount::systemd::{
 use crate::mount::Mounter;
 use crate::source::router::VolumeCaches;
 use crate::source::vault::VaultSource;
+use crate::status::UnitReports;
 
 use super::AppError;
 
@@ -61,8 +62,18 @@ fn start_broker(
     )))
 }
 
+/// The mounter chosen.
+pub struct Chosen {
+    pub mounter: Box<dyn Mounter>,
+    /// The token broker lending mount units the driver's tokens, if it runs.
+    pub lending: Option<tokio::task::JoinHandle<()>>,
+    /// `in-process` or `systemd`, as `status` shows it.
+    pub mode: &'static str,
+}
+
 /// The mounter, and for mount units the token broker lending them the driver's tokens. `unit_args` are the
-/// (non-secret) arguments a mount unit is started with before `serve-mount`.
+/// (non-secret) arguments a mount unit is started with before `serve-mount`; `reports` keeps the health units
+/// report.
 pub async fn choose_mounter(
     config: &Config,
     unit_args: Vec<String>,
@@ -70,7 +81,8 @@ pub async fn choose_mounter(
     logins: &[(AuthScope, Arc<VaultSource>)],
     leases: Leases,
     reap_trigger: ReapTrigger,
-) -> Result<(Box<dyn Mounter>, Option<tokio::task::JoinHandle<()>>), AppError> {
+    reports: Arc<UnitReports>,
+) -> Result<Chosen, AppError> {
     let systemd_host = Path::new("/run/systemd/system").is_dir();
     let mut use_units = match config.mount_mode {
         MountMode::InProcess => false,
@@ -104,7 +116,11 @@ pub async fn choose_mounter(
             "mounts are served by the driver process"
         );
         let mounter = InProcessMounter::new(caches, config.fs_options()).with_leases(leases);
-        return Ok((Box::new(mounter), None));
+        return Ok(Chosen {
+            mounter: Box::new(mounter),
+            lending,
+            mode: "in-process",
+        });
     }
     let template = MountUnitTemplate {
         executable: std::env::current_exe().map_err(AppError::CurrentExe)?,
@@ -117,12 +133,16 @@ pub async fn choose_mounter(
             + Duration::from_secs(10),
         access: config.access_rules(),
     };
-    let mounter = SystemdMounter::connect(template, reap_trigger)
+    let mounter = SystemdMounter::connect(template, reap_trigger, reports)
         .await
         .map_err(AppError::Systemd)?;
     tracing::info!(
         mount_mode = "systemd",
         "each mount is served by a transient systemd unit (a dynamic volume's: one per lease, which it keeps)"
     );
-    Ok((Box::new(mounter), lending))
+    Ok(Chosen {
+        mounter: Box::new(mounter),
+        lending,
+        mode: "systemd",
+    })
 }

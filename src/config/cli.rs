@@ -81,6 +81,15 @@ pub enum Command {
     /// rule's credentials, and print what each rule allows with which policies. Exits non-zero on any problem. The
     /// running driver is not touched.
     CheckConfig,
+    /// Show the running driver's state: each volume with its mounts and units, their last refresh, stale flag
+    /// and last error, the Vault node and whether it answers, each login's token TTL and next renewal, and the
+    /// leases of dynamic volumes. Asks the driver over its root-only control socket. Exits 0 when healthy, 1 when
+    /// unhealthy, 3 when the driver cannot be asked.
+    Status {
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the man page (roff) to standard output, or with --out-dir write one page per command there.
     #[command(hide = true)]
     Man {

@@ -97,6 +97,9 @@ pub struct Config {
     /// once per set of credentials and lends the tokens to its mount units over it, so only the driver reads
     /// credential files.
     pub broker_socket: PathBuf,
+    /// The control socket `docker-volume-libsecret status` asks and mount units report their health to (root-only
+    /// like the broker's). Unset: `control.sock` beside `broker_socket`.
+    pub control_socket: Option<PathBuf>,
     /// Owner of the files and directory of every volume (numeric); a volume's `uid` option overrides it.
     pub uid: u32,
     /// Group of the files and directory of every volume (numeric); a volume's `gid` option overrides it.
@@ -404,6 +407,7 @@ impl Default for Config {
             negative_ttl: Duration::from_secs(5),
             mount_mode: MountMode::Auto,
             broker_socket: PathBuf::from(crate::mount::broker::DEFAULT_SOCKET),
+            control_socket: None,
             audit: true,
             audit_interval: Duration::from_secs(60),
             audit_every_open: false,
@@ -593,6 +597,14 @@ fn without_value(kind: &figment::error::Kind) -> String {
 }
 
 impl Config {
+    /// The control socket: `control_socket`, or `control.sock` beside the broker's socket.
+    pub fn control_socket(&self) -> PathBuf {
+        match &self.control_socket {
+            Some(path) => path.clone(),
+            None => self.broker_socket.with_file_name("control.sock"),
+        }
+    }
+
     /// Ownership, modes and refresh of the files the mounts show.
     pub fn fs_options(&self) -> crate::fs::FsOptions {
         crate::fs::FsOptions {

@@ -28,6 +28,7 @@ use crate::names::{FileName, SecretRef, VaultPath, View};
 use crate::source::cache::{Listed, SecretCache};
 use crate::source::limits::{BudgetLimits, RequestBudget};
 use crate::source::{SecretBytes, SourceError};
+use crate::status::MountHealth;
 
 /// The root directory's inode number (FUSE's fixed value).
 pub const ROOT_INODE: u64 = 1;
@@ -272,7 +273,8 @@ impl InodeTable {
 /// One mounted volume's filesystem.
 pub struct SecretFs {
     root: VaultPath,
-    serving_stale: std::sync::atomic::AtomicBool,
+    /// Last refresh, stale flag and last error, for `status` and `docker volume inspect`.
+    health: Arc<MountHealth>,
     router: Arc<dyn SecretRouter>,
     options: FsOptions,
     /// Every Vault request this mount makes passes it (then the process's): a container flooding this volume
@@ -307,7 +309,7 @@ impl SecretFs {
         SecretFs {
             budget: RequestBudget::new(root.as_str(), options.volume_limits),
             root: root.clone(),
-            serving_stale: std::sync::atomic::AtomicBool::new(false),
+            health: MountHealth::new(),
             router,
             options,
             inodes: Mutex::new(InodeTable::new(root)),
@@ -441,6 +443,23 @@ impl SecretFs {
     }
 
     async fn resolve_name(
+        &self,
+        parent: u64,
+        dir: &VaultPath,
+        name: &OsStr,
+        parsed: LookupName,
+    ) -> Result<NodeAttr, FsError> {
+        let resolved = self.resolve_parsed(parent, dir, name, parsed).await;
+        if let Err(FsError::SourceUnavailable) = resolved {
+            self.health.failed(format!(
+                "looking up {dir}/{}: Vault unavailable",
+                name.to_string_lossy()
+            ));
+        }
+        resolved
+    }
+
+    async fn resolve_parsed(
         &self,
         parent: u64,
         dir: &VaultPath,
@@ -654,7 +673,9 @@ impl SecretFs {
     /// last value keeps being served. Returns how many names were retired.
     pub async fn refresh(&self) -> usize {
         // A refresh never mints a credential: a dynamic volume's files change only when its keeper switches leases.
-        if self.lease.is_some() {
+        if let Some(keeper) = &self.lease {
+            // Its health is the keeper's: whether the lease is renewed and its credential valid.
+            self.health.refreshed(false, keeper.trouble());
             return 0;
         }
         let in_use: Vec<(NodeKey, u64)> = self
@@ -676,6 +697,7 @@ impl SecretFs {
         let max_age = self.options.refresh_interval / 2;
         let mut retired = 0;
         let mut stale_paths = 0;
+        let mut failure = None;
         for (path, nodes) in by_path {
             // Within stale_ttl of an outage the cache answers with the last value; an error means the secret is
             // gone, denied, or unreachable for longer than that: its names are retired, so readers get the error.
@@ -688,7 +710,12 @@ impl SecretFs {
                     stale_paths += usize::from(stale);
                     Some(secret)
                 }
-                Err(_) => None,
+                // Gone from Vault is news, not a failure.
+                Err(SourceError::NotFound) => None,
+                Err(error) => {
+                    failure = Some(format!("refreshing {path}: {error}"));
+                    None
+                }
             };
             for (key, ino) in nodes {
                 let NodeKey::File(_, view) = &key else {
@@ -723,14 +750,18 @@ impl SecretFs {
             }
         }
         self.note_outage(stale_paths);
+        self.health.refreshed(stale_paths > 0, failure);
         retired
+    }
+
+    /// This mount's health (shared: it changes as the filesystem reads).
+    pub fn health(&self) -> &Arc<MountHealth> {
+        &self.health
     }
 
     /// One warning per volume when it starts serving stale values, and one line when it recovers.
     fn note_outage(&self, stale_paths: usize) {
-        let was = self
-            .serving_stale
-            .swap(stale_paths > 0, std::sync::atomic::Ordering::Relaxed);
+        let was = self.health.is_stale();
         match (was, stale_paths > 0) {
             (false, true) => tracing::warn!(
                 volume_path = %self.root,
@@ -1550,7 +1581,7 @@ mod tests {
         assert_eq!(fs.refresh().await, 0);
         assert_eq!(content(&fs, attr.ino), "app");
         assert!(fs.getattr(attr.ino).is_ok());
-        assert!(fs.serving_stale.load(std::sync::atomic::Ordering::Relaxed));
+        assert!(fs.health().is_stale());
         // A name the kernel forgot is still served from memory during the outage.
         assert_eq!(cat(&fs, ROOT_INODE, "db#password").await.unwrap(), "pw");
         // Past stale_ttl the names are retired and readers get EIO; never-read keys get EIO all along.
@@ -1566,7 +1597,7 @@ mod tests {
         assert_eq!(cat(&fs, ROOT_INODE, "db#user").await.unwrap(), "app");
         settle().await;
         fs.refresh().await;
-        assert!(!fs.serving_stale.load(std::sync::atomic::Ordering::Relaxed));
+        assert!(!fs.health().is_stale());
     }
 
     #[tokio::test]

@@ -357,47 +357,72 @@ impl Accept for UnixListener {
 }
 
 /// Answers connections from `listener` until `shutdown` completes.
-pub async fn run<A: Accept>(
-    broker: Arc<Broker>,
+pub async fn run<A: Accept>(broker: Arc<Broker>, listener: A, shutdown: impl Future<Output = ()>) {
+    accept_until(listener, shutdown, "token broker", move |stream, uid| {
+        let broker = broker.clone();
+        async move { broker.serve(uid, stream).await }
+    })
+    .await;
+}
+
+/// Hands each connection from `listener` to a task of its own, `handle(stream, peer uid)`, until `shutdown`
+/// completes. `what` names the socket in the log line of a listener that fails.
+pub async fn accept_until<A, Handle, Handled>(
     mut listener: A,
     shutdown: impl Future<Output = ()>,
-) {
+    what: &str,
+    handle: Handle,
+) where
+    A: Accept,
+    Handle: Fn(A::Stream, Option<u32>) -> Handled,
+    Handled: Future<Output = ()> + Send + 'static,
+{
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, uid) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
-                    tracing::warn!(%error, "the token broker stopped accepting connections");
+                    tracing::warn!(%error, "the {what} stopped accepting connections");
                     return;
                 }
             },
             () = &mut shutdown => return,
         };
-        let broker = broker.clone();
-        tokio::spawn(async move { broker.serve(uid, stream).await });
+        tokio::spawn(handle(stream, uid));
     }
 }
 
 /// Why the control socket could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
-    #[error("token broker socket {path}: {source}")]
+    #[error("{what} {path}: {source}")]
     Io {
+        what: &'static str,
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("token broker socket {path}: another driver answers on it; give this one its own broker_socket")]
-    InUse { path: PathBuf },
-    #[error("token broker socket {path}: its directory is not root-only ({reason}); mount units' tokens would be reachable by others")]
-    Directory { path: PathBuf, reason: String },
+    #[error("{what} {path}: another driver answers on it; give this one its own socket path in the config")]
+    InUse { what: &'static str, path: PathBuf },
+    #[error("{what} {path}: its directory is not root-only ({reason}); what it serves would be reachable by others")]
+    Directory {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
 }
 
 /// Binds the control socket at `path`: its directory created 0700 if missing (and refused unless owned by this uid
 /// and closed to others), the socket 0600 from birth. A leftover socket of an earlier driver is replaced; one that
 /// another live driver answers on is not.
 pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
+    bind_root_only(path, "token broker socket")
+}
+
+/// Binds a root-only socket at `path` as [`bind`] does; `what` names it in errors.
+pub fn bind_root_only(path: &Path, what: &'static str) -> Result<UnixListener, BindError> {
     let io = |source| BindError::Io {
+        what,
         path: path.to_owned(),
         source,
     };
@@ -414,6 +439,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
         use std::os::unix::fs::MetadataExt;
         if metadata.uid() != own_uid || mode & 0o077 != 0 {
             return Err(BindError::Directory {
+                what,
                 path: path.to_owned(),
                 reason: format!(
                     "{} is owned by uid {} with mode {mode:04o}",
@@ -426,6 +452,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
     // A socket someone answers on is another driver's (one run in the foreground beside the service): not taken.
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
         return Err(BindError::InUse {
+            what,
             path: path.to_owned(),
         });
     }

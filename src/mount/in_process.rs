@@ -184,6 +184,10 @@ impl ActiveMount for InProcessMount {
     fn outlives_driver(&self) -> bool {
         false
     }
+
+    fn health_probe(&self) -> crate::status::HealthProbe {
+        crate::status::HealthProbe::Filesystem(self.fs.health().clone())
+    }
 }
 
 #[async_trait::async_trait]

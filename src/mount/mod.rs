@@ -94,6 +94,10 @@ pub trait ActiveMount: Send + Sync + std::fmt::Debug {
     async fn is_alive(&self) -> bool;
     /// Whether the mount outlives the driver process (a systemd unit) and must be left running at shutdown.
     fn outlives_driver(&self) -> bool;
+    /// Where its health is read (by `docker volume inspect` and `status`, which never wait for the mount).
+    fn health_probe(&self) -> crate::status::HealthProbe {
+        crate::status::HealthProbe::Unknown
+    }
 }
 
 /// Mounts a volume's filesystem as planned.

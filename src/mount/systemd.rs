@@ -8,6 +8,7 @@
 //! environment or unit properties.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use zbus::zvariant::{OwnedObjectPath, Value};
@@ -16,6 +17,7 @@ use crate::lease::reaper::ReapTrigger;
 use crate::mount::mountpoint::{detach, is_stale_mount, prepare_mountpoint, remove_mountpoint};
 use crate::mount::{ActiveMount, MountError, MountPlan, Mounter};
 use crate::names::sha256_hex;
+use crate::status::{HealthProbe, UnitReports};
 
 /// Every mount unit's name starts with this.
 pub const UNIT_PREFIX: &str = "docker-volume-libsecret-mount-";
@@ -114,7 +116,7 @@ pub fn lease_unit_name(volume: &str, holder: &str) -> String {
 }
 
 /// The unit serving the planned mount.
-fn unit_of(plan: &MountPlan) -> String {
+pub fn unit_of(plan: &MountPlan) -> String {
     match &plan.lease {
         Some(lease) => lease_unit_name(&plan.name, &lease.holder),
         None => unit_name(&plan.name),
@@ -248,6 +250,8 @@ pub struct SystemdMounter {
     template: MountUnitTemplate,
     /// Asked for a journal pass after a dynamic volume's unit stops: if it had died, nobody else revokes its lease.
     reap_trigger: ReapTrigger,
+    /// What the units report about their filesystems over the control socket.
+    reports: Arc<UnitReports>,
 }
 
 impl std::fmt::Debug for SystemdMounter {
@@ -262,6 +266,7 @@ impl SystemdMounter {
     pub async fn connect(
         template: MountUnitTemplate,
         reap_trigger: ReapTrigger,
+        reports: Arc<UnitReports>,
     ) -> Result<Self, UnitError> {
         let connection = zbus::Connection::system().await?;
         let manager = ManagerProxy::new(&connection).await?;
@@ -270,6 +275,7 @@ impl SystemdMounter {
             connection,
             template,
             reap_trigger,
+            reports,
         })
     }
 
@@ -572,8 +578,16 @@ impl ActiveMount for UnitMount {
             Ok::<(), MountError>(())
         })
         .await??;
+        self.mounter.reports.forget(&self.unit);
         tracing::info!(volume = %self.volume, unit = %self.unit, mountpoint = %self.mountpoint.display(), "mount unit of {} stopped", self.volume);
         Ok(())
+    }
+
+    fn health_probe(&self) -> HealthProbe {
+        HealthProbe::Unit {
+            unit: self.unit.clone(),
+            reports: self.mounter.reports.clone(),
+        }
     }
 
     async fn is_alive(&self) -> bool {

@@ -97,12 +97,70 @@ fn now_rfc3339() -> String {
         .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
 }
 
+fn rfc3339(unix: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix))
+        .to_string()
+}
+
+/// What `docker volume inspect` shows under `Status`: the mount count, and for a mounted volume its health over
+/// all its mounts (a dynamic volume has one per lease): the oldest last refresh, whether any serves stale values,
+/// and the latest error.
+fn status_json(info: &VolumeInfo) -> Value {
+    let mut status = serde_json::Map::new();
+    status.insert("Mounts".into(), json!(info.mount_ids));
+    status.insert("Path".into(), json!(info.path));
+    if info.mounts.is_empty() {
+        return Value::Object(status);
+    }
+    let reported: Vec<_> = info
+        .mounts
+        .iter()
+        .filter_map(|m| m.health.as_ref())
+        .collect();
+    let healthy = reported.len() == info.mounts.len() && reported.iter().all(|h| h.is_healthy());
+    status.insert("Healthy".into(), json!(healthy));
+    status.insert("Stale".into(), json!(reported.iter().any(|h| h.stale)));
+    let oldest_refresh = reported.iter().map(|h| h.last_refresh).min().flatten();
+    status.insert(
+        "LastRefresh".into(),
+        json!(oldest_refresh.map_or_else(|| "none yet".to_owned(), rfc3339)),
+    );
+    let latest_error = reported
+        .iter()
+        .filter_map(|h| h.last_error.as_ref().zip(h.last_error_at))
+        .max_by_key(|(_, at)| *at);
+    if let Some((error, at)) = latest_error {
+        status.insert(
+            "LastError".into(),
+            json!(format!("{}: {error}", rfc3339(at))),
+        );
+    }
+    if reported.len() < info.mounts.len() {
+        status.insert(
+            "Unreported".into(),
+            json!("a mount unit has not reported its health yet"),
+        );
+    }
+    let units: Vec<&str> = info
+        .mounts
+        .iter()
+        .filter_map(|m| m.unit.as_deref())
+        .collect();
+    if !units.is_empty() {
+        status.insert("Units".into(), json!(units));
+    }
+    if info.mounts.iter().any(|m| m.holder.is_some()) {
+        status.insert("Leases".into(), json!(info.mounts.len()));
+    }
+    Value::Object(status)
+}
+
 fn volume_json(info: &VolumeInfo) -> Value {
     json!({
         "Name": info.name,
         "Mountpoint": info.mountpoint.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
         "CreatedAt": info.created_at,
-        "Status": { "Mounts": info.mount_ids },
+        "Status": status_json(info),
     })
 }
 

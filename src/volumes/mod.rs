@@ -16,6 +16,7 @@ use crate::access::{AccessRules, Grant};
 use crate::lease::{IssueRequest, LeaseSharing, VOLUME_HOLDER};
 use crate::mount::{ActiveMount, LeasePlan, MountError, MountPlan, Mounter};
 use crate::names::{escape_component, NameError, VaultPath};
+use crate::status::{HealthProbe, MountStatus};
 
 mod options;
 pub mod store;
@@ -201,9 +202,13 @@ fn volume_of(key: &str) -> &str {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VolumeInfo {
     pub name: String,
+    /// The Vault path it reads.
+    pub path: String,
     pub mountpoint: Option<PathBuf>,
     pub created_at: String,
     pub mount_ids: usize,
+    /// Each live mount (a dynamic volume has one per lease), with its health.
+    pub mounts: Vec<MountStatus>,
 }
 
 /// The bookkeeping: quick to update, never locked across an await.
@@ -214,6 +219,8 @@ struct Book {
     slots: HashMap<String, Slot>,
     /// Mount IDs per live slot, as the slots hold them, so Get and List never wait for a mount.
     mounted: HashMap<String, usize>,
+    /// Where each live slot's health is read, for the same reason.
+    probes: HashMap<String, HealthProbe>,
 }
 
 impl Book {
@@ -221,10 +228,33 @@ impl Book {
     fn record_mounts(&mut self, key: &str, ids: &MountIds) -> Result<(), StoreError> {
         if ids.is_empty() {
             self.mounted.remove(key);
+            self.probes.remove(key);
         } else {
             self.mounted.insert(key.to_owned(), ids.len());
         }
         self.store.save_mounts(key, ids)
+    }
+
+    /// Each live mount of volume `name`: its holder, mount count, server and health.
+    fn mounts_of(&self, name: &str) -> Vec<MountStatus> {
+        let mut mounts: Vec<MountStatus> = self
+            .mounted
+            .iter()
+            .filter(|(key, _)| volume_of(key) == name)
+            .map(|(key, count)| {
+                let probe = self.probes.get(key);
+                MountStatus {
+                    holder: key
+                        .split_once(HOLDER_SEPARATOR)
+                        .map(|(_, holder)| holder.to_owned()),
+                    mount_count: *count,
+                    unit: probe.and_then(HealthProbe::unit).map(str::to_owned),
+                    health: probe.and_then(HealthProbe::read),
+                }
+            })
+            .collect();
+        mounts.sort_by(|a, b| a.holder.cmp(&b.holder));
+        mounts
     }
 
     /// Mount IDs of volume `name` over all its slots, if any is live.
@@ -290,6 +320,7 @@ impl Volumes {
                 records,
                 slots: HashMap::new(),
                 mounted: HashMap::new(),
+                probes: HashMap::new(),
             }),
             mounter,
             gate: None,
@@ -333,6 +364,7 @@ impl Volumes {
                 tracing::info!(volume = %name, mount_ids = ids.len(), "adopted a running mount of {name}");
                 let mut book = self.book();
                 book.mounted.insert(key.clone(), ids.len());
+                book.probes.insert(key.clone(), active.health_probe());
                 let slot = Arc::new(tokio::sync::Mutex::new(Some(MountState { ids, active })));
                 book.slots.insert(key, slot);
                 Ok(())
@@ -506,7 +538,11 @@ impl Volumes {
             },
         };
         *state.ids.entry(id.to_owned()).or_default() += 1;
-        let saved = self.book().record_mounts(&key, &state.ids);
+        let saved = {
+            let mut book = self.book();
+            book.probes.insert(key.clone(), state.active.health_probe());
+            book.record_mounts(&key, &state.ids)
+        };
         *held = Some(state);
         saved?;
         Ok(plan.mountpoint)
@@ -608,11 +644,17 @@ impl Volumes {
     fn info(&self, book: &Book, record: &VolumeRecord) -> VolumeInfo {
         // Containers with their own lease each have their own mountpoint: only a shared mount has one to show.
         let shared = book.mounted.contains_key(&record.name);
+        // A record is checked at Create: one that does not parse now shows its name.
+        let path = plan_mount(record, PathBuf::new())
+            .map(|plan| plan.path.to_string())
+            .unwrap_or_else(|_| record.name.clone());
         VolumeInfo {
             name: record.name.clone(),
+            path,
             mountpoint: shared.then(|| self.mountpoint_of(&record.name)),
             created_at: record.created_at.clone(),
             mount_ids: book.mount_ids_of(&record.name).unwrap_or(0),
+            mounts: book.mounts_of(&record.name),
         }
     }
 

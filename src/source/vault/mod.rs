@@ -376,6 +376,41 @@ impl VaultSource {
         }
     }
 
+    /// This login as `status` shows it, under the name `scope`.
+    pub fn login_status(&self, scope: String) -> crate::status::LoginStatus {
+        let (logged_in, ttl, next) = self.session.token_times();
+        crate::status::LoginStatus {
+            scope,
+            auth: self.session.describe_auth(),
+            logged_in,
+            token_ttl: ttl.map(|d| d.as_secs()),
+            next_renewal: next.map(|d| d.as_secs()),
+            trouble: self.status(),
+        }
+    }
+
+    /// Asks the Vault node in use now (lookup-self of this login's token, within `vault.timeout`) whether it
+    /// answers. Any answer, a refusal too, is an answer: only no answer makes it unreachable.
+    pub async fn probe(&self) -> crate::status::VaultStatus {
+        let transport = self.session.transport();
+        let wait = transport.timeout();
+        let error = match tokio::time::timeout(wait, self.session.token_summary()).await {
+            Ok(Ok(_)) | Ok(Err(AuthError::Rejected(_))) => None,
+            Ok(Err(error)) => Some(error.to_string()),
+            Err(_) => Some(format!("no answer within {}s", wait.as_secs_f32())),
+        };
+        crate::status::VaultStatus {
+            node: self.addr().to_owned(),
+            addresses: transport
+                .addresses()
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+            reachable: error.is_none(),
+            error,
+        }
+    }
+
     /// Revokes the token this source logged in with (AppRole, cert; never an operator's token_file or inline
     /// token, nor a lent one), bounded by `vault.timeout`, and ends the login. The service itself no longer calls it:
     /// mount units borrow the driver's tokens, and the driver leaves its own to expire so units keep reading while

@@ -238,6 +238,23 @@ impl Session {
         self.namespace.as_deref()
     }
 
+    /// Whether a token is held, the TTL left of it and when the lifecycle renews or replaces it (about 2/3 of its
+    /// TTL, before jitter), as this process counts them (`status`; asks nothing of Vault).
+    pub fn token_times(&self) -> (bool, Option<Duration>, Option<Duration>) {
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        if state.generation == 0 {
+            return (false, None, None);
+        }
+        let left = state.expires_in();
+        let next = left.map(|_| {
+            state
+                .ttl
+                .mul_f64(2.0 / 3.0)
+                .saturating_sub(state.obtained.elapsed())
+        });
+        (true, left, next)
+    }
+
     /// The held token's policies and the TTL left of it, as Vault answers lookup-self now (`check-config`).
     pub async fn token_summary(&self) -> Result<(Vec<String>, Duration), AuthError> {
         let (token, _) = self.token();
