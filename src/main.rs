@@ -261,18 +261,50 @@ async fn serve(config: Config, cli: &Cli) -> anyhow::Result<()> {
         .with_context(|| format!("plugin socket {}", config.socket.display()))?;
     tracing::info!(socket = %config.socket.display(), socket_activated = activated, "plugin socket open");
     let socket = config.socket.clone();
+    let (reload, reloads) = tokio::sync::mpsc::channel(4);
+    let (config_path, required) = cli.config_path();
+    let reload_signal = tokio::spawn(reload_on_sighup(
+        config_path,
+        required,
+        cli.overrides(),
+        reload,
+    ));
     let result = app::run(
         config,
         cli.replay_args(),
         FirstContact::detect(),
         listener,
         shutdown_signal(),
+        reloads,
     )
     .await;
+    reload_signal.abort();
     if !activated {
         let _ = std::fs::remove_file(&socket);
     }
     Ok(result?)
+}
+
+/// `systemctl reload` sends SIGHUP: the config is read again, from the same file, environment and flags, and handed
+/// to the driver to put in force (or to refuse, saying why, when it does not load).
+async fn reload_on_sighup(
+    path: std::path::PathBuf,
+    required: bool,
+    flags: docker_volume_libsecret::config::FlagOverrides,
+    reload: tokio::sync::mpsc::Sender<app::ReloadRequest>,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot watch SIGHUP; systemctl reload will not work");
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        tracing::info!("SIGHUP received: reading {} again", path.display());
+        let loaded = Config::load(&path, required, &flags).map_err(|error| error.to_string());
+        if reload.send(loaded).await.is_err() {
+            return;
+        }
+    }
 }
 
 async fn shutdown_signal() {

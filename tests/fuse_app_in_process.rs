@@ -69,6 +69,7 @@ fn the_driver_serves_a_bound_socket_in_process_until_its_shutdown_completes() {
         async {
             let _ = stopped.await;
         },
+        tokio::sync::mpsc::channel(1).1,
     ));
 
     let (status, reply) = call(&socket, "/Plugin.Activate", json!({}));

@@ -9,6 +9,7 @@ mod check;
 mod control;
 mod health;
 mod mounting;
+mod reload;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -34,6 +35,7 @@ use crate::volumes::{lease_plan, plan_mount, StoreError, VolumeError, VolumeReco
 pub use backend::{all_scopes, FirstContact, Tokens};
 pub use check::{check_config, ConfigCheck};
 pub use health::status_line;
+pub use reload::{needs_restart, ReloadRequest};
 
 /// How often the lease journal is searched for leases whose holder is gone.
 const REAP_EVERY: Duration = Duration::from_secs(300);
@@ -68,13 +70,15 @@ pub enum AppError {
 
 /// Runs the driver: serves the plugin API on `listener` until `shutdown` completes, then unmounts what this process
 /// serves (mount units keep running for the next driver). `unit_args` are the non-secret arguments mount units
-/// are started with.
+/// are started with. Each config read again that arrives on `reloads` (`systemctl reload`) is put in force, or
+/// refused, without dropping a mount.
 pub async fn run(
     config: Config,
     unit_args: Vec<String>,
     first_contact: FirstContact,
     listener: UnixListener,
     shutdown: impl Future<Output = ()>,
+    mut reloads: tokio::sync::mpsc::Receiver<ReloadRequest>,
 ) -> Result<(), AppError> {
     if config.rules.is_empty() {
         tracing::warn!(
@@ -123,7 +127,7 @@ pub async fn run(
         config.access_rules(),
     )
     .await?
-    .with_gate(caches);
+    .with_gate(caches.clone());
     let (volume_count, mount_count) = volumes.counts();
     let volumes = Arc::new(volumes);
     tracing::info!(
@@ -149,11 +153,22 @@ pub async fn run(
             mount_mode: chosen.mode,
         },
     );
+    let mut reloader = reload::Reloader {
+        running: config.clone(),
+        caches,
+        volumes: volumes.clone(),
+    };
+    let reloading = tokio::spawn(async move {
+        while let Some(request) = reloads.recv().await {
+            reloader.reload(request);
+        }
+    });
     let health = tokio::spawn(health::report(volumes.clone(), logins));
 
     server::run(listener, Plugin::new(volumes.clone()), shutdown).await;
 
     health.abort();
+    reloading.abort();
     if let Some(control) = control {
         control.abort();
     }

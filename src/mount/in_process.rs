@@ -17,7 +17,8 @@ use super::{ActiveMount, MountError, MountPlan, Mounter};
 /// Mounts volumes in-process, reading through the driver's caches.
 pub struct InProcessMounter {
     caches: Arc<VolumeCaches>,
-    fs_options: FsOptions,
+    /// Replaced by a reload, for the mounts made after it.
+    fs_options: std::sync::RwLock<FsOptions>,
     leases: Leases,
 }
 
@@ -38,7 +39,7 @@ impl InProcessMounter {
     pub fn new(caches: Arc<VolumeCaches>, fs_options: FsOptions) -> Self {
         InProcessMounter {
             caches,
-            fs_options,
+            fs_options: std::sync::RwLock::new(fs_options),
             leases: Leases::default(),
         }
     }
@@ -192,8 +193,18 @@ impl ActiveMount for InProcessMount {
 
 #[async_trait::async_trait]
 impl Mounter for InProcessMounter {
+    /// The rules are the caches' (the reload sets them there); the options are this mounter's.
+    fn reconfigure(&self, _access: &crate::access::AccessRules, fs_options: &FsOptions) {
+        *self.fs_options.write().unwrap_or_else(|p| p.into_inner()) = fs_options.clone();
+    }
+
     async fn mount(&self, plan: &MountPlan) -> Result<Box<dyn ActiveMount>, MountError> {
-        let fs_options = plan.parsed.fs_options(&self.fs_options);
+        let defaults = self
+            .fs_options
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let fs_options = plan.parsed.fs_options(&defaults);
         let mount =
             InProcessMount::serve_planned(plan, &self.caches, &self.leases, fs_options).await?;
         Ok(Box::new(mount))

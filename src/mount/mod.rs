@@ -105,6 +105,14 @@ pub trait ActiveMount: Send + Sync + std::fmt::Debug {
 pub trait Mounter: Send + Sync + std::fmt::Debug {
     async fn mount(&self, plan: &MountPlan) -> Result<Box<dyn ActiveMount>, MountError>;
 
+    /// A reload: mounts made from now on use `access` and `fs_options` (running ones keep theirs).
+    fn reconfigure(
+        &self,
+        _access: &crate::access::AccessRules,
+        _fs_options: &crate::fs::FsOptions,
+    ) {
+    }
+
     /// A live mount of the planned volume left by an earlier driver process, if there is one.
     async fn adopt(&self, _plan: &MountPlan) -> Option<Box<dyn ActiveMount>> {
         None

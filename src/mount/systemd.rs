@@ -252,6 +252,8 @@ pub struct SystemdMounter {
     reap_trigger: ReapTrigger,
     /// What the units report about their filesystems over the control socket.
     reports: Arc<UnitReports>,
+    /// The rules in force, whose digest a unit started now records (the template's until a reload).
+    access: Arc<std::sync::RwLock<crate::access::AccessRules>>,
 }
 
 impl std::fmt::Debug for SystemdMounter {
@@ -273,10 +275,18 @@ impl SystemdMounter {
         Ok(SystemdMounter {
             manager,
             connection,
+            access: Arc::new(std::sync::RwLock::new(template.access.clone())),
             template,
             reap_trigger,
             reports,
         })
+    }
+
+    fn access(&self) -> crate::access::AccessRules {
+        self.access
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The unit's ActiveState, or `None` when systemd does not know the unit (never started, or collected).
@@ -375,7 +385,7 @@ impl SystemdMounter {
 
     async fn start(&self, unit: &str, plan: &MountPlan) -> Result<(), UnitError> {
         let (volume, mountpoint, options) = (&plan.name, &plan.mountpoint, &plan.options);
-        let rules_tag = rules_tag(&self.template.access, plan);
+        let rules_tag = rules_tag(&self.access(), plan);
         let holder = plan.lease.as_ref().map(|lease| lease.holder.as_str());
         // A failed or stopping leftover of the same name would make StartTransientUnit refuse.
         self.stop(unit).await?;
@@ -607,6 +617,11 @@ impl ActiveMount for UnitMount {
 
 #[async_trait::async_trait]
 impl Mounter for SystemdMounter {
+    /// Units started from now on read the reloaded config file themselves; they record the new rules' digest.
+    fn reconfigure(&self, access: &crate::access::AccessRules, _fs_options: &crate::fs::FsOptions) {
+        *self.access.write().unwrap_or_else(|p| p.into_inner()) = access.clone();
+    }
+
     async fn mount(&self, plan: &MountPlan) -> Result<Box<dyn ActiveMount>, MountError> {
         let mountpoint = plan.mountpoint.clone();
         tokio::task::spawn_blocking(move || prepare_mountpoint(&mountpoint))
@@ -648,7 +663,7 @@ impl Mounter for SystemdMounter {
                 .ok()
                 .flatten()
                 .unwrap_or_default();
-            if description.ends_with(&rules_tag(&self.template.access, plan)) {
+            if description.ends_with(&rules_tag(&self.access(), plan)) {
                 tracing::info!(volume = %plan.name, unit = %mount.unit, "re-adopted the running mount unit of {}", plan.name);
                 return Some(Box::new(mount));
             }

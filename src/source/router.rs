@@ -23,7 +23,8 @@ pub type NamespaceCacheFactory =
 /// reading with the same credentials in the same namespace. Which cache reads a path is decided per path, by the
 /// access rules ([`VolumeRouter`]).
 pub struct VolumeCaches {
-    access: AccessRules,
+    /// Swapped whole by a reload; every read takes the rules in force at that moment.
+    access: std::sync::RwLock<Arc<AccessRules>>,
     roots: HashMap<AuthScope, Arc<SecretCache>>,
     namespaced: Mutex<HashMap<(AuthScope, String), Arc<SecretCache>>>,
     factory: NamespaceCacheFactory,
@@ -44,11 +45,25 @@ impl VolumeCaches {
         factory: NamespaceCacheFactory,
     ) -> Self {
         VolumeCaches {
-            access,
+            access: std::sync::RwLock::new(Arc::new(access)),
             roots,
             namespaced: Mutex::new(HashMap::new()),
             factory,
         }
+    }
+
+    /// The access rules in force.
+    pub fn access(&self) -> Arc<AccessRules> {
+        self.access
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Puts `access` in force for every read from now on (a reload). The caller has checked that it names no
+    /// credentials these caches were not opened with.
+    pub fn set_access(&self, access: AccessRules) {
+        *self.access.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(access);
     }
 
     /// A backend with one set of credentials and no namespaces: a volume asking for one is refused with `reason`.
@@ -170,7 +185,7 @@ impl LeaseRoute for DynamicRoute {
         let namespace = self.namespace.as_deref();
         let grant = self
             .caches
-            .access
+            .access()
             .decide(namespace, &self.path)
             .map_err(|refusal| SourceError::Refused(refusal.to_string()))?;
         if !grant.dynamic {
@@ -195,7 +210,7 @@ impl ReapSources for VolumeCaches {
     ) -> Result<Arc<dyn SecretSource>, SourceError> {
         let scope = VaultPath::from_volume_name(volume)
             .ok()
-            .and_then(|path| self.access.decide(namespace, &path).ok())
+            .and_then(|path| self.access().decide(namespace, &path).ok())
             .map_or(AuthScope::Default, |grant| grant.scope);
         self.cache_of(scope, namespace)
             .or_else(|_| self.cache_of(AuthScope::Default, namespace))
@@ -224,7 +239,7 @@ impl std::fmt::Debug for VolumeRouter {
 impl SecretRouter for VolumeRouter {
     fn route(&self, path: &VaultPath) -> Result<Arc<SecretCache>, RouteError> {
         let namespace = self.namespace.as_deref();
-        let grant = self.caches.access.decide(namespace, path)?;
+        let grant = self.caches.access().decide(namespace, path)?;
         self.caches
             .cache_of(grant.scope, namespace)
             .map_err(RouteError::Unavailable)
@@ -447,7 +462,7 @@ mod tests {
             created_at: String::new(),
         };
         let plan = crate::volumes::plan_mount(&record, "/run/test/mount".into())?;
-        let grant = crate::volumes::decide_access(&caches.access, &plan)?;
+        let grant = crate::volumes::decide_access(&caches.access(), &plan)?;
         caches.admit(&plan, grant).await
     }
 

@@ -277,7 +277,8 @@ pub struct Volumes {
     /// Admits volumes at Create and Mount by their engine (none: every engine, as for the file backend).
     gate: Option<Arc<dyn VolumeGate>>,
     mount_root: PathBuf,
-    access: AccessRules,
+    /// Swapped whole by a reload ([`Volumes::set_access`]).
+    access: std::sync::RwLock<Arc<AccessRules>>,
 }
 
 impl std::fmt::Debug for Volumes {
@@ -325,12 +326,49 @@ impl Volumes {
             mounter,
             gate: None,
             mount_root,
-            access,
+            access: std::sync::RwLock::new(Arc::new(access)),
         };
         for (name, ids) in left_mounted {
             volumes.adopt(name, ids).await?;
         }
         Ok(volumes)
+    }
+
+    /// The access rules in force.
+    fn access(&self) -> Arc<AccessRules> {
+        self.access
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Puts `access` in force for every Create and Mount from now on, and `fs_options` for every mount made from
+    /// now on (a reload). Returns each live mount the new rules refuse, with why: it keeps serving its containers,
+    /// and is refused at its next Mount.
+    pub fn reconfigure(
+        &self,
+        access: AccessRules,
+        fs_options: &crate::fs::FsOptions,
+    ) -> Vec<(String, String)> {
+        let refused = {
+            let book = self.book();
+            let mut live: Vec<&str> = book.mounted.keys().map(|key| volume_of(key)).collect();
+            live.sort_unstable();
+            live.dedup();
+            live.into_iter()
+                .filter_map(|name| {
+                    let record = book.records.get(name)?;
+                    let plan = plan_mount(record, PathBuf::new()).ok()?;
+                    let refusal = access
+                        .decide(plan.parsed.namespace.as_deref(), &plan.path)
+                        .err()?;
+                    Some((name.to_owned(), refusal.to_string()))
+                })
+                .collect()
+        };
+        self.mounter.reconfigure(&access, fs_options);
+        *self.access.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(access);
+        refused
     }
 
     /// Takes over the mount slot `key` had when the driver last saved it, or forgets its IDs.
@@ -348,7 +386,7 @@ impl Volumes {
         let (adopted, refusal) = match &plan {
             Some(plan) => (
                 self.mounter.adopt(plan).await,
-                decide_access(&self.access, plan).err(),
+                decide_access(&self.access(), plan).err(),
             ),
             None => (None, None),
         };
@@ -401,7 +439,7 @@ impl Volumes {
     /// Decides whether the planned volume may be mounted now: its path's rule, then its engine. Made at every
     /// Create and Mount, so a rule added later also applies to volumes created before it.
     async fn admit(&self, plan: &MountPlan) -> Result<Grant, VolumeError> {
-        let grant = decide_access(&self.access, plan)?;
+        let grant = decide_access(&self.access(), plan)?;
         if !grant.dynamic && plan.parsed.has_dynamic_options() {
             return Err(VolumeError::NotServed {
                 name: plan.name.clone(),

@@ -89,6 +89,14 @@ impl Driver {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Whether the driver process has not exited.
+    #[allow(dead_code)]
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| child.try_wait().ok().flatten().is_none())
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or_default()
     }
