@@ -11,6 +11,7 @@
 //! - [`access`]: the access rules, decided for every path read.
 //! - [`names`]: Vault paths, views (`name@N`, `name#field`) and escaping.
 //! - [`config`]: the layered configuration and the command line.
+//! - [`metrics`]: Prometheus counters of this process (and of the mount units, in the driver) and their listener.
 //! - [`sys`]: process hardening, logging and ownership checks of root-only files.
 #![forbid(unsafe_code)]
 
@@ -19,6 +20,7 @@ pub mod app;
 pub mod config;
 pub mod fs;
 pub mod lease;
+pub mod metrics;
 pub mod mount;
 pub mod names;
 pub mod plugin;

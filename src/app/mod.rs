@@ -62,6 +62,12 @@ pub enum AppError {
     Volume(#[from] VolumeError),
     #[error(transparent)]
     Mount(#[from] MountError),
+    #[error("{}: key `metrics_listen`: cannot listen on {listen}: {source}", config.display())]
+    Metrics {
+        config: PathBuf,
+        listen: crate::config::MetricsListen,
+        source: std::io::Error,
+    },
 }
 
 /// Runs the driver: serves the plugin API on `listener` until `shutdown` completes, then unmounts what this process
@@ -80,6 +86,24 @@ pub async fn run(
              [[rules]] to the config to restrict volumes to the paths they need"
         );
     }
+    // Bound before anything else starts: a port in use is a config error to report at once, not a silent gap in
+    // the scrapes.
+    let metrics = match &config.metrics_listen {
+        Some(listen) => {
+            let listener =
+                crate::metrics::server::bind(listen).map_err(|source| AppError::Metrics {
+                    config: config.source_file.clone(),
+                    listen: listen.clone(),
+                    source,
+                })?;
+            tracing::info!(metrics_listen = %listen, "serving metrics at {listen}");
+            Some(AbortOnDrop(tokio::spawn(crate::metrics::server::run(
+                listener,
+                std::future::pending(),
+            ))))
+        }
+        None => None,
+    };
     let backend =
         backend::open_caches(&config, &all_scopes(&config), Tokens::LogIn(first_contact)).await?;
     let logins = backend.logins;
@@ -136,6 +160,8 @@ pub async fn run(
 
     health.abort();
     reaper.abort();
+    // Scrapes end with the plugin API: a stopping driver's counts are no longer the host's.
+    drop(metrics);
     if let Some(lending) = lending {
         // Units keep the tokens they hold (valid until their TTL) and find the next driver on the same path.
         lending.abort();
@@ -143,6 +169,16 @@ pub async fn run(
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
     volumes.shutdown().await;
     Ok(())
+}
+
+/// A task that ends with its owner, also when [`run`] returns early with an error.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// What one mount unit serves, from its argv (none of it a credential).
