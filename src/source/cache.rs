@@ -334,13 +334,16 @@ impl SecretCache {
         let slot = self.slot(secret);
         let max_age = max_age.min(self.ttl);
         if let Some(fresh) = slot.fresh_within(max_age) {
+            crate::metrics::cache_lookup(crate::metrics::CacheResult::Hit);
             return Ok((fresh, false));
         }
         let mut requests = slot.requests.lock().await;
         // The request this one waited for may have answered it.
         if let Some(fresh) = slot.fresh_within(max_age) {
+            crate::metrics::cache_lookup(crate::metrics::CacheResult::Hit);
             return Ok((fresh, false));
         }
+        crate::metrics::cache_lookup(crate::metrics::CacheResult::Miss);
         let fetched = match secret.version {
             None => self.send(volume, self.source.read(&secret.path)).await,
             Some(version) => {
@@ -381,6 +384,7 @@ impl SecretCache {
                     let since = *requests.failing_since.get_or_insert_with(Instant::now);
                     if let Some(last) = slot.last() {
                         if since.elapsed() < self.stale_ttl {
+                            crate::metrics::stale_served();
                             return Ok((last, true));
                         }
                     }

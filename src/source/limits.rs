@@ -209,6 +209,17 @@ pub async fn admit(
             Ok(permit) => permits.push(permit),
             Err(refusal) => {
                 budget.note_refusal(&refusal);
+                crate::metrics::rate_limit_refusal(
+                    if std::ptr::eq(budget, total) {
+                        crate::metrics::Budget::Process
+                    } else {
+                        crate::metrics::Budget::Volume
+                    },
+                    match refusal.which {
+                        "rate" => crate::metrics::Limit::Rate,
+                        _ => crate::metrics::Limit::Concurrency,
+                    },
+                );
                 return Err(refusal);
             }
         }
