@@ -1198,11 +1198,43 @@ mod tests {
             assert_eq!(full.fs_options().volume_limits, full.limits.volume());
             assert_eq!(full.dynamic.reissue_before, Some(Duration::from_secs(600)));
             assert_eq!(
+                full.metrics_listen,
+                Some(MetricsListen::Tcp("127.0.0.1:9475".parse().unwrap()))
+            );
+            assert_eq!(defaults.metrics_listen, None);
+            assert_eq!(
                 defaults.lease_policy(),
                 crate::lease::LeasePolicy::default()
             );
             Ok(())
         });
+    }
+
+    /// Every top-level key is documented where operators look: the packaged example and the README's table.
+    #[test]
+    fn every_top_level_key_is_in_the_packaged_example_and_the_readme() {
+        let example = include_str!("../../packaging/config.toml");
+        let readme = include_str!("../../README.md");
+        let keys = serde_json::to_value(Config::default()).unwrap();
+        for key in keys.as_object().unwrap().keys() {
+            assert!(
+                example.contains(&format!("# {key} = "))
+                    || example.contains(&format!("[{key}]"))
+                    || example.contains(&format!("[[{key}]]")),
+                "packaging/config.toml does not document `{key}`"
+            );
+            // A row of the README's table starts with the key (`uid`, `vault.addr`, `[[rules]]`), or lists it next
+            // to the one it goes with (`uid`, `gid`).
+            assert!(
+                readme.lines().any(|line| line.starts_with("| `")
+                    && line.split(" | ").next().is_some_and(|cell| {
+                        cell.contains(&format!("`{key}`"))
+                            || cell.contains(&format!("`{key}."))
+                            || cell.contains(&format!("`[[{key}]]`"))
+                    })),
+                "README.md's configuration table has no row for `{key}`"
+            );
+        }
     }
 
     #[test]
