@@ -583,6 +583,17 @@ impl Metrics {
     }
 }
 
+/// The value of one series of this process's (its [`UnitCounters`] key), for the tests of the modules that count.
+/// Other tests run in parallel and count too: compare increases with `>=`.
+#[cfg(test)]
+pub(crate) fn current(key: &str) -> u64 {
+    METRICS
+        .series()
+        .into_iter()
+        .find(|(series, _)| series == key)
+        .map_or(0, |(_, count)| count.load(Ordering::Relaxed))
+}
+
 /// This process's metrics (with what units reported, in the driver), in the Prometheus text format.
 pub fn encode() -> Result<String, fmt::Error> {
     METRICS.encode()

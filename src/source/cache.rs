@@ -702,7 +702,11 @@ mod tests {
             Duration::from_secs(5),
         )
         .with_stale_ttl(Duration::from_millis(300));
+        let stale_served = || crate::metrics::current("libsecret_cache_stale_served_total{}");
+        let misses = || crate::metrics::current("libsecret_cache_lookups_total{result=\"miss\"}");
+        let (stale_before, misses_before) = (stale_served(), misses());
         assert!(cache.read(&path("secret/a")).await.is_ok());
+        assert!(misses() > misses_before, "the first read is a miss");
         source.set_failure(Some(SourceError::Unavailable("sealed".into())));
         tokio::time::sleep(Duration::from_millis(5)).await;
         let (secret, stale) = cache
@@ -710,6 +714,7 @@ mod tests {
             .await
             .unwrap();
         assert!(stale);
+        assert!(stale_served() > stale_before, "a stale answer is counted");
         assert_eq!(
             secret
                 .render(&crate::names::View::Default)

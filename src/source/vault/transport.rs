@@ -558,6 +558,26 @@ impl Transport {
 mod tests {
     use super::*;
 
+    #[test]
+    fn vault_answers_are_counted_by_what_they_mean() {
+        let api = |code| {
+            Err::<(), _>(ClientError::APIError {
+                code,
+                errors: Vec::new(),
+            })
+        };
+        assert_eq!(request_result(&Ok(())), metrics::VaultResult::Ok);
+        assert_eq!(request_result(&api(404)), metrics::VaultResult::NotFound);
+        assert_eq!(request_result(&api(403)), metrics::VaultResult::Denied);
+        assert_eq!(request_result(&api(503)), metrics::VaultResult::Unavailable);
+        assert_eq!(request_result(&api(429)), metrics::VaultResult::Unavailable);
+        assert_eq!(request_result(&api(400)), metrics::VaultResult::Error);
+        assert_eq!(
+            request_result(&Err::<(), _>(ClientError::ResponseEmptyError)),
+            metrics::VaultResult::Error
+        );
+    }
+
     fn plaintext_remote(addresses: &[&str]) -> Vec<String> {
         let urls: Vec<Url> = addresses
             .iter()
