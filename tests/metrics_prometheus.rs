@@ -446,3 +446,36 @@ fn a_metrics_listen_that_is_not_loopback_stops_the_driver_naming_the_file_and_th
         );
     }
 }
+
+#[test]
+fn a_metrics_port_already_taken_costs_the_metrics_and_not_the_plugin_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let secrets = support::root_only_file(dir.path(), "secrets.toml", "\"secret/a/b\" = \"v\"\n");
+    let config = support::root_only_file(
+        dir.path(),
+        "config.toml",
+        &format!(
+            "mount_mode = \"in-process\"\nstate_dir = \"{}\"\nmount_root = \"{}\"\nbroker_socket = \"{}\"\n\
+             metrics_listen = \"127.0.0.1:{port}\"\n[file]\npath = \"{}\"\n",
+            dir.path().join("state").display(),
+            dir.path().join("mounts").display(),
+            dir.path().join("broker.sock").display(),
+            secrets.display()
+        ),
+    );
+    let _turn = support::one_at_a_time();
+    let socket = dir.path().join("plugin.sock");
+    let driver = Driver::start_with_config(&config, &[], &socket, &dir.path().join("log"), &[]);
+    let (_, reply) = call(&socket, "/VolumeDriver.List", json!({}));
+    assert_eq!(err_of(&reply), "", "{reply}");
+    let log = driver.log();
+    assert!(
+        log.contains("key `metrics_listen`: cannot listen on")
+            && log.contains(config.to_str().unwrap())
+            && log.contains("serving without metrics"),
+        "{log}"
+    );
+    drop(taken);
+}

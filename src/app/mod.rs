@@ -62,12 +62,6 @@ pub enum AppError {
     Volume(#[from] VolumeError),
     #[error(transparent)]
     Mount(#[from] MountError),
-    #[error("{}: key `metrics_listen`: cannot listen on {listen}: {source}", config.display())]
-    Metrics {
-        config: PathBuf,
-        listen: crate::config::MetricsListen,
-        source: std::io::Error,
-    },
 }
 
 /// Runs the driver: serves the plugin API on `listener` until `shutdown` completes, then unmounts what this process
@@ -86,24 +80,28 @@ pub async fn run(
              [[rules]] to the config to restrict volumes to the paths they need"
         );
     }
-    // Bound before anything else starts: a port in use is a config error to report at once, not a silent gap in
-    // the scrapes.
-    let metrics = match &config.metrics_listen {
-        Some(listen) => {
-            let listener =
-                crate::metrics::server::bind(listen).map_err(|source| AppError::Metrics {
-                    config: config.source_file.clone(),
-                    listen: listen.clone(),
-                    source,
-                })?;
-            tracing::info!(metrics_listen = %listen, "serving metrics at {listen}");
-            Some(AbortOnDrop(tokio::spawn(crate::metrics::server::run(
-                listener,
-                std::future::pending(),
-            ))))
+    let metrics = config.metrics_listen.as_ref().and_then(|listen| {
+        match crate::metrics::server::bind(listen) {
+            Ok(listener) => {
+                tracing::info!(metrics_listen = %listen, "serving metrics at {listen}");
+                Some(AbortOnDrop(tokio::spawn(crate::metrics::server::run(
+                    listener,
+                    std::future::pending(),
+                ))))
+            }
+            // Containers' secrets matter more than the scrapes: a port taken by another process costs the metrics,
+            // not the plugin API (and the scrapes' `up` says so).
+            Err(error) => {
+                tracing::error!(
+                    metrics_listen = %listen,
+                    %error,
+                    "{}: key `metrics_listen`: cannot listen on {listen}: {error}; serving without metrics",
+                    config.source_file.display()
+                );
+                None
+            }
         }
-        None => None,
-    };
+    });
     let backend =
         backend::open_caches(&config, &all_scopes(&config), Tokens::LogIn(first_contact)).await?;
     let logins = backend.logins;
