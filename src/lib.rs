@@ -12,6 +12,7 @@
 //! - [`names`]: Vault paths, views (`name@N`, `name#field`) and escaping.
 //! - [`config`]: the layered configuration and the command line.
 //! - [`status`]: each mount's health and the driver's status, and the root-only control socket that answers it.
+//! - [`metrics`]: Prometheus counters of this process (and of the mount units, in the driver) and their listener.
 //! - [`sys`]: process hardening, logging and ownership checks of root-only files.
 #![forbid(unsafe_code)]
 
@@ -20,6 +21,7 @@ pub mod app;
 pub mod config;
 pub mod fs;
 pub mod lease;
+pub mod metrics;
 pub mod mount;
 pub mod names;
 pub mod plugin;

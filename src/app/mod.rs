@@ -86,6 +86,28 @@ pub async fn run(
              [[rules]] to the config to restrict volumes to the paths they need"
         );
     }
+    let metrics = config.metrics_listen.as_ref().and_then(|listen| {
+        match crate::metrics::server::bind(listen) {
+            Ok(listener) => {
+                tracing::info!(metrics_listen = %listen, "serving metrics at {listen}");
+                Some(AbortOnDrop(tokio::spawn(crate::metrics::server::run(
+                    listener,
+                    std::future::pending(),
+                ))))
+            }
+            // Containers' secrets matter more than the scrapes: a port taken by another process costs the metrics,
+            // not the plugin API (and the scrapes' `up` says so).
+            Err(error) => {
+                tracing::error!(
+                    metrics_listen = %listen,
+                    %error,
+                    "{}: key `metrics_listen`: cannot listen on {listen}: {error}; serving without metrics",
+                    config.source_file.display()
+                );
+                None
+            }
+        }
+    });
     let backend =
         backend::open_caches(&config, &all_scopes(&config), Tokens::LogIn(first_contact)).await?;
     let logins = backend.logins;
@@ -173,6 +195,8 @@ pub async fn run(
         control.abort();
     }
     reaper.abort();
+    // Scrapes end with the plugin API: a stopping driver's counts are no longer the host's.
+    drop(metrics);
     if let Some(lending) = lending {
         // Units keep the tokens they hold (valid until their TTL) and find the next driver on the same path.
         lending.abort();
@@ -180,6 +204,16 @@ pub async fn run(
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
     volumes.shutdown().await;
     Ok(())
+}
+
+/// A task that ends with its owner, also when [`run`] returns early with an error.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// What one mount unit serves, from its argv (none of it a credential).

@@ -129,6 +129,11 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// `[dynamic]`: how the leases of dynamic volumes are held, replaced and revoked.
     pub dynamic: DynamicConfig,
+    /// Where the driver serves Prometheus metrics (`GET /metrics`): a loopback address and port
+    /// (`"127.0.0.1:9475"`, `"[::1]:9475"`) or a unix socket (`"unix:/run/docker-volume-libsecret/metrics.sock"`,
+    /// created 0600). Any other address is refused: the counts are not secrets, but they say what runs on the
+    /// host. Unset: no listener. Mount units never listen; the driver's counts include what they report.
+    pub metrics_listen: Option<MetricsListen>,
     /// The config file this was loaded from (for messages).
     #[serde(skip)]
     pub source_file: PathBuf,
@@ -238,6 +243,64 @@ impl<'de> Deserialize<'de> for Mode {
         crate::volumes::parse_mode(&text)
             .map(Mode)
             .map_err(serde::de::Error::custom)
+    }
+}
+
+/// `metrics_listen`: a loopback TCP address, or `unix:` and an absolute socket path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetricsListen {
+    Tcp(std::net::SocketAddr),
+    Unix(PathBuf),
+}
+
+impl MetricsListen {
+    /// Parses `text`, refusing an address that is not loopback (the listener has no authentication).
+    pub fn parse(text: &str) -> Result<MetricsListen, String> {
+        if let Some(path) = text.strip_prefix("unix:") {
+            let path = PathBuf::from(path);
+            if !path.is_absolute() {
+                return Err(format!(
+                    "{text:?}: a unix socket is written `unix:` and an absolute path"
+                ));
+            }
+            return Ok(MetricsListen::Unix(path));
+        }
+        let address: std::net::SocketAddr = text.parse().map_err(|_| {
+            format!(
+                "{text:?} is neither an address and port (\"127.0.0.1:9475\", \"[::1]:9475\") nor `unix:/path`"
+            )
+        })?;
+        if !address.ip().is_loopback() {
+            return Err(format!(
+                "{text:?} is not a loopback address: metrics are served without authentication, so only on \
+                 127.0.0.0/8, ::1 or a unix socket (put a proxy in front to expose them)"
+            ));
+        }
+        Ok(MetricsListen::Tcp(address))
+    }
+}
+
+impl fmt::Display for MetricsListen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MetricsListen::Tcp(address) => write!(f, "{address}"),
+            MetricsListen::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+impl Serialize for MetricsListen {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for MetricsListen {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer).map_err(|_| {
+            serde::de::Error::custom("write the listener as a string, such as \"127.0.0.1:9475\"")
+        })?;
+        MetricsListen::parse(&text).map_err(serde::de::Error::custom)
     }
 }
 
@@ -421,6 +484,7 @@ impl Default for Config {
             file: FileConfig::default(),
             limits: LimitsConfig::default(),
             dynamic: DynamicConfig::default(),
+            metrics_listen: None,
             source_file: PathBuf::new(),
         }
     }
@@ -1146,11 +1210,43 @@ mod tests {
             assert_eq!(full.fs_options().volume_limits, full.limits.volume());
             assert_eq!(full.dynamic.reissue_before, Some(Duration::from_secs(600)));
             assert_eq!(
+                full.metrics_listen,
+                Some(MetricsListen::Tcp("127.0.0.1:9475".parse().unwrap()))
+            );
+            assert_eq!(defaults.metrics_listen, None);
+            assert_eq!(
                 defaults.lease_policy(),
                 crate::lease::LeasePolicy::default()
             );
             Ok(())
         });
+    }
+
+    /// Every top-level key is documented where operators look: the packaged example and the README's table.
+    #[test]
+    fn every_top_level_key_is_in_the_packaged_example_and_the_readme() {
+        let example = include_str!("../../packaging/config.toml");
+        let readme = include_str!("../../README.md");
+        let keys = serde_json::to_value(Config::default()).unwrap();
+        for key in keys.as_object().unwrap().keys() {
+            assert!(
+                example.contains(&format!("# {key} = "))
+                    || example.contains(&format!("[{key}]"))
+                    || example.contains(&format!("[[{key}]]")),
+                "packaging/config.toml does not document `{key}`"
+            );
+            // A row of the README's table starts with the key (`uid`, `vault.addr`, `[[rules]]`), or lists it next
+            // to the one it goes with (`uid`, `gid`).
+            assert!(
+                readme.lines().any(|line| line.starts_with("| `")
+                    && line.split(" | ").next().is_some_and(|cell| {
+                        cell.contains(&format!("`{key}`"))
+                            || cell.contains(&format!("`{key}."))
+                            || cell.contains(&format!("`[[{key}]]`"))
+                    })),
+                "README.md's configuration table has no row for `{key}`"
+            );
+        }
     }
 
     #[test]
@@ -1223,6 +1319,64 @@ mod tests {
                 Config::load(Path::new("config.toml"), true, &FlagOverrides::default()).unwrap();
             assert_eq!(config.dynamic.unmount_grace, Duration::from_secs(24 * 3600));
             assert_eq!(config.dynamic.reissue_grace, Duration::ZERO);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn metrics_listen_is_loopback_or_a_unix_socket_and_unset_means_no_listener() {
+        jail(|jail| {
+            let config =
+                Config::load(Path::new("absent.toml"), false, &FlagOverrides::default()).unwrap();
+            assert_eq!(config.metrics_listen, None, "no listener unless asked for");
+            for (text, expected) in [
+                (
+                    "127.0.0.1:9475",
+                    MetricsListen::Tcp("127.0.0.1:9475".parse().unwrap()),
+                ),
+                (
+                    "[::1]:9475",
+                    MetricsListen::Tcp("[::1]:9475".parse().unwrap()),
+                ),
+                (
+                    "unix:/run/metrics.sock",
+                    MetricsListen::Unix(PathBuf::from("/run/metrics.sock")),
+                ),
+            ] {
+                jail.create_file("config.toml", &format!("metrics_listen = \"{text}\"\n"))?;
+                let config =
+                    Config::load(Path::new("config.toml"), true, &FlagOverrides::default())
+                        .unwrap();
+                assert_eq!(config.metrics_listen.as_ref(), Some(&expected), "{text}");
+                assert_eq!(expected.to_string(), text);
+            }
+            for bad in [
+                "0.0.0.0:9475",
+                "192.168.1.10:9475",
+                "[::]:9475",
+                "localhost:9475",
+                "127.0.0.1",
+                "unix:relative.sock",
+            ] {
+                jail.create_file("config.toml", &format!("metrics_listen = \"{bad}\"\n"))?;
+                let error = Config::load(Path::new("config.toml"), true, &FlagOverrides::default())
+                    .unwrap_err()
+                    .to_string();
+                assert!(
+                    error.contains("config.toml")
+                        && error.contains("key `metrics_listen`")
+                        && error.contains(bad),
+                    "{bad}: {error}"
+                );
+            }
+            jail.set_env("LIBSECRET_METRICS_LISTEN", "10.0.0.1:9475");
+            let error = Config::load(Path::new("absent.toml"), false, &FlagOverrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains("metrics_listen") && error.contains("not a loopback address"),
+                "{error}"
+            );
             Ok(())
         });
     }

@@ -489,6 +489,7 @@ impl SecretFs {
         // A name found missing a moment ago is not asked about again (a container probing names costs Vault one
         // round per name per negative_ttl, not one per attempt); every view of a missing path is missing too.
         if cache.known_missing(&secret_ref.path) {
+            crate::metrics::negative_answer(crate::metrics::NegativeKind::Name);
             return Err(FsError::NotFound);
         }
         let plain = file_name.view == View::Default && file_name.version.is_none();
@@ -506,6 +507,7 @@ impl SecretFs {
                 secret: false,
                 folder: false,
             }) => {
+                crate::metrics::negative_answer(crate::metrics::NegativeKind::Index);
                 cache.note_missing(&secret_ref.path);
                 return Err(FsError::NotFound);
             }
@@ -626,6 +628,7 @@ impl SecretFs {
 
     /// Bytes `[offset, offset+size)` of a file inode's (fixed) content.
     pub fn read(&self, ino: u64, offset: u64, size: u32) -> Result<SecretBytes, FsError> {
+        crate::metrics::fs_read();
         let content = {
             let inodes = self.inodes();
             let node = inodes.nodes.get(&ino).ok_or(FsError::StaleHandle)?;
@@ -742,6 +745,11 @@ impl SecretFs {
                 };
                 if let Some((parent, name)) = entry {
                     retired += 1;
+                    crate::metrics::rotation(if content.is_some() {
+                        crate::metrics::Change::Changed
+                    } else {
+                        crate::metrics::Change::Removed
+                    });
                     tracing::info!(vault_path = %path, changed = content.is_some(), "secret changed; cached name dropped");
                     if let Some(invalidator) = self.invalidator.get() {
                         invalidator.invalidate_entry(parent, &name);

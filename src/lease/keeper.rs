@@ -168,8 +168,12 @@ impl LeaseKeeper {
     async fn issue(&self) -> Result<(Arc<dyn SecretSource>, Issued), SourceError> {
         let source = self.route.source()?;
         // The source decides the engine again for every issue.
-        let issued = source.issue(&self.request).await?;
-        Ok((source, issued))
+        let issued = source.issue(&self.request).await;
+        crate::metrics::lease(
+            crate::metrics::LeaseOp::Issue,
+            crate::metrics::Outcome::of(&issued),
+        );
+        Ok((source, issued?))
     }
 
     /// The journal keeps one entry per volume and holder, and this keeper's first write replaces it. An entry left by
@@ -316,7 +320,16 @@ impl LeaseKeeper {
 
     /// Revokes `lease`; whether Vault has it no more (revoked now, or already gone).
     async fn revoke(&self, source: &Arc<dyn SecretSource>, lease: &LeaseRef) -> bool {
-        match source.revoke_lease(lease).await {
+        let revoked = source.revoke_lease(lease).await;
+        // Already gone counts as revoked: Vault has it no more.
+        crate::metrics::lease(
+            crate::metrics::LeaseOp::Revoke,
+            match revoked {
+                Ok(()) | Err(SourceError::NotFound) => crate::metrics::Outcome::Ok,
+                Err(_) => crate::metrics::Outcome::Failed,
+            },
+        );
+        match revoked {
             Ok(()) | Err(SourceError::NotFound) => {
                 tracing::info!(
                 target: "docker_volume_libsecret::audit",
@@ -359,7 +372,12 @@ impl LeaseKeeper {
         if Instant::now() >= expires {
             return self.reissue().await;
         }
-        match source.renew_lease(&lease, ttl).await {
+        let renewed = source.renew_lease(&lease, ttl).await;
+        crate::metrics::lease(
+            crate::metrics::LeaseOp::Renew,
+            crate::metrics::Outcome::of(&renewed),
+        );
+        match renewed {
             Ok(renewed) => {
                 let now = Instant::now();
                 let mut state = self.state();

@@ -155,7 +155,15 @@ async fn revoke(
     lease: &LeaseRef,
     report: &mut ReapReport,
 ) -> Outcome {
-    match source.revoke_lease(lease).await {
+    let revoked = source.revoke_lease(lease).await;
+    crate::metrics::lease(
+        crate::metrics::LeaseOp::Revoke,
+        match revoked {
+            Ok(()) | Err(SourceError::NotFound) => crate::metrics::Outcome::Ok,
+            Err(_) => crate::metrics::Outcome::Failed,
+        },
+    );
+    match revoked {
         // Gone already (revoked elsewhere, expired): nothing is left to revoke.
         Ok(()) | Err(SourceError::NotFound) => {
             report.revoked += 1;

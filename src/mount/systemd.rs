@@ -568,8 +568,14 @@ impl UnitMount {
 #[async_trait::async_trait]
 impl ActiveMount for UnitMount {
     async fn unmount(self: Box<Self>) -> Result<(), MountError> {
+        let stopping = if self.leased {
+            self.mounter.request_stop(&self.unit).await
+        } else {
+            self.mounter.stop(&self.unit).await
+        };
+        crate::metrics::unit_stopped(crate::metrics::Outcome::of(&stopping));
+        stopping?;
         if self.leased {
-            self.mounter.request_stop(&self.unit).await?;
             let started = Instant::now();
             while started.elapsed() < LEASED_RELEASE_WAIT && self.still_serving().await {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -577,8 +583,6 @@ impl ActiveMount for UnitMount {
             // A unit that died (SIGKILL, OOM) left its lease to the journal; one still stopping ends its own, and
             // the pass leaves it alone while its process runs.
             self.mounter.reap_trigger.reap_soon();
-        } else {
-            self.mounter.stop(&self.unit).await?;
         }
         // The unit is gone, so whatever is still mounted there is dead (a SIGKILLed server leaves its mount).
         let mountpoint = self.mountpoint.clone();
@@ -629,7 +633,9 @@ impl Mounter for SystemdMounter {
             .map_err(MountError::Mountpoint)?;
         let unit = unit_of(plan);
         let started = Instant::now();
-        self.start(&unit, plan).await?;
+        let starting = self.start(&unit, plan).await;
+        crate::metrics::unit_started(crate::metrics::Outcome::of(&starting));
+        starting?;
         tracing::info!(
             volume = %plan.name,
             unit = %unit,

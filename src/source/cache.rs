@@ -334,13 +334,16 @@ impl SecretCache {
         let slot = self.slot(secret);
         let max_age = max_age.min(self.ttl);
         if let Some(fresh) = slot.fresh_within(max_age) {
+            crate::metrics::cache_lookup(crate::metrics::CacheResult::Hit);
             return Ok((fresh, false));
         }
         let mut requests = slot.requests.lock().await;
         // The request this one waited for may have answered it.
         if let Some(fresh) = slot.fresh_within(max_age) {
+            crate::metrics::cache_lookup(crate::metrics::CacheResult::Hit);
             return Ok((fresh, false));
         }
+        crate::metrics::cache_lookup(crate::metrics::CacheResult::Miss);
         let fetched = match secret.version {
             None => self.send(volume, self.source.read(&secret.path)).await,
             Some(version) => {
@@ -381,6 +384,7 @@ impl SecretCache {
                     let since = *requests.failing_since.get_or_insert_with(Instant::now);
                     if let Some(last) = slot.last() {
                         if since.elapsed() < self.stale_ttl {
+                            crate::metrics::stale_served();
                             return Ok((last, true));
                         }
                     }
@@ -698,7 +702,11 @@ mod tests {
             Duration::from_secs(5),
         )
         .with_stale_ttl(Duration::from_millis(300));
+        let stale_served = || crate::metrics::current("libsecret_cache_stale_served_total{}");
+        let misses = || crate::metrics::current("libsecret_cache_lookups_total{result=\"miss\"}");
+        let (stale_before, misses_before) = (stale_served(), misses());
         assert!(cache.read(&path("secret/a")).await.is_ok());
+        assert!(misses() > misses_before, "the first read is a miss");
         source.set_failure(Some(SourceError::Unavailable("sealed".into())));
         tokio::time::sleep(Duration::from_millis(5)).await;
         let (secret, stale) = cache
@@ -706,6 +714,7 @@ mod tests {
             .await
             .unwrap();
         assert!(stale);
+        assert!(stale_served() > stale_before, "a stale answer is counted");
         assert_eq!(
             secret
                 .render(&crate::names::View::Default)

@@ -209,6 +209,17 @@ pub async fn admit(
             Ok(permit) => permits.push(permit),
             Err(refusal) => {
                 budget.note_refusal(&refusal);
+                crate::metrics::rate_limit_refusal(
+                    if std::ptr::eq(budget, total) {
+                        crate::metrics::Budget::Process
+                    } else {
+                        crate::metrics::Budget::Volume
+                    },
+                    match refusal.which {
+                        "rate" => crate::metrics::Limit::Rate,
+                        _ => crate::metrics::Limit::Concurrency,
+                    },
+                );
                 return Err(refusal);
             }
         }
@@ -228,6 +239,12 @@ mod tests {
         let volume = RequestBudget::new("secret/app", BudgetLimits::new(100, 1, 5));
         let total = RequestBudget::unlimited("all volumes");
         let wait = Duration::from_millis(20);
+        let counted = || {
+            crate::metrics::current(
+                "libsecret_rate_limit_refusals_total{budget=\"volume\",limit=\"rate\"}",
+            )
+        };
+        let counted_before = counted();
         let started = Instant::now();
         let mut admitted = 0;
         let mut refused = 0;
@@ -249,6 +266,10 @@ mod tests {
         );
         assert_eq!(refused, 50 - admitted);
         assert_eq!(volume.refused(), refused);
+        assert!(
+            counted() - counted_before >= refused,
+            "each refusal is in the metrics, as the volume's budget's"
+        );
         assert_eq!(volume.lines_logged(), 1, "one line per interval");
         assert_eq!(
             total.admitted(),

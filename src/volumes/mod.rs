@@ -600,13 +600,12 @@ impl Volumes {
         &self,
         plan: &MountPlan,
     ) -> Result<Box<dyn ActiveMount>, VolumeError> {
-        self.mounter
-            .mount(plan)
-            .await
-            .map_err(|source| VolumeError::Mount {
-                name: plan.name.clone(),
-                source: Box::new(source),
-            })
+        let mounted = self.mounter.mount(plan).await;
+        crate::metrics::mount(crate::metrics::Outcome::of(&mounted));
+        mounted.map_err(|source| VolumeError::Mount {
+            name: plan.name.clone(),
+            source: Box::new(source),
+        })
     }
 
     /// Releases one use by `id`. Unknown volumes and IDs are ignored: Docker replays Unmount after crashes.
@@ -644,14 +643,12 @@ impl Volumes {
             }
         }
         if let Some(state) = held.take() {
-            state
-                .active
-                .unmount()
-                .await
-                .map_err(|source| VolumeError::Mount {
-                    name: name.to_owned(),
-                    source: Box::new(source),
-                })?;
+            let unmounted = state.active.unmount().await;
+            crate::metrics::unmount(crate::metrics::Outcome::of(&unmounted));
+            unmounted.map_err(|source| VolumeError::Mount {
+                name: name.to_owned(),
+                source: Box::new(source),
+            })?;
         }
         Ok(true)
     }

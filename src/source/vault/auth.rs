@@ -237,6 +237,24 @@ impl Auth {
         namespace: Option<&str>,
         dead: Option<&str>,
     ) -> Result<Login, AuthError> {
+        let login = self.obtain(transport, namespace, dead).await;
+        let method = match self {
+            Auth::Lent(_) => crate::metrics::LoginMethod::Lent,
+            Auth::InlineToken(_) | Auth::TokenFile(_) => crate::metrics::LoginMethod::Token,
+            Auth::AppRole { .. } => crate::metrics::LoginMethod::Approle,
+            Auth::Cert { .. } => crate::metrics::LoginMethod::Cert,
+        };
+        crate::metrics::login(method, crate::metrics::Outcome::of(&login));
+        login
+    }
+
+    /// The token of [`login_replacing`](Self::login_replacing), uncounted.
+    async fn obtain(
+        &self,
+        transport: &Transport,
+        namespace: Option<&str>,
+        dead: Option<&str>,
+    ) -> Result<Login, AuthError> {
         match self {
             Auth::Lent(lending) => borrow(lending, transport.timeout(), dead).await,
             Auth::InlineToken(token) => lookup(transport, namespace, token.clone()).await,
@@ -446,16 +464,20 @@ pub(super) async fn renew(
     namespace: Option<&str>,
     token: &str,
 ) -> Result<(Duration, bool), AuthError> {
-    let reply = transport
+    let renewed = transport
         .exec(token, namespace, || RenewSelf {
             body: b"{}".to_vec(),
         })
         .await
-        .map_err(|e| AuthError::from_client("token renew-self", &e))?;
-    let auth = reply
-        .auth
-        .ok_or_else(|| AuthError::Unavailable("token renew-self: no auth block".to_owned()))?;
-    Ok((Duration::from_secs(auth.lease_duration), auth.renewable))
+        .map_err(|e| AuthError::from_client("token renew-self", &e))
+        .and_then(|reply| {
+            reply
+                .auth
+                .ok_or_else(|| AuthError::Unavailable("token renew-self: no auth block".to_owned()))
+        })
+        .map(|auth| (Duration::from_secs(auth.lease_duration), auth.renewable));
+    crate::metrics::token_renewal(crate::metrics::Outcome::of(&renewed));
+    renewed
 }
 
 /// `POST auth/token/revoke-self`.

@@ -7,10 +7,12 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use rustify::clients::reqwest::Client as HttpClient;
 use rustify::endpoint::Endpoint;
+use rustify::enums::RequestMethod;
 use url::Url;
 use vaultrs::api::EndpointMiddleware;
 use vaultrs::client::VaultClientSettings;
@@ -19,6 +21,7 @@ use zeroize::Zeroize;
 
 use super::VaultSetupError;
 use crate::config::VaultConfig;
+use crate::metrics;
 use crate::sys::root_only::{read_root_only, Keep};
 
 /// The most redirects one request follows (a standby points at the active node: one is normal).
@@ -102,6 +105,45 @@ fn is_node_failure(error: &ClientError) -> bool {
         } => true,
         other => super::status_of(other) == Some(503),
     }
+}
+
+/// The method label of a request's metrics.
+fn metric_method<E: Endpoint>(endpoint: &E) -> metrics::Method {
+    match endpoint.method() {
+        RequestMethod::GET => metrics::Method::Get,
+        RequestMethod::LIST => metrics::Method::List,
+        RequestMethod::POST => metrics::Method::Post,
+        RequestMethod::PUT => metrics::Method::Put,
+        RequestMethod::DELETE => metrics::Method::Delete,
+        _ => metrics::Method::Other,
+    }
+}
+
+/// How Vault answered, for the metrics: the statuses [`super::source_error`] tells apart, a node that cannot serve
+/// (unreachable, sealed, 5xx, rate-limited) as unavailable, and anything else (a 400, a reply that is not JSON) as an
+/// error.
+fn request_result<T>(result: &Result<T, ClientError>) -> metrics::VaultResult {
+    let Err(error) = result else {
+        return metrics::VaultResult::Ok;
+    };
+    match super::status_of(error) {
+        Some(404) => metrics::VaultResult::NotFound,
+        Some(403) => metrics::VaultResult::Denied,
+        Some(code) if code >= 500 || code == 429 => metrics::VaultResult::Unavailable,
+        Some(_) => metrics::VaultResult::Error,
+        None if is_node_failure(error) => metrics::VaultResult::Unavailable,
+        None => metrics::VaultResult::Error,
+    }
+}
+
+/// Counts one request (all the nodes it tried) in the metrics.
+fn count_request<T>(
+    method: &OnceLock<metrics::Method>,
+    result: &Result<T, ClientError>,
+    started: std::time::Instant,
+) {
+    let method = method.get().copied().unwrap_or(metrics::Method::Other);
+    metrics::vault_request(method, request_result(result), started.elapsed());
 }
 
 fn read_file(path: &std::path::Path, key: &str) -> Result<Vec<u8>, VaultSetupError> {
@@ -431,11 +473,16 @@ impl Transport {
         namespace: Option<&str>,
         make: impl Fn() -> E,
     ) -> Result<E::Response, ClientError> {
-        self.on_nodes(token, namespace, |call| {
-            let endpoint = make();
-            async move { vaultrs::api::exec_with_no_result(&call, endpoint).await }
-        })
-        .await
+        let (method, started) = (OnceLock::new(), std::time::Instant::now());
+        let result = self
+            .on_nodes(token, namespace, |call| {
+                let endpoint = make();
+                let _ = method.set(metric_method(&endpoint));
+                async move { vaultrs::api::exec_with_no_result(&call, endpoint).await }
+            })
+            .await;
+        count_request(&method, &result, started);
+        result
     }
 
     /// [`Transport::exec`] for a request Vault answers with no body (204 No Content), such as a revocation.
@@ -445,11 +492,16 @@ impl Transport {
         namespace: Option<&str>,
         make: impl Fn() -> E,
     ) -> Result<(), ClientError> {
-        self.on_nodes(token, namespace, |call| {
-            let endpoint = make();
-            async move { vaultrs::api::exec_with_empty(&call, endpoint).await }
-        })
-        .await
+        let (method, started) = (OnceLock::new(), std::time::Instant::now());
+        let result = self
+            .on_nodes(token, namespace, |call| {
+                let endpoint = make();
+                let _ = method.set(metric_method(&endpoint));
+                async move { vaultrs::api::exec_with_empty(&call, endpoint).await }
+            })
+            .await;
+        count_request(&method, &result, started);
+        result
     }
 
     /// Runs `send` with a client for each node in turn, from the one that answered last, until one can serve.
@@ -505,6 +557,26 @@ impl Transport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vault_answers_are_counted_by_what_they_mean() {
+        let api = |code| {
+            Err::<(), _>(ClientError::APIError {
+                code,
+                errors: Vec::new(),
+            })
+        };
+        assert_eq!(request_result(&Ok(())), metrics::VaultResult::Ok);
+        assert_eq!(request_result(&api(404)), metrics::VaultResult::NotFound);
+        assert_eq!(request_result(&api(403)), metrics::VaultResult::Denied);
+        assert_eq!(request_result(&api(503)), metrics::VaultResult::Unavailable);
+        assert_eq!(request_result(&api(429)), metrics::VaultResult::Unavailable);
+        assert_eq!(request_result(&api(400)), metrics::VaultResult::Error);
+        assert_eq!(
+            request_result(&Err::<(), _>(ClientError::ResponseEmptyError)),
+            metrics::VaultResult::Error
+        );
+    }
 
     fn plaintext_remote(addresses: &[&str]) -> Vec<String> {
         let urls: Vec<Url> = addresses
