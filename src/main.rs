@@ -95,16 +95,31 @@ fn main() -> ExitCode {
             options,
             lease_holder,
         }) => runtime
-            .block_on(app::run_mount_unit(
-                config,
-                app::MountUnitArgs {
-                    volume: volume.clone(),
-                    mountpoint: mountpoint.clone(),
-                    options: options.iter().cloned().collect(),
-                    lease_holder: lease_holder.clone(),
-                },
-                shutdown_signal(),
-            ))
+            .block_on(async {
+                // The driver sends SIGHUP after its own reload: the unit reads the same config file again.
+                let (reload, reloads) = tokio::sync::mpsc::channel(4);
+                let (config_path, required) = cli.config_path();
+                let watching = tokio::spawn(reload_on_sighup(
+                    config_path,
+                    required,
+                    cli.overrides(),
+                    reload,
+                ));
+                let served = app::run_mount_unit(
+                    config,
+                    app::MountUnitArgs {
+                        volume: volume.clone(),
+                        mountpoint: mountpoint.clone(),
+                        options: options.iter().cloned().collect(),
+                        lease_holder: lease_holder.clone(),
+                    },
+                    shutdown_signal(),
+                    reloads,
+                )
+                .await;
+                watching.abort();
+                served
+            })
             .map_err(anyhow::Error::from),
         _ => {
             if flags.has_argv_token() {

@@ -143,6 +143,7 @@ fn a_mount_unit_serves_its_volume_in_process_until_its_shutdown_completes() {
         async {
             let _ = stopped.await;
         },
+        tokio::sync::mpsc::channel(1).1,
     ));
     support::wait_until("the unit's mount", Duration::from_secs(20), || {
         is_mounted(&mountpoint)
@@ -187,6 +188,7 @@ fn a_mount_unit_refuses_a_volume_name_that_is_not_a_vault_path() {
             lease_holder: None,
         },
         std::future::pending(),
+        tokio::sync::mpsc::channel(1).1,
     ));
     let error = result
         .expect_err("a bad volume name was served")

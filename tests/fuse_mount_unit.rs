@@ -406,6 +406,62 @@ fn a_unit_reports_its_health_to_the_control_socket_under_its_unit_name() {
 }
 
 #[test]
+fn a_unit_puts_reloaded_rules_in_force_for_its_reads_on_sighup_and_records_them() {
+    let (_bao, setup) = two_roles();
+    let driver = setup.driver("driver.log");
+    let mut unit = setup.unit("secret", "parent");
+    let mnt = setup.dir.path().join("parent");
+    assert_eq!(read(&mnt.join("app-1/db")).unwrap(), "app-1-password");
+    let denied = read(&mnt.join("admin/root")).unwrap_err();
+    assert_eq!(denied.raw_os_error(), Some(nix::libc::EACCES));
+    // Rule 0 (no credentials of its own) now refuses secret/app-1/db instead of secret/admin.
+    let config = std::fs::read_to_string(&setup.config).unwrap();
+    std::fs::write(
+        &setup.config,
+        config.replace("path = \"secret/admin\"", "path = \"secret/app-1/db\""),
+    )
+    .unwrap();
+    let pid = nix::unistd::Pid::from_raw(unit.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    support::wait_until("the unit's reload", Duration::from_secs(10), || {
+        unit.log().contains("reloaded its rules from")
+    });
+    // The name read before is retired at once, and refused; what the old rule refused is readable.
+    let refused = read(&mnt.join("app-1/db")).unwrap_err();
+    assert_eq!(
+        refused.raw_os_error(),
+        Some(nix::libc::EACCES),
+        "{}",
+        unit.log()
+    );
+    assert_eq!(read(&mnt.join("admin/root")).unwrap(), "root-password");
+    let recorded = std::fs::read_to_string(
+        setup
+            .dir
+            .path()
+            .join(format!("run/units/{}.rules", unit_name("secret"))),
+    )
+    .unwrap();
+    assert!(
+        recorded.starts_with("(rules ") && recorded.ends_with(')'),
+        "{recorded}"
+    );
+    // A reload that would need a restart (Vault's address) is refused; the unit keeps its rules and serves.
+    let moved = std::fs::read_to_string(&setup.config)
+        .unwrap()
+        .replace("timeout = \"5s\"", "timeout = \"6s\"");
+    std::fs::write(&setup.config, moved).unwrap();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    support::wait_until("the refusal", Duration::from_secs(10), || {
+        unit.log().contains("changing vault.timeout needs")
+    });
+    assert!(read(&mnt.join("app-1/db")).is_err());
+    assert_eq!(read(&mnt.join("admin/root")).unwrap(), "root-password");
+    assert!(unit.stop(), "{}", unit.log());
+    drop(driver);
+}
+
+#[test]
 fn a_unit_keeps_reading_while_the_driver_is_down_and_borrows_from_the_next_one() {
     let (bao, setup) = two_roles();
     let mark = bao.audit_len();

@@ -113,6 +113,47 @@ TOML
         let _ = self.get("secret/app-1/");
     }
 
+    /// Rewrites the config with `rules` as [`Self::set_rules_and_restart`] does, then `systemctl reload`, and waits
+    /// for `wanted` in the driver's journal.
+    fn set_rules_and_reload(&self, rules: &str, wanted: &str) {
+        self.exec_ok(&format!(
+            r#"set -e
+            cat > /etc/docker-volume-libsecret/config.toml <<'TOML'
+[vault]
+addr = "http://127.0.0.1:8200"
+token_file = "/etc/docker-volume-libsecret/token"
+
+{rules}
+TOML"#
+        ));
+        self.reload_and_wait(wanted);
+    }
+
+    /// `systemctl reload` of the driver; waits until its journal has `wanted` once more than before.
+    fn reload_and_wait(&self, wanted: &str) {
+        let before = self
+            .journal(&format!("-u {DRIVER}"))
+            .matches(wanted)
+            .count();
+        self.exec_ok(&format!("systemctl reload {DRIVER}"));
+        self.wait_for(wanted, || {
+            self.journal(&format!("-u {DRIVER}"))
+                .matches(wanted)
+                .count()
+                > before
+        });
+    }
+
+    fn restart_driver(&self) {
+        let before = self.driver_pid();
+        self.exec_ok(&format!("systemctl restart {DRIVER}"));
+        self.wait_for("the restarted driver", || {
+            let pid = self.driver_pid();
+            pid != before && pid != "0"
+        });
+        let _ = self.get("secret/app-1/");
+    }
+
     fn driver_pid(&self) -> String {
         self.exec_ok(&format!("systemctl show -p MainPID --value {DRIVER}"))
             .trim()
@@ -514,8 +555,49 @@ fn running_containers_keep_reading_through_restart_sigkill_and_upgrade() {
         host.journal("-u docker-volume-libsecret.service -n 30")
     );
     assert_eq!(host.get("secret/app-1/")["Volume"]["Status"]["Mounts"], 1);
+
+    // systemctl reload: the driver and the running unit put new rules in force for every read, and no mount is
+    // dropped; a restart then adopts the unit, whose recorded rules are those in force.
+    let deny_db = "[[rules]]\npath = \"secret/app-1/db-password\"\nallow = false\n";
+    host.set_rules_and_reload(
+        &format!("{deny_db}\n{allow_app}"),
+        "configuration reloaded from",
+    );
+    let journal = host.journal(&format!("-u {DRIVER}"));
+    assert!(
+        journal.contains("configuration reloaded from /etc/docker-volume-libsecret/config.toml")
+            && journal.contains(&format!("asked mount unit {unit} to reload its rules")),
+        "{journal}"
+    );
+    host.wait_for("the unit's reload", || {
+        host.journal(&format!("-u '{unit}'"))
+            .contains("reloaded its rules from")
+    });
+    let (_, out, err) = host.exec("docker exec reader2 cat /secrets/db-password");
+    assert!(
+        format!("{out}{err}").contains("Permission denied"),
+        "{out}{err}"
+    );
+    host.restart_driver();
+    assert_eq!(
+        host.exec_ok(&format!("systemctl show -p MainPID --value '{unit}'")),
+        unit_pid,
+        "neither the reload nor the restart after it dropped the mount:\n{}",
+        host.journal(&format!("-u {DRIVER} -n 30"))
+    );
+    // A config that does not load: refused, the driver keeps running with the rules in force.
+    let driver_pid = host.driver_pid();
+    host.exec_ok("echo 'bogus_key = 1' >> /etc/docker-volume-libsecret/config.toml");
+    host.reload_and_wait("reload refused, the running configuration is kept");
+    assert_eq!(host.driver_pid(), driver_pid);
+    let (_, state, _) = host.exec(&format!("systemctl is-active {DRIVER}"));
+    assert_eq!(state.trim(), "active");
+    let refusal = host.journal(&format!("-u {DRIVER}"));
+    assert!(refusal.contains("bogus_key"), "{refusal}");
+
+    // Rules changed behind a unit's back (edited, then restarted): the unit is stopped.
     host.set_rules_and_restart(&format!(
-        "[[rules]]\npath = \"secret/app-1/db-password\"\nallow = false\n\n{allow_app}"
+        "{deny_db}\n[[rules]]\npath = \"secret/app-1/other\"\nallow = false\n\n{allow_app}"
     ));
     host.wait_for("the unit under old rules to stop", || {
         host.mount_units().is_empty()

@@ -83,7 +83,11 @@ impl Controlled for DriverControl {
     }
 
     fn report(&self, report: UnitReport) -> Result<(), String> {
-        self.reports.record(&report.unit, report.health)
+        self.reports.record(&report.unit, report.health)?;
+        if let Some(counters) = report.counters {
+            crate::metrics::absorb_unit(&report.unit, counters);
+        }
+        Ok(())
     }
 }
 
@@ -106,7 +110,8 @@ pub fn start(path: PathBuf, driver: DriverControl) -> Option<tokio::task::JoinHa
     )))
 }
 
-/// A mount unit's reporter: sends its filesystem's health to the driver every [`REPORT_EVERY`], until aborted. A
+/// A mount unit's reporter: sends its filesystem's health and its metrics' counts to the driver every
+/// [`REPORT_EVERY`], until aborted. A
 /// driver that is down (restarting) is asked again at the next round.
 pub fn spawn_reporter(
     socket: PathBuf,
@@ -123,6 +128,7 @@ pub fn spawn_reporter(
                 unit: unit.clone(),
                 volume: volume.clone(),
                 health: health.snapshot(),
+                counters: Some(crate::metrics::unit_snapshot()),
             });
             match control::ask(&socket, &request, Duration::from_secs(2)).await {
                 Ok(_) => failing = false,

@@ -182,7 +182,7 @@ pub async fn run(
     };
     let reloading = tokio::spawn(async move {
         while let Some(request) = reloads.recv().await {
-            reloader.reload(request);
+            reloader.reload(request).await;
         }
     });
     let health = tokio::spawn(health::report(volumes.clone(), logins));
@@ -237,6 +237,7 @@ pub async fn run_mount_unit(
     config: Config,
     args: MountUnitArgs,
     shutdown: impl Future<Output = ()>,
+    reloads: tokio::sync::mpsc::Receiver<ReloadRequest>,
 ) -> Result<(), AppError> {
     let record = VolumeRecord {
         name: args.volume,
@@ -289,16 +290,26 @@ pub async fn run_mount_unit(
         "serving mount of {}",
         plan.name
     );
+    let unit = crate::mount::systemd::unit_of(&plan);
     let reporter = control::spawn_reporter(
         config.control_socket(),
-        crate::mount::systemd::unit_of(&plan),
+        unit.clone(),
         plan.name.clone(),
         mount.filesystem().health().clone(),
     );
+    let reloading = tokio::spawn(reload::reload_unit_rules(
+        config.clone(),
+        plan.clone(),
+        caches.clone(),
+        mount.filesystem().clone(),
+        unit,
+        reloads,
+    ));
     let status = format!("serving {} at {}", plan.name, plan.mountpoint.display());
     let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
     shutdown.await;
     reporter.abort();
+    reloading.abort();
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
     let ended = end_mount_unit(&plan, mount).await;
     if let Some(keeper) = keeper {

@@ -132,6 +132,11 @@ pub async fn choose_mounter(
             + config.vault.timeout * 4
             + Duration::from_secs(10),
         access: config.access_rules(),
+        runtime_dir: config
+            .control_socket()
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
     };
     let mounter = SystemdMounter::connect(template, reap_trigger, reports)
         .await

@@ -90,6 +90,30 @@ pub fn needs_restart(running: &Config, new: &Config) -> Vec<String> {
     keys
 }
 
+/// The config of `request` if it may be put in force over `running`; else `None`, with the refusal logged. `what`
+/// names who reloads in the log line (`the driver`, `mount unit of secret/app-1`).
+pub fn admit(running: &Config, request: ReloadRequest, what: &str) -> Option<Config> {
+    let file = running.source_file.display().to_string();
+    match request {
+        Err(error) => {
+            tracing::error!("reload refused, the running configuration is kept ({what}): {error}");
+            None
+        }
+        Ok(new) => {
+            let restart = needs_restart(running, &new);
+            if restart.is_empty() {
+                return Some(new);
+            }
+            tracing::error!(
+                "reload of {file} refused, the running configuration is kept ({what}): changing {} needs \
+                 `systemctl restart docker-volume-libsecret` (mount units keep serving across it)",
+                restart.join(", ")
+            );
+            None
+        }
+    }
+}
+
 /// Where a reload is put in force.
 pub struct Reloader {
     pub running: Config,
@@ -99,25 +123,12 @@ pub struct Reloader {
 
 impl Reloader {
     /// Puts `request` in force, or refuses it and keeps the running configuration; logs which, naming the file.
-    pub fn reload(&mut self, request: ReloadRequest) {
+    /// Mount units are asked to reload too (SIGHUP): each decides its reads by the rules it holds.
+    pub async fn reload(&mut self, request: ReloadRequest) {
         let _ = sd_notify::notify(&[NotifyState::Reloading]);
-        let file = self.running.source_file.display().to_string();
-        match request {
-            Err(error) => {
-                tracing::error!("reload refused, the running configuration is kept: {error}")
-            }
-            Ok(new) => {
-                let restart = needs_restart(&self.running, &new);
-                if restart.is_empty() {
-                    self.apply(new);
-                } else {
-                    tracing::error!(
-                        "reload of {file} refused, the running configuration is kept: changing {} needs \
-                         `systemctl restart docker-volume-libsecret` (mount units keep serving across it)",
-                        restart.join(", ")
-                    );
-                }
-            }
+        if let Some(new) = admit(&self.running, request, "the driver") {
+            self.apply(new);
+            self.volumes.reload_mount_units().await;
         }
         let _ = sd_notify::notify(&[NotifyState::Ready]);
     }
@@ -152,6 +163,61 @@ impl Reloader {
         );
         self.running = new;
     }
+}
+
+/// A mount unit's reloads (the driver sends SIGHUP after its own): the rules of `config` read again are put in force
+/// for every read of the unit's caches, and their digest is recorded where a later driver looks for it before
+/// adopting the unit. Refused like the driver's when they need a restart.
+pub async fn reload_unit_rules(
+    mut running: Config,
+    plan: crate::mount::MountPlan,
+    caches: Arc<VolumeCaches>,
+    filesystem: Arc<crate::fs::SecretFs>,
+    unit: String,
+    mut reloads: tokio::sync::mpsc::Receiver<ReloadRequest>,
+) {
+    let what = format!("mount unit of {}", plan.name);
+    while let Some(request) = reloads.recv().await {
+        let Some(new) = admit(&running, request, &what) else {
+            continue;
+        };
+        let access = new.access_rules();
+        let tag = crate::mount::systemd::rules_tag(&access, &plan);
+        caches.set_access(access);
+        let dir = new
+            .control_socket()
+            .parent()
+            .map(std::path::Path::to_path_buf);
+        let recorded = match dir {
+            Some(dir) => record_rules(
+                &crate::mount::systemd::reloaded_rules_file(&dir, &unit),
+                &tag,
+            ),
+            None => Ok(()),
+        };
+        if let Err(error) = recorded {
+            tracing::warn!(volume = %plan.name, "the mount unit of {} could not record its reloaded rules ({error}): a restarted driver will not adopt it", plan.name);
+        }
+        // Names already looked up go through the new rules now, not at the next refresh: one the rules refuse
+        // now is retired, and its next lookup is refused.
+        let retired = filesystem.refresh().await;
+        tracing::info!(volume = %plan.name, unit = %unit, retired, "mount unit of {} reloaded its rules from {}", plan.name, new.source_file.display());
+        running = new;
+    }
+}
+
+/// Writes `tag` to `path` atomically, its directory created root-only.
+fn record_rules(path: &std::path::Path, tag: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    let partial = path.with_extension("rules.partial");
+    std::fs::write(&partial, tag)?;
+    std::fs::rename(&partial, path)
 }
 
 #[cfg(test)]

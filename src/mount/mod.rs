@@ -113,6 +113,10 @@ pub trait Mounter: Send + Sync + std::fmt::Debug {
     ) {
     }
 
+    /// A reload: asks the mount units named to read the config again (in-process mounts read through the
+    /// driver's caches, whose rules the reload set).
+    async fn reload_units(&self, _units: &[String]) {}
+
     /// A live mount of the planned volume left by an earlier driver process, if there is one.
     async fn adopt(&self, _plan: &MountPlan) -> Option<Box<dyn ActiveMount>> {
         None

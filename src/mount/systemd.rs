@@ -53,6 +53,8 @@ trait Manager {
     fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
 
     fn get_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+
+    fn kill_unit(&self, name: &str, whom: &str, signal: i32) -> zbus::Result<()>;
 }
 
 #[zbus::proxy(
@@ -233,13 +235,21 @@ pub struct MountUnitTemplate {
     /// The access rules in force: a unit records the digest of those that decide its reads, and a running unit
     /// with another digest is not adopted.
     pub access: crate::access::AccessRules,
+    /// The root-only runtime directory (the control socket's), where units record the rules they reloaded.
+    pub runtime_dir: PathBuf,
 }
 
 /// The digest of the rules deciding the planned volume's reads, as its unit's description carries it
 /// (`(rules <hex>)`).
-fn rules_tag(access: &crate::access::AccessRules, plan: &MountPlan) -> String {
+pub fn rules_tag(access: &crate::access::AccessRules, plan: &MountPlan) -> String {
     let namespace = plan.parsed.namespace.as_deref();
     format!("(rules {})", access.digest_below(namespace, &plan.path))
+}
+
+/// Where a mount unit records the digest of the rules it reloaded ([`rules_tag`]), in the root-only runtime
+/// directory `dir`: its description still has the digest it started with.
+pub fn reloaded_rules_file(dir: &Path, unit: &str) -> PathBuf {
+    dir.join("units").join(format!("{unit}.rules"))
 }
 
 /// Starts and stops mount units over the system bus.
@@ -593,6 +603,11 @@ impl ActiveMount for UnitMount {
         })
         .await??;
         self.mounter.reports.forget(&self.unit);
+        let _ = std::fs::remove_file(reloaded_rules_file(
+            &self.mounter.template.runtime_dir,
+            &self.unit,
+        ));
+        crate::metrics::forget_unit(&self.unit);
         tracing::info!(volume = %self.volume, unit = %self.unit, mountpoint = %self.mountpoint.display(), "mount unit of {} stopped", self.volume);
         Ok(())
     }
@@ -624,6 +639,25 @@ impl Mounter for SystemdMounter {
     /// Units started from now on read the reloaded config file themselves; they record the new rules' digest.
     fn reconfigure(&self, access: &crate::access::AccessRules, _fs_options: &crate::fs::FsOptions) {
         *self.access.write().unwrap_or_else(|p| p.into_inner()) = access.clone();
+    }
+
+    /// SIGHUP to each unit's main process: it reads the config file again and puts the rules in force for its
+    /// reads (and records their digest, by which a later driver adopts it).
+    async fn reload_units(&self, units: &[String]) {
+        for unit in units {
+            match self
+                .manager
+                .kill_unit(unit, "main", nix::libc::SIGHUP)
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(unit = %unit, "asked mount unit {unit} to reload its rules")
+                }
+                Err(error) => {
+                    tracing::warn!(unit = %unit, %error, "could not ask mount unit {unit} to reload its rules: {error}")
+                }
+            }
+        }
     }
 
     async fn mount(&self, plan: &MountPlan) -> Result<Box<dyn ActiveMount>, MountError> {
@@ -669,7 +703,17 @@ impl Mounter for SystemdMounter {
                 .ok()
                 .flatten()
                 .unwrap_or_default();
-            if description.ends_with(&rules_tag(&self.access(), plan)) {
+            let tag = rules_tag(&self.access(), plan);
+            let reloaded = std::fs::read_to_string(reloaded_rules_file(
+                &self.template.runtime_dir,
+                &mount.unit,
+            ))
+            .ok();
+            let in_force = match reloaded {
+                Some(reloaded) => reloaded == tag,
+                None => description.ends_with(&tag),
+            };
+            if in_force {
                 tracing::info!(volume = %plan.name, unit = %mount.unit, "re-adopted the running mount unit of {}", plan.name);
                 return Some(Box::new(mount));
             }

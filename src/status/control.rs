@@ -22,8 +22,8 @@ use crate::mount::broker::{accept_until, Accept};
 /// The default control socket, beside the token broker's in the package's root-only runtime directory.
 pub const DEFAULT_SOCKET: &str = "/run/docker-volume-libsecret/control.sock";
 
-/// The longest request line read; a status reply of thousands of volumes may be longer, and is read whole.
-const MAX_REQUEST: usize = 16 * 1024;
+/// The longest request line read (a unit's report with its counters is about 10 KB); a status reply of thousands of volumes may be longer, and is read whole.
+const MAX_REQUEST: usize = 64 * 1024;
 
 /// The longest reply a client reads.
 const MAX_REPLY: u64 = 64 * 1024 * 1024;
@@ -46,6 +46,9 @@ pub struct UnitReport {
     pub unit: String,
     pub volume: String,
     pub health: HealthState,
+    /// What the unit counted, for the driver's metrics (never a secret: counts by series).
+    #[serde(default)]
+    pub counters: Option<crate::metrics::UnitCounters>,
 }
 
 /// The driver's answer.
@@ -309,6 +312,7 @@ mod tests {
             unit: "u.service".into(),
             volume: "secret/a".into(),
             health: HealthState::default(),
+            counters: None,
         });
         let mut line = serde_json::to_vec(&report).unwrap();
         line.push(b'\n');

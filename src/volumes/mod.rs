@@ -371,6 +371,20 @@ impl Volumes {
         refused
     }
 
+    /// After a reload: every running mount unit reads the config again, so its reads are decided by the rules
+    /// now in force.
+    pub async fn reload_mount_units(&self) {
+        let units: Vec<String> = self
+            .book()
+            .probes
+            .values()
+            .filter_map(|probe| probe.unit().map(str::to_owned))
+            .collect();
+        if !units.is_empty() {
+            self.mounter.reload_units(&units).await;
+        }
+    }
+
     /// Takes over the mount slot `key` had when the driver last saved it, or forgets its IDs.
     async fn adopt(&self, key: String, ids: MountIds) -> Result<(), StoreError> {
         let name = volume_of(&key).to_owned();
