@@ -322,13 +322,7 @@ impl LeaseKeeper {
     async fn revoke(&self, source: &Arc<dyn SecretSource>, lease: &LeaseRef) -> bool {
         let revoked = source.revoke_lease(lease).await;
         // Already gone counts as revoked: Vault has it no more.
-        crate::metrics::lease(
-            crate::metrics::LeaseOp::Revoke,
-            match revoked {
-                Ok(()) | Err(SourceError::NotFound) => crate::metrics::Outcome::Ok,
-                Err(_) => crate::metrics::Outcome::Failed,
-            },
-        );
+        crate::metrics::lease_revoked(matches!(revoked, Ok(()) | Err(SourceError::NotFound)));
         match revoked {
             Ok(()) | Err(SourceError::NotFound) => {
                 tracing::info!(

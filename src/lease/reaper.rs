@@ -156,13 +156,7 @@ async fn revoke(
     report: &mut ReapReport,
 ) -> Outcome {
     let revoked = source.revoke_lease(lease).await;
-    crate::metrics::lease(
-        crate::metrics::LeaseOp::Revoke,
-        match revoked {
-            Ok(()) | Err(SourceError::NotFound) => crate::metrics::Outcome::Ok,
-            Err(_) => crate::metrics::Outcome::Failed,
-        },
-    );
+    crate::metrics::lease_revoked(matches!(revoked, Ok(()) | Err(SourceError::NotFound)));
     match revoked {
         // Gone already (revoked elsewhere, expired): nothing is left to revoke.
         Ok(()) | Err(SourceError::NotFound) => {

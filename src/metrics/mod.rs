@@ -617,6 +617,14 @@ pub fn forget_unit(unit: &str) {
     METRICS.forget(unit);
 }
 
+/// A lease revocation ended: `gone` when Vault has the lease no more (revoked now, or already gone).
+pub fn lease_revoked(gone: bool) {
+    lease(
+        LeaseOp::Revoke,
+        if gone { Outcome::Ok } else { Outcome::Failed },
+    );
+}
+
 /// A FUSE read reached this process.
 pub fn fs_read() {
     METRICS.fs_read();

@@ -3,7 +3,6 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::os::unix::fs::PermissionsExt;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -31,19 +30,9 @@ pub fn bind(listen: &MetricsListen) -> std::io::Result<Listener> {
             listener.set_nonblocking(true)?;
             Ok(Listener::Tcp(TcpListener::from_std(listener)?))
         }
-        MetricsListen::Unix(path) => {
-            match std::fs::remove_file(path) {
-                Ok(()) => {}
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                Err(error) => return Err(error),
-            }
-            let previous = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-            let bound = UnixListener::bind(path);
-            nix::sys::stat::umask(previous);
-            let listener = bound?;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-            Ok(Listener::Unix(listener))
-        }
+        MetricsListen::Unix(path) => Ok(Listener::Unix(crate::sys::private_socket::bind_private(
+            path,
+        )?)),
     }
 }
 
@@ -180,7 +169,8 @@ mod tests {
         std::fs::write(&path, "leftover").unwrap();
         let listener = bind(&MetricsListen::Unix(path.clone())).unwrap();
         assert!(matches!(listener, Listener::Unix(_)));
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        let mode = std::fs::metadata(&path).unwrap().permissions();
+        let mode = std::os::unix::fs::PermissionsExt::mode(&mode);
         assert_eq!(mode & 0o777, 0o600);
     }
 }

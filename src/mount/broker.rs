@@ -456,17 +456,7 @@ pub fn bind_root_only(path: &Path, what: &'static str) -> Result<UnixListener, B
             path: path.to_owned(),
         });
     }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-        Err(error) => return Err(io(error)),
-    }
-    let previous = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-    let bound = UnixListener::bind(path);
-    nix::sys::stat::umask(previous);
-    let listener = bound.map_err(io)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
-    Ok(listener)
+    crate::sys::private_socket::bind_private(path).map_err(io)
 }
 
 /// Why a unit got no token from the broker.

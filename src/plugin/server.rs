@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
 use http_body_util::{BodyExt, Full, Limited};
@@ -190,16 +190,5 @@ pub fn listener(path: &Path) -> std::io::Result<(UnixListener, bool)> {
             .mode(0o755)
             .create(parent)?;
     }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-        Err(error) => return Err(error),
-    }
-    // The socket is born 0600: no window in which another user could connect.
-    let previous = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-    let bound = UnixListener::bind(path);
-    nix::sys::stat::umask(previous);
-    let listener = bound?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok((listener, false))
+    Ok((crate::sys::private_socket::bind_private(path)?, false))
 }

@@ -2,4 +2,5 @@
 
 pub mod hardening;
 pub mod logging;
+pub mod private_socket;
 pub mod root_only;
