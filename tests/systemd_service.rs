@@ -81,6 +81,7 @@ impl Host {
             umask 077
             printf '%s\n' '{token}' > /etc/docker-volume-libsecret/token
             cat > /etc/docker-volume-libsecret/config.toml <<'TOML'
+metrics_listen = "127.0.0.1:9475"
 [vault]
 addr = "http://127.0.0.1:8200"
 token_file = "/etc/docker-volume-libsecret/token"
@@ -412,6 +413,17 @@ fn check_status_of_a_unit_mount(host: &Host) {
     host.wait_for("the inspected container's unmount", || {
         host.mount_units().len() == 1
     });
+    // Reads happen in the mount unit's process: the unit's reports carry its counts into the driver's metrics.
+    let reads = || -> u64 {
+        let scraped = host.exec_ok("curl -sf http://127.0.0.1:9475/metrics");
+        scraped
+            .lines()
+            .find_map(|line| line.strip_prefix("libsecret_fs_reads_total "))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+            .map_or(0, |value| value as u64)
+    };
+    // (The driver serves no mount itself here, so every read counted is a unit's.)
+    host.wait_for("the unit's reads in the driver's metrics", || reads() >= 1);
     // As a user other than root: refused, with what to do.
     let (code, _, err) = host
         .exec("setpriv --reuid=65534 --regid=65534 --clear-groups docker-volume-libsecret status");
