@@ -343,6 +343,10 @@ fn plain_http_to_another_host_is_warned_about_at_start() {
         &dir.path().join("log"),
         &[("VAULT_TOKEN", "hvs.plaintext-secret-value")],
     );
+    // The plugin socket accepts before the driver has built its Vault client (which warns): wait for the line.
+    support::wait_until("the plaintext warning", Duration::from_secs(10), || {
+        driver.log().contains("plain http://")
+    });
     let output = driver.log();
     let warning = output
         .lines()
@@ -514,6 +518,12 @@ fn completions_and_man_pages_cover_every_subcommand() {
         check.contains("docker\\-volume\\-libsecret check\\-config"),
         "{check}"
     );
+    let status = page("docker-volume-libsecret-status.8");
+    assert!(status.contains("control socket"), "{status}");
     let pages: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
-    assert_eq!(pages.len(), 2, "hidden commands get no page: {pages:?}");
+    assert_eq!(
+        pages.len(),
+        3,
+        "the program, check-config and status; hidden commands get no page: {pages:?}"
+    );
 }

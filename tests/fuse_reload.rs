@@ -143,7 +143,7 @@ fn sighup_puts_new_rules_and_log_level_in_force_without_dropping_a_mount_and_ref
     std::fs::write(&config, moved).unwrap();
     let log = reload(
         &driver,
-        "refused, the running configuration is kept: changing",
+        "the running configuration is kept (the driver): changing",
     );
     assert!(
         log.contains("changing state_dir needs `systemctl restart docker-volume-libsecret`"),
