@@ -1,6 +1,7 @@
 //! `systemctl reload` (SIGHUP): the config is read again and what can change without dropping a mount is put in
-//! force — the access rules, `log_level`, and the file options of mounts made from now on (`uid`, `gid`, `mode`,
-//! `dir_mode`, `refresh_interval`, `audit*`). Anything else (Vault's address and credentials, a rule's own
+//! force — the access rules, `log_level`, the caches' lifetimes (`cache_ttl`, `stale_ttl`, `negative_ttl`), and the
+//! file options of mounts made from now on (`uid`, `gid`, `mode`, `dir_mode`, `refresh_interval`, `audit*`). Anything
+//! else (Vault's address and credentials, a rule's own
 //! credentials, sockets, directories, caches, limits) needs a restart: such a reload is refused, and the running
 //! configuration is kept, as it is for a file that does not load.
 
@@ -22,6 +23,9 @@ pub type ReloadRequest = Result<Config, String>;
 const LIVE_KEYS: &[&str] = &[
     "rules",
     "log_level",
+    "cache_ttl",
+    "stale_ttl",
+    "negative_ttl",
     "uid",
     "gid",
     "mode",
@@ -143,6 +147,7 @@ impl Reloader {
         }
         let access = new.access_rules();
         self.caches.set_access(access.clone());
+        self.caches.set_times(new.cache_times());
         let refused = self.volumes.reconfigure(access, &new.fs_options());
         for (volume, reason) in &refused {
             tracing::warn!(
@@ -184,6 +189,7 @@ pub async fn reload_unit_rules(
         let access = new.access_rules();
         let tag = crate::mount::systemd::rules_tag(&access, &plan);
         caches.set_access(access);
+        caches.set_times(new.cache_times());
         let dir = new
             .control_socket()
             .parent()
@@ -243,15 +249,17 @@ mod tests {
         live.log_level = "debug".into();
         live.refresh_interval = std::time::Duration::from_secs(7);
         live.uid = 1000;
+        live.stale_ttl = std::time::Duration::from_secs(9);
         assert_eq!(needs_restart(&running, &live), Vec::<String>::new());
 
         let mut restart = running.clone();
         restart.state_dir = "/elsewhere".into();
         restart.vault.addr = vec!["http://127.0.0.1:1".into()];
         restart.cache_ttl = std::time::Duration::from_secs(1);
+        restart.limits.volume_rate = std::num::NonZeroU32::MIN;
         assert_eq!(
             needs_restart(&running, &restart),
-            vec!["cache_ttl", "state_dir", "vault.addr"]
+            vec!["limits.volume_rate", "state_dir", "vault.addr"]
         );
     }
 

@@ -669,6 +669,15 @@ impl Config {
         }
     }
 
+    /// How long the caches keep values fresh, serve them through an outage, and remember missing names.
+    pub fn cache_times(&self) -> crate::source::cache::CacheTimes {
+        crate::source::cache::CacheTimes {
+            ttl: self.cache_ttl,
+            stale_ttl: self.stale_ttl,
+            negative_ttl: self.negative_ttl,
+        }
+    }
+
     /// Ownership, modes and refresh of the files the mounts show.
     pub fn fs_options(&self) -> crate::fs::FsOptions {
         crate::fs::FsOptions {

@@ -125,10 +125,9 @@ struct Indexes {
 /// The shared cache of one set of credentials.
 pub struct SecretCache {
     source: Arc<dyn SecretSource>,
-    ttl: Duration,
+    /// `cache_ttl`, `stale_ttl`, `negative_ttl`: replaced whole by a reload.
+    times: std::sync::RwLock<CacheTimes>,
     timeout: Duration,
-    stale_ttl: Duration,
-    negative_ttl: Duration,
     slots: Mutex<LruCache<SecretRef, Arc<Slot>>>,
     missing: Mutex<LruCache<VaultPath, Instant>>,
     indexes: Mutex<Indexes>,
@@ -141,10 +140,8 @@ pub struct SecretCache {
 impl std::fmt::Debug for SecretCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SecretCache")
-            .field("ttl", &self.ttl)
+            .field("times", &self.times())
             .field("timeout", &self.timeout)
-            .field("stale_ttl", &self.stale_ttl)
-            .field("negative_ttl", &self.negative_ttl)
             .finish_non_exhaustive()
     }
 }
@@ -165,15 +162,25 @@ pub(crate) fn bounded_lru<K: std::hash::Hash + Eq, V>(cap: usize) -> LruCache<K,
     map
 }
 
+/// The cache's lifetimes, from the config (`cache_ttl`, `stale_ttl`, `negative_ttl`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheTimes {
+    pub ttl: Duration,
+    pub stale_ttl: Duration,
+    pub negative_ttl: Duration,
+}
+
 impl SecretCache {
     /// `ttl` is how long a read value is served before asking the source again; `timeout` bounds every request.
     pub fn new(source: Arc<dyn SecretSource>, ttl: Duration, timeout: Duration) -> Self {
         SecretCache {
             source,
-            ttl,
+            times: std::sync::RwLock::new(CacheTimes {
+                ttl,
+                stale_ttl: Duration::ZERO,
+                negative_ttl: Duration::ZERO,
+            }),
             timeout,
-            stale_ttl: Duration::ZERO,
-            negative_ttl: Duration::ZERO,
             slots: Mutex::new(bounded_lru(DEFAULT_MAX_SECRETS)),
             missing: Mutex::new(bounded_lru(MAX_MISSING)),
             indexes: Mutex::new(Indexes {
@@ -199,7 +206,7 @@ impl SecretCache {
     /// Remembers names found missing, and directory indexes, for `negative_ttl` (zero: never, and no index is
     /// taken), so asking again costs no request.
     pub fn with_negative_ttl(mut self, negative_ttl: Duration) -> Self {
-        self.negative_ttl = negative_ttl;
+        self.times_mut().negative_ttl = negative_ttl;
         self
     }
 
@@ -219,7 +226,7 @@ impl SecretCache {
     pub fn known_missing(&self, path: &VaultPath) -> bool {
         let mut missing = lock(&self.missing);
         match missing.get(path) {
-            Some(since) if since.elapsed() < self.negative_ttl => true,
+            Some(since) if since.elapsed() < self.times().negative_ttl => true,
             Some(_) => {
                 missing.pop(path);
                 false
@@ -230,7 +237,7 @@ impl SecretCache {
 
     /// Remembers that `path` is neither a secret nor a folder.
     pub fn note_missing(&self, path: &VaultPath) {
-        if self.negative_ttl.is_zero() {
+        if self.times().negative_ttl.is_zero() {
             return;
         }
         lock(&self.missing).put(path.clone(), Instant::now());
@@ -270,8 +277,22 @@ impl SecretCache {
 
     /// Serves last-known values through outages of up to `stale_ttl` (zero: never).
     pub fn with_stale_ttl(mut self, stale_ttl: Duration) -> Self {
-        self.stale_ttl = stale_ttl;
+        self.times_mut().stale_ttl = stale_ttl;
         self
+    }
+
+    fn times_mut(&mut self) -> &mut CacheTimes {
+        self.times.get_mut().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How long values are fresh, served through an outage, and remembered missing.
+    pub fn times(&self) -> CacheTimes {
+        *self.times.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A reload: values read from now on are judged by `times` (also those already in memory).
+    pub fn set_times(&self, times: CacheTimes) {
+        *self.times.write().unwrap_or_else(|p| p.into_inner()) = times;
     }
 
     fn slot(&self, secret: &SecretRef) -> Arc<Slot> {
@@ -284,7 +305,7 @@ impl SecretCache {
     /// a request in flight for the same key).
     pub fn cached(&self, secret: &SecretRef) -> Option<Secret> {
         let slot = lock(&self.slots).get(secret).cloned()?;
-        slot.fresh_within(self.ttl)
+        slot.fresh_within(self.times().ttl)
     }
 
     /// Whether a value of the secret is in memory, however old (it existed: a read, not an index, decides now).
@@ -296,7 +317,7 @@ impl SecretCache {
 
     /// The secret at `path`, from memory when fresh.
     pub async fn read(&self, path: &VaultPath) -> Result<Secret, SourceError> {
-        self.read_fresh(&SecretRef::latest(path.clone()), self.ttl)
+        self.read_fresh(&SecretRef::latest(path.clone()), self.times().ttl)
             .await
     }
 
@@ -332,7 +353,7 @@ impl SecretCache {
     ) -> Result<(Secret, bool), SourceError> {
         let path = secret;
         let slot = self.slot(secret);
-        let max_age = max_age.min(self.ttl);
+        let max_age = max_age.min(self.times().ttl);
         if let Some(fresh) = slot.fresh_within(max_age) {
             crate::metrics::cache_lookup(crate::metrics::CacheResult::Hit);
             return Ok((fresh, false));
@@ -383,7 +404,7 @@ impl SecretCache {
                 if let SourceError::Unavailable(_) = error {
                     let since = *requests.failing_since.get_or_insert_with(Instant::now);
                     if let Some(last) = slot.last() {
-                        if since.elapsed() < self.stale_ttl {
+                        if since.elapsed() < self.times().stale_ttl {
                             crate::metrics::stale_served();
                             return Ok((last, true));
                         }
@@ -422,7 +443,7 @@ impl SecretCache {
         name: &str,
         volume: Option<&RequestBudget>,
     ) -> Result<Option<Listed>, SourceError> {
-        if self.negative_ttl.is_zero() {
+        if self.times().negative_ttl.is_zero() {
             return Ok(None);
         }
         let listing = match self.fresh_index(dir) {
@@ -441,7 +462,9 @@ impl SecretCache {
     fn fresh_index(&self, dir: &VaultPath) -> Option<Arc<Listing>> {
         let mut indexes = lock(&self.indexes);
         match indexes.entries.get(dir) {
-            Some(entry) if entry.taken.elapsed() < self.negative_ttl => Some(entry.listing.clone()),
+            Some(entry) if entry.taken.elapsed() < self.times().negative_ttl => {
+                Some(entry.listing.clone())
+            }
             _ => None,
         }
     }
@@ -618,6 +641,26 @@ mod tests {
 
     fn path(p: &str) -> VaultPath {
         VaultPath::from_volume_name(p).unwrap()
+    }
+
+    #[tokio::test]
+    async fn reloaded_times_judge_the_values_already_in_memory() {
+        let source = Arc::new(MemorySource::default());
+        source.put("secret/a", json!({"value": "1"}));
+        let cache = SecretCache::new(source, Duration::from_secs(3600), Duration::from_secs(1));
+        let secret = SecretRef::latest(path("secret/a"));
+        cache.read(&path("secret/a")).await.unwrap();
+        assert!(cache.cached(&secret).is_some());
+        let times = CacheTimes {
+            ttl: Duration::ZERO,
+            ..cache.times()
+        };
+        cache.set_times(times);
+        assert_eq!(cache.times(), times);
+        assert!(
+            cache.cached(&secret).is_none(),
+            "a zero ttl leaves nothing fresh"
+        );
     }
 
     #[tokio::test]

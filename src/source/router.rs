@@ -28,6 +28,8 @@ pub struct VolumeCaches {
     roots: HashMap<AuthScope, Arc<SecretCache>>,
     namespaced: Mutex<HashMap<(AuthScope, String), Arc<SecretCache>>>,
     factory: NamespaceCacheFactory,
+    /// The lifetimes a reload set, for namespace caches made after it (the factory has the start's).
+    reloaded_times: Mutex<Option<crate::source::cache::CacheTimes>>,
 }
 
 impl std::fmt::Debug for VolumeCaches {
@@ -49,6 +51,7 @@ impl VolumeCaches {
             roots,
             namespaced: Mutex::new(HashMap::new()),
             factory,
+            reloaded_times: Mutex::new(None),
         }
     }
 
@@ -64,6 +67,21 @@ impl VolumeCaches {
     /// credentials these caches were not opened with.
     pub fn set_access(&self, access: AccessRules) {
         *self.access.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(access);
+    }
+
+    /// A reload: every cache, of every scope and namespace, judges its values by `times` from now on.
+    pub fn set_times(&self, times: crate::source::cache::CacheTimes) {
+        *self
+            .reloaded_times
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(times);
+        for cache in self.roots.values() {
+            cache.set_times(times);
+        }
+        let namespaced = self.namespaced.lock().unwrap_or_else(|p| p.into_inner());
+        for cache in namespaced.values() {
+            cache.set_times(times);
+        }
     }
 
     /// A backend with one set of credentials and no namespaces: a volume asking for one is refused with `reason`.
@@ -106,6 +124,13 @@ impl VolumeCaches {
             (self.factory)(scope, namespace)
                 .map_err(|reason| format!("volume option namespace: {reason}"))?,
         );
+        if let Some(times) = *self
+            .reloaded_times
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+        {
+            cache.set_times(times);
+        }
         caches.insert(key, cache.clone());
         Ok(cache)
     }
