@@ -91,35 +91,10 @@ TOML
         ));
     }
 
-    /// Rewrites the config with `rules` (TOML `[[rules]]` tables) after the `[vault]` table, and restarts the
-    /// driver (a running driver reads its config only at start).
-    fn set_rules_and_restart(&self, rules: &str) {
-        let before = self.driver_pid();
+    /// Rewrites the config with `rules` (TOML `[[rules]]` tables) after the `[vault]` table.
+    fn write_rules(&self, rules: &str) {
         self.exec_ok(&format!(
-            r#"set -e
-            cat > /etc/docker-volume-libsecret/config.toml <<'TOML'
-[vault]
-addr = "http://127.0.0.1:8200"
-token_file = "/etc/docker-volume-libsecret/token"
-
-{rules}
-TOML
-            systemctl restart {DRIVER}"#
-        ));
-        self.wait_for("the restarted driver", || {
-            let pid = self.driver_pid();
-            pid != before && pid != "0"
-        });
-        // Socket activation: the restarted driver adopts units once it runs; a Get makes sure it has.
-        let _ = self.get("secret/app-1/");
-    }
-
-    /// Rewrites the config with `rules` as [`Self::set_rules_and_restart`] does, then `systemctl reload`, and waits
-    /// for `wanted` in the driver's journal.
-    fn set_rules_and_reload(&self, rules: &str, wanted: &str) {
-        self.exec_ok(&format!(
-            r#"set -e
-            cat > /etc/docker-volume-libsecret/config.toml <<'TOML'
+            r#"cat > /etc/docker-volume-libsecret/config.toml <<'TOML'
 [vault]
 addr = "http://127.0.0.1:8200"
 token_file = "/etc/docker-volume-libsecret/token"
@@ -127,6 +102,17 @@ token_file = "/etc/docker-volume-libsecret/token"
 {rules}
 TOML"#
         ));
+    }
+
+    /// [`Self::write_rules`], then restarts the driver (a running driver reads its config at start and reload).
+    fn set_rules_and_restart(&self, rules: &str) {
+        self.write_rules(rules);
+        self.restart_driver();
+    }
+
+    /// [`Self::write_rules`], then `systemctl reload`, and waits for `wanted` in the driver's journal.
+    fn set_rules_and_reload(&self, rules: &str, wanted: &str) {
+        self.write_rules(rules);
         self.reload_and_wait(wanted);
     }
 
@@ -145,6 +131,8 @@ TOML"#
         });
     }
 
+    /// Restarts the driver and waits for the new process; socket activation: the restarted driver adopts units
+    /// once it runs, and a Get makes sure it has.
     fn restart_driver(&self) {
         let before = self.driver_pid();
         self.exec_ok(&format!("systemctl restart {DRIVER}"));
