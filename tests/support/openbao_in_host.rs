@@ -62,13 +62,36 @@ UNIT
 /// Where [`install_persistent`] keeps the unseal request (`{"key": ...}`, root-only) the unit replays at start.
 pub const UNSEAL_REQUEST: &str = "/etc/openbao/unseal.json";
 
-/// Copies bao in and runs it as the enabled unit [`UNIT`]: a real server (not dev mode) on 127.0.0.1:8200 with raft
-/// storage under /var/lib/openbao and the audit log at [`AUDIT_LOG`], so its data, tokens and mounts survive
-/// [`SystemdHost::reboot`]. It is initialised here with one key share; the unit's `ExecStartPost=` unseals it from
-/// [`UNSEAL_REQUEST`] after every start and waits until it is active, and the unit is ordered before Docker and
-/// the driver, so they never meet a sealed Vault after a boot. No credential is on the server's command line or in
-/// what it logs. KV v2 is enabled at `secret/` (as in dev mode). Returns the root token from the init.
-pub fn install_persistent(host: &SystemdHost) -> String {
+/// Where one raft server listens and how the others (and its `api_addr`) name it.
+#[derive(Debug, Clone, Copy)]
+pub struct RaftServer<'a> {
+    /// The raft `node_id`.
+    pub node_id: &'a str,
+    /// The address the listeners bind: `127.0.0.1` for one host, `0.0.0.0` for a cluster on a test network.
+    pub listen: &'a str,
+    /// The host name in `api_addr` and `cluster_addr`: `127.0.0.1`, or the host's name on the test network.
+    pub name: &'a str,
+}
+
+/// One server on the host's loopback ([`install_persistent`]).
+pub const LOOPBACK_SERVER: RaftServer<'static> = RaftServer {
+    node_id: "test-host",
+    listen: "127.0.0.1",
+    name: "127.0.0.1",
+};
+
+/// Copies bao in and runs it as the enabled unit [`UNIT`]: a real server (not dev mode) on port 8200 of
+/// `server.listen`, with raft storage under /var/lib/openbao and the audit log at [`AUDIT_LOG`], so its data, tokens
+/// and mounts survive [`SystemdHost::reboot`]. The unit's `ExecStartPost=` unseals it from [`UNSEAL_REQUEST`] (once
+/// [`unseal`] has written it) after every start and waits until it serves (as active node or standby), and the unit
+/// is ordered before Docker and the driver, so they never meet a sealed Vault after a boot. No credential is on the
+/// server's command line or in what it logs. Local commands use [`ADDR`] (the listener includes loopback).
+pub fn install_raft_server(host: &SystemdHost, server: &RaftServer<'_>) {
+    let RaftServer {
+        node_id,
+        listen,
+        name,
+    } = *server;
     host.copy_in(&find_bao(), "/usr/local/bin/bao");
     host.exec_ok(&format!(
         r#"set -e
@@ -76,16 +99,16 @@ pub fn install_persistent(host: &SystemdHost) -> String {
         cat > /etc/openbao/server.hcl <<'HCL'
 storage "raft" {{
   path = "/var/lib/openbao"
-  node_id = "test-host"
+  node_id = "{node_id}"
   performance_multiplier = 1
 }}
 listener "tcp" {{
-  address = "127.0.0.1:8200"
-  cluster_address = "127.0.0.1:8201"
+  address = "{listen}:8200"
+  cluster_address = "{listen}:8201"
   tls_disable = true
 }}
-api_addr = "{ADDR}"
-cluster_addr = "https://127.0.0.1:8201"
+api_addr = "http://{name}:8200"
+cluster_addr = "https://{name}:8201"
 audit "file" "test" {{
   options {{
     file_path = "{AUDIT_LOG}"
@@ -94,17 +117,17 @@ audit "file" "test" {{
 HCL
         cat > /usr/local/bin/unseal-openbao <<'SH'
 #!/bin/sh
-# Waits for the listener; unseals with the key of the init (none before the first init) and waits until active.
+# Waits for the listener; unseals with the key of the init (none before the first init) and waits until it serves.
 for i in $(seq 1 300); do curl -s -o /dev/null {ADDR}/v1/sys/seal-status && break; sleep 0.1; done
 [ -f {UNSEAL_REQUEST} ] || exit 0
 curl -sf -o /dev/null -X PUT --data @{UNSEAL_REQUEST} {ADDR}/v1/sys/unseal
-for i in $(seq 1 300); do curl -fs -o /dev/null {ADDR}/v1/sys/health && exit 0; sleep 0.1; done
+for i in $(seq 1 300); do curl -fs -o /dev/null '{ADDR}/v1/sys/health?standbyok=true' && exit 0; sleep 0.1; done
 exit 1
 SH
         chmod 700 /usr/local/bin/unseal-openbao
         cat > /etc/systemd/system/{UNIT} <<'UNIT'
 [Unit]
-Description=OpenBao on loopback with raft storage (test Vault)
+Description=OpenBao with raft storage (test Vault)
 Before=docker.service docker-volume-libsecret.service
 [Service]
 ExecStart=/usr/local/bin/bao server -config=/etc/openbao/server.hcl
@@ -115,21 +138,36 @@ UNIT
         systemctl daemon-reload
         systemctl enable --now {UNIT}"#
     ));
+}
+
+/// `bao operator init` with one key share on a server [`install_raft_server`] started: (root token, unseal key).
+pub fn init(host: &SystemdHost) -> (String, String) {
     let init = host.exec_ok(&format!(
         "BAO_ADDR={ADDR} /usr/local/bin/bao operator init -key-shares=1 -key-threshold=1 -format=json"
     ));
     let init: serde_json::Value =
         serde_json::from_str(&init).unwrap_or_else(|e| panic!("bao operator init: {e}: {init}"));
-    let key = init["unseal_keys_b64"][0]
-        .as_str()
-        .unwrap_or_else(|| panic!("no unseal key in the init reply"));
-    let root_token = init["root_token"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no root token in the init reply"))
-        .to_owned();
+    let field = |value: &serde_json::Value, what: &str| {
+        value
+            .as_str()
+            .unwrap_or_else(|| panic!("no {what} in the init reply"))
+            .to_owned()
+    };
+    (
+        field(&init["root_token"], "root token"),
+        field(&init["unseal_keys_b64"][0], "unseal key"),
+    )
+}
+
+/// Writes the unseal request (root-only) the unit replays at every start, and unseals the server now.
+pub fn unseal(host: &SystemdHost, key: &str) {
     host.exec_ok(&format!(
         "umask 077 && printf '{{\"key\":\"%s\"}}' '{key}' > {UNSEAL_REQUEST} && /usr/local/bin/unseal-openbao"
     ));
+}
+
+/// Enables KV v2 at `secret/` (as in dev mode) and waits until it takes writes.
+pub fn enable_kv(host: &SystemdHost, root_token: &str) {
     // A new KV v2 mount refuses writes for a moment (its upgrade): retry the first one.
     host.exec_ok(&format!(
         "export BAO_ADDR={ADDR} BAO_TOKEN={root_token}
@@ -137,6 +175,15 @@ UNIT
         for i in $(seq 1 100); do /usr/local/bin/bao kv put secret/ready value=1 >/dev/null 2>&1 && break; sleep 0.1; done
         /usr/local/bin/bao kv metadata delete secret/ready >/dev/null"
     ));
+}
+
+/// One raft server on the host's loopback ([`install_raft_server`] with [`LOOPBACK_SERVER`]), initialised, unsealed
+/// and with KV v2 at `secret/`. Returns the root token from the init.
+pub fn install_persistent(host: &SystemdHost) -> String {
+    install_raft_server(host, &LOOPBACK_SERVER);
+    let (root_token, key) = init(host);
+    unseal(host, &key);
+    enable_kv(host, &root_token);
     root_token
 }
 

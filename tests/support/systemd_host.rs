@@ -67,6 +67,12 @@ impl SystemdHost {
     /// `running` or `degraded` and the inner `docker info` works. Panics if the image is
     /// missing (naming scripts/build-systemd-host.sh) or the host does not become ready.
     pub fn start() -> SystemdHost {
+        Self::start_with(&[])
+    }
+
+    /// [`start`](Self::start) with more `docker run` options, such as `--network`, `--ip` and
+    /// `--hostname` for a host among several (tests/support/cluster.rs).
+    pub fn start_with(run_options: &[&str]) -> SystemdHost {
         let (code, _out, err) = docker(&[
             "image",
             "inspect",
@@ -118,7 +124,8 @@ impl SystemdHost {
             "libsecret-test=systemd-host",
             &volume,
         ]);
-        let (code, out, err) = docker(&[
+        let volume_mount = format!("{volume}:/var/lib/docker");
+        let mut run = vec![
             "run",
             "-d",
             "--name",
@@ -143,10 +150,11 @@ impl SystemdHost {
             "--label",
             "libsecret-test=systemd-host",
             "-v",
-            &format!("{volume}:/var/lib/docker"),
-            SYSTEMD_HOST_IMAGE,
-            "/lib/systemd/systemd",
-        ]);
+            &volume_mount,
+        ];
+        run.extend_from_slice(run_options);
+        run.extend([SYSTEMD_HOST_IMAGE, "/lib/systemd/systemd"]);
+        let (code, out, err) = docker(&run);
         if code != 0 {
             let _ = docker(&["rm", "-f", "-v", &name]);
             let _ = docker(&["volume", "rm", "-f", &volume]);
@@ -247,9 +255,8 @@ impl SystemdHost {
     /// A power cut and a boot: every process is SIGKILLed at once (nothing shuts down, no Unmount reaches a
     /// plugin), then the same readiness wait as [`start`](Self::start).
     pub fn crash_and_boot(&self) {
-        docker_ok(&["kill", "-s", "KILL", &self.id]);
-        docker_ok(&["start", &self.id]);
-        self.wait_ready("boot after a crash");
+        self.kill();
+        self.boot();
     }
 
     /// `journalctl --no-pager -o short <args>` (after `journalctl --sync`), e.g.
@@ -268,6 +275,17 @@ impl SystemdHost {
         } else {
             format!("{out}\n[journalctl {args} exited {code}: {}]", err.trim())
         }
+    }
+
+    /// A hard stop: every process is SIGKILLed at once and the host stays down until [`boot`](Self::boot).
+    pub fn kill(&self) {
+        docker_ok(&["kill", "-s", "KILL", &self.id]);
+    }
+
+    /// Starts a host stopped by [`kill`](Self::kill) and waits as [`start`](Self::start) does.
+    pub fn boot(&self) {
+        docker_ok(&["start", &self.id]);
+        self.wait_ready("boot after a hard stop");
     }
 
     /// Waits until systemd reports running/degraded and the inner `docker info` works.
