@@ -255,9 +255,23 @@ TOML
         openbao_in_host::bao_as(&self.nodes[index].host, &self.root_token, args)
     }
 
-    /// `docker <script>` on a live manager; panics on failure.
+    /// `docker <script>` on a live manager; panics on failure. While the managers elect a leader (a manager was just
+    /// lost) they answer "context deadline exceeded" or "does not have a leader": that is retried for up to 60 s.
     pub fn swarm(&self, script: &str) -> String {
-        self.nodes[self.live_node(None)].host.exec_ok(script)
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (code, out, err) = self.nodes[self.live_node(None)].host.exec(script);
+            if code == 0 {
+                return out;
+            }
+            let electing =
+                err.contains("context deadline exceeded") || err.contains("does not have a leader");
+            assert!(
+                electing && Instant::now() < deadline,
+                "`{script}` on a manager exited {code}\n--- stdout ---\n{out}\n--- stderr ---\n{err}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
 
     /// The node of the active OpenBao server (from `sys/leader` on a live node).
