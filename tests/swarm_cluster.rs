@@ -330,16 +330,9 @@ fn node_stopped_hard(cluster: &Cluster) {
 /// after the loss is readable within [`RECOVERY`], and the tasks from that host are rescheduled and read.
 fn vault_leader_host_stopped_hard(cluster: &Cluster) {
     let lost = cluster.vault_leader();
-    let before: BTreeSet<String> = cluster
-        .running_tasks(SERVICE)
-        .into_iter()
-        .map(|(_, task)| task)
-        .collect();
-    let reader = cluster
-        .running_tasks(SERVICE)
-        .into_iter()
-        .find(|(node, _)| *node != lost)
-        .unwrap();
+    let running = cluster.running_tasks(SERVICE);
+    let before: BTreeSet<String> = running.iter().map(|(_, task)| task.clone()).collect();
+    let reader = running.into_iter().find(|(node, _)| *node != lost).unwrap();
     let reader_container = cluster.container(reader.0, &reader.1).unwrap();
     let stopped = SystemTime::now();
     let clock = Instant::now();
