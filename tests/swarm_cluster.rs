@@ -139,7 +139,7 @@ fn each_node_logged_in_with_its_own_role(cluster: &Cluster) {
 /// A value written to Vault reaches every task on every node within `refresh_interval` + 1 s of the write (the time
 /// OpenBao gives the new version, against the time the task's read was logged).
 fn rotation_reaches_every_task(cluster: &Cluster) {
-    let writer = cluster.live_node(None);
+    let writer = cluster.live_node();
     cluster.bao(
         writer,
         &format!("kv put secret/app-1/db-password value={SECOND} >/dev/null"),
@@ -175,7 +175,7 @@ fn rotation_reaches_every_task(cluster: &Cluster) {
 /// `docker stack deploy` of packaging/examples/swarm-stack.yml (`driver: libsecret`): every task on every node
 /// reads; then `docker stack rm`.
 fn stack_deploy_of_the_example(cluster: &Cluster) {
-    let manager = &cluster.nodes[cluster.live_node(None)].host;
+    let manager = &cluster.nodes[cluster.live_node()].host;
     manager.copy_in(
         &systemd_host::workspace().join("packaging/examples/swarm-stack.yml"),
         "/root/swarm-stack.yml",
@@ -338,13 +338,12 @@ fn vault_leader_host_stopped_hard(cluster: &Cluster) {
     let clock = Instant::now();
     cluster.kill(lost);
 
-    let writer = cluster.live_node(None);
+    let writer = cluster.live_node();
     loop {
-        let (code, _, err) = cluster.nodes[writer].host.exec(&format!(
-            "BAO_ADDR={} BAO_TOKEN={} /usr/local/bin/bao kv put secret/app-1/new-key value={NEW_KEY_VALUE}",
-            openbao_in_host::ADDR,
-            cluster.root_token
-        ));
+        let (code, _, err) = cluster.try_bao(
+            writer,
+            &format!("kv put secret/app-1/new-key value={NEW_KEY_VALUE}"),
+        );
         if code == 0 {
             break;
         }

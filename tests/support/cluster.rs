@@ -238,11 +238,11 @@ TOML
         cluster
     }
 
-    /// A node that is up (not [`kill`](Self::kill)ed), other than `except`.
-    pub fn live_node(&self, except: Option<usize>) -> usize {
+    /// A node that is up (not [`kill`](Self::kill)ed).
+    pub fn live_node(&self) -> usize {
         let down = self.down.lock().unwrap();
         (0..self.nodes.len())
-            .find(|i| !down.contains(i) && Some(*i) != except)
+            .find(|i| !down.contains(i))
             .unwrap_or_else(|| panic!("no node is up"))
     }
 
@@ -255,12 +255,19 @@ TOML
         openbao_in_host::bao_as(&self.nodes[index].host, &self.root_token, args)
     }
 
+    /// [`bao`](Self::bao) for polling: (exit code, stdout, stderr), never a panic.
+    pub fn try_bao(&self, index: usize, args: &str) -> (i32, String, String) {
+        self.nodes[index]
+            .host
+            .exec(&openbao_in_host::bao_command(&self.root_token, args))
+    }
+
     /// `docker <script>` on a live manager; panics on failure. While the managers elect a leader (a manager was just
     /// lost) they answer "context deadline exceeded" or "does not have a leader": that is retried for up to 60 s.
     pub fn swarm(&self, script: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let (code, out, err) = self.nodes[self.live_node(None)].host.exec(script);
+            let (code, out, err) = self.nodes[self.live_node()].host.exec(script);
             if code == 0 {
                 return out;
             }
@@ -276,7 +283,7 @@ TOML
 
     /// The node of the active OpenBao server (from `sys/leader` on a live node).
     pub fn vault_leader(&self) -> usize {
-        let index = self.live_node(None);
+        let index = self.live_node();
         let out = self.nodes[index]
             .host
             .exec_ok(&format!("curl -fs {ADDR}/v1/sys/leader"));
@@ -311,11 +318,10 @@ TOML
     pub fn wait_for_voters(&self) {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
-            let index = self.live_node(None);
-            let (code, out, _) = self.nodes[index].host.exec(&format!(
-                "BAO_ADDR={ADDR} BAO_TOKEN={} /usr/local/bin/bao read -format=json sys/storage/raft/autopilot/state",
-                self.root_token
-            ));
+            let (code, out, _) = self.try_bao(
+                self.live_node(),
+                "read -format=json sys/storage/raft/autopilot/state",
+            );
             let state: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
             let voters = state["data"]["voters"].as_array().map_or(0, Vec::len);
             if code == 0 && state["data"]["healthy"] == true && voters == 3 {
@@ -335,7 +341,7 @@ TOML
         let name = &self.nodes[index].name;
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
-            let (code, out, err) = self.nodes[self.live_node(None)]
+            let (code, out, err) = self.nodes[self.live_node()]
                 .host
                 .exec(&format!(
                     "docker node inspect {name} --format '{{{{.Status.State}}}} {{{{json .Description.Engine.Plugins}}}}'"

@@ -187,18 +187,20 @@ pub fn install_persistent(host: &SystemdHost) -> String {
     root_token
 }
 
+/// The shell command that runs `bao <args>` against the host's server with `token`, for callers that poll on its
+/// exit status ([`SystemdHost::exec`]).
+pub fn bao_command(token: &str, args: &str) -> String {
+    format!("BAO_ADDR={ADDR} BAO_TOKEN={token} /usr/local/bin/bao {args}")
+}
+
 /// Runs `bao <args>` as root on the host with `token`; its stdout.
 pub fn bao_as(host: &SystemdHost, token: &str, args: &str) -> String {
-    host.exec_ok(&format!(
-        "BAO_ADDR={ADDR} BAO_TOKEN={token} /usr/local/bin/bao {args}"
-    ))
+    host.exec_ok(&bao_command(token, args))
 }
 
 /// Runs `bao <args>` as root on the host; its stdout.
 pub fn bao(host: &SystemdHost, args: &str) -> String {
-    host.exec_ok(&format!(
-        "BAO_ADDR={ADDR} BAO_TOKEN={ROOT_TOKEN} /usr/local/bin/bao {args}"
-    ))
+    bao_as(host, ROOT_TOKEN, args)
 }
 
 /// Creates AppRole `role` with a policy reading `path/*` (KV v2 at secret/), service tokens of `ttl` and `max_ttl`
